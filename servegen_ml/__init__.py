@@ -1,0 +1,3 @@
+"""servegen_ml: learn LLM-serving workloads from request traces and generate synthetic ones."""
+
+__version__ = "0.1.0"

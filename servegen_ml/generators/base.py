@@ -1,0 +1,170 @@
+"""The interface every generator implements (DESIGN §3), and checkpoint directories.
+
+A checkpoint is a directory with ``manifest.json`` (generator kind, package
+version, format version, config) and the generator's own readable files (JSON,
+Parquet, safetensors) — never pickles.
+
+Likelihood convention (M1), shared by all generators so numbers compare:
+
+* ``log_prob(trace)`` returns one row per event of ``trace`` (sorted order) with
+  columns ``time`` and one per mark present (``input_tokens``,
+  ``output_tokens``, ``reasoning_tokens``, ``image_count``, ``image_tokens``,
+  ... , ``conversation``), plus ``total``; values in nats.
+* ``time`` is the log-probability of the event's client-labelled arrival: the
+  gap since the previous event of the same client stream, discretized at
+  :data:`TIME_RESOLUTION_S` (``log P(gap in [g, g + resolution))``), so ties and
+  zero gaps have finite, comparable likelihood. The survival term from each
+  client's last event to the end of the evaluation window is added to that
+  last event's ``time``. A generator without clients (naive) adds
+  ``log share(client)`` so that all generators score the same labelled events.
+* Marks are integer counts and are scored as log-PMFs (tokens per item summed
+  over items); ``reasoning_tokens`` is scored given ``output_tokens``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from servegen_ml import __version__
+from servegen_ml.atomic import atomic_dir
+from servegen_ml.generators.spec import GenerationSpec
+
+TIME_RESOLUTION_S = 1e-3
+MANIFEST = "manifest.json"
+CHECKPOINT_FORMAT_VERSION = 1
+
+# kind -> "module:Class"; imported lazily so only the neural generator pulls in torch.
+REGISTRY = {
+    "naive": "servegen_ml.generators.naive:NaiveGenerator",
+    "parametric": "servegen_ml.generators.parametric:ParametricGenerator",
+    "neural": "servegen_ml.generators.neural:NeuralGenerator",
+}
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a generator is sampled or scored before ``fit``/``load``."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, corrupt or of an unknown kind."""
+
+
+class Generator(ABC):
+    """Base class: constructors store hyperparameters; ``fit`` sets learned state."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, trace: pd.DataFrame) -> Generator:
+        """Learn from a validated canonical trace; returns ``self``."""
+
+    @abstractmethod
+    def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
+        """A canonical trace for ``spec``: sorted, timestamps in ``[0, spec.duration_s)``."""
+
+    @abstractmethod
+    def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:
+        """Per-event log-likelihood in nats (see module docstring for the convention)."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Hyperparameters (JSON-serializable) that rebuild an unfitted twin."""
+
+    @abstractmethod
+    def _save_state(self, directory: Path) -> None:
+        """Write the learned state into ``directory`` (readable formats only)."""
+
+    @abstractmethod
+    def _load_state(self, directory: Path) -> None:
+        """Read the learned state written by :meth:`_save_state`."""
+
+    @property
+    @abstractmethod
+    def is_fitted(self) -> bool: ...
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(trace) or load a checkpoint")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write a self-describing checkpoint directory atomically."""
+        self._require_fitted()
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            self._save_state(tmp)
+            manifest = {
+                "generator": self.kind,
+                "package": "servegen-ml",
+                "package_version": __version__,
+                "format_version": CHECKPOINT_FORMAT_VERSION,
+                "config": self.config(),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Generator:
+        """Load a checkpoint written by :meth:`save` (of this class or, from the base, of any kind)."""
+        manifest = read_manifest(directory)
+        target = generator_class(manifest["generator"])
+        if cls is not Generator and not issubclass(target, cls):
+            raise CheckpointError(f"{directory}: holds a {manifest['generator']!r} generator, not {cls.kind!r}")
+        gen = target(**manifest.get("config", {}))
+        gen._load_state(Path(directory))
+        return gen
+
+
+def generator_class(kind: str) -> type[Generator]:
+    if kind not in REGISTRY:
+        raise CheckpointError(f"unknown generator kind {kind!r}; known: {sorted(REGISTRY)}")
+    module, name = REGISTRY[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a checkpoint directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt manifest ({e})") from None
+    if not isinstance(manifest, dict) or "generator" not in manifest:
+        raise CheckpointError(f"{path}: manifest has no 'generator' field")
+    if manifest.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {manifest['format_version']} is newer than this servegen-ml supports"
+        )
+    return manifest
+
+
+def load_generator(directory: str | Path) -> Generator:
+    """Load any generator checkpoint by its manifest."""
+    return Generator.load(directory)
+
+
+def checkpoint_digest(directory: str | Path) -> str:
+    """sha256 over the checkpoint's files (names and bytes, sorted by name)."""
+    h = hashlib.sha256()
+    root = Path(directory)
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def summarize_log_prob(lp: pd.DataFrame) -> dict[str, float]:
+    """Mean NLL per event (nats) of each part and the total, from a :meth:`Generator.log_prob` frame."""
+    n = max(len(lp), 1)
+    out = {f"nll_{c}": float(-lp[c].sum() / n) for c in lp.columns}
+    out["events"] = int(len(lp))
+    return {k: (v if isinstance(v, int) or math.isfinite(v) else float("inf")) for k, v in out.items()}
