@@ -49,8 +49,7 @@ def synthetic_trace(
         counts = rng.choice([0, 1, 1, 2, 4], size=n)
         tokens = rng.choice([256, 576, 1024, 1280], size=int(counts.sum()))
         out["text_tokens"] = out["input_tokens"]
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        image_sum = np.add.reduceat(tokens, starts) * (counts > 0) if n else np.zeros(0, dtype=np.int64)
+        image_sum = np.bincount(np.repeat(np.arange(n), counts), weights=tokens, minlength=n).astype(np.int64)
         out["input_tokens"] = out["text_tokens"] + image_sum
         out["image_tokens"] = make_list_column(counts, tokens)
     if reasoning:

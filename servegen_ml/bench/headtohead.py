@@ -1,0 +1,190 @@
+"""Head-to-head runs: fit each generator on the earlier part of a trace, sample the later part, compare.
+
+For a trace spanning ``[t0, t1]`` and ``split = f``, the cut is
+``t0 + f (t1 - t0)`` (:func:`servegen_ml.training.time_split`). Each model
+(a ``configs/model/<name>.yaml``, plus ``model_args[name]`` overrides) is
+fitted on the requests before the cut; for every seed it samples
+``t1 - cut`` seconds starting at ``cut - t0`` in its learned timeline (the
+same time of day as the held-out part), with ``numpy.random.default_rng(seed)``.
+The held-out part is the real test trace and the training part is the
+noise-floor reference. M1 is each fitted model's held-out NLL per event,
+scored as the ``train`` command scores it. With ``refit_per_seed`` a model is
+refitted for every seed (a constructor ``seed`` argument, when it has one,
+gets the seed), so the spread includes fitting randomness; otherwise one fit
+serves all seeds and the spread is sampling noise only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from servegen_ml.bench import metrics
+from servegen_ml.bench.compare import Comparison, ProvisioningSettings, Workload, compare
+from servegen_ml.bench.progress import progress
+from servegen_ml.bench.report import fmt, table
+from servegen_ml.cli import config_dir
+from servegen_ml.generators.base import Generator
+from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.training import build_generator, time_split
+
+
+@dataclass
+class HeadToHeadSettings:
+    models: list[str]
+    split: float = 0.5
+    seeds: list[int] = field(default_factory=lambda: [0])
+    refit_per_seed: bool = False
+    model_args: dict = field(default_factory=dict)  # model name -> constructor overrides
+    trainer: dict | None = None
+
+
+@dataclass
+class HeadToHead:
+    comparison: Comparison
+    summary: dict  # JSON-ready per-model results
+    sections: list[str]  # Markdown sections for the report
+    plotted: list[str]  # one workload per model (the first seed) for the figures
+
+
+def model_config(name: str, overrides: dict | None, trainer: dict | None):
+    """The ``train``-style config of ``configs/model/<name>.yaml`` with ``overrides`` merged in."""
+    path = config_dir() / "model" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+        raise ValueError(f"models: unknown model {name!r}; known: {', '.join(known)}")
+    model = OmegaConf.merge(OmegaConf.load(path), OmegaConf.create(overrides or {}))
+    return OmegaConf.create({"model": model, "trainer": trainer})
+
+
+def _build(name: str, settings: HeadToHeadSettings, seed: int | None) -> Generator:
+    cfg = model_config(name, settings.model_args.get(name), settings.trainer)
+    if seed is not None and "seed" in inspect.signature(get_class(cfg.model._target_)).parameters:
+        cfg.model.seed = seed
+    return build_generator(cfg)
+
+
+def run_head_to_head(
+    trace: pd.DataFrame,
+    settings: HeadToHeadSettings,
+    provisioning: ProvisioningSettings,
+    source: str,
+    quiet: bool = False,
+) -> HeadToHead:
+    train, test = time_split(trace, settings.split)
+    t = trace["timestamp"].to_numpy(np.float64)
+    cut_s = float(t.min() + settings.split * (t.max() - t.min()))
+    start_s = cut_s - float(train["timestamp"].min())
+    # The last held-out request must fall inside the sampled span.
+    duration_s = float(np.nextafter(t.max() - cut_s, np.inf))
+    workloads, per_model = [], {}
+    jobs = [(m, s) for m in settings.models for s in settings.seeds]
+    fitted: dict[str, Generator] = {}
+    for name, seed in progress(jobs, "fit and sample", quiet):
+        entry = per_model.setdefault(name, {"fit_seconds": [], "sample_seconds": [], "seeds": []})
+        if settings.refit_per_seed or name not in fitted:
+            gen = _build(name, settings, seed if settings.refit_per_seed else None)
+            started = time.perf_counter()
+            fitted[name] = gen.fit(train)
+            entry["fit_seconds"].append(round(time.perf_counter() - started, 3))
+            entry.setdefault("m1", []).append(metrics.jsonable(metrics.m1_for_generator(fitted[name], test)))
+        spec = GenerationSpec(duration_s=duration_s, start_s=start_s, seed=seed)
+        started = time.perf_counter()
+        synthetic = fitted[name].sample(spec, np.random.default_rng(seed))
+        entry["sample_seconds"].append(round(time.perf_counter() - started, 3))
+        entry["seeds"].append(seed)
+        info = {"model": name, "seed": seed, "spec": spec.to_dict()}
+        workloads.append(Workload(f"{name}/seed{seed}", synthetic, info))
+    comp = compare(
+        Workload("real_test", test, {"path": source, "part": f"after {settings.split:g} of the span"}),
+        Workload("reference", train, {"path": source, "part": f"before {settings.split:g} of the span"}),
+        workloads,
+        provisioning,
+        quiet,
+    )
+    summary = _summarize(comp, per_model, settings, cut_s, start_s, duration_s)
+    plotted = [f"{m}/seed{settings.seeds[0]}" for m in settings.models]
+    return HeadToHead(comp, summary, [_m1_section(summary), _seed_section(summary, comp)], plotted)
+
+
+def _summarize(comp: Comparison, per_model: dict, settings, cut_s, start_s, duration_s) -> dict:
+    for name, entry in per_model.items():
+        names = [f"{name}/seed{s}" for s in entry["seeds"]]
+        ratio = {m: [comp.ratios[n][m]["distance"] for n in names] for m in comp.floor}
+        entry["ratio_mean"] = {m: _mean(v) for m, v in ratio.items()}
+        entry["ratio_sd"] = {m: _sd(v) for m, v in ratio.items()}
+        if comp.provisioning is not None:
+            synthetic = comp.provisioning["synthetic"]
+            entry["instances"] = [synthetic[n]["instances"] for n in names]
+            entry["under_provisioning_error"] = [synthetic[n]["under_provisioning_error"] for n in names]
+    return {
+        "split": settings.split,
+        "cut_s": cut_s,
+        "sample_start_s": start_s,
+        "sample_duration_s": duration_s,
+        "seeds": list(settings.seeds),
+        "refit_per_seed": settings.refit_per_seed,
+        "models": per_model,
+    }
+
+
+def _values(xs) -> list[float]:
+    return [float(x) for x in xs if x is not None]
+
+
+def _mean(xs) -> float | None:
+    v = _values(xs)
+    return float(np.mean(v)) if v else None
+
+
+def _sd(xs) -> float | None:
+    v = _values(xs)
+    return float(np.std(v, ddof=1)) if len(v) > 1 else None
+
+
+def _pm(mean, sd) -> str:
+    return fmt(mean) if sd is None else f"{fmt(mean)} ± {fmt(sd, 2)}"
+
+
+def _m1_section(summary: dict) -> str:
+    models = summary["models"]
+    parts = sorted({p for e in models.values() for m1 in e.get("m1", []) for p in m1["components"]})
+    parts = [p for p in parts if p != "total"] + ["total"]
+    rows = []
+    for name, e in models.items():
+        for fit_index, m1 in enumerate(e.get("m1", [])):
+            label = name if len(e["m1"]) == 1 else f"{name} (fit {fit_index + 1})"
+            rows.append([label] + [fmt(m1["components"].get(p), 4) for p in parts] + [str(m1["stats"]["events"])])
+    return "\n\n".join(
+        [
+            "## Held-out NLL (M1), nats per event (lower is better)",
+            table(["model", *parts, "events"], rows),
+        ]
+    )
+
+
+def _seed_section(summary: dict, comp: Comparison) -> str:
+    models = summary["models"]
+    names = list(models)
+    rows = [[m] + [_pm(models[n]["ratio_mean"][m], models[n]["ratio_sd"][m]) for n in names] for m in comp.floor]
+    if comp.provisioning is not None:
+        rows.append(["M7 instances (real test: " + fmt(comp.provisioning["real_test"]["instances"]) + ")"]
+                    + [", ".join(fmt(x) for x in models[n]["instances"]) for n in names])
+        rows.append(["M7 under-provisioning error"]
+                    + [_pm(_mean(models[n]["under_provisioning_error"]), _sd(models[n]["under_provisioning_error"]))
+                       for n in names])
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    return "\n\n".join(
+        [
+            f"## Head-to-head summary over seeds [{seeds}] (ratio to the noise floor, mean ± sd)",
+            f"Split at {summary['split']:g} of the span; every model samples {summary['sample_duration_s']:.0f} s "
+            f"from position {summary['sample_start_s']:.0f} s of its learned timeline.",
+            table(["metric", *names], rows),
+        ]
+    )

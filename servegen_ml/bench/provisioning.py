@@ -1,0 +1,95 @@
+"""Provisioning (M7): the smallest number of instances that serves a workload within a latency SLO.
+
+The SLO bounds the p99 time to first token and the p99 time between tokens
+(over all decode tokens) of :func:`servegen_ml.bench.simulator.simulate`. The
+search doubles the instance count until the SLO is met, then bisects, so it
+assumes more instances never hurt (true of join-shortest-queue up to ties).
+
+The under-provisioning error of a synthetic workload is
+``(needed_real - needed_synthetic) / needed_real``: positive when sizing a
+deployment on the synthetic workload would leave the real one short of
+instances, negative when it would over-provision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from servegen_ml.bench.serving_model import ServingModel
+from servegen_ml.bench.simulator import simulate
+
+
+@dataclass(frozen=True)
+class SLO:
+    ttft_p99_s: float
+    tbt_p99_s: float
+
+    def __post_init__(self):
+        if not (self.ttft_p99_s > 0 and self.tbt_p99_s > 0):
+            raise ValueError(f"SLO bounds must be positive seconds, got {self}")
+
+
+def default_slo(reference: pd.DataFrame, model: ServingModel, ttft_factor: float = 1.5, tbt_p99_s: float = 0.1) -> SLO:
+    """p99 TTFT within ``ttft_factor`` x the p99 of the reference's prompts each served alone; fixed p99 TBT.
+
+    Tying the TTFT bound to the reference's own prompt lengths keeps the SLO
+    reachable for long-prompt traces (a 100k-token prompt alone takes seconds).
+    """
+    isolated = model.isolated_ttft_s(reference["input_tokens"].to_numpy())
+    p99 = float(np.quantile(isolated, 0.99)) if len(isolated) else 1.0
+    return SLO(ttft_p99_s=ttft_factor * p99, tbt_p99_s=tbt_p99_s)
+
+
+@dataclass
+class Provisioning:
+    """Result of the search: ``instances`` is None when even ``max_instances`` misses the SLO."""
+
+    instances: int | None
+    tried: dict[int, dict[str, float]] = field(default_factory=dict)  # n -> p99 TTFT / TBT (s)
+
+    def to_dict(self) -> dict:
+        return {"instances": self.instances, "tried": {str(k): v for k, v in sorted(self.tried.items())}}
+
+
+def smallest_instance_count(
+    trace: pd.DataFrame,
+    slo: SLO,
+    model: ServingModel | None = None,
+    max_instances: int = 1024,
+) -> Provisioning:
+    """The fewest instances whose simulated p99 TTFT and p99 TBT meet ``slo``."""
+    model = model or ServingModel()
+    out = Provisioning(instances=None)
+
+    def meets(n: int) -> bool:
+        result = simulate(trace, n, model)
+        ttft, tbt = result.ttft_quantile(0.99), result.tbt_quantile(0.99)
+        out.tried[n] = {"ttft_p99_s": ttft, "tbt_p99_s": tbt}
+        return ttft <= slo.ttft_p99_s and tbt <= slo.tbt_p99_s
+
+    if len(trace) == 0:
+        out.instances = 0
+        return out
+    low, high = 0, 1  # low fails (0 instances serve nothing), high is being tested
+    while not meets(high):
+        if high >= max_instances:
+            return out
+        low, high = high, min(2 * high, max_instances)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if meets(mid):
+            high = mid
+        else:
+            low = mid
+    out.instances = high
+    return out
+
+
+def under_provisioning_error(needed_real: int | None, needed_synthetic: int | None) -> float | None:
+    """``(needed_real - needed_synthetic) / needed_real``; None when either count is unknown or real is 0."""
+    if needed_real is None or needed_synthetic is None or needed_real == 0:
+        return None
+    return (needed_real - needed_synthetic) / needed_real

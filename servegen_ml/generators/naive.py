@@ -1,0 +1,122 @@
+"""The naive generator: the ServeGen paper's strawman (DESIGN §3).
+
+One stream at the aggregate rate of the training trace, constant over time:
+Poisson (``arrival="poisson"``) or Gamma gaps with the aggregate gap CV
+(``arrival="gamma"``, shape = 1 / CV^2). Every field is drawn independently
+from its aggregate empirical distribution (multimodal: item count, then tokens
+per item; reasoning from the aggregate ratio distribution). Output requests
+carry the client id ``all``.
+
+Likelihood: the aggregate stream is scored as one client (see
+:mod:`servegen_ml.pool.likelihood`), and ``log share(client)`` is added to
+``time`` so every generator scores the same client-labelled events; shares
+are the training counts with add-half smoothing (an unseen client gets the
+mass of half a request).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from servegen_ml.compose import interarrival as ia
+from servegen_ml.generators.base import Generator
+from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.pool import ClientPool, fit_client_pool, sample_pool
+from servegen_ml.pool.likelihood import pool_log_prob
+from servegen_ml.trace.schema import make_trace
+
+CLIENT_ID = "all"
+ARRIVALS = ("poisson", "gamma")
+SHARES_FILE = "client_shares.parquet"
+
+
+class NaiveGenerator(Generator):
+    kind = "naive"
+
+    def __init__(self, arrival: str = "poisson", rate_window_s: float = 600.0):
+        if arrival not in ARRIVALS:
+            raise ValueError(f"arrival={arrival!r}: choose one of {ARRIVALS}")
+        self.arrival = arrival
+        self.rate_window_s = float(rate_window_s)
+        self.pool_: ClientPool | None = None
+        self.shares_: pd.DataFrame | None = None
+
+    def fit(self, trace: pd.DataFrame) -> NaiveGenerator:
+        if len(trace) == 0:
+            raise ValueError("cannot fit a generator to an empty trace")
+        t = np.sort(trace["timestamp"].to_numpy(np.float64))
+        observed_s = t[-1] - t[0]
+        span_s = (np.floor(observed_s / self.rate_window_s) + 1) * self.rate_window_s
+        # One client and one data window: the aggregate distributions.
+        aggregate = trace.assign(client_id=make_trace({"client_id": np.full(len(trace), CLIENT_ID)})["client_id"])
+        pool = fit_client_pool(aggregate, self.rate_window_s, span_s, min_events=len(trace) + 1)
+        pool.rates = self._constant_rates(t, span_s)
+        pool.population_rate = float(pool.rates["rate"].iloc[0])
+        pool.notes = [f"naive ({self.arrival}) fit of {len(trace)} requests"]
+        self.pool_ = pool
+        counts = trace["client_id"].astype(str).value_counts(sort=False).sort_index()
+        self.shares_ = pd.DataFrame({"client_id": counts.index.astype(str), "count": counts.to_numpy(np.int64)})
+        return self
+
+    def _constant_rates(self, t: np.ndarray, span_s: float) -> pd.DataFrame:
+        observed_s = t[-1] - t[0]
+        rate = len(t) / observed_s if observed_s > 0 else len(t) / self.rate_window_s
+        gaps = np.diff(t)
+        cv = float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else 1.0
+        shape = 1.0 if self.arrival == "poisson" else float(ia.clip_shape(np.array([ia.GAMMA]), [1.0 / cv**2])[0])
+        n = int(round(span_s / self.rate_window_s))
+        return pd.DataFrame(
+            {
+                "client_id": np.full(n, CLIENT_ID, dtype=object),
+                "window_start_s": np.arange(n) * self.rate_window_s,
+                "rate": np.full(n, rate),
+                "cv": np.full(n, 1.0 if self.arrival == "poisson" else cv),
+                "family": np.full(n, "Gamma", dtype=object),
+                "shape": np.full(n, shape),
+                "scale": np.full(n, 1.0 / (rate * shape)),
+            }
+        )
+
+    def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
+        self._require_fitted()
+        if spec.clients.kind != "all":
+            raise ValueError(f"clients={spec.clients.to_str()}: the naive generator has no clients; use clients=all")
+        return sample_pool(self.pool_, spec, rng)
+
+    def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:
+        self._require_fitted()
+        lp = pool_log_prob(self.pool_, trace, window_end_s, stream_ids=np.full(len(trace), CLIENT_ID, dtype=object))
+        lp["time"] += self._log_share(trace["client_id"].astype(str).to_numpy(dtype=object))
+        lp["total"] = lp.drop(columns="total").sum(axis=1)
+        return lp
+
+    def _log_share(self, client_ids: np.ndarray) -> np.ndarray:
+        counts = pd.Series(self.shares_["count"].to_numpy(np.float64), index=self.shares_["client_id"].astype(str))
+        total = counts.sum() + 0.5 * (len(counts) + 1)
+        seen = counts.reindex(client_ids).to_numpy()
+        return np.log(np.where(np.isnan(seen), 0.5, seen + 0.5) / total)
+
+    def config(self) -> dict[str, Any]:
+        return {"arrival": self.arrival, "rate_window_s": self.rate_window_s}
+
+    def _save_state(self, directory: Path) -> None:
+        self.pool_.write_into(directory)
+        table = pa.table({"client_id": self.shares_["client_id"].astype(str).tolist(), "count": self.shares_["count"]})
+        pq.write_table(table, directory / SHARES_FILE)
+
+    def _load_state(self, directory: Path) -> None:
+        self.pool_ = ClientPool.load(directory)
+        path = directory / SHARES_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory}: naive checkpoint lacks {SHARES_FILE}")
+        self.shares_ = pq.read_table(path).to_pandas()
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.pool_ is not None

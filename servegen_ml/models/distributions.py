@@ -1,0 +1,222 @@
+"""The heads' distributions: exact discretized log-likelihoods in torch, exact sampling via numpy.
+
+* :class:`GapMixture` — inter-arrival gap: a point mass at 0 (simultaneous
+  arrivals) plus a log-normal mixture; scored as ``log P(gap in [g, g + res))``
+  and with a survival term ``log P(gap >= s)``.
+* :class:`CountMixture` — a token or item count: categorical over frequent exact
+  values ("spikes") plus a normal mixture on ``log(n + 1)`` discretized to the
+  integers (bin of n is ``[log(n + 0.5), log(n + 1.5))``).
+* :class:`RatioMixture` — a part of a total (reasoning of output tokens): point
+  masses at ratio 0 and 1 plus a logit-normal mixture discretized to integers.
+
+Parameters are in data units (log-seconds, log-tokens, logits). Log-probs are
+computed in float64: bins can be a millionth of a standard deviation wide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.special import log_ndtr
+
+from servegen_ml.models import sampling
+from servegen_ml.models.sampling import LOG_SCALE_MAX, LOG_SCALE_MIN
+
+# Bins narrower than this (in standard deviations) use the midpoint rule: the CDF difference cancels.
+MIDPOINT_WIDTH = 1e-5
+# Stand-in for an infinite bin edge, in data units; finite so gradients stay finite.
+FAR_EDGE = 1e4
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate near 0 and for very negative x."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def log_normal_interval(a: Tensor, width: Tensor) -> Tensor:
+    """log(Phi(a + width) - Phi(a)) for finite a and width > 0 (standard-normal units).
+
+    Mirrors the interval into the lower tail, where log_ndtr is accurate, and
+    uses the midpoint density for very narrow bins.
+    """
+    b = a + width
+    flip = (a + b) > 0
+    lo = torch.where(flip, -b, a)
+    hi = torch.where(flip, -a, b)
+    narrow = width < MIDPOINT_WIDTH
+    l_hi, l_lo = log_ndtr(hi), log_ndtr(lo)
+    # Keep the unused branch finite so torch.where passes no NaN gradients.
+    diff = torch.where(narrow, torch.full_like(l_lo, -1.0), l_lo - l_hi)
+    exact = l_hi + log1mexp(diff)
+    mid = torch.where(narrow, 0.5 * (lo + hi), torch.zeros_like(lo))
+    safe_width = torch.where(narrow, width, torch.ones_like(width))
+    midpoint = -0.5 * mid**2 - _LOG_SQRT_2PI + torch.log(safe_width)
+    return torch.where(narrow, midpoint, exact)
+
+
+def _scale(log_scale: Tensor) -> Tensor:
+    return torch.exp(log_scale.clamp(LOG_SCALE_MIN, LOG_SCALE_MAX))
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float64).numpy()
+
+
+def _flat(x: Tensor) -> np.ndarray:
+    """(..., K) -> (N, K) numpy float64."""
+    return _np(x).reshape(-1, x.shape[-1])
+
+
+@dataclass
+class GapMixture:
+    """Inter-arrival gap in seconds: P(gap = 0) = sigmoid(zero_logit), else log-normal mixture.
+
+    zero_logit (...); comp_logits, loc, log_scale (..., K): loc/scale of log(gap_s).
+    """
+
+    zero_logit: Tensor
+    comp_logits: Tensor
+    loc: Tensor
+    log_scale: Tensor
+
+    def _parts(self):
+        d = torch.float64
+        log_w = torch.log_softmax(self.comp_logits.to(d), -1)
+        zl = self.zero_logit.to(d)
+        return torch.nn.functional.logsigmoid(zl), torch.nn.functional.logsigmoid(-zl), log_w
+
+    def log_prob(self, gap_s: Tensor, resolution_s: float) -> Tensor:
+        """log P(gap in [g, g + resolution_s)); the point mass counts when g == 0. gap_s (...) -> (...)."""
+        log_p0, log_p1, log_w = self._parts()
+        g = gap_s.to(torch.float64)
+        loc, scale = self.loc.to(torch.float64), _scale(self.log_scale.to(torch.float64))
+        positive = g > 0
+        g_safe = torch.where(positive, g, torch.full_like(g, resolution_s)).unsqueeze(-1)
+        a = (torch.log(g_safe) - loc) / scale
+        width = torch.log1p(resolution_s / g_safe) / scale
+        log_bin = torch.logsumexp(log_w + log_normal_interval(a, width), -1)
+        # g == 0: the point mass plus the continuous part's mass below one resolution step.
+        log_below = torch.logsumexp(log_w + log_ndtr((math.log(resolution_s) - loc) / scale), -1)
+        at_zero = torch.logaddexp(log_p0, log_p1 + log_below)
+        return torch.where(positive, log_p1 + log_bin, at_zero)
+
+    def log_survival(self, s: Tensor) -> Tensor:
+        """log P(gap >= s): the next event falls at or after ``s`` seconds. s (...) -> (...)."""
+        _, log_p1, log_w = self._parts()
+        s = s.to(torch.float64)
+        positive = s > 0
+        s_safe = torch.where(positive, s, torch.ones_like(s)).unsqueeze(-1)
+        z = (torch.log(s_safe) - self.loc.to(torch.float64)) / _scale(self.log_scale.to(torch.float64))
+        tail = log_p1 + torch.logsumexp(log_w + log_ndtr(-z), -1)
+        return torch.where(positive, tail, torch.zeros_like(tail))
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One gap (seconds) per batch element, flattened."""
+        return sampling.sample_gap(
+            _np(self.zero_logit).reshape(-1),
+            _flat(self.comp_logits),
+            _flat(self.loc),
+            _flat(self.log_scale),
+            rng,
+        )
+
+
+@dataclass
+class CountMixture:
+    """Integer count n >= 0: spike values with probabilities, or a discretized normal mixture on log(n + 1).
+
+    spike_values (V,) sorted int64; logits (..., V + 1) [spikes, continuous];
+    comp_logits, loc, log_scale (..., K) of log(n + 1).
+    """
+
+    spike_values: Tensor
+    logits: Tensor
+    comp_logits: Tensor
+    loc: Tensor
+    log_scale: Tensor
+
+    def log_prob_continuous(self, n: Tensor) -> Tensor:
+        """log P(n) of the continuous part alone (its mass on integer n)."""
+        d = torch.float64
+        n = n.to(d).unsqueeze(-1)
+        loc, scale = self.loc.to(d), _scale(self.log_scale.to(d))
+        lower = torch.where(n > 0, torch.log(n + 0.5), torch.full_like(n, -FAR_EDGE))
+        upper = torch.log(n + 1.5)
+        a = (lower - loc) / scale
+        log_mass = log_normal_interval(a, (upper - lower) / scale)
+        return torch.logsumexp(torch.log_softmax(self.comp_logits.to(d), -1) + log_mass, -1)
+
+    def log_prob(self, n: Tensor) -> Tensor:
+        """log P(n) for integer counts n (...) -> (...)."""
+        log_pi = torch.log_softmax(self.logits.to(torch.float64), -1).expand(*n.shape, -1)
+        cont = log_pi[..., -1] + self.log_prob_continuous(n)
+        n_spikes = len(self.spike_values)
+        if n_spikes == 0:
+            return cont
+        values = self.spike_values.to(n.device)
+        idx = torch.searchsorted(values, n.contiguous()).clamp(max=n_spikes - 1)
+        hit = values[idx] == n
+        spike = torch.gather(log_pi[..., :-1], -1, idx.unsqueeze(-1)).squeeze(-1)
+        spike = torch.where(hit, spike, torch.full_like(spike, -math.inf))
+        return torch.logaddexp(cont, spike)
+
+    def sample(self, rng: np.random.Generator, max_count: int) -> np.ndarray:
+        return sampling.sample_count(
+            self.spike_values.cpu().numpy(),
+            _flat(self.logits),
+            _flat(self.comp_logits),
+            _flat(self.loc),
+            _flat(self.log_scale),
+            max_count,
+            rng,
+        )
+
+
+@dataclass
+class RatioMixture:
+    """A part k of a total n (0 <= k <= n): ratio 0, ratio 1, or a logit-normal mixture rounded to k.
+
+    logits (..., 3) [ratio 0, ratio 1, continuous]; comp_logits, loc, log_scale
+    (..., K) of logit(ratio). The continuous bin of k is ratio in
+    [(k - 0.5) / n, (k + 0.5) / n) clipped to [0, 1]; a total of 0 has k = 0 surely.
+    """
+
+    logits: Tensor
+    comp_logits: Tensor
+    loc: Tensor
+    log_scale: Tensor
+
+    def log_prob(self, part: Tensor, total: Tensor) -> Tensor:
+        """log P(part | total) for integer tensors (...) -> (...)."""
+        d = torch.float64
+        k, n = part.to(d), total.to(d)
+        n_safe = torch.clamp(n, min=1.0)
+        lo_x = ((k - 0.5) / n_safe).clamp(1e-300, 1.0)
+        hi_x = ((k + 0.5) / n_safe).clamp(0.0, 1.0 - 1e-16)
+        lower = torch.where(k > 0, torch.log(lo_x) - torch.log1p(-lo_x), torch.full_like(k, -FAR_EDGE))
+        upper = torch.where(k < n, torch.log(hi_x) - torch.log1p(-hi_x), torch.full_like(k, FAR_EDGE))
+        loc, scale = self.loc.to(d), _scale(self.log_scale.to(d))
+        a = (lower.unsqueeze(-1) - loc) / scale
+        width = ((upper - lower).clamp(min=1e-300)).unsqueeze(-1) / scale
+        cont = torch.logsumexp(torch.log_softmax(self.comp_logits.to(d), -1) + log_normal_interval(a, width), -1)
+        log_pi = torch.log_softmax(self.logits.to(d), -1)
+        minus_inf = torch.full_like(cont, -math.inf)
+        at_zero = torch.where(k == 0, log_pi[..., 0], minus_inf)
+        at_one = torch.where(k == n, log_pi[..., 1], minus_inf)
+        out = torch.logsumexp(torch.stack([at_zero, at_one, log_pi[..., 2] + cont], -1), -1)
+        return torch.where(n > 0, out, torch.zeros_like(out))
+
+    def sample(self, total: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return sampling.sample_ratio_tokens(
+            _flat(self.logits),
+            _flat(self.comp_logits),
+            _flat(self.loc),
+            _flat(self.log_scale),
+            np.asarray(total).reshape(-1),
+            rng,
+        )

@@ -1,0 +1,107 @@
+"""Event features and head-parameter transforms, written once for numpy and torch (``xp``).
+
+The training model (torch) and the sampling step (numpy) call the same
+functions with ``xp=torch`` or ``xp=numpy`` so the two cannot drift apart.
+
+Feature vectors (all standardized; names in :func:`event_feature_names`):
+
+* the *event* vector, the recurrent encoder's input for one past event: its
+  log gap (per-client standardized), zero-gap and start flags, its marks
+  (log1p counts standardized by field), reasoning ratio, and Fourier features
+  of its time of day and day of week;
+* the *condition* vector, what is known of the event being predicted while its
+  marks are drawn in order: gap, then per modality item count and mean item
+  tokens, then input, then output. Head ``j`` sees a prefix of it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from servegen_ml.data.events import MarkLayout
+from servegen_ml.generators.base import TIME_RESOLUTION_S
+from servegen_ml.generators.spec import DAY_S, WEEK_S
+
+
+def condition_names(layout: MarkLayout) -> list[str]:
+    names = ["z_gap", "zero_gap"]
+    for m in layout.modalities:
+        names += [f"z_{m}_count", f"z_{m}_item"]
+    return names + ["z_input", "z_output"]
+
+
+def event_feature_names(layout: MarkLayout, day_harmonics: int, week_harmonics: int) -> list[str]:
+    names = ["start"] + condition_names(layout) + (["ratio"] if layout.has_reasoning else [])
+    for period, k in (("day", day_harmonics), ("week", week_harmonics)):
+        names += [f"{f}_{period}_{i}" for i in range(1, k + 1) for f in ("sin", "cos")]
+    return names
+
+
+def visible_prefix(layout: MarkLayout) -> dict[str, int]:
+    """How many leading condition entries each head sees (marks are drawn in this order)."""
+    names = condition_names(layout)
+    out = {"time": 0}
+    for m in layout.modalities:
+        out[f"{m}_count"] = names.index(f"z_{m}_count")
+        out[f"{m}_tokens"] = names.index(f"z_{m}_item")
+    out["input"] = names.index("z_input")
+    out["output"] = names.index("z_output")
+    if layout.has_reasoning:
+        out["reasoning"] = len(names)
+    return out
+
+
+def fourier(xp, time_s, day_harmonics: int, week_harmonics: int):
+    """sin/cos of time of day and day of week (..., 2 * (day + week harmonics))."""
+    feats = []
+    for period, k in ((DAY_S, day_harmonics), (WEEK_S, week_harmonics)):
+        phase = (time_s % period) * (2 * math.pi / period)
+        for i in range(1, k + 1):
+            feats += [xp.sin(i * phase), xp.cos(i * phase)]
+    return feats
+
+
+def _z_log1p(xp, count, mean, std):
+    return (xp.log1p(count * 1.0) - mean) / std
+
+
+def condition_features(xp, layout: MarkLayout, gap_s, gap_mean, gap_std, marks: dict, mark_mean, mark_std, fields):
+    """Condition entries (list of arrays, :func:`condition_names` order) of events with known marks.
+
+    gap_mean/gap_std: the client's log-gap normalizer, broadcastable to gap_s;
+    marks: ``input``, ``output``, ``{m}_count``, ``{m}_item_log`` arrays;
+    mark_mean/mark_std indexed like ``fields`` (:meth:`MarkLayout.count_fields`).
+    """
+    f = {name: i for i, name in enumerate(fields)}
+    z_gap = (xp.log(xp.clip(gap_s, TIME_RESOLUTION_S, None)) - gap_mean) / gap_std
+    feats = [z_gap, (gap_s <= 0) * 1.0]
+    for m in layout.modalities:
+        count = marks[f"{m}_count"]
+        i, j = f[f"{m}_count"], f[f"{m}_tokens"]
+        z_item = (marks[f"{m}_item_log"] - mark_mean[j]) / mark_std[j]
+        feats += [_z_log1p(xp, count, mark_mean[i], mark_std[i]), xp.where(count > 0, z_item, 0.0)]
+    feats.append(_z_log1p(xp, marks["input"], mark_mean[f["input"]], mark_std[f["input"]]))
+    feats.append(_z_log1p(xp, marks["output"], mark_mean[f["output"]], mark_std[f["output"]]))
+    return feats
+
+
+def event_features(xp, layout, time_s, gap_s, is_start, gap_mean, gap_std, marks, mark_mean, mark_std, fields, harmonics):
+    """Event entries (list of arrays, :func:`event_feature_names` order); start tokens carry only the flag and time."""
+    keep = 1.0 - is_start * 1.0
+    cond = condition_features(xp, layout, gap_s, gap_mean, gap_std, marks, mark_mean, mark_std, fields)
+    feats = [is_start * 1.0] + [c * keep for c in cond]
+    if layout.has_reasoning:
+        feats.append(keep * marks["reasoning"] / xp.clip(marks["output"] * 1.0, 1.0, None))
+    return feats + fourier(xp, time_s, *harmonics)
+
+
+def split_params(raw, n_logits: int, n_components: int):
+    """Raw head output (..., n_logits + 3K) -> logits, component logits, loc, log_scale."""
+    k = n_components
+    a, b = n_logits, n_logits + k
+    return raw[..., :a], raw[..., a:b], raw[..., b : b + k], raw[..., b + k : b + 2 * k]
+
+
+def destandardize(xp, loc, log_scale, mean, std):
+    """Mixture parameters from standardized units back to data units (mean/std broadcast over K)."""
+    return mean + std * loc, xp.log(std) + log_scale

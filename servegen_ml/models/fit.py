@@ -1,0 +1,157 @@
+"""Train a :class:`MarkedTPP` on an :class:`EventStore` with Lightning.
+
+Time-based split: every client's events before ``split_s`` train, the later
+ones validate (early stopping on validation NLL per event). Checkpoints,
+CSV logs and resumption live under ``<default_root_dir>/<fingerprint>/``, where
+the fingerprint hashes the model settings and the data, so re-running the same
+command resumes from ``last.ckpt`` while a different run starts fresh. With
+``default_root_dir: null`` a temporary directory is used and removed.
+
+Trainer settings are Lightning ``Trainer`` arguments plus three of ours:
+``early_stopping_patience``, ``resume`` and ``num_threads`` (torch CPU
+threads while training and scoring; null keeps torch's default — one thread
+is much faster on a CPU shared with other busy processes). Under a subprocess-launched DDP
+strategy (``strategy: ddp``) the extra processes exit once training is done;
+only global rank 0 returns and writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from servegen_ml.data.chunks import split_segments
+from servegen_ml.data.events import EventStore
+from servegen_ml.data.normalizers import Normalizers, fit_normalizers
+
+OUR_TRAINER_KEYS = ("early_stopping_patience", "resume", "num_threads")
+
+
+@dataclass
+class TrainResult:
+    model: dict  # MarkedTPP constructor arguments
+    weights: dict[str, np.ndarray]  # its state dict (float32; spikes int64)
+    normalizers: Normalizers
+    summary: dict  # epochs, best validation NLL, where logs went, ...
+
+
+def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> TrainResult:
+    """Fit on ``store``. settings: architecture + data keys of NeuralGenerator; trainer: see module docstring."""
+    import lightning as L
+
+    from servegen_ml.data.datamodule import EventDataModule
+    from servegen_ml.models.lightning_module import TPPLightningModule
+
+    span = store.window_end_s - store.window_start_s
+    split_s = store.window_start_s + (1.0 - settings["val_fraction"]) * span
+    norm = fit_normalizers(store, split_s, settings["max_spikes"], settings["min_spike_share"])
+    model = {
+        "n_clients": len(store.client_ids),
+        "layout": store.layout.to_dict(),
+        "spikes": norm.spikes,
+        **{k: settings[k] for k in ("hidden", "embedding", "head_hidden", "time_components", "mark_components", "day_harmonics", "week_harmonics")},
+    }
+    torch.manual_seed(seed)
+    module = TPPLightningModule(model, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    module.tpp.set_normalizers(norm)
+    train, val = split_segments(store, split_s)
+    data = EventDataModule(store, train, val if len(val) else None, settings["lanes"], settings["chunk_len"], seed)
+    fingerprint = _fingerprint(model, settings, store)
+    with _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir, torch_threads(trainer.get("num_threads")):
+        monitor = "val_nll" if len(val) else "train_nll_epoch"
+        trainer_obj = _make_trainer(L, trainer, run_dir, monitor)
+        ckpt_path = _resume_path(run_dir, trainer)
+        trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        if trainer_obj.global_rank != 0:
+            # A subprocess-launched DDP worker: training is its only job.
+            sys.exit(0)
+        best = trainer_obj.checkpoint_callback.best_model_path
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+        summary = {
+            "epochs": int(trainer_obj.current_epoch),
+            "global_steps": int(trainer_obj.global_step),
+            "monitor": monitor,
+            "best_score": _float(trainer_obj.checkpoint_callback.best_model_score),
+            "train_events": int(norm.train_events.sum()),
+            "val_events": int(store.n_events - norm.train_events.sum()),
+            "split_s": float(split_s),
+            "run_dir": str(run_dir) if trainer.get("default_root_dir") else None,
+            "resumed_from": str(ckpt_path) if ckpt_path else None,
+        }
+    weights = {k: v.detach().cpu().numpy() for k, v in module.tpp.state_dict().items()}
+    return TrainResult(model=model, weights=weights, normalizers=norm, summary=summary)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (None: unchanged), restoring the previous count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def _fingerprint(model: dict, settings: dict, store: EventStore) -> str:
+    ids = hashlib.sha256("\n".join(store.client_ids).encode()).hexdigest()
+    data = [store.n_events, store.window_start_s, store.window_end_s, ids, float(np.asarray(store.columns["time_s"][-1:]).sum())]
+    blob = json.dumps([model, settings, data], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _run_dir:
+    """The run directory: ``root/fingerprint`` (kept), or a temporary one (removed) when root is None."""
+
+    def __init__(self, root, fingerprint: str):
+        self.root, self.fingerprint, self.tmp = root, fingerprint, None
+
+    def __enter__(self) -> Path:
+        if self.root is None:
+            self.tmp = tempfile.TemporaryDirectory(prefix="servegen-neural-")
+            return Path(self.tmp.name)
+        path = Path(self.root) / self.fingerprint
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def __exit__(self, *exc):
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def _make_trainer(L, trainer: dict, run_dir: Path, monitor: str):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    kwargs = {k: v for k, v in trainer.items() if k not in OUR_TRAINER_KEYS}
+    kwargs["default_root_dir"] = str(run_dir)
+    if kwargs.get("enable_progress_bar") is None:
+        # A progress bar only where someone watches: a terminal, not a log file.
+        kwargs["enable_progress_bar"] = sys.stderr.isatty()
+    kwargs.setdefault("enable_model_summary", False)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_last=True, save_top_k=1
+    )
+    callbacks = [checkpoint, EarlyStopping(monitor=monitor, mode="min", patience=int(trainer.get("early_stopping_patience", 3)))]
+    return L.Trainer(logger=CSVLogger(str(run_dir), name="logs"), callbacks=callbacks, **kwargs)
+
+
+def _resume_path(run_dir: Path, trainer: dict) -> str | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if trainer.get("resume", True) and last.is_file() else None

@@ -1,0 +1,103 @@
+"""Sample a canonical trace from a ClientPool for a generation spec, vectorized.
+
+For every selected client and every rate window the spec touches, arrivals
+come from that window's renewal process at the window's rate times the rate
+control factor (:mod:`servegen_ml.compose`); each request's fields are drawn
+independently from its client's data-window distributions, every field with
+its own uniforms. Multimodal requests draw an item count, then tokens per
+item; ``input_tokens = text_tokens + sum(item tokens)``. Reasoning tokens are
+``round(ratio * output_tokens)``.
+
+Timeline: the spec's ``start_s + t`` is mapped into the learned span with
+:func:`servegen_ml.generators.spec.wrap_time`. Conversations are not modelled:
+``spec.upsample`` has no effect and no conversation ids are produced.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from servegen_ml.compose import merge_streams, renewal_arrivals, segment_multipliers, window_segments
+from servegen_ml.generators.spec import ClientSpec, GenerationSpec, wrap_time
+from servegen_ml.pool.table import ClientPool
+
+
+def select_clients(pool: ClientPool, clients: ClientSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """(pool codes of the source clients, output client ids) for a client spec."""
+    if clients.kind == "all":
+        return np.arange(pool.n_clients), list(pool.clients)
+    if clients.kind == "list":
+        codes = pool.client_codes(clients.ids)
+        unknown = [c for c, code in zip(clients.ids, codes) if code == pool.n_clients]
+        if unknown:
+            raise ValueError(
+                f"clients: unknown client ids {unknown[:5]}; this model has {pool.n_clients} clients "
+                f"(e.g. {', '.join(pool.clients[:5])})"
+            )
+        return codes, list(clients.ids)
+    weights = pool.client_traffic / pool.client_traffic.sum()
+    # New clients resample fitted ones in proportion to their traffic, each with a fresh id.
+    codes = rng.choice(pool.n_clients, size=clients.n, p=weights)
+    return codes, [f"new-{i}" for i in range(clients.n)]
+
+
+def sample_pool(pool: ClientPool, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
+    src, names = select_clients(pool, spec.clients, rng)
+    seg_start, seg_end = window_segments(spec.start_s, spec.duration_s, pool.rate_window_s)
+    window = np.floor(wrap_time(seg_start, pool.span_s) / pool.rate_window_s + 1e-9).astype(np.int64)
+    window = np.minimum(window, pool.n_rate_windows - 1)
+    n_seg = len(seg_start)
+    pair_client = np.repeat(np.arange(len(src)), n_seg)
+    pair_seg = np.tile(np.arange(n_seg), len(src))
+    rate, family, shape = pool.rate_lookup.get(src[pair_client], window[pair_seg])
+    natural = np.bincount(pair_seg, weights=rate, minlength=n_seg)
+    factor = segment_multipliers(spec.rate, seg_start - spec.start_s, seg_end - spec.start_s, natural)
+    active = np.flatnonzero(rate * factor[pair_seg] > 0)
+    pair_client, pair_seg = pair_client[active], pair_seg[active]
+    owner, t = renewal_arrivals(
+        seg_start[pair_seg],
+        seg_end[pair_seg],
+        family[active],
+        shape[active],
+        rate[active] * factor[pair_seg],
+        rng,
+    )
+    client = pair_client[owner]
+    slot = np.floor(wrap_time(t, pool.span_s) / pool.data_window_s).astype(np.int64)
+    slot = np.minimum(slot, pool.n_data_windows - 1)
+    ints, lists = sample_marks(pool, src[client], slot, rng)
+    rel = np.minimum(t - spec.start_s, np.nextafter(spec.duration_s, 0.0))
+    return merge_streams(np.maximum(rel, 0.0), client, names, ints, lists)
+
+
+def sample_marks(pool: ClientPool, client: np.ndarray, slot: np.ndarray, rng: np.random.Generator):
+    """(integer columns, list columns) of requests from pool clients ``client`` in data windows ``slot``."""
+    n = len(client)
+    ints: dict[str, np.ndarray] = {}
+    lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fields = pool.fields
+
+    def draw(name, c=client, s=slot):
+        table = pool.field_table(name)
+        return table.sample(table.resolve(c, s), rng)
+
+    if "text_tokens" in fields:
+        text = draw("text_tokens").astype(np.int64)
+        item_tokens = np.zeros(n, dtype=np.int64)
+        for m in pool.modalities:
+            count = draw(f"{m}_count").astype(np.int64)
+            owner = np.repeat(np.arange(n), count)
+            tokens = draw(f"{m}_tokens", client[owner], slot[owner]).astype(np.int64)
+            item_tokens += np.bincount(owner, weights=tokens, minlength=n).astype(np.int64)
+            lists[f"{m}_tokens"] = (count, tokens)
+        ints["input_tokens"] = text + item_tokens
+        ints["text_tokens"] = text
+    else:
+        ints["input_tokens"] = draw("input_tokens").astype(np.int64)
+    output = draw("output_tokens").astype(np.int64)
+    ints["output_tokens"] = output
+    if "reason_ratio" in fields:
+        ratio = draw("reason_ratio")
+        ints["reasoning_tokens"] = np.minimum(np.floor(ratio * output + 0.5), output).astype(np.int64)
+    return ints, lists

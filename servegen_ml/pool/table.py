@@ -1,0 +1,292 @@
+"""ClientPool: per-client windowed statistics, columnar and readable (Parquet + JSON).
+
+Two tables describe every client, as ServeGen's client pool does:
+
+``rates`` — one row per client and active rate window:
+    ``client_id, window_start_s, rate (req/s), cv, family (Gamma|Weibull), shape, scale (s)``.
+    Windows without a row are inactive (no requests). The stream in a window is
+    a stationary renewal process whose gaps follow ``family`` with ``shape``;
+    the mean gap is tied to ``rate`` (``scale`` is kept as fitted/published,
+    for reference), so scaling the rate keeps the burstiness.
+
+``pmfs`` — empirical distributions, one row per value:
+    ``client_id, window_start_s, field, value, prob, count``.
+    ``window_start_s`` is a data window's start, or ``-1`` for the client's
+    whole-trace distribution (used where a window is missing or too sparse);
+    ``client_id == "*"`` holds the population's distribution (used to score
+    clients the pool has never seen). ``count`` is the number of requests
+    behind the value (``prob = count / sum(count)`` per group).
+    Fields: ``input_tokens``, ``output_tokens``, ``text_tokens``,
+    ``{image,audio,video}_count`` (items per request),
+    ``{image,audio,video}_tokens`` (tokens per item), ``reason_ratio``.
+
+Times are seconds in the pool's own timeline (``0`` = learned start, which was
+``origin_s`` in the source trace's clock); ``span_s`` is the learned span.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from servegen_ml.atomic import atomic_dir
+from servegen_ml.compose import interarrival as ia
+from servegen_ml.pool.empirical import FieldTable, build_field_table
+
+RATE_COLUMNS = ("client_id", "window_start_s", "rate", "cv", "family", "shape", "scale")
+PMF_COLUMNS = ("client_id", "window_start_s", "field", "value", "prob", "count")
+WHOLE_TRACE = -1
+POPULATION = "*"
+MODALITIES = ("image", "audio", "video")
+FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "text_tokens",
+    *(f"{m}_count" for m in MODALITIES),
+    *(f"{m}_tokens" for m in MODALITIES),
+    "reason_ratio",
+)
+POOL_FORMAT = "servegen_ml.client_pool"
+POOL_VERSION = 1
+
+
+@dataclass
+class RateLookup:
+    """Sparse (client, rate window) -> (rate, family, shape) lookup."""
+
+    key: np.ndarray  # sorted client * n_windows + window
+    rate: np.ndarray
+    family: np.ndarray
+    shape: np.ndarray
+    n_windows: int
+
+    def get(self, client: np.ndarray, window: np.ndarray):
+        """(rate, family, shape) per element; rate 0 where the client is inactive."""
+        q = np.asarray(client, dtype=np.int64) * self.n_windows + np.asarray(window, dtype=np.int64)
+        idx = np.minimum(np.searchsorted(self.key, q), max(len(self.key) - 1, 0))
+        if len(self.key) == 0:
+            hit = np.zeros(len(q), dtype=bool)
+        else:
+            hit = self.key[idx] == q
+        rate = np.where(hit, self.rate[idx] if len(self.key) else 0.0, 0.0)
+        family = np.where(hit, self.family[idx] if len(self.key) else 0, ia.GAMMA).astype(np.int8)
+        shape = np.where(hit, self.shape[idx] if len(self.key) else 1.0, 1.0)
+        return rate, family, shape
+
+
+@dataclass
+class ClientPool:
+    """Per-client windowed statistics (see module docstring)."""
+
+    clients: tuple[str, ...]
+    rates: pd.DataFrame
+    pmfs: pd.DataFrame
+    rate_window_s: float
+    data_window_s: float
+    span_s: float
+    origin_s: float = 0.0
+    # Mean req/s of a typical client: the time model of a client the pool has never seen.
+    population_rate: float = 0.0
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------ derived views
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.clients)
+
+    @property
+    def n_rate_windows(self) -> int:
+        return int(np.ceil(self.span_s / self.rate_window_s - 1e-9))
+
+    @property
+    def n_data_windows(self) -> int:
+        return int(np.ceil(self.span_s / self.data_window_s - 1e-9))
+
+    @cached_property
+    def _pmf_columns(self) -> dict[str, np.ndarray]:
+        """The pmfs table as numpy arrays with integer field and client codes."""
+        field = self.pmfs["field"]
+        field = field if isinstance(field.dtype, pd.CategoricalDtype) else field.astype("category")
+        known = {name: i for i, name in enumerate(FIELDS)}
+        unknown = [str(c) for c in field.cat.categories if str(c) not in known]
+        if unknown:
+            raise ValueError(f"client pool: unknown fields {unknown}; expected some of {FIELDS}")
+        mapping = np.array([known[str(c)] for c in field.cat.categories], dtype=np.int64)
+        return {
+            "field": mapping[field.cat.codes.to_numpy()] if len(mapping) else np.zeros(0, dtype=np.int64),
+            "client": self._codes(self.pmfs["client_id"]),
+            "window": self.pmfs["window_start_s"].to_numpy(np.float64),
+            "value": self.pmfs["value"].to_numpy(np.float64),
+            "count": self.pmfs["count"].to_numpy(np.float64),
+        }
+
+    @cached_property
+    def fields(self) -> tuple[str, ...]:
+        present = np.bincount(self._pmf_columns["field"], minlength=len(FIELDS)) > 0
+        return tuple(f for f, p in zip(FIELDS, present) if p)
+
+    @cached_property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities whose item count can be positive."""
+        cols = self._pmf_columns
+        out = []
+        for m in MODALITIES:
+            rows = cols["field"] == FIELDS.index(f"{m}_count")
+            if (cols["value"][rows] > 0).any():
+                out.append(m)
+        return tuple(out)
+
+    def client_codes(self, ids) -> np.ndarray:
+        """Codes of client ids; unknown ids get the population code ``n_clients``."""
+        index = pd.Index(self.clients)
+        codes = index.get_indexer(pd.Index(np.asarray(ids, dtype=object).astype(str)))
+        return np.where(codes < 0, self.n_clients, codes).astype(np.int64)
+
+    @cached_property
+    def rate_lookup(self) -> RateLookup:
+        client = self._codes(self.rates["client_id"])
+        window = np.floor(self.rates["window_start_s"].to_numpy(np.float64) / self.rate_window_s + 1e-9)
+        key = client * self.n_rate_windows + window.astype(np.int64)
+        order = np.argsort(key, kind="stable")
+        family = ia.family_code(self.rates["family"].to_numpy(dtype=object).astype(str))
+        shape = ia.clip_shape(family, self.rates["shape"].to_numpy(np.float64))
+        return RateLookup(
+            key[order],
+            self.rates["rate"].to_numpy(np.float64)[order],
+            family[order],
+            shape[order],
+            self.n_rate_windows,
+        )
+
+    @cached_property
+    def client_traffic(self) -> np.ndarray:
+        """Expected requests per client over the learned span (weights for ``new:N``)."""
+        codes = self._codes(self.rates["client_id"])
+        reqs = self.rates["rate"].to_numpy(np.float64) * self.rate_window_s
+        return np.bincount(codes, weights=reqs, minlength=self.n_clients)[: self.n_clients]
+
+    def field_table(self, name: str) -> FieldTable:
+        """The compiled distributions of one field (built on first use)."""
+        cache = self.__dict__.setdefault("_field_tables", {})
+        if name not in cache:
+            cols = self._pmf_columns
+            rows = np.flatnonzero(cols["field"] == FIELDS.index(name))
+            n_slots = self.n_data_windows + 1
+            window = cols["window"][rows]
+            slot = np.where(window < 0, n_slots - 1, np.floor(window / self.data_window_s + 1e-9)).astype(np.int64)
+            if (window >= self.span_s).any():
+                raise ValueError(f"client pool: {name} has data windows at or after the learned span ({self.span_s} s)")
+            cache[name] = build_field_table(
+                cols["client"][rows],
+                slot,
+                cols["value"][rows],
+                cols["count"][rows],
+                self.n_clients + 1,
+                n_slots,
+                ratio=name == "reason_ratio",
+            )
+        return cache[name]
+
+    def _codes(self, column: pd.Series) -> np.ndarray:
+        """Client codes of a client_id column; the population row is ``n_clients``."""
+        cat = column.astype("category") if not isinstance(column.dtype, pd.CategoricalDtype) else column
+        names = [str(c) for c in cat.cat.categories]
+        lookup = {c: i for i, c in enumerate(self.clients)}
+        lookup[POPULATION] = self.n_clients
+        missing = [c for c in names if c not in lookup]
+        if missing:
+            raise ValueError(f"client pool: client ids {missing[:5]} have rows but are not in the client list")
+        mapping = np.array([lookup[c] for c in names], dtype=np.int64)
+        codes = cat.cat.codes.to_numpy()
+        return mapping[codes] if len(mapping) else codes.astype(np.int64)
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``pool.json``, ``rates.parquet`` and ``pmfs.parquet`` into ``directory`` (atomically)."""
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            self.write_into(tmp)
+        return directory
+
+    def write_into(self, directory: Path) -> None:
+        """Write the pool's files into an existing directory."""
+        meta = {
+            "format": POOL_FORMAT,
+            "version": POOL_VERSION,
+            "rate_window_s": self.rate_window_s,
+            "data_window_s": self.data_window_s,
+            "span_s": self.span_s,
+            "origin_s": self.origin_s,
+            "population_rate": self.population_rate,
+            "source": self.source,
+            "notes": list(self.notes),
+            "clients": list(self.clients),
+            "units": {"window_start_s": "s", "rate": "req/s", "scale": "s", "value": "tokens, items or ratio"},
+        }
+        (directory / "pool.json").write_text(json.dumps(meta, indent=1) + "\n")
+        _write_parquet(self.rates[list(RATE_COLUMNS)], directory / "rates.parquet")
+        _write_parquet(self.pmfs[list(PMF_COLUMNS)], directory / "pmfs.parquet")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ClientPool:
+        directory = Path(directory)
+        meta_path = directory / "pool.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{directory}: not a client pool (no pool.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta_path}: corrupt JSON ({e})") from None
+        if meta.get("format") != POOL_FORMAT or meta.get("version", 0) > POOL_VERSION:
+            raise ValueError(f"{meta_path}: not a version-{POOL_VERSION} {POOL_FORMAT} file")
+        rates = _read_parquet(directory / "rates.parquet", RATE_COLUMNS)
+        pmfs = _read_parquet(directory / "pmfs.parquet", PMF_COLUMNS)
+        return cls(
+            clients=tuple(meta["clients"]),
+            rates=rates,
+            pmfs=pmfs,
+            rate_window_s=float(meta["rate_window_s"]),
+            data_window_s=float(meta["data_window_s"]),
+            span_s=float(meta["span_s"]),
+            origin_s=float(meta.get("origin_s", 0.0)),
+            population_rate=float(meta.get("population_rate", 0.0)),
+            source=str(meta.get("source", "")),
+            notes=list(meta.get("notes", [])),
+        )
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    arrays = {}
+    for name in df.columns:
+        col = df[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            codes = pa.array(col.cat.codes.to_numpy().astype(np.int32))
+            arrays[name] = pa.DictionaryArray.from_arrays(codes, pa.array([str(c) for c in col.cat.categories]))
+        elif col.dtype == object or pd.api.types.is_string_dtype(col):
+            arrays[name] = pa.array(col.astype(str).to_numpy(dtype=object), type=pa.string()).dictionary_encode()
+        else:
+            arrays[name] = pa.array(col.to_numpy())
+    pq.write_table(pa.table(arrays), path, compression="zstd")
+
+
+def _read_parquet(path: Path, columns) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"client pool file {path} is missing")
+    try:
+        table = pq.read_table(path, read_dictionary=["client_id", "field", "family"])
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"{path}: corrupt Parquet ({e})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    return table.select(list(columns)).to_pandas()

@@ -1,0 +1,160 @@
+"""Reading and writing traces: format detection, chunked validated reading, atomic writing.
+
+``read_trace`` returns a whole validated, sorted canonical trace;
+``iter_trace_chunks`` streams one with bounded memory (each chunk validated
+and sorted; rows are not reordered across chunks, see :class:`TraceReader`);
+``write_trace`` writes one atomically. Formats: ``native``, ``mooncake``,
+``azure``, ``burstgpt``, ``bailian`` (adapters in
+:mod:`servegen_ml.trace.adapters`, mappings in their docstrings) and
+``servegen`` (a client-pool directory, sampled). ``format="auto"`` picks the
+adapter from the columns of the file (CSV header, first JSON record, Parquet
+schema); the container (CSV, JSON Lines, Parquet) comes from the extension or
+the first bytes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from servegen_ml.trace.adapters import ADAPTERS, FORMATS
+from servegen_ml.trace.adapters.servegen import is_pool_directory, sample_pool
+from servegen_ml.trace.readers import container_of, peek_columns, read_chunks
+from servegen_ml.trace.schema import empty_trace
+from servegen_ml.trace.validate import TraceValidator, ValidationReport, validate_trace
+from servegen_ml.trace.writers import TraceWriter, write_trace
+
+__all__ = ["TraceReader", "detect_format", "iter_trace_chunks", "read_trace", "write_trace", "TraceWriter"]
+
+DEFAULT_CHUNK_ROWS = 1_000_000
+
+
+def detect_format(path: str | Path) -> str:
+    """The adapter name for a file (or 'servegen' for a pool directory)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if is_pool_directory(path):
+            return "servegen"
+        raise ValueError(f"{path}: a directory, but not a ServeGen client pool (no chunk-*-trace.csv)")
+    columns = set(peek_columns(path, container_of(path)))
+    for name, adapter in ADAPTERS.items():
+        if adapter.matches(columns):
+            return name
+    raise ValueError(
+        f"{path}: cannot tell the trace format from its columns {sorted(columns)}; "
+        f"pass format= (data.format=) one of {', '.join(FORMATS)}"
+    )
+
+
+def _resolve_format(path: Path, format: str) -> str:
+    if format == "auto":
+        return detect_format(path)
+    if format not in FORMATS:
+        raise ValueError(f"unknown trace format {format!r}; use auto or one of {', '.join(FORMATS)}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return format
+
+
+class TraceReader:
+    """Streams a trace file as validated canonical chunks; keeps the validation report.
+
+    Each chunk is sorted by time; a file whose rows go back in time across a
+    chunk boundary sets ``report.globally_unsorted`` (``read_trace`` then sorts
+    the whole trace; streaming consumers must decide, see the ``convert``
+    command). ``collect=True`` gathers problems of the whole file and raises
+    them from :meth:`finish` (used by ``validate``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        format: str = "auto",
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        skip_bad_rows: bool = False,
+        collect: bool = False,
+        **adapter_options,
+    ):
+        self.path = Path(path)
+        self.format = _resolve_format(self.path, format)
+        if self.format == "servegen":
+            raise ValueError(f"{self.path}: a ServeGen pool is sampled, not streamed; use read_trace(format='servegen', ...)")
+        self.container = container_of(self.path)
+        self.chunk_rows = int(chunk_rows)
+        self.adapter = ADAPTERS[self.format](str(self.path), **adapter_options)
+        self.validator = TraceValidator(
+            str(self.path),
+            skip_bad_rows,
+            column_labels=self.adapter.column_labels,
+            extra_rules=self.adapter.extra_rules,
+            required=tuple(self.adapter.required),
+            row_label="line" if self.container == "jsonl" else "row",
+            collect=collect,
+            unique_column=self.adapter.unique_column,
+        )
+
+    @property
+    def report(self) -> ValidationReport:
+        return self.validator.report
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        chunks = read_chunks(self.path, self.container, self.chunk_rows, self.adapter.string_columns)
+        for raw, row_numbers in chunks:
+            mapped, problems = self.adapter.map_chunk(raw, row_numbers)
+            valid, _ = self.validator.check(mapped, row_numbers, problems, raw)
+            yield self.adapter.finish_chunk(valid)
+
+    def finish(self) -> ValidationReport:
+        return self.validator.finish()
+
+
+def iter_trace_chunks(
+    path: str | Path,
+    format: str = "auto",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    skip_bad_rows: bool = False,
+    **adapter_options,
+) -> Iterator[pd.DataFrame]:
+    """Validated canonical chunks of a trace file, each sorted by time (see :class:`TraceReader`)."""
+    reader = TraceReader(path, format, chunk_rows, skip_bad_rows, **adapter_options)
+    yield from reader
+    reader.finish()
+
+
+def read_trace(
+    path: str | Path,
+    format: str = "auto",
+    skip_bad_rows: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    **adapter_options,
+) -> pd.DataFrame:
+    """The whole trace, validated and sorted by time (stable).
+
+    ``format="servegen"`` samples a client pool and takes ``start_s``,
+    ``duration_s`` and ``seed``. With ``skip_bad_rows`` the dropped rows are
+    reported in a warning.
+    """
+    path = Path(path)
+    fmt = _resolve_format(path, format)
+    if fmt == "servegen":
+        options = {k: adapter_options.pop(k, None) for k in ("start_s", "duration_s", "seed")}
+        if adapter_options:
+            raise ValueError(f"unknown option(s) {sorted(adapter_options)} for format 'servegen'")
+        trace, _ = validate_trace(sample_pool(path, **options), str(path), skip_bad_rows)
+        return trace
+    reader = TraceReader(path, fmt, chunk_rows, skip_bad_rows, **adapter_options)
+    chunks = list(reader)
+    report = reader.finish()
+    trace = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0] if chunks else empty_trace()
+    if report.globally_unsorted:
+        warnings.warn(f"{path}: rows are not in timestamp order across the file; sorted by timestamp (stable)", stacklevel=2)
+        trace = trace.iloc[np.argsort(trace["timestamp"].to_numpy(), kind="stable")].reset_index(drop=True)
+    if report.rows_dropped:
+        warnings.warn(report.describe(), stacklevel=2)
+    return trace
