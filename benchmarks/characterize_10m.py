@@ -1,6 +1,6 @@
 """Time and peak memory of ``servegen-ml characterize`` on a synthetic 10-million-row trace.
 
-    python benchmarks/characterize_10m.py [--rows 10000000] [--workdir /tmp/characterize_10m]
+    python benchmarks/characterize_10m.py [--rows 10000000] [--chunk-rows 1000000] [--workdir /tmp/characterize_10m]
 
 Writes a synthetic Parquet trace (one day; 200 clients with Zipf-like rates and
 Gamma inter-arrivals of CV 0.7-4; log-normal correlated lengths; reasoning
@@ -100,6 +100,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/characterize_10m"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per streamed chunk")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     trace = args.workdir / f"trace_{args.rows}.parquet"
@@ -111,7 +112,16 @@ def main() -> int:
     out = args.workdir / "report"
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "servegen_ml.cli", "characterize", f"data.path={trace}", f"out={out}"], check=False
+        [
+            sys.executable,
+            "-m",
+            "servegen_ml.cli",
+            "characterize",
+            f"data.path={trace}",
+            f"out={out}",
+            f"chunk_rows={args.chunk_rows}",
+        ],
+        check=False,
     )
     wall_s = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -43,6 +43,26 @@ def default_slo(reference: pd.DataFrame, model: ServingModel, ttft_factor: float
     return SLO(ttft_p99_s=ttft_factor * p99, tbt_p99_s=tbt_p99_s)
 
 
+def busy_instances(trace: pd.DataFrame, model: ServingModel) -> float:
+    """Instances kept busy by the trace's work at best-case batching: a starting point for the search.
+
+    Prefill costs its per-token and attention terms; each decode token costs
+    its share of a step holding as many sequences as the KV cache and
+    ``max_running`` allow, plus reading its context. Divided by the trace's span.
+    """
+    t = trace["timestamp"].to_numpy(np.float64)
+    span_s = float(t.max() - t.min()) if len(t) > 1 else 0.0
+    if span_s <= 0:
+        return 1.0
+    prompt = np.maximum(trace["input_tokens"].to_numpy(np.float64), 1)
+    output = np.maximum(trace["output_tokens"].to_numpy(np.float64), 1)
+    prefill_s = model.linear_per_token_s * prompt + model.prefill_pair_s * prompt * (prompt + 1) / 2
+    batch = max(1, min(model.max_running, int(model.kv_capacity_tokens / float(np.mean(prompt + output)))))
+    per_token_s = model.fixed_s(batch) / batch
+    decode_s = (output - 1) * (per_token_s + model.decode_kv_token_s * (prompt + output / 2))
+    return float((prefill_s.sum() + decode_s.sum()) / span_s)
+
+
 @dataclass
 class Provisioning:
     """Result of the search: ``instances`` is None when even ``max_instances`` misses the SLO."""
@@ -73,11 +93,19 @@ def smallest_instance_count(
     if len(trace) == 0:
         out.instances = 0
         return out
-    low, high = 0, 1  # low fails (0 instances serve nothing), high is being tested
-    while not meets(high):
-        if high >= max_instances:
-            return out
-        low, high = high, min(2 * high, max_instances)
+    # Twice the busy estimate: halving from there stops near full utilization, not in deep overload.
+    start = int(min(max(1, np.ceil(2 * busy_instances(trace, model))), max_instances))
+    if meets(start):
+        # Halve until a count fails (0 instances serve nothing, so 0 always fails).
+        high, low = start, start // 2
+        while low >= 1 and meets(low):
+            high, low = low, low // 2
+    else:
+        low, high = start, min(2 * start, max_instances)
+        while not meets(high):
+            if high >= max_instances:
+                return out
+            low, high = high, min(2 * high, max_instances)
     while high - low > 1:
         mid = (low + high) // 2
         if meets(mid):

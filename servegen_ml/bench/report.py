@@ -45,10 +45,25 @@ def headline_tables(comp: Comparison) -> str:
             "## Ratio to the noise floor (headline distance)",
             RATIO_NOTE,
             table(["metric", *names], ratio_rows),
+            absent_notes(comp),
             "## Distances",
             table(["metric", "noise floor d(reference, test)", *names], dist_rows),
         ]
     )
+
+
+def absent_notes(comp: Comparison) -> str:
+    """Why cells are '—': each absent metric with its reason and the workloads it applies to."""
+    reasons: dict[tuple[str, str], list[str]] = {}
+    sources = [("noise floor", comp.floor)] + [(w.name, comp.results[w.name]) for w in comp.workloads]
+    for name, results in sources:
+        for metric, res in results.items():
+            if res.get("distance") is None:
+                reasons.setdefault((metric, res.get("absent", "no data")), []).append(name)
+    if not reasons:
+        return "All metrics are present for every workload."
+    lines = [f"- {metric} absent for {', '.join(names)}: {reason}" for (metric, reason), names in reasons.items()]
+    return "'—' marks an absent metric:\n\n" + "\n".join(lines)
 
 
 def component_tables(comp: Comparison) -> str:
@@ -98,7 +113,7 @@ def describe_inputs(comp: Comparison) -> str:
     for role, w in [("real test", comp.test), ("reference", comp.reference), *(("synthetic", w) for w in comp.workloads)]:
         t = w.trace["timestamp"]
         span = float(t.max() - t.min()) if len(t) else 0.0
-        source = w.info.get("path") or ", ".join(f"{k}={v}" for k, v in w.info.items())
+        source = w.info.get("path") or ", ".join(f"{k}={v}" for k, v in w.info.items() if k != "spec")
         rows.append([role, w.name, str(len(w.trace)), f"{span:.0f}", str(w.trace["client_id"].nunique()), source])
     return table(["role", "name", "requests", "span (s)", "clients", "source"], rows)
 

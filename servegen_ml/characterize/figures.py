@@ -32,11 +32,13 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _plain_log_x(ax) -> None:
-    """Log x axis labelled with plain numbers (CVs span a decade or two; 10^x labels crowd)."""
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+def _plain_log(ax, axis: str = "x") -> None:
+    """Log axis labelled with plain numbers (a range of a decade or two gets crowded 10^x labels otherwise)."""
+    getattr(ax, f"set_{axis}scale")("log")
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    which.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    which.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    which.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def _hours(start_s: np.ndarray) -> np.ndarray:
@@ -197,7 +199,7 @@ def lengths_by_hour(stats: dict, path: Path) -> str | None:
         hours = [r["hour"] for r in rows]
         for key, style in (("mean", "-"), ("p50", "--"), ("p90", "-."), ("p99", ":")):
             ax.plot(hours, [r[key] for r in rows], ls=style, marker=".", label=key)
-        ax.set_yscale("log")
+        _plain_log(ax, "y")
         ax.set_xlabel("hour of day")
         ax.set_ylabel("tokens")
         ax.set_title(f"{name.replace('_', ' ')} by hour of day")
@@ -220,7 +222,7 @@ def clients_overview(stats: dict, series: dict, path: Path) -> str | None:
     x, f = weighted_cdf(table["cv"], table["requests"])
     axes[1].step(x, f, where="post", color="tab:purple")
     axes[1].axvline(1.0, color="grey", ls=":", label="Poisson")
-    _plain_log_x(axes[1])
+    _plain_log(axes[1], "x")
     axes[1].set_xlabel(f"client inter-arrival CV (per {stats['arrivals']['cv_window_s']:g} s window, weighted mean)")
     axes[1].set_ylabel("fraction of traffic")
     axes[1].set_title("Client burstiness, traffic-weighted CDF")
@@ -318,7 +320,7 @@ def reasoning(stats: dict, series: dict, path: Path) -> str | None:
     bc = r["ratio"].get("bimodality_coefficient", math.nan)
     ax1.set_xlabel("reasoning tokens / output tokens")
     ax1.set_ylabel("fraction of requests")
-    ax1.set_title(f"Reasoning ratio (bimodality coefficient {bc:.2f}; > 0.56 suggests two modes)")
+    ax1.set_title(f"Reasoning ratio (bimodality coeff. {bc:.2f}; > 0.56: two modes)")
     p = s["pairs"]
     ax2.hexbin(
         np.log10(1 + p["reasoning_tokens"]), np.log10(1 + p["answer_tokens"]), gridsize=40, bins="log", cmap="viridis"

@@ -18,6 +18,11 @@ def iter_chunks(
     path: str | Path, format: str = "auto", chunk_rows: int = 1_000_000, skip_bad_rows: bool = False
 ) -> Iterator[pd.DataFrame]:
     """Validated canonical chunks of the trace at ``path``, in file order."""
+    if Path(path).is_dir():
+        raise ValueError(
+            f"{path}: a directory; characterize streams a trace file. Sample a ServeGen pool into one first: "
+            f"servegen-ml convert data.path={path} start_s=0 duration_s=86400 out=trace.parquet"
+        )
     try:
         from servegen_ml.trace.io import iter_trace_chunks
     except ImportError:

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servegen_ml.cli import UserError
+from servegen_ml.cli import UserError, config_dir
 from servegen_ml.trace.io import TraceReader
 from servegen_ml.trace.summary import TraceSummary, format_summary
 
-DATA_KEYS = ("path", "format", "skip_bad_rows")
-
 
 def adapter_options(data_cfg) -> dict:
-    """Format options given under ``data`` besides path, format and skip_bad_rows."""
-    return {k: v for k, v in data_cfg.items() if k not in DATA_KEYS}
+    """Format options: the keys added under ``data`` (``+data.KEY=``) beyond the data group's own keys."""
+    from omegaconf import OmegaConf
+
+    group_keys = set(OmegaConf.load(config_dir() / "data" / "default.yaml"))
+    return {k: v for k, v in data_cfg.items() if k not in group_keys}
 
 
 def run(cfg) -> int:

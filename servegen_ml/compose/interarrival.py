@@ -237,13 +237,15 @@ def fit_weibull(gap_s, group, n_groups, iterations: int = 40):
             m1 = a1 / a0
             h = m1 - 1.0 / k - mean_ly  # increasing in k; zero at the MLE
             hp = a2 / a0 - m1 * m1 + 1.0 / (k * k)
+            done = ~(np.abs(h) > 1e-12)
+            if done.all():
+                break
             lo = np.where(h < 0, k, lo)
             hi = np.where(h > 0, k, hi)
             step = k - h / hp
-            inside = (step > lo) & (step < hi)
-            k = np.where(inside, step, np.sqrt(lo * hi))
-            if np.nanmax(np.abs(h), initial=0.0) < 1e-10:
-                break
+            inside = (step >= lo) & (step <= hi)
+            # Newton inside the bracket, else bisect (in log k); converged groups stay put.
+            k = np.where(done, k, np.where(inside, step, np.sqrt(lo * hi)))
         a0 = np.bincount(group, weights=np.exp(k[group] * ly), minlength=n_groups)
         scale = mean * (a0 / n) ** (1.0 / k)
         slog = np.bincount(group, weights=np.log(gap_s), minlength=n_groups)

@@ -2,8 +2,9 @@
 
 Every client's rate in a segment is multiplied by the segment's factor, so
 client shares and burstiness (CV) are kept (DESIGN §4). For a piecewise-linear
-curve the target is the curve's mean over the segment (exact integral), so a
-ramp inside a window is honoured on average.
+curve the generation span is cut into steps of :data:`CURVE_STEP_S` and each
+step's target is the curve's mean over it (exact integral), so a ramp inside a
+rate window is followed at that resolution.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from servegen_ml.generators.spec import RateSpec
+
+CURVE_STEP_S = 60.0
+
+
+def segment_step_s(rate: RateSpec) -> float | None:
+    """How finely to cut segments for this rate spec (None: rate windows only)."""
+    return CURVE_STEP_S if rate.kind == "curve" else None
 
 
 def segment_multipliers(

@@ -12,9 +12,11 @@ gaps; a client with fewer than ``min_events`` requests overall is Poisson
 (Gamma, shape 1). A data window with fewer than ``min_events`` requests is not
 stored, so sampling and scoring use the client's whole-trace distribution.
 
-Gaps of zero (simultaneous arrivals) are fitted as half the time resolution
+Gaps of exactly zero (simultaneous arrivals, e.g. millisecond timestamps) are
+fitted as half the time resolution
 (:data:`servegen_ml.generators.base.TIME_RESOLUTION_S`), the centre of the
-first discretization bin the likelihood scores them in.
+first discretization bin the likelihood scores them in; other gaps are used
+as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.pool.table import MODALITIES, PMF_COLUMNS, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
+from servegen_ml.pool.table import FIELDS, MODALITIES, PMF_COLUMNS, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
 from servegen_ml.trace.schema import list_lengths, list_values
 
 TIME_RESOLUTION_S = 1e-3  # mirrors generators.base.TIME_RESOLUTION_S (no import cycle)
@@ -79,7 +81,8 @@ def _fit_rates(tau, client, n_clients, end_s, window_s, n_windows, min_events) -
     counts = np.bincount(group, minlength=n_clients * n_windows)
 
     same = group_sorted[1:] == group_sorted[:-1]
-    gaps = np.maximum(np.diff(tau_sorted)[same], TIME_RESOLUTION_S / 2)
+    gaps = np.diff(tau_sorted)[same]
+    gaps = np.where(gaps > 0, gaps, TIME_RESOLUTION_S / 2)
     gap_group = group_sorted[1:][same]
     gap_client = client_sorted[1:][same]
 
@@ -170,7 +173,16 @@ def _fit_pmfs(trace, client, slot, names, data_window_s, min_events) -> pd.DataF
     pmfs.pop("slot")
     totals = pmfs.groupby(["field", "client_id", "window_start_s"], sort=False)["count"].transform("sum")
     pmfs["prob"] = pmfs["count"] / totals
-    return pmfs[list(PMF_COLUMNS)]
+    # Sorted by (field, client, window with the whole trace last, value): the order loading expects.
+    order = np.lexsort(
+        (
+            pmfs["value"].to_numpy(),
+            np.where(pmfs["window_start_s"] < 0, np.inf, pmfs["window_start_s"]),
+            np.where(pmfs["client_id"] == POPULATION, len(names), np.searchsorted(names, pmfs["client_id"].to_numpy(dtype=object))),
+            np.array([FIELDS.index(f) for f in pmfs["field"]]),
+        )
+    )
+    return pmfs.iloc[order][list(PMF_COLUMNS)].reset_index(drop=True)
 
 
 def _value_counts(client, slot, value) -> pd.DataFrame:

@@ -42,7 +42,7 @@ from servegen_ml.pool.table import FIELDS, POPULATION, WHOLE_TRACE, ClientPool
 
 _CHUNK = re.compile(r"^chunk-(\d+)-(trace\.csv|dataset\.json)$")
 CACHE_ENV = "SERVEGEN_ML_CACHE_DIR"
-_CACHE_LAYOUT = 1
+_CACHE_LAYOUT = 2
 
 
 def is_servegen_pool(path: str | os.PathLike) -> bool:

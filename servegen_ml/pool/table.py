@@ -179,7 +179,7 @@ class ClientPool:
         cache = self.__dict__.setdefault("_field_tables", {})
         if name not in cache:
             cols = self._pmf_columns
-            rows = np.flatnonzero(cols["field"] == FIELDS.index(name))
+            rows = _rows_of(cols["field"], FIELDS.index(name))
             n_slots = self.n_data_windows + 1
             window = cols["window"][rows]
             slot = np.where(window < 0, n_slots - 1, np.floor(window / self.data_window_s + 1e-9)).astype(np.int64)
@@ -265,6 +265,13 @@ class ClientPool:
         )
 
 
+def _rows_of(codes: np.ndarray, code: int):
+    """Rows holding ``code``: a slice (no copies) when the table is sorted by it, else an index array."""
+    if len(codes) and np.all(codes[1:] >= codes[:-1]):
+        return slice(int(np.searchsorted(codes, code, "left")), int(np.searchsorted(codes, code, "right")))
+    return np.flatnonzero(codes == code)
+
+
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     arrays = {}
     for name in df.columns:
@@ -276,7 +283,7 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
             arrays[name] = pa.array(col.astype(str).to_numpy(dtype=object), type=pa.string()).dictionary_encode()
         else:
             arrays[name] = pa.array(col.to_numpy())
-    pq.write_table(pa.table(arrays), path, compression="zstd")
+    pq.write_table(pa.table(arrays), path, compression="lz4")
 
 
 def _read_parquet(path: Path, columns) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from servegen_ml.trace.schema import empty_trace
 from servegen_ml.trace.validate import TraceValidator, ValidationReport, validate_trace
 from servegen_ml.trace.writers import TraceWriter, write_trace
 
-__all__ = ["TraceReader", "detect_format", "iter_trace_chunks", "read_trace", "write_trace", "TraceWriter"]
+__all__ = ["TraceReader", "TraceWriter", "detect_format", "iter_trace_chunks", "read_trace", "write_trace"]
 
 DEFAULT_CHUNK_ROWS = 1_000_000
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """A fast 64-bit mixing function (SplitMix64 finalizer), elementwise on uint64."""
     z = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
@@ -30,16 +31,19 @@ def hash_strings(values) -> np.ndarray:
     return pd.util.hash_pandas_object(series.astype(str), index=False).to_numpy(dtype=np.uint64)
 
 
-def _last_per_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort by key and keep the last occurrence of each key (later rows win)."""
+def _last_per_key(keys: np.ndarray, values: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by key and keep the last occurrence of each key (later rows win); ``owned`` keys may be sorted in place."""
     if values.shape[1] == 0:
-        # A plain key set: sort in place, no permutation array (the big cost at 10^8 keys).
-        keys = np.sort(keys)
+        # A plain key set: sort in place, no permutation array (the memory peak at 10^8 keys).
+        keys = keys if owned else keys.copy()
+        keys.sort()
     else:
         order = np.argsort(keys, kind="stable")
         keys, values = keys[order], values[order]
     last = np.ones(len(keys), dtype=bool)
     last[:-1] = keys[1:] != keys[:-1]
+    if last.all():
+        return keys, values
     return keys[last], values[last]
 
 
@@ -51,6 +55,7 @@ class KeyMap:
         self._levels: list[tuple[np.ndarray, np.ndarray]] = []  # oldest first
 
     def __len__(self) -> int:
+        """Stored entries; equals the distinct keys when callers only insert keys not yet present."""
         return sum(len(k) for k, _ in self._levels)
 
     def update(self, keys: np.ndarray, values: np.ndarray | None = None) -> None:
@@ -63,9 +68,11 @@ class KeyMap:
         self._levels.append(_last_per_key(keys, values))
         # Merge while the newest level is at least half the size of the one before it.
         while len(self._levels) > 1 and 2 * len(self._levels[-1][0]) >= len(self._levels[-2][0]):
-            (k_old, v_old), (k_new, v_new) = self._levels[-2], self._levels[-1]
-            merged = _last_per_key(np.concatenate([k_old, k_new]), np.concatenate([v_old, v_new]))
-            self._levels[-2:] = [merged]
+            newer, older = self._levels.pop(), self._levels.pop()
+            merged_keys = np.concatenate([older[0], newer[0]])
+            merged_values = np.concatenate([older[1], newer[1]])
+            del newer, older  # let the two levels go before sorting
+            self._levels.append(_last_per_key(merged_keys, merged_values, owned=True))
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, values) for each key; values of missing keys are 0."""

@@ -39,7 +39,8 @@ class TraceSummary:
         for col in self._token_sums:
             self._token_sums[col] += int(chunk[col].sum())
         if "conversation_id" in chunk:
-            self._conversations.update(hash_strings(chunk["conversation_id"]))
+            keys = np.unique(hash_strings(chunk["conversation_id"]))
+            self._conversations.update(keys[~self._conversations.contains(keys)])  # keep levels disjoint: len() = distinct
             self._conversation_rows += len(chunk)
         if "turn" in chunk:
             self._follow_ups += int((chunk["turn"].to_numpy() > 1).sum())

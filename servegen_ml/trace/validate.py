@@ -224,7 +224,7 @@ def _check_string(series: pd.Series) -> tuple[pd.arrays.ArrowStringArray, dict]:
 
 
 def _to_arrow_array(series: pd.Series) -> pa.Array:
-    if isinstance(series.dtype, pd.ArrowDtype) or isinstance(series.dtype, pd.StringDtype):
+    if isinstance(series.dtype, (pd.ArrowDtype, pd.StringDtype)):
         arr = pa.array(series.array)
     else:
         arr = pa.array(series.to_numpy(dtype=object), from_pandas=True)

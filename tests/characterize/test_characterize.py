@@ -166,3 +166,26 @@ def test_a_trace_unsorted_across_chunks_is_refused():
     chunks = [trace.iloc[:500].reset_index(drop=True), trace.iloc[500:].reset_index(drop=True)]
     with pytest.raises(ValueError, match="sorted by timestamp"):
         characterize_chunks(chunks, np.random.default_rng(0))
+
+
+def test_daily_and_weekly_views_of_a_planted_diurnal_pattern(tmp_path):
+    from servegen_ml.characterize import figures
+
+    rng = np.random.default_rng(7)
+    t = np.cumsum(rng.exponential(10.0, 80_000))
+    t = t[t < 8 * 86400]
+    busy = (np.mod(t, 86400) >= 12 * 3600) & (np.mod(t, 86400) < 18 * 3600)
+    t = t[busy | (rng.random(len(t)) < 0.5)]  # half the rate outside 12:00-18:00
+    stats, series = characterize_chunks(chunks_of(single_stream(t), 20_000), np.random.default_rng(0))
+    hourly = series["arrivals"]["hourly"]
+    hour = (np.mod(hourly["start_s"], 86400) // 3600).astype(int)
+    by_hour = hourly.groupby(hour)["rate_rps"].mean()
+    assert by_hour[14] / by_hour[2] == pytest.approx(2.0, rel=0.15)
+    assert figures.arrivals_daily_weekly(stats, series, tmp_path / "d.png") is not None
+    short = characterize_chunks([single_stream(np.arange(1000.0))], np.random.default_rng(0))
+    assert figures.arrivals_daily_weekly(*short, tmp_path / "none.png") is None
+
+
+def test_a_pool_directory_gets_a_convert_hint(tmp_path, capsys):
+    assert cli.main(["characterize", f"data.path={tmp_path}", f"out={tmp_path / 'o'}"]) == 2
+    assert "servegen-ml convert" in capsys.readouterr().err

@@ -50,3 +50,9 @@ def test_merge_sorts_rows_and_item_lists_together():
     np.testing.assert_array_equal(list_lengths(df["image_tokens"]), [0, 2, 1])
     np.testing.assert_array_equal(list_values(df["image_tokens"]), [200, 201, 300])
     assert isinstance(df["client_id"].dtype, pd.StringDtype)
+
+
+def test_window_segments_can_step_inside_windows():
+    lo, hi = window_segments(30.0, 200.0, 100.0, step_s=60.0)
+    np.testing.assert_allclose(lo, [30.0, 90.0, 100.0, 150.0, 200.0, 210.0])
+    np.testing.assert_allclose(hi, [90.0, 100.0, 150.0, 200.0, 210.0, 230.0])

@@ -8,7 +8,7 @@ import pytest
 from servegen_ml.trace.io import TraceWriter, detect_format, iter_trace_chunks, read_trace, write_trace
 from servegen_ml.trace.readers import TraceReadError
 from servegen_ml.trace.schema import STRING_DTYPE, make_list_column
-from servegen_ml.trace.summary import summarize
+from servegen_ml.trace.summary import TraceSummary, summarize
 from tests.factories import synthetic_trace
 
 
@@ -139,4 +139,8 @@ def test_summary_fields():
     assert s["mean_rate_per_s"] == pytest.approx(len(df) / s["span_s"])
     assert s["fields"][:3] == ["timestamp", "client_id", "request_id"] and "image_tokens" in s["fields"]
     assert s["conversations"] == df["conversation_id"].nunique()
+    streamed = TraceSummary()
+    for i in range(0, len(df), 100):  # conversations span chunk boundaries
+        streamed.add(df.iloc[i : i + 100])
+    assert streamed.result() == s
     assert s["follow_up_share"] == pytest.approx((df["turn"] > 1).mean())

@@ -7,8 +7,8 @@ import pytest
 
 from servegen_ml.cli import main
 from servegen_ml.trace.io import iter_trace_chunks, read_trace
-from servegen_ml.trace.validate import MAX_LISTED_ROWS, TraceValidationError, validate_trace
 from servegen_ml.trace.schema import make_list_column, ordered_columns
+from servegen_ml.trace.validate import MAX_LISTED_ROWS, TraceValidationError, validate_trace
 from tests.factories import synthetic_trace
 
 
