@@ -56,3 +56,45 @@ def synthetic_trace(
         ratio = np.where(rng.random(n) < 0.3, 0.0, rng.beta(5, 2, size=n))
         out["reasoning_tokens"] = np.floor(ratio * out["output_tokens"]).astype(np.int64)
     return make_trace(out)
+
+
+def conversational_trace(seed: int = 0, duration_s: float = 14_400.0, max_turns: int = 12) -> pd.DataFrame:
+    """A sorted canonical trace with planted conversations (``conversation_id``, ``turn``).
+
+    Clients ``c0``-``c2`` open conversations as Poisson streams (0.06, 0.04 and
+    0.02 per s) and continue each turn with probability 0.55, 0.35 and 0.65 (at
+    most ``max_turns`` turns); ``tiny`` opens about 20 (continuation 0.5). The
+    inter-turn gap is log-normal (sigma 0.5) with median ``20 s + 0.1 s`` per
+    token of the previous output; a follow-up's input is the previous input +
+    previous output + log-normal new tokens (median 55). Turns past the end are cut.
+    """
+    rng = np.random.default_rng(seed)
+    clients = [("c0", 0.06, 0.55), ("c1", 0.04, 0.35), ("c2", 0.02, 0.65), ("tiny", 0.0015, 0.5)]
+    cols: dict[str, list] = {k: [] for k in ("timestamp", "client_id", "input_tokens", "output_tokens", "conversation_id", "turn")}
+
+    def emit(name, conv, turn, t, prompt, answer):
+        cols["timestamp"].append(t)
+        cols["client_id"].append(np.full(len(t), name))
+        cols["input_tokens"].append(prompt)
+        cols["output_tokens"].append(answer)
+        cols["conversation_id"].append(np.char.add(f"{name}-", conv.astype(str)))
+        cols["turn"].append(np.full(len(t), turn))
+
+    for name, rate, cont in clients:
+        t = gamma_arrivals(rng, rate, 1.0, duration_s)
+        n = len(t)
+        prompt = np.round(np.exp(6.0 + 0.5 * rng.standard_normal(n))).astype(np.int64)
+        answer = np.round(np.exp(5.0 + 0.7 * rng.standard_normal(n))).astype(np.int64) + 1
+        alive = np.arange(n)
+        emit(name, alive, 1, t.copy(), prompt.copy(), answer.copy())
+        for turn in range(2, max_turns + 1):
+            alive = alive[rng.random(len(alive)) < cont]
+            arrival = t[alive] + np.exp(np.log(20.0 + 0.1 * answer[alive]) + 0.5 * rng.standard_normal(len(alive)))
+            alive, arrival = alive[arrival < duration_s], arrival[arrival < duration_s]
+            t[alive] = arrival
+            prompt[alive] += answer[alive] + np.round(np.exp(4.0 + rng.standard_normal(len(alive)))).astype(np.int64)
+            answer[alive] = np.round(np.exp(5.0 + 0.7 * rng.standard_normal(len(alive)))).astype(np.int64) + 1
+            emit(name, alive, turn, arrival, prompt[alive], answer[alive])
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    order = np.argsort(out["timestamp"], kind="stable")
+    return make_trace({k: v[order] for k, v in out.items()})

@@ -78,7 +78,9 @@ def test_cache_is_reused_and_invalidated_by_changes(tmp_path, cache_dir, monkeyp
 
     monkeypatch.setattr(servegen, "parse_servegen_pool", fail)
     second = load_servegen_pool(directory)
-    pd.testing.assert_frame_equal(second.rates.astype({"client_id": str, "family": str}), first.rates.astype({"client_id": str, "family": str}))
+    pd.testing.assert_frame_equal(
+        second.rates.astype({"client_id": str, "family": str}), first.rates.astype({"client_id": str, "family": str})
+    )
     csv = directory / "chunk-0-trace.csv"
     csv.write_text(csv.read_text() + "3600,0,0,,0,0\n")
     with pytest.raises(AssertionError, match="parsed again"):
@@ -113,7 +115,9 @@ def test_save_load_round_trip(tmp_path, cache_dir):
 def test_sampling_follows_windows_and_time_wraps(tmp_path, cache_dir):
     pool = load_servegen_pool(write_pool(tmp_path / "p", with_missing_client=False))
     # Start at 1200 s in the second pass of the learned span (wraps by the 3600 s span).
-    out = sample_pool(pool, GenerationSpec.from_values(duration_s=1200.0, start_s=3600.0 + 1200.0), np.random.default_rng(3))
+    out = sample_pool(
+        pool, GenerationSpec.from_values(duration_s=1200.0, start_s=3600.0 + 1200.0), np.random.default_rng(3)
+    )
     first_window = out[out["timestamp"] < 600]
     assert len(first_window) == pytest.approx(1200, rel=0.35)  # rate 2/s, bursty Weibull
     assert set(first_window["input_tokens"]) <= {10, 20, 30, 40}
@@ -150,7 +154,9 @@ def test_deepseek_r1_counts_match_the_pool(shared_traces, shared_cache):
 
 
 def test_mm_image_gives_item_lists(shared_traces, shared_cache):
-    out = sample_servegen_pool(shared_traces / "servegen" / "multimodal" / "mm-image", 0.0, 600.0, np.random.default_rng(0))
+    out = sample_servegen_pool(
+        shared_traces / "servegen" / "multimodal" / "mm-image", 0.0, 600.0, np.random.default_rng(0)
+    )
     assert "image_tokens" in out.columns and "audio_tokens" not in out.columns
     counts = list_lengths(out["image_tokens"])
     assert counts.max() >= 2
@@ -171,3 +177,23 @@ def test_m_large_cached_load_is_fast(shared_traces, shared_cache):
         pool.field_table(name)
     assert time.process_time() - started < 2.0
     assert pool.n_clients == 147
+
+
+def test_smoothed_distributions_are_normalized():
+    from servegen_ml.pool.empirical import build_field_table, log_discretized_lognormal
+
+    v = np.arange(200_000)
+    for mu, sigma in [(3.0, 0.5), (6.0, 1.0), (0.2, 0.25)]:
+        total = np.exp(log_discretized_lognormal(v, np.full(len(v), mu), np.full(len(v), sigma))).sum()
+        assert total == pytest.approx(1.0, abs=1e-9)
+    # One client, one window of ratios seen 10 times each (plus the whole-trace group).
+    ratio = np.array([0.0, 0.25, 0.5, 0.9, 1.0])
+    table = build_field_table(
+        np.zeros(10, dtype=np.int64), np.repeat([0, 1], 5), np.tile(ratio, 2), np.full(10, 10.0), 1, 2, ratio=True
+    )
+    for output in (1, 7, 3000):
+        r = np.arange(output + 1)
+        g = np.zeros(len(r), dtype=np.int64)
+        p = np.exp(table.log_pmf_reasoning(g, g, r, np.full(len(r), output)))
+        assert p.sum() == pytest.approx(1.0, abs=1e-9)
+        assert p[0] > 0.18 and p[-1] > 0.18  # the point masses at ratio 0 and 1 survive

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +78,8 @@ def run_head_to_head(
     source: str,
     quiet: bool = False,
 ) -> HeadToHead:
+    for name in settings.models:  # unknown names fail before any fitting
+        model_config(name, settings.model_args.get(name), settings.trainer)
     train, test = time_split(trace, settings.split)
     t = trace["timestamp"].to_numpy(np.float64)
     cut_s = float(t.min() + settings.split * (t.max() - t.min()))
@@ -88,19 +91,15 @@ def run_head_to_head(
     fitted: dict[str, Generator] = {}
     for name, seed in progress(jobs, "fit and sample", quiet):
         entry = per_model.setdefault(name, {"fit_seconds": [], "sample_seconds": [], "seeds": []})
-        if settings.refit_per_seed or name not in fitted:
-            gen = _build(name, settings, seed if settings.refit_per_seed else None)
-            started = time.perf_counter()
-            fitted[name] = gen.fit(train)
-            entry["fit_seconds"].append(round(time.perf_counter() - started, 3))
-            entry.setdefault("m1", []).append(metrics.jsonable(metrics.m1_for_generator(fitted[name], test)))
-        spec = GenerationSpec(duration_s=duration_s, start_s=start_s, seed=seed)
-        started = time.perf_counter()
-        synthetic = fitted[name].sample(spec, np.random.default_rng(seed))
-        entry["sample_seconds"].append(round(time.perf_counter() - started, 3))
-        entry["seeds"].append(seed)
-        info = {"model": name, "seed": seed, "spec": spec.to_dict()}
-        workloads.append(Workload(f"{name}/seed{seed}", synthetic, info))
+        if "error" in entry:
+            continue
+        try:
+            workloads.append(_fit_and_sample(name, seed, settings, train, test, start_s, duration_s, fitted, entry))
+        except Exception as e:  # noqa: BLE001 -- one failing model must not discard the others' results
+            entry["error"] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"head-to-head: model {name!r} failed at seed {seed}: {entry['error']}", stacklevel=2)
+    if not workloads:
+        raise ValueError("head-to-head: every model failed: " + "; ".join(f"{n}: {e['error']}" for n, e in per_model.items()))
     comp = compare(
         Workload("real_test", test, {"path": source, "part": f"after {settings.split:g} of the span"}),
         Workload("reference", train, {"path": source, "part": f"before {settings.split:g} of the span"}),
@@ -109,8 +108,23 @@ def run_head_to_head(
         quiet,
     )
     summary = _summarize(comp, per_model, settings, cut_s, start_s, duration_s)
-    plotted = [f"{m}/seed{settings.seeds[0]}" for m in settings.models]
+    plotted = [w.name for w in workloads if w.info["seed"] == settings.seeds[0]]
     return HeadToHead(comp, summary, [_m1_section(summary), _seed_section(summary, comp)], plotted)
+
+
+def _fit_and_sample(name, seed, settings, train, test, start_s, duration_s, fitted, entry) -> Workload:
+    if settings.refit_per_seed or name not in fitted:
+        gen = _build(name, settings, seed if settings.refit_per_seed else None)
+        started = time.perf_counter()
+        fitted[name] = gen.fit(train)
+        entry["fit_seconds"].append(round(time.perf_counter() - started, 3))
+        entry.setdefault("m1", []).append(metrics.jsonable(metrics.m1_for_generator(fitted[name], test)))
+    spec = GenerationSpec(duration_s=duration_s, start_s=start_s, seed=seed)
+    started = time.perf_counter()
+    synthetic = fitted[name].sample(spec, np.random.default_rng(seed))
+    entry["sample_seconds"].append(round(time.perf_counter() - started, 3))
+    entry["seeds"].append(seed)
+    return Workload(f"{name}/seed{seed}", synthetic, {"model": name, "seed": seed, "spec": spec.to_dict()})
 
 
 def _summarize(comp: Comparison, per_model: dict, settings, cut_s, start_s, duration_s) -> dict:
@@ -180,11 +194,13 @@ def _seed_section(summary: dict, comp: Comparison) -> str:
                     + [_pm(_mean(models[n]["under_provisioning_error"]), _sd(models[n]["under_provisioning_error"]))
                        for n in names])
     seeds = ", ".join(str(s) for s in summary["seeds"])
+    failures = [f"- **{n} failed**: {e['error']}" for n, e in models.items() if "error" in e]
     return "\n\n".join(
         [
             f"## Head-to-head summary over seeds [{seeds}] (ratio to the noise floor, mean ± sd)",
             f"Split at {summary['split']:g} of the span; every model samples {summary['sample_duration_s']:.0f} s "
             f"from position {summary['sample_start_s']:.0f} s of its learned timeline.",
             table(["metric", *names], rows),
+            *(["\n".join(failures)] if failures else []),
         ]
     )

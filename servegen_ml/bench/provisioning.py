@@ -69,9 +69,11 @@ class Provisioning:
 
     instances: int | None
     tried: dict[int, dict[str, float]] = field(default_factory=dict)  # n -> p99 TTFT / TBT (s)
+    unreachable: str | None = None  # why no instance count can meet the SLO, when known without simulating
 
     def to_dict(self) -> dict:
-        return {"instances": self.instances, "tried": {str(k): v for k, v in sorted(self.tried.items())}}
+        out = {"instances": self.instances, "tried": {str(k): v for k, v in sorted(self.tried.items())}}
+        return {**out, "unreachable": self.unreachable} if self.unreachable else out
 
 
 def smallest_instance_count(
@@ -92,6 +94,11 @@ def smallest_instance_count(
 
     if len(trace) == 0:
         out.instances = 0
+        return out
+    # No request starts sooner than alone on an idle instance, so that p99 bounds every count's p99 TTFT.
+    alone_p99_s = float(np.quantile(model.isolated_ttft_s(trace["input_tokens"].to_numpy()), 0.99))
+    if alone_p99_s > slo.ttft_p99_s:
+        out.unreachable = f"p99 TTFT with every prompt served alone is {alone_p99_s:.3g} s > the SLO's {slo.ttft_p99_s:.3g} s"
         return out
     # Twice the busy estimate: halving from there stops near full utilization, not in deep overload.
     start = int(min(max(1, np.ceil(2 * busy_instances(trace, model))), max_instances))

@@ -85,15 +85,15 @@ def provisioning_table(comp: Comparison) -> str:
     p = comp.provisioning
     if p is None:
         return "## Provisioning (M7)\n\nNot run (provisioning.enabled=false)."
-    rows = [
-        [f"real test ({comp.test.name})", fmt(p["real_test"]["instances"]), "0 (by definition)"],
-        [
-            f"reference ({comp.reference.name})",
-            fmt(p["reference"]["instances"]),
-            fmt(p["reference"]["under_provisioning_error"]),
-        ],
+    entries = [
+        (f"real test ({comp.test.name})", p["real_test"], "0 (by definition)"),
+        (f"reference ({comp.reference.name})", p["reference"], None),
+        *((n, v, None) for n, v in p["synthetic"].items()),
     ]
-    rows += [[n, fmt(v["instances"]), fmt(v["under_provisioning_error"])] for n, v in p["synthetic"].items()]
+    rows = [
+        [name, fmt(v["instances"]), error or fmt(v.get("under_provisioning_error")), _provisioning_note(v)]
+        for name, v, error in entries
+    ]
     slo = p["slo"]
     return "\n\n".join(
         [
@@ -101,11 +101,16 @@ def provisioning_table(comp: Comparison) -> str:
             f"SLO: p99 TTFT <= {slo['ttft_p99_s']:.3g} s and p99 time between tokens <= {slo['tbt_p99_s']:.3g} s "
             f"({slo['rule']}). Serving model: Llama-3-8B on one A100-80GB per instance "
             f"(servegen_ml/bench/serving_model.py), speedup {p['serving_model']['speedup']:g}. "
-            "Under-provisioning error = (needed_real - needed) / needed_real; positive = too few instances. "
-            "'—' = the SLO was not met with the maximum instance count.",
-            table(["workload", "instances", "under-provisioning error"], rows),
+            "Under-provisioning error = (needed_real - needed) / needed_real; positive = too few instances.",
+            table(["workload", "instances", "under-provisioning error", "note"], rows),
         ]
     )
+
+
+def _provisioning_note(v: dict) -> str:
+    if v["instances"] is not None:
+        return ""
+    return v.get("unreachable") or f"SLO not met with {max(map(int, v['tried']))} instances"
 
 
 def describe_inputs(comp: Comparison) -> str:

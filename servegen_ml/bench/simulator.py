@@ -298,7 +298,6 @@ def simulate(
         inst.advance(t)  # its steps before t must not see the new request
         inst.waiting.append(request)
         inst.outstanding += 1
-        inst.clock_s = max(inst.clock_s, t)
         assigned[request] = target
     for inst in instances:
         inst.advance(math.inf)

@@ -1,4 +1,5 @@
-"""servegen-ml generate checkpoint=DIR duration_s=S out=FILE [start_s=0] [rate=natural] [clients=all] [seed=0] [format=native]
+"""servegen-ml generate checkpoint=DIR duration_s=S out=FILE [start_s=0] [rate=natural] [clients=all]
+                    [upsample=conversations] [seed=0] [format=native]
 
 Sample a synthetic workload from a checkpoint and write it with a
 ``FILE.meta.json`` sidecar (spec, seed, checkpoint digest, package version,

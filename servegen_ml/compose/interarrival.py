@@ -237,12 +237,12 @@ def fit_weibull(gap_s, group, n_groups, iterations: int = 40):
             m1 = a1 / a0
             h = m1 - 1.0 / k - mean_ly  # increasing in k; zero at the MLE
             hp = a2 / a0 - m1 * m1 + 1.0 / (k * k)
-            done = ~(np.abs(h) > 1e-12)
+            step = k - h / hp
+            done = ~(np.abs(h) > 1e-12) | (np.abs(step - k) < 1e-12 * k)
             if done.all():
                 break
             lo = np.where(h < 0, k, lo)
             hi = np.where(h > 0, k, hi)
-            step = k - h / hp
             inside = (step >= lo) & (step <= hi)
             # Newton inside the bracket, else bisect (in log k); converged groups stay put.
             k = np.where(done, k, np.where(inside, step, np.sqrt(lo * hi)))
@@ -268,7 +268,10 @@ def fit_renewal(gap_s, group, n_groups):
     family = np.where(weibull, WEIBULL, GAMMA).astype(np.int8)
     shape = np.where(weibull, kw, kg)
     scale = np.where(weibull, sw, sg)
-    s1, s2 = np.bincount(group, weights=gap_s, minlength=n_groups), np.bincount(group, weights=gap_s**2, minlength=n_groups)
+    s1, s2 = (
+        np.bincount(group, weights=gap_s, minlength=n_groups),
+        np.bincount(group, weights=gap_s**2, minlength=n_groups),
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = s1 / n
         cv = np.sqrt(np.maximum(s2 / n - mean**2, 0.0)) / mean

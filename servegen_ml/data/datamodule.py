@@ -16,6 +16,9 @@ from servegen_ml.data.chunks import Segments, cut_long, gather_batch, plan_lanes
 from servegen_ml.data.events import EventStore
 
 
+MIN_STEPS_PER_EPOCH = 32
+
+
 def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -36,7 +39,8 @@ class LaneDataset(IterableDataset):
 
     def _plan(self, world: int):
         total_chunks = int((-(-(self.segments.hi - self.segments.lo) // self.chunk_len)).sum())
-        n_lanes = max(world, min(self.lanes * world, total_chunks))
+        # Small traces get fewer lanes, so an epoch still takes several optimizer steps.
+        n_lanes = max(world, min(self.lanes * world, total_chunks // MIN_STEPS_PER_EPOCH))
         n_lanes -= n_lanes % world
         # Cut long streams so the busiest lane is not much longer than the average.
         max_events = max(1, -(-total_chunks // n_lanes)) * self.chunk_len

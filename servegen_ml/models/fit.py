@@ -80,6 +80,7 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
             module.load_state_dict(state)
         summary = {
             "epochs": int(trainer_obj.current_epoch),
+            "world_size": int(trainer_obj.world_size),
             "global_steps": int(trainer_obj.global_step),
             "monitor": monitor,
             "best_score": _float(trainer_obj.checkpoint_callback.best_model_score),
@@ -148,7 +149,9 @@ def _make_trainer(L, trainer: dict, run_dir: Path, monitor: str):
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_last=True, save_top_k=1
     )
-    callbacks = [checkpoint, EarlyStopping(monitor=monitor, mode="min", patience=int(trainer.get("early_stopping_patience", 3)))]
+    patience = int(trainer.get("early_stopping_patience", 3))
+    # strict=False: a run stopped by max_steps mid-epoch may end before any validation.
+    callbacks = [checkpoint, EarlyStopping(monitor=monitor, mode="min", patience=patience, strict=False)]
     return L.Trainer(logger=CSVLogger(str(run_dir), name="logs"), callbacks=callbacks, **kwargs)
 
 

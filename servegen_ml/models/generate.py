@@ -31,13 +31,14 @@ def sample_trace(
     state: NeuralState, tpp: NumpyTPP, spec: GenerationSpec, rng: np.random.Generator, segment_events: int, warmup_events: int
 ) -> pd.DataFrame:
     table, names, flat_rate, known = _select_clients(state, spec.clients, rng)
+    active_rate = flat_rate if known is None else _active_rates(state, known)
     edges = np.linspace(0.0, spec.duration_s, int(np.clip(np.ceil(spec.duration_s / GRID_STEP_S), 1, MAX_GRID_CELLS)) + 1)
     probe = TimeMap(edges, edges, spec.start_s, state.span_s)
     if known is not None:
         natural = _curve_rates(state, known, probe.position(0.5 * (edges[:-1] + edges[1:])))
     else:
         natural = np.repeat(flat_rate[:, None], len(edges) - 1, axis=1)
-    sampler = _Sampler(tpp, table, edges, spec.start_s, state.span_s, segment_events, warmup_events)
+    sampler = _Sampler(tpp, table, active_rate, edges, spec.start_s, state.span_s, segment_events, warmup_events)
     natural_total = natural.sum(0)
     if known is None and spec.rate.kind in ("constant", "curve"):
         natural_total = sampler.pilot_rate(natural, rng)
@@ -47,8 +48,8 @@ def sample_trace(
 
 
 class _Sampler:
-    def __init__(self, tpp, table, edges, start_s, span_s, segment_events, warmup_events):
-        self.tpp, self.table, self.edges = tpp, table, edges
+    def __init__(self, tpp, table, active_rate, edges, start_s, span_s, segment_events, warmup_events):
+        self.tpp, self.table, self.active_rate, self.edges = tpp, table, active_rate, edges
         self.start_s, self.span_s = start_s, span_s
         self.segment_events, self.warmup_events = segment_events, warmup_events
 
@@ -56,7 +57,10 @@ class _Sampler:
         """Events of all clients; natural (C, cells) req/s, multiplier (cells,)."""
         d_tau = multiplier * np.diff(self.edges)
         tau_grid = np.concatenate([[0.0], np.cumsum(d_tau)])
-        expected = np.concatenate([np.zeros((len(natural), 1)), np.cumsum(natural * d_tau, axis=1)], axis=1)
+        # Rows are sized as if each client were at least at its active rate: where the empirical
+        # curve says "quiet" but the model still sends, no single row has to carry a long stream.
+        density = np.maximum(natural, self.active_rate[:, None])
+        expected = np.concatenate([np.zeros((len(natural), 1)), np.cumsum(density * d_tau, axis=1)], axis=1)
         rows = plan_rows(expected, tau_grid, self.segment_events, self.warmup_events, MAX_WARMUP_S)
         time_map = TimeMap(tau_grid, self.edges, self.start_s, self.span_s)
         max_steps = 100 * (self.segment_events + self.warmup_events) + 10_000
@@ -104,6 +108,13 @@ def _curve_rates(state: NeuralState, idx: np.ndarray, position_s: np.ndarray) ->
     n_bins = state.rate_curves.shape[1]
     b = np.clip((position_s // state.rate_bin_s).astype(np.int64), 0, n_bins - 1)
     return state.rate_curves[idx][:, b].astype(np.float64)
+
+
+def _active_rates(state: NeuralState, idx: np.ndarray) -> np.ndarray:
+    """(C,) each known client's mean req/s over the rate bins where it sent anything."""
+    curves = state.rate_curves[idx].astype(np.float64)
+    active = curves > 0
+    return np.where(active.any(1), curves.sum(1) / np.maximum(active.sum(1), 1), 0.0)
 
 
 def _subset(events: SampledEvents, keep: np.ndarray) -> SampledEvents:

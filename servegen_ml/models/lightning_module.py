@@ -15,6 +15,7 @@ class TPPLightningModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.tpp = MarkedTPP(**model)
+        self.tpp.compute_dtype = torch.float32
         self.lr, self.weight_decay = lr, weight_decay
         # Per stage: each lane's last hidden state, detached (gradients stop at chunk borders).
         self._carry: dict[str, torch.Tensor] = {}

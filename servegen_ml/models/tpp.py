@@ -50,6 +50,8 @@ class MarkedTPP(nn.Module):
         self.register_buffer("mark_std", torch.ones(len(self.fields)))
         for f in self.fields:
             self.register_buffer(f"spikes_{f}", torch.tensor(sorted(spikes.get(f, [])), dtype=torch.long))
+        # Likelihood precision: float64 to score; training switches to float32 for speed.
+        self.compute_dtype = torch.float64
         self.embedding = nn.Embedding(n_clients, embedding)
         nn.init.normal_(self.embedding.weight, std=0.1)
         n_event = len(F.event_feature_names(self.layout, day_harmonics, week_harmonics))
@@ -86,17 +88,17 @@ class MarkedTPP(nn.Module):
     def gap_dist(self, raw: Tensor, gap_mean: Tensor, gap_std: Tensor) -> GapMixture:
         zero, comp, loc, log_scale = F.split_params(raw, 1, self.time_components)
         loc, log_scale = F.destandardize(torch, loc, log_scale, gap_mean.unsqueeze(-1), gap_std.unsqueeze(-1))
-        return GapMixture(zero[..., 0], comp, loc, log_scale)
+        return GapMixture(zero[..., 0], comp, loc, log_scale, self.compute_dtype)
 
     def count_dist(self, field: str, raw: Tensor) -> CountMixture:
         spikes = self.spikes(field)
         logits, comp, loc, log_scale = F.split_params(raw, len(spikes) + 1, self.mark_components)
         i = self.fields.index(field)
         loc, log_scale = F.destandardize(torch, loc, log_scale, self.mark_mean[i], self.mark_std[i])
-        return CountMixture(spikes, logits, comp, loc, log_scale)
+        return CountMixture(spikes, logits, comp, loc, log_scale, self.compute_dtype)
 
     def ratio_dist(self, raw: Tensor) -> RatioMixture:
-        return RatioMixture(*F.split_params(raw, 3, self.mark_components))
+        return RatioMixture(*F.split_params(raw, 3, self.mark_components), self.compute_dtype)
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class MarkedTPP(nn.Module):
     def forward(
         self, batch: dict[str, Tensor], emb: Tensor, gap_mean: Tensor, gap_std: Tensor, h0: Tensor
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """Per-event log-likelihood parts (B, T) float64 of a batch (see data.chunks.gather_batch), and h_last."""
+        """Per-event log-likelihood parts (B, T) in ``compute_dtype`` of a batch (see data.chunks.gather_batch), and h_last."""
         gm, gs = gap_mean.unsqueeze(1), gap_std.unsqueeze(1)
         x_marks = {name: batch[f"x_{name}"] for name in self._store_columns()}
         x = self.event_features(batch["x_time_s"], batch["x_gap_s"], batch["x_start"], gm, gs, x_marks)

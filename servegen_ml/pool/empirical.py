@@ -228,3 +228,38 @@ def _client_ratio_hist(client, slot, value, count, n_clients, whole_slot):
     counts += 0.5
     probs = counts / counts.sum(axis=1, keepdims=True)
     return np.concatenate([np.zeros((n_clients, 1)), np.cumsum(probs, axis=1)], axis=1)
+
+
+def count_by_keys(keys: list[np.ndarray], count: np.ndarray):
+    """Distinct key tuples (sorted, first key primary) and the summed ``count`` of each.
+
+    The keys are ranked and packed into one int64 so a single sort does the work.
+    """
+    codes, uniques, radix = [], [], []
+    for k in keys:
+        u, inv = _rank(np.asarray(k))
+        uniques.append(u)
+        codes.append(inv)
+        radix.append(len(u))
+    if float(np.prod(np.asarray(radix, dtype=np.float64))) >= 2.0**62:
+        raise ValueError("too many distinct key combinations to count")
+    packed = np.zeros(len(count), dtype=np.int64)
+    for inv, r in zip(codes, radix, strict=True):
+        packed = packed * r + inv
+    order = np.argsort(packed)
+    packed = packed[order]
+    starts = np.flatnonzero(np.r_[True, packed[1:] != packed[:-1]]) if len(packed) else np.zeros(0, dtype=np.int64)
+    sums = np.add.reduceat(np.asarray(count, dtype=np.float64)[order], starts) if len(starts) else np.zeros(0)
+    first = order[starts]
+    return [u[inv[first]] for u, inv in zip(uniques, codes, strict=True)], sums
+
+
+def _rank(values: np.ndarray):
+    """(sorted distinct values, index of each value among them); small integer ranges skip the sort."""
+    if values.dtype.kind in "iu" and len(values) and values.max() - values.min() < 4 * len(values) + 1024:
+        lo = values.min()
+        present = np.zeros(values.max() - lo + 1, dtype=bool)
+        present[values - lo] = True
+        rank = np.cumsum(present) - 1
+        return np.flatnonzero(present) + lo, rank[values - lo]
+    return np.unique(values, return_inverse=True)

@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.pool.table import FIELDS, MODALITIES, PMF_COLUMNS, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
+from servegen_ml.generators.base import TIME_RESOLUTION_S
+from servegen_ml.pool.empirical import count_by_keys
+from servegen_ml.pool.table import FIELDS, MODALITIES, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
 from servegen_ml.trace.schema import list_lengths, list_values
 
-TIME_RESOLUTION_S = 1e-3  # mirrors generators.base.TIME_RESOLUTION_S (no import cycle)
 RATIO_DECIMALS = 4
 
 
@@ -48,15 +49,15 @@ def fit_client_pool(
     end_s = float(tau.max())
     n_windows = int(np.floor(end_s / rate_window_s)) + 1
     span_s = n_windows * rate_window_s
-    clients, client = np.unique(trace["client_id"].astype(str).to_numpy(dtype=object), return_inverse=True)
+    client, clients = pd.factorize(trace["client_id"].astype(str), sort=True)
     clients = tuple(str(c) for c in clients)
     client = client.astype(np.int64)
 
     rates = _fit_rates(tau, client, len(clients), end_s, rate_window_s, n_windows, min_events)
     rate_client = rates.pop("client").to_numpy()
-    rates["client_id"] = np.asarray(clients, dtype=object)[rate_client]
+    rates["client_id"] = pd.Categorical.from_codes(rate_client, categories=list(clients))
     slot = np.floor(tau / data_window_s).astype(np.int64)
-    pmfs = _fit_pmfs(trace, client, slot, np.asarray(clients, dtype=object), data_window_s, min_events)
+    pmfs = _fit_pmfs(trace, client, slot, list(clients), data_window_s, min_events)
     active_s = np.bincount(rate_client, minlength=len(clients)) * rate_window_s
     per_client = np.bincount(client, minlength=len(clients)) / np.maximum(active_s, rate_window_s)
     return ClientPool(
@@ -150,45 +151,36 @@ def request_fields(trace: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarra
 
 
 def _fit_pmfs(trace, client, slot, names, data_window_s, min_events) -> pd.DataFrame:
+    """Per-window, whole-trace and population value counts of every field, sorted for loading."""
+    n_clients = len(names)
     n_slots = int(slot.max()) + 2 if len(slot) else 1
     whole = n_slots - 1
-    requests_per_window = np.bincount(client * n_slots + slot, minlength=(client.max() + 1) * n_slots)
-    frames = []
+    requests_per_window = np.bincount(client * n_slots + slot, minlength=n_clients * n_slots)
+    parts = []
     for name, (value, row) in request_fields(trace).items():
-        c, s = client[row], slot[row]
+        c, s, v = client[row], slot[row], np.asarray(value, dtype=np.float64)
         dense = requests_per_window[c * n_slots + s] >= min_events
-        parts = [
-            _value_counts(c[dense], s[dense], value[dense]),
-            _value_counts(c, np.full(len(c), whole), value),
-            _value_counts(np.full(len(c), -1), np.full(len(c), whole), value),
+        groups = [
+            (c[dense], s[dense], v[dense]),
+            (c, np.full(len(c), whole), v),
+            (np.full(len(c), n_clients), np.full(len(c), whole), v),
         ]
-        df = pd.concat(parts, ignore_index=True)
-        df["field"] = name
-        frames.append(df)
-    pmfs = pd.concat(frames, ignore_index=True)
-    pmfs["client_id"] = np.where(pmfs["client"] < 0, POPULATION, names[np.maximum(pmfs.pop("client"), 0)])
-    pmfs["window_start_s"] = np.where(pmfs["slot"] == whole, WHOLE_TRACE, pmfs["slot"] * data_window_s).astype(
-        np.float64
+        for gc, gs, gv in groups:
+            (kc, ks, kv), n = count_by_keys([gc, gs, gv], np.ones(len(gv)))
+            parts.append((np.full(len(kv), FIELDS.index(name)), kc, ks, kv, n))
+    f, c, s, v, n = (np.concatenate([p[i] for p in parts]) for i in range(5))
+    # Sorted by (field, client with the population last, window with the whole trace last, value).
+    order = np.lexsort((v, s, c, f))
+    f, c, s, v, n = f[order], c[order], s[order], v[order], n[order]
+    group = np.cumsum(np.r_[True, (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])]) - 1
+    totals = np.bincount(group, weights=n)
+    return pd.DataFrame(
+        {
+            "client_id": pd.Categorical.from_codes(c, categories=[*names, POPULATION]),
+            "window_start_s": np.where(s == whole, float(WHOLE_TRACE), s * data_window_s),
+            "field": pd.Categorical.from_codes(f, categories=list(FIELDS)),
+            "value": v,
+            "prob": n / totals[group],
+            "count": n,
+        }
     )
-    pmfs.pop("slot")
-    totals = pmfs.groupby(["field", "client_id", "window_start_s"], sort=False)["count"].transform("sum")
-    pmfs["prob"] = pmfs["count"] / totals
-    # Sorted by (field, client, window with the whole trace last, value): the order loading expects.
-    order = np.lexsort(
-        (
-            pmfs["value"].to_numpy(),
-            np.where(pmfs["window_start_s"] < 0, np.inf, pmfs["window_start_s"]),
-            np.where(pmfs["client_id"] == POPULATION, len(names), np.searchsorted(names, pmfs["client_id"].to_numpy(dtype=object))),
-            np.array([FIELDS.index(f) for f in pmfs["field"]]),
-        )
-    )
-    return pmfs.iloc[order][list(PMF_COLUMNS)].reset_index(drop=True)
-
-
-def _value_counts(client, slot, value) -> pd.DataFrame:
-    """Rows (client, slot, value, count) of the distinct observations."""
-    df = pd.DataFrame({"client": client, "slot": slot, "value": np.asarray(value, dtype=np.float64)})
-    counts = df.groupby(["client", "slot", "value"], sort=True).size()
-    out = counts.reset_index(name="count")
-    out["count"] = out["count"].astype(np.int64)
-    return out

@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.generators.spec import wrap_time
 from servegen_ml.pool.table import ClientPool
 from servegen_ml.trace.schema import list_lengths, list_values
 
-TIME_RESOLUTION_S = 1e-3  # equals generators.base.TIME_RESOLUTION_S
 FLOOR_REQUESTS_PER_SPAN = 0.5
 
 

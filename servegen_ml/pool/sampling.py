@@ -29,7 +29,7 @@ def select_clients(pool: ClientPool, clients: ClientSpec, rng: np.random.Generat
         return np.arange(pool.n_clients), list(pool.clients)
     if clients.kind == "list":
         codes = pool.client_codes(clients.ids)
-        unknown = [c for c, code in zip(clients.ids, codes) if code == pool.n_clients]
+        unknown = [c for c, code in zip(clients.ids, codes, strict=True) if code == pool.n_clients]
         if unknown:
             raise ValueError(
                 f"clients: unknown client ids {unknown[:5]}; this model has {pool.n_clients} clients "

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.pool.empirical import count_by_keys
 from servegen_ml.pool.table import FIELDS, POPULATION, WHOLE_TRACE, ClientPool
 
 _CHUNK = re.compile(r"^chunk-(\d+)-(trace\.csv|dataset\.json)$")
@@ -120,7 +121,9 @@ def parse_servegen_pool(directory: Path, files=None) -> ClientPool:
         warnings.warn(msg, stacklevel=3)
         notes.append(msg)
     rates = {k: np.concatenate([r[k] for r in rate_parts]) for k in rate_parts[0]}
-    per_client_rate = np.bincount(rates["client"], weights=rates["rate"]) / np.bincount(rates["client"])
+    active_windows = np.bincount(rates["client"], minlength=len(clients))
+    rate_sum = np.bincount(rates["client"], weights=rates["rate"], minlength=len(clients))
+    per_client_rate = rate_sum[active_windows > 0] / active_windows[active_windows > 0]
     rates_df = pd.DataFrame(
         {
             "client_id": pd.Categorical.from_codes(rates.pop("client"), categories=clients),
@@ -140,7 +143,7 @@ def parse_servegen_pool(directory: Path, files=None) -> ClientPool:
         data_window_s=float(data_window_s or span_s),
         span_s=float(span_s),
         origin_s=0.0,
-        population_rate=float(np.median(per_client_rate)),
+        population_rate=float(np.median(per_client_rate)) if len(per_client_rate) else 0.0,
         source=f"servegen:{directory.resolve()}",
         notes=notes,
     )
@@ -236,19 +239,6 @@ def _read_dataset_json(path: Path, client: int):
 _FIELD_CODE = {name: i for i, name in enumerate(FIELDS)}
 
 
-def _sum_by(keys: list[np.ndarray], count: np.ndarray):
-    """Distinct key tuples (sorted, first key primary) and the summed counts of each."""
-    order = np.lexsort(keys[::-1])
-    keys = [k[order] for k in keys]
-    count = count[order]
-    new = np.zeros(len(count), dtype=bool)
-    new[:1] = True
-    for k in keys:
-        new[1:] |= k[1:] != k[:-1]
-    starts = np.flatnonzero(new)
-    return [k[starts] for k in keys], np.add.reduceat(count, starts) if len(starts) else count
-
-
 def _assemble_pmfs(parts, clients) -> pd.DataFrame:
     """Window rows plus each client's whole-trace mixture and the population's, sorted for fast compiling."""
     sizes = np.array([len(p[3]) for p in parts])
@@ -257,8 +247,8 @@ def _assemble_pmfs(parts, clients) -> pd.DataFrame:
     field = np.repeat([p[2] for p in parts], sizes).astype(np.int64)
     value = np.concatenate([p[3] for p in parts])
     count = np.concatenate([p[4] for p in parts])
-    (wf, wc, wv), wn = _sum_by([field, client, value], count)
-    (pf, pv), pn = _sum_by([field, value], count)
+    (wf, wc, wv), wn = count_by_keys([field, client, value], count)
+    (pf, pv), pn = count_by_keys([field, value], count)
     population = len(clients)
     # Whole-trace rows sort after the windows (slot +inf), the population after every client.
     f = np.concatenate([field, wf, pf])

@@ -132,7 +132,7 @@ class ClientPool:
     @cached_property
     def fields(self) -> tuple[str, ...]:
         present = np.bincount(self._pmf_columns["field"], minlength=len(FIELDS)) > 0
-        return tuple(f for f, p in zip(FIELDS, present) if p)
+        return tuple(f for f, p in zip(FIELDS, present, strict=True) if p)
 
     @cached_property
     def modalities(self) -> tuple[str, ...]:

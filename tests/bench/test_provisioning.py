@@ -62,3 +62,9 @@ def test_under_provisioning_error():
     assert under_provisioning_error(None, 3) is None and under_provisioning_error(4, None) is None
     with pytest.raises(ValueError):
         SLO(ttft_p99_s=0.0, tbt_p99_s=0.1)
+
+
+def test_slo_below_the_unloaded_ttft_is_reported_unreachable_without_simulating():
+    result = smallest_instance_count(load_trace(3, 2.0), SLO(ttft_p99_s=0.05, tbt_p99_s=0.1))
+    assert result.instances is None and result.tried == {} and "served alone" in result.unreachable
+    assert "unreachable" in result.to_dict()

@@ -71,3 +71,15 @@ def test_head_to_head_rejects_unknown_model(traces, tmp_path, capsys):
     argv = ["bench", f"data.path={traces / 'test.parquet'}", "models=[oracle]", f"out={tmp_path / 'x'}", "quiet=true"]
     assert main(argv) == 2
     assert "unknown model 'oracle'" in capsys.readouterr().err
+
+
+def test_head_to_head_keeps_other_models_when_one_fails(traces, tmp_path):
+    out = tmp_path / "h2h"
+    argv = ["bench", f"data.path={traces / 'test.parquet'}", "models=[naive,parametric]", f"out={out}", "quiet=true",
+            "+model_args.parametric.min_events=1", "provisioning.enabled=false"]
+    with pytest.warns(UserWarning, match="parametric"):
+        assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "min_events" in m["head_to_head"]["models"]["parametric"]["error"]
+    assert set(m["synthetic"]) == {"naive/seed0"} and m["provisioning"] is None
+    assert "parametric failed" in (out / "report.md").read_text()

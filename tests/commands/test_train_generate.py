@@ -88,18 +88,37 @@ def test_naive_and_bad_input_exit_2(small_trace, tmp_path, capsys):
     out = generate(tmp_path / "naive", tmp_path / "naive.parquet", "rate=scale:2")
     assert set(out["client_id"]) == {"all"}
     capsys.readouterr()
-    assert main(["generate", f"checkpoint={tmp_path / 'naive'}", "duration_s=60", f"out={tmp_path / 'x.parquet'}", "clients=new:3"]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                f"checkpoint={tmp_path / 'naive'}",
+                "duration_s=60",
+                f"out={tmp_path / 'x.parquet'}",
+                "clients=new:3",
+            ]
+        )
+        == 2
+    )
     assert "no clients" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
-    assert main(["generate", f"checkpoint={tmp_path / 'nothing'}", "duration_s=60", f"out={tmp_path / 'y.parquet'}"]) == 2
+    assert (
+        main(["generate", f"checkpoint={tmp_path / 'nothing'}", "duration_s=60", f"out={tmp_path / 'y.parquet'}"]) == 2
+    )
     assert train(small_trace, tmp_path / "bad", "split=1.5") == 2
     assert "split" in capsys.readouterr().err
 
 
 def test_train_entry_point_runs(small_trace, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, str(REPO / "train" / "train.py"), f"data.path={small_trace}", "model=naive",
-           f"out={tmp_path / 'ck'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train" / "train.py"),
+        f"data.path={small_trace}",
+        "model=naive",
+        f"out={tmp_path / 'ck'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ck" / "manifest.json").read_text())["generator"] == "naive"

@@ -42,7 +42,11 @@ def test_grouped_in_time_order_and_reproducible():
 
 def test_inactive_segments_produce_nothing():
     owner, t = renewal_arrivals(
-        np.array([0.0, 0.0]), np.array([10.0, 10.0]), np.zeros(2, np.int8), np.ones(2), np.array([0.0, 5.0]),
+        np.array([0.0, 0.0]),
+        np.array([10.0, 10.0]),
+        np.zeros(2, np.int8),
+        np.ones(2),
+        np.array([0.0, 5.0]),
         np.random.default_rng(0),
     )
     assert set(owner.tolist()) == {1}

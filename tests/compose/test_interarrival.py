@@ -39,7 +39,9 @@ def test_equilibrium_distribution_matches_integral_and_sampler(family, shape, sc
     np.testing.assert_allclose(np.exp(ia.log_interval_equilibrium(f, k, s, 0.3, 0.4)), fe(0.4) - fe(0.3), rtol=1e-6)
     np.testing.assert_allclose(np.exp(ia.log_sf_equilibrium(f, k, s, 2.0)), 1 - fe(2.0), rtol=1e-6, atol=1e-12)
     n = 100_000
-    x = ia.sample_forward_recurrence(np.full(n, family, np.int8), np.full(n, shape), np.full(n, scale), np.random.default_rng(0))
+    x = ia.sample_forward_recurrence(
+        np.full(n, family, np.int8), np.full(n, shape), np.full(n, scale), np.random.default_rng(0)
+    )
     for q in (0.2, 1.0, 2.0):
         assert abs(np.mean(x < q) - fe(q)) < 0.006
 
@@ -48,14 +50,21 @@ def test_equilibrium_distribution_matches_integral_and_sampler(family, shape, sc
 def test_scale_for_rate_and_cv(family, shape):
     f, k = _arr(family, shape)
     scale = ia.scale_for_rate(f, k, np.array([4.0]))
-    g = ia.sample_gaps(np.full(200_000, family, np.int8), np.full(200_000, shape), np.full(200_000, scale[0]), np.random.default_rng(1))
+    g = ia.sample_gaps(
+        np.full(200_000, family, np.int8), np.full(200_000, shape), np.full(200_000, scale[0]), np.random.default_rng(1)
+    )
     assert g.mean() == pytest.approx(0.25, rel=0.02)
     assert g.std() / g.mean() == pytest.approx(ia.cv_of(f, k)[0], rel=0.05)
 
 
 def test_mle_matches_scipy_and_picks_the_right_family():
     rng = np.random.default_rng(0)
-    samples = [rng.gamma(0.5, 2.0, 5000), rng.gamma(3.0, 1.0, 5000), 1.5 * rng.weibull(0.6, 5000), rng.weibull(2.5, 5000)]
+    samples = [
+        rng.gamma(0.5, 2.0, 5000),
+        rng.gamma(3.0, 1.0, 5000),
+        1.5 * rng.weibull(0.6, 5000),
+        rng.weibull(2.5, 5000),
+    ]
     group = np.repeat(np.arange(4), 5000)
     family, shape, scale, cv = ia.fit_renewal(np.concatenate(samples), group, 4)
     assert list(family) == [ia.GAMMA, ia.GAMMA, ia.WEIBULL, ia.WEIBULL]

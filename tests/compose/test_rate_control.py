@@ -1,6 +1,5 @@
 import numpy as np
 import pandas as pd
-import pytest
 
 from servegen_ml.compose import merge_streams, segment_multipliers, window_segments
 from servegen_ml.compose.rate_control import curve_integral

@@ -156,7 +156,9 @@ def test_client_selection(fitted_mixture):
     assert set(out["client_id"]) == {"c1", "c4"}
     with pytest.raises(ValueError, match="unknown client ids"):
         fitted_mixture.sample(GenerationSpec.from_values(duration_s=60.0, clients=["zz"]), np.random.default_rng(0))
-    new = fitted_mixture.sample(GenerationSpec.from_values(duration_s=1800.0, clients="new:20"), np.random.default_rng(0))
+    new = fitted_mixture.sample(
+        GenerationSpec.from_values(duration_s=1800.0, clients="new:20"), np.random.default_rng(0)
+    )
     assert set(new["client_id"]) <= {f"new-{i}" for i in range(20)}
     assert new["client_id"].nunique() >= 15
     # Resampled by traffic: the heaviest source client's input scale dominates.

@@ -1,0 +1,106 @@
+"""Neural sampling throughput: one hour at an aggregate 100 req/s over the m-large client mix, and load time.
+
+    python benchmarks/neural_sample.py [--train-hours 24] [--max-steps 300] [--repeats 3] [--rate 100]
+
+Training trace: the ServeGen language m-large pool sampled for ``--train-hours``
+from t = 0 (about 100 clients in a day, a heavy-tailed mix), fitted with the
+default model (configs/model/neural.yaml) for ``--max-steps`` optimizer steps
+(the speed of sampling does not depend on how long the model trained) and
+cached under .bench/. Then:
+
+* load time: ``load_generator`` in this process, and the wall time of a fresh
+  ``python -c`` that imports servegen_ml, loads the checkpoint and exits;
+* sampling: ``rate=--rate`` (constant), ``clients=all``, ``duration_s=3600``
+  from ``--start-s``; requests per second of wall time, best and median of
+  ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = ROOT.parent / "shared" / "data" / "traces" / "servegen" / "language" / "m-large"
+CACHE = ROOT / ".bench"
+
+
+def checkpoint(train_hours: float, max_steps: int) -> Path:
+    from servegen_ml.generators.neural import NeuralGenerator
+    from servegen_ml.pool import sample_servegen_pool
+    from servegen_ml.trace.io import write_trace
+
+    ck = CACHE / f"neural_mlarge_{train_hours:g}h_{max_steps}steps"
+    if (ck / "manifest.json").is_file():
+        return ck
+    trace_path = CACHE / f"mlarge_0s_{train_hours:g}h.parquet"
+    if not trace_path.is_file():
+        write_trace(sample_servegen_pool(POOL, 0.0, train_hours * 3600.0, np.random.default_rng(0)), trace_path)
+    trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "max_steps": max_steps, "num_threads": 1,
+               "default_root_dir": None, "num_sanity_val_steps": 0, "limit_val_batches": 20,
+               "val_check_interval": 100}  # fmt: skip
+    started = time.perf_counter()
+    gen = NeuralGenerator(trainer=trainer).fit(trace_path)
+    print(f"trained on {trace_path.name} in {time.perf_counter() - started:.0f} s: {gen.state_.training}", flush=True)
+    gen.save(ck)
+    return ck
+
+
+def load_seconds(ck: Path) -> tuple[float, float]:
+    from servegen_ml.generators.base import load_generator
+
+    t0 = time.perf_counter()
+    load_generator(ck)
+    in_process = time.perf_counter() - t0
+    code = f"from servegen_ml.generators.base import load_generator; load_generator({str(ck)!r})"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    return in_process, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train-hours", type=float, default=24.0)
+    ap.add_argument("--max-steps", type=int, default=300)
+    ap.add_argument("--start-s", type=float, default=12 * 3600.0)
+    ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    from servegen_ml.generators.base import load_generator
+    from servegen_ml.generators.spec import GenerationSpec
+
+    ck = checkpoint(args.train_hours, args.max_steps)
+    in_process, fresh = load_seconds(ck)
+    gen = load_generator(ck)
+    spec = GenerationSpec.from_values(duration_s=3600.0, start_s=args.start_s, rate=args.rate, clients="all")
+    runs = []
+    for seed in range(args.repeats):
+        t0 = time.perf_counter()
+        out = gen.sample(spec, np.random.default_rng(seed))
+        seconds = time.perf_counter() - t0
+        runs.append((len(out) / seconds, len(out), seconds, out["client_id"].nunique()))
+    rates = [r[0] for r in runs]
+    result = {
+        "checkpoint": str(ck.relative_to(ROOT)),
+        "checkpoint_bytes": sum(p.stat().st_size for p in ck.iterdir()),
+        "clients_in_checkpoint": len(gen.clients),
+        "active_clients_in_sample": runs[0][3],
+        "requests": runs[0][1],
+        "sample_seconds": [round(r[2], 3) for r in runs],
+        "requests_per_s_best": round(max(rates)),
+        "requests_per_s_median": round(statistics.median(rates)),
+        "load_seconds_in_process": round(in_process, 3),
+        "load_seconds_fresh_process_with_imports": round(fresh, 3),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The neural generator beyond the contract: checkpoint files, rate control, likelihood details, training runs."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from servegen_ml.generators.base import load_generator
+from servegen_ml.generators.neural import NeuralGenerator
+from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.trace.io import write_trace
+from tests.factories import synthetic_trace
+
+TINY = {"hidden": 16, "embedding": 4, "head_hidden": 16, "time_components": 3, "mark_components": 3, "chunk_len": 32, "lanes": 16}
+FAST = {"accelerator": "cpu", "devices": 1, "max_epochs": 3, "default_root_dir": None, "num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return synthetic_trace(seed=1, duration_s=2400.0, n_clients=3, reasoning=True)
+
+
+@pytest.fixture(scope="module")
+def fitted(trace):
+    return NeuralGenerator(**TINY, trainer=FAST).fit(trace)
+
+
+def test_checkpoint_is_readable_loads_fast_and_without_torch(fitted, tmp_path):
+    ck = fitted.save(tmp_path / "ck")
+    names = {p.name for p in ck.iterdir()}
+    assert names == {"manifest.json", "model.safetensors", "clients.safetensors", "neural.json"}
+    meta = json.loads((ck / "neural.json").read_text())
+    assert meta["client_ids"] == ["c0", "c1", "c2"] and set(meta["population"]) == {"weights", "means", "covariances"}
+    assert set(meta["normalizers"]) == {"mark_mean", "mark_std", "spikes", "max_count"}
+    weights = load_file(str(ck / "model.safetensors"))
+    for k, v in weights.items():
+        np.testing.assert_array_equal(v, fitted.state_.weights[k])
+    t0 = time.perf_counter()
+    loaded = load_generator(ck)
+    assert time.perf_counter() - t0 < 2.0
+    assert loaded.config() == fitted.config()
+    code = (
+        "import sys; from servegen_ml.generators.base import load_generator; import numpy as np;"
+        "from servegen_ml.generators.spec import GenerationSpec;"
+        f"g = load_generator({str(ck)!r}); g.sample(GenerationSpec(duration_s=60.0), np.random.default_rng(0));"
+        "assert 'torch' not in sys.modules, 'loading and sampling imported torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rate_control_scales_counts_and_keeps_burstiness(fitted):
+    base = GenerationSpec.from_values(duration_s=1200.0, start_s=600.0)
+    natural = fitted.sample(base, np.random.default_rng(0))
+    tripled = fitted.sample(GenerationSpec.from_values(duration_s=1200.0, start_s=600.0, rate="scale:3"), np.random.default_rng(0))
+    assert 2.3 < len(tripled) / len(natural) < 3.7
+    for cid in ("c0", "c1"):
+        cv = [np.std(g) / np.mean(g) for g in (np.diff(tr.loc[tr.client_id == cid, "timestamp"].to_numpy()) for tr in (natural, tripled))]
+        assert abs(np.log(cv[1] / cv[0])) < 0.35
+    const = fitted.sample(GenerationSpec.from_values(duration_s=1200.0, start_s=600.0, rate=10), np.random.default_rng(0))
+    assert 0.6 < len(const) / 12000 < 1.4
+
+
+def test_new_clients_come_from_the_population(fitted):
+    out = fitted.sample(GenerationSpec.from_values(duration_s=600.0, clients="new:4", rate=5), np.random.default_rng(0))
+    assert set(out["client_id"].unique()) <= {f"new-{i}" for i in range(4)} and len(out) > 500
+    with pytest.raises(ValueError, match="unknown client"):
+        fitted.sample(GenerationSpec.from_values(duration_s=60.0, clients="nope"), np.random.default_rng(0))
+
+
+def test_survival_term_sits_on_each_clients_last_event(fitted, trace):
+    head = trace.iloc[:400].reset_index(drop=True)
+    short = fitted.log_prob(head)
+    longer = fitted.log_prob(head, window_end_s=float(head["timestamp"].max()) + 600.0)
+    last = head.groupby("client_id").tail(1).index
+    others = head.index.difference(last)
+    np.testing.assert_allclose(short.loc[others, "time"], longer.loc[others, "time"])
+    assert (longer.loc[last, "time"] < short.loc[last, "time"]).all()
+    np.testing.assert_allclose(short.drop(columns=["time", "total"]), longer.drop(columns=["time", "total"]))
+
+
+def test_unknown_clients_score_as_the_population_mean(fitted, trace):
+    renamed = trace.iloc[:300].copy()
+    renamed["client_id"] = renamed["client_id"].astype(str).str.replace("c0", "stranger")
+    lp = fitted.log_prob(renamed.reset_index(drop=True))
+    assert np.isfinite(lp.to_numpy()).all()
+
+
+def test_streamed_fit_from_parquet_resumes_from_last_checkpoint(trace, tmp_path):
+    path = tmp_path / "trace.parquet"
+    write_trace(trace, path)
+    trainer = {**FAST, "max_epochs": 1, "default_root_dir": str(tmp_path / "runs")}
+    first = NeuralGenerator(**TINY, trainer=trainer).fit(path)
+    assert first.clients == ("c0", "c1", "c2") and first.state_.training["resumed_from"] is None
+    assert list((tmp_path / "runs").glob("*/logs/*/metrics.csv"))  # CSV logs by default
+    second = NeuralGenerator(**TINY, trainer={**trainer, "max_epochs": 2}).fit(path)
+    assert second.state_.training["resumed_from"].endswith("last.ckpt")
+    assert second.state_.training["epochs"] == 2
