@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,11 @@ def time_split(trace: pd.DataFrame, split: float) -> tuple[pd.DataFrame, pd.Data
     return trace[train].reset_index(drop=True), trace[~train].reset_index(drop=True)
 
 
-def fit_from_config(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, save the checkpoint to ``cfg.out`` and return the metrics (held-out NLL when split > 0)."""
+def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: None) -> dict[str, Any]:
+    """Fit, save the checkpoint to ``cfg.out`` and return the metrics (held-out NLL when split > 0).
+
+    ``step(name)`` is called as each long step starts (a progress bar's hook).
+    """
     from servegen_ml.trace.io import read_trace
 
     gen = build_generator(cfg)
@@ -71,23 +75,29 @@ def fit_from_config(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(
                 f"split={split}: a ServeGen pool holds no requests to hold out; sample one with +data.duration_s"
             )
+        step("load ServeGen pool")
         gen = type(gen).from_pool(path)
         metrics["fit"] = "ServeGen client pool loaded as a ready-made fit"
     elif _streams_file(gen, split, cfg.data, options):
         # A generator that streams trace files never holds the whole trace in memory.
+        step("fit (streamed from the file)")
         gen.fit(path)
         metrics["fit"] = "streamed from the trace file"
     else:
+        step("read trace")
         trace = read_trace(path, format=str(cfg.data.format), skip_bad_rows=bool(cfg.data.skip_bad_rows), **options)
         train, held_out = time_split(trace, split)
+        step(f"fit on {len(train):,} requests")
         gen.fit(train)
         metrics["train_events"] = int(len(train))
         if len(held_out):
+            step(f"score {len(held_out):,} held-out requests")
             metrics["held_out_events"] = int(len(held_out))
             metrics["held_out_start_s"] = float(held_out["timestamp"].iloc[0])
             metrics["held_out"] = summarize_log_prob(gen.log_prob(held_out))
     metrics["fit_seconds"] = round(time.perf_counter() - started, 3)
     out = Path(str(cfg.out))
+    step("save")
     gen.save(out)
     write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics

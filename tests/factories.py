@@ -70,7 +70,8 @@ def conversational_trace(seed: int = 0, duration_s: float = 14_400.0, max_turns:
     """
     rng = np.random.default_rng(seed)
     clients = [("c0", 0.06, 0.55), ("c1", 0.04, 0.35), ("c2", 0.02, 0.65), ("tiny", 0.0015, 0.5)]
-    cols: dict[str, list] = {k: [] for k in ("timestamp", "client_id", "input_tokens", "output_tokens", "conversation_id", "turn")}
+    names = ("timestamp", "client_id", "input_tokens", "output_tokens", "conversation_id", "turn")
+    cols: dict[str, list] = {k: [] for k in names}
 
     def emit(name, conv, turn, t, prompt, answer):
         cols["timestamp"].append(t)

@@ -74,7 +74,7 @@ def describe(w: Workload) -> dict:
     span = float(t.max() - t.min()) if len(t) else 0.0
     return {
         **w.info,
-        "requests": int(len(w.trace)),
+        "requests": len(w.trace),
         "span_s": span,
         "clients": int(w.trace["client_id"].nunique()) if len(w.trace) else 0,
         "mean_rate_rps": float(len(t) / span) if span > 0 else None,

@@ -99,7 +99,9 @@ def run_head_to_head(
             entry["error"] = f"{type(e).__name__}: {e}"
             warnings.warn(f"head-to-head: model {name!r} failed at seed {seed}: {entry['error']}", stacklevel=2)
     if not workloads:
-        raise ValueError("head-to-head: every model failed: " + "; ".join(f"{n}: {e['error']}" for n, e in per_model.items()))
+        raise ValueError(
+            "head-to-head: every model failed: " + "; ".join(f"{n}: {e['error']}" for n, e in per_model.items())
+        )
     comp = compare(
         Workload("real_test", test, {"path": source, "part": f"after {settings.split:g} of the span"}),
         Workload("reference", train, {"path": source, "part": f"before {settings.split:g} of the span"}),
@@ -188,18 +190,26 @@ def _seed_section(summary: dict, comp: Comparison) -> str:
     names = list(models)
     rows = [[m] + [_pm(models[n]["ratio_mean"][m], models[n]["ratio_sd"][m]) for n in names] for m in comp.floor]
     if comp.provisioning is not None:
-        rows.append(["M7 instances (real test: " + fmt(comp.provisioning["real_test"]["instances"]) + ")"]
-                    + [", ".join(fmt(x) for x in models[n]["instances"]) for n in names])
-        rows.append(["M7 under-provisioning error"]
-                    + [_pm(_mean(models[n]["under_provisioning_error"]), _sd(models[n]["under_provisioning_error"]))
-                       for n in names])
+        rows.append(
+            ["M7 instances (real test: " + fmt(comp.provisioning["real_test"]["instances"]) + ")"]
+            + [", ".join(fmt(x) for x in models[n]["instances"]) for n in names]
+        )
+        rows.append(
+            ["M7 under-provisioning error"]
+            + [
+                _pm(_mean(models[n]["under_provisioning_error"]), _sd(models[n]["under_provisioning_error"]))
+                for n in names
+            ]
+        )
     seeds = ", ".join(str(s) for s in summary["seeds"])
     failures = [f"- **{n} failed**: {e['error']}" for n, e in models.items() if "error" in e]
     return "\n\n".join(
         [
             f"## Head-to-head summary over seeds [{seeds}] (ratio to the noise floor, mean ± sd)",
-            f"Split at {summary['split']:g} of the span; every model samples {summary['sample_duration_s']:.0f} s "
-            f"from position {summary['sample_start_s']:.0f} s of its learned timeline.",
+            (
+                f"Split at {summary['split']:g} of the span; every model samples {summary['sample_duration_s']:.0f} s "
+                f"from position {summary['sample_start_s']:.0f} s of its learned timeline."
+            ),
             table(["metric", *names], rows),
             *(["\n".join(failures)] if failures else []),
         ]

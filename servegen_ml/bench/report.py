@@ -75,7 +75,8 @@ def component_tables(comp: Comparison) -> str:
             parts.append(f"**{metric}**: absent ({floor.get('absent', 'no data')})")
             continue
         rows = [
-            [c, fmt(d)] + [fmt(comp.ratios[n][metric]["components"].get(c)) for n in names] for c, d in components.items()
+            [c, fmt(d)] + [fmt(comp.ratios[n][metric]["components"].get(c)) for n in names]
+            for c, d in components.items()
         ]
         parts += [f"**{metric}**", table(["component", "floor", *names], rows)]
     return "\n\n".join(parts)
@@ -98,10 +99,12 @@ def provisioning_table(comp: Comparison) -> str:
     return "\n\n".join(
         [
             "## Provisioning (M7)",
-            f"SLO: p99 TTFT <= {slo['ttft_p99_s']:.3g} s and p99 time between tokens <= {slo['tbt_p99_s']:.3g} s "
-            f"({slo['rule']}). Serving model: Llama-3-8B on one A100-80GB per instance "
-            f"(servegen_ml/bench/serving_model.py), speedup {p['serving_model']['speedup']:g}. "
-            "Under-provisioning error = (needed_real - needed) / needed_real; positive = too few instances.",
+            (
+                f"SLO: p99 TTFT <= {slo['ttft_p99_s']:.3g} s and p99 time between tokens <= {slo['tbt_p99_s']:.3g} s "
+                f"({slo['rule']}). Serving model: Llama-3-8B on one A100-80GB per instance "
+                f"(servegen_ml/bench/serving_model.py), speedup {p['serving_model']['speedup']:g}. "
+                "Under-provisioning error = (needed_real - needed) / needed_real; positive = too few instances."
+            ),
             table(["workload", "instances", "under-provisioning error", "note"], rows),
         ]
     )
@@ -115,7 +118,11 @@ def _provisioning_note(v: dict) -> str:
 
 def describe_inputs(comp: Comparison) -> str:
     rows = []
-    for role, w in [("real test", comp.test), ("reference", comp.reference), *(("synthetic", w) for w in comp.workloads)]:
+    for role, w in [
+        ("real test", comp.test),
+        ("reference", comp.reference),
+        *(("synthetic", w) for w in comp.workloads),
+    ]:
         t = w.trace["timestamp"]
         span = float(t.max() - t.min()) if len(t) else 0.0
         source = w.info.get("path") or ", ".join(f"{k}={v}" for k, v in w.info.items() if k != "spec")

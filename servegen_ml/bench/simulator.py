@@ -64,7 +64,7 @@ class SimulationResult:
 
 
 class _Prefill:
-    __slots__ = ("request", "remaining", "done")
+    __slots__ = ("done", "remaining", "request")
 
     def __init__(self, request: int, tokens: int):
         self.request, self.remaining, self.done = request, tokens, 0

@@ -13,6 +13,9 @@ Head-to-head mode:
 fits each model on the earliest `split` of the time span, samples the rest
 (same time of day) once per seed, uses the earlier part as the noise-floor
 reference, and adds each model's held-out NLL (M1) and a mean ± sd over seeds.
+The neural model trains with the `trainer` group (trainer=fast for a quick
+run, trainer=gpu on a GPU); `+model_args.NAME.KEY=VALUE` overrides a model's
+config (configs/model/NAME.yaml).
 
 Writes DIR/metrics.json, DIR/report.md (Markdown tables) and PNG figures
 (length CDFs, per-window inter-arrival CV, index of dispersion across window
@@ -52,6 +55,30 @@ def _settings(cfg):
     )
 
 
+def _trainer(cfg) -> dict | None:
+    if not cfg.get("trainer"):
+        return None
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return {**trainer, "enable_progress_bar": False} if cfg.quiet else trainer
+
+
+def _trainer_overrides(cfg) -> list[str]:
+    """``trainer=NAME`` for the trainer group file that matches cfg.trainer, then any keys that differ from it."""
+    from servegen_ml.cli import compose, config_dir
+
+    mine = OmegaConf.to_container(cfg.trainer, resolve=True)
+    best: tuple[int, str, list[str]] | None = None
+    for path in sorted((config_dir() / "trainer").glob("*.yaml")):
+        group = OmegaConf.to_container(compose("bench", [f"trainer={path.stem}"]).trainer, resolve=True)
+        diff = [f"trainer.{k}={v}" for k, v in mine.items() if group.get(k) != v]
+        if best is None or len(diff) < best[0]:
+            best = (len(diff), path.stem, diff)
+    if best is None:
+        return []
+    _, name, diff = best
+    return ([] if name == "cpu" else [f"trainer={name}"]) + diff
+
+
 def _command(cfg, models: list, synthetic: list) -> str:
     p = cfg.provisioning
     parts = ["servegen-ml bench", f"data.path={cfg.data.path}"]
@@ -60,6 +87,7 @@ def _command(cfg, models: list, synthetic: list) -> str:
     if models:
         seeds = ",".join(str(s) for s in _as_list(cfg.seeds))
         parts += [f"split={cfg.split}", f"models=[{','.join(models)}]", f"seeds=[{seeds}]"]
+        parts += _trainer_overrides(cfg)
         if cfg.refit_per_seed:
             parts.append("refit_per_seed=true")
         for name, args in OmegaConf.to_container(cfg.model_args, resolve=True).items():
@@ -92,19 +120,28 @@ def run(cfg) -> int:
                 seeds=[int(s) for s in _as_list(cfg.seeds)],
                 refit_per_seed=bool(cfg.refit_per_seed),
                 model_args=OmegaConf.to_container(cfg.model_args, resolve=True),
-                trainer=OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.get("trainer") else None,
+                trainer=_trainer(cfg),
             ),
             settings,
             str(cfg.data.path),
             bool(cfg.quiet),
         )
         comp = h2h.comparison
-        written = write_outputs(comp, cfg.out, "Head-to-head fidelity benchmark", h2h.plotted,
-                                {**config, "head_to_head": h2h.summary}, h2h.sections, command)
+        written = write_outputs(
+            comp,
+            cfg.out,
+            "Head-to-head fidelity benchmark",
+            h2h.plotted,
+            {**config, "head_to_head": h2h.summary},
+            h2h.sections,
+            command,
+        )
     else:
         if cfg.reference is None or not synthetic:
-            raise UserError("bench needs reference=REAL_REF and synthetic=[A,...] (compare mode) or models=[...] "
-                            "(head-to-head mode)")
+            raise UserError(
+                "bench needs reference=REAL_REF and synthetic=[A,...] (compare mode) or models=[...] "
+                "(head-to-head mode)"
+            )
         test = Workload("real_test", trace, {"path": str(cfg.data.path)})
         reference = Workload("reference", read_trace(cfg.reference), {"path": str(cfg.reference)})
         workloads = [Workload(_name(p, i, synthetic), read_trace(p), {"path": p}) for i, p in enumerate(synthetic)]
@@ -132,5 +169,7 @@ def _print_headlines(comp) -> None:
         print("  " + m.ljust(24) + "".join(fmt(comp.ratios[n][m]["distance"]).rjust(20) for n in names))
     if comp.provisioning is not None:
         p = comp.provisioning
-        line = f"  instances: real test {fmt(p['real_test']['instances'])}, reference {fmt(p['reference']['instances'])}"
+        line = (
+            f"  instances: real test {fmt(p['real_test']['instances'])}, reference {fmt(p['reference']['instances'])}"
+        )
         print(line + "".join(f", {n} {fmt(v['instances'])}" for n, v in p["synthetic"].items()))

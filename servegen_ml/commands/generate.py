@@ -1,5 +1,5 @@
 """servegen-ml generate checkpoint=DIR duration_s=S out=FILE [start_s=0] [rate=natural] [clients=all]
-                    [upsample=conversations] [seed=0] [format=native]
+                    [upsample=conversations] [seed=0] [format=native] [plot=false] [quiet=false]
 
 Sample a synthetic workload from a checkpoint and write it with a
 ``FILE.meta.json`` sidecar (spec, seed, checkpoint digest, package version,
@@ -11,6 +11,8 @@ rate:    natural | scale:K | a constant req/s (rate=50) | a curve, quoted for th
 clients: all | [id1,id2] | new:N (N new clients drawn from the learned population)
 start_s: position in the learned timeline (s); spans past its end wrap by week/day.
 format:  native (.parquet or .jsonl) | mooncake | bailian | vidur | azure
+plot:    true also writes FILE.png: arrival rate over time and input/output length CDFs.
+quiet:   true hides the progress bar (it is shown only when stderr is a terminal).
 """
 
 from __future__ import annotations
@@ -22,36 +24,56 @@ from omegaconf import OmegaConf
 
 from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest
 from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.progress import StepBar
 from servegen_ml.trace.schema import UNITS
 
 
 def run(cfg) -> int:
     from servegen_ml.export import export_trace
 
-    checkpoint = Path(str(cfg.checkpoint))
-    manifest = read_manifest(checkpoint)
-    gen = load_generator(checkpoint)
-    clients = cfg.clients
-    if OmegaConf.is_list(clients):
-        clients = list(OmegaConf.to_container(clients))
-    spec = GenerationSpec.from_values(
-        duration_s=cfg.duration_s,
-        start_s=cfg.start_s,
-        rate=cfg.rate,
-        clients=clients,
-        upsample=cfg.upsample,
-        seed=cfg.seed,
-    )
-    trace = gen.sample(spec, np.random.default_rng(spec.seed))
-    meta = {
-        "spec": spec.to_dict(),
-        "seed": spec.seed,
-        "generator": manifest["generator"],
-        "checkpoint": str(cfg.checkpoint),
-        "checkpoint_digest": checkpoint_digest(checkpoint),
-        "units": dict(UNITS),
-    }
-    export_trace(trace, cfg.out, format=str(cfg.format), meta=meta)
+    plot = bool(cfg.plot)
+    with StepBar("generate", 4 if plot else 3, bool(cfg.quiet)) as bar:
+        bar.step("load checkpoint")
+        checkpoint = Path(str(cfg.checkpoint))
+        manifest = read_manifest(checkpoint)
+        gen = load_generator(checkpoint)
+        clients = cfg.clients
+        if OmegaConf.is_list(clients):
+            clients = list(OmegaConf.to_container(clients))
+        spec = GenerationSpec.from_values(
+            duration_s=cfg.duration_s,
+            start_s=cfg.start_s,
+            rate=cfg.rate,
+            clients=clients,
+            upsample=cfg.upsample,
+            seed=cfg.seed,
+        )
+        bar.step(f"sample {spec.duration_s:g} s")
+        trace = gen.sample(spec, np.random.default_rng(spec.seed))
+        meta = {
+            "spec": spec.to_dict(),
+            "seed": spec.seed,
+            "generator": manifest["generator"],
+            "checkpoint": str(cfg.checkpoint),
+            "checkpoint_digest": checkpoint_digest(checkpoint),
+            "units": dict(UNITS),
+        }
+        bar.step(f"write {len(trace):,} requests")
+        export_trace(trace, cfg.out, format=str(cfg.format), meta=meta)
+        if plot:
+            bar.step("plot")
+            figure = _plot(trace, spec, cfg)
     span = f"{trace['timestamp'].iloc[-1]:.1f} s" if len(trace) else "empty"
     print(f"wrote {cfg.out}: {len(trace)} requests, {trace['client_id'].nunique()} clients, last at {span}")
+    if plot:
+        print(f"wrote {figure}")
     return 0
+
+
+def _plot(trace, spec: GenerationSpec, cfg) -> Path:
+    """``<out>.png`` beside the output (matplotlib is imported only when asked for)."""
+    from servegen_ml.characterize.workload_figure import workload_figure
+
+    out = Path(str(cfg.out))
+    title = f"{Path(str(cfg.checkpoint)).as_posix()}: {len(trace):,} requests, rate={cfg.rate}, seed={spec.seed}"
+    return workload_figure(trace, spec.duration_s, out.with_name(out.name + ".png"), title)

@@ -59,5 +59,11 @@ def sample_pool_conversations(
     """A conversational trace: openers by :func:`sample_pool`, follow-ups by the conversation model."""
     rates = pool_natural_opener_rates(pool, spec) if spec.rate.kind in ("constant", "curve") else None
     return sample_with_conversations(
-        spec, model, lambda opener_spec: sample_pool(pool, opener_spec, rng), pool_follow_up_marks(pool), rng, rates
+        spec,
+        model,
+        lambda opener_spec: sample_pool(pool, opener_spec, rng),
+        pool_follow_up_marks(pool),
+        rng,
+        pool.span_s,
+        rates,
     )

@@ -5,7 +5,8 @@ canonical trace of first turns) and (b) draw the marks of one request for a
 client at a timeline position gets conversations from
 :func:`sample_with_conversations`:
 
-1. :func:`upsample_plan` turns the spec into the openers' spec and a time factor K;
+1. :func:`upsample_plan` turns the spec into the openers' spec and a time
+   factor K; the openers' span starts ``burn_in_s`` early (:func:`with_burn_in`);
 2. the generator samples openers for that spec;
 3. :func:`sample_follow_ups` draws every conversation's later turns with a
    :class:`~servegen_ml.compose.conversations.ConversationModel`, turn by turn
@@ -15,8 +16,8 @@ client at a timeline position gets conversations from
    previous output + new tokens; output (and reasoning, items) from the
    generator's callback;
 4. :func:`assemble_conversations` merges openers and follow-ups into a sorted
-   canonical trace with ``conversation_id`` (the opener's ordinal) and ``turn``;
-5. timestamps are divided by K.
+   canonical trace with ``conversation_id`` and ``turn``;
+5. the burn-in is cut off and timestamps are divided by K.
 
 Upsampling (``spec.upsample``):
 
@@ -24,18 +25,24 @@ Upsampling (``spec.upsample``):
   only, so a higher rate means more conversations while every inter-turn gap
   keeps its learned distribution. Follow-ups scale with their openers, so
   ``scale:k`` scales openers by k exactly; a constant or curve target is
-  divided by the expected requests per opener inside the horizon
-  (:meth:`ConversationModel.requests_per_opener`).
+  divided by the expected turns per conversation
+  (:meth:`ConversationModel.mean_turns`; a curve is then followed with the
+  lag of the follow-ups behind their openers).
 * ``compress``: openers at the natural rate over ``duration * K`` of the
   learned timeline, all timestamps divided by K, so inter-turn gaps (and the
   learned time-of-day pattern) shrink by K. K is k for ``scale:k``, and
   (mean target) / (natural aggregate rate) for a constant or curve target.
 
-Horizon: a follow-up at or after the end of the openers' span is dropped and
-its conversation ends there; truncation at the horizon is natural (a real
-trace cut at that time looks the same). Conversations that would have opened
-before the spec's start are not generated, so the first minutes hold fewer
-follow-ups, as a trace that starts recording then (the training trace too).
+Window: conversations open from ``burn_in_s`` (the model's 99th percentile
+of opener-to-turn time) before the spec's start, and only turns inside
+``[0, duration_s)`` are kept, so the generated window starts in the steady
+state, like a window cut from real traffic: its first turns include later
+turns of conversations opened before it (``turn`` > 1 on the first row of a
+``conversation_id``). A follow-up at or after the end is dropped and its
+conversation ends there; truncation at the horizon is natural (a real trace
+cut at that time looks the same). Before a learned timeline's start the
+burn-in wraps to its end by whole wrap periods
+(:func:`~servegen_ml.generators.spec.wrap_period`), as times past the end do.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import pandas as pd
 from servegen_ml.compose.conversations import ConversationModel
 from servegen_ml.compose.merge import merge_streams
 from servegen_ml.compose.rate_control import curve_integral
-from servegen_ml.generators.spec import GenerationSpec, RateSpec
+from servegen_ml.generators.spec import GenerationSpec, RateSpec, wrap_period
 from servegen_ml.trace.schema import INT_COLUMNS, LIST_COLUMNS, STRING_DTYPE, list_lengths, list_values, ordered_columns
 
 # (client ids, learned-timeline positions in s, rng) -> (integer columns, list columns as (counts, values)).
@@ -59,10 +66,11 @@ MarksFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[dict, di
 
 @dataclass(frozen=True)
 class UpsamplePlan:
-    """How a spec is met: sample openers for ``opener_spec``, then divide all timestamps by ``time_factor``."""
+    """How a spec is met: sample openers for ``opener_spec``, drop the first ``burn_in_s``, divide times by ``time_factor``."""
 
     opener_spec: GenerationSpec
     time_factor: float
+    burn_in_s: float = 0.0
 
 
 @dataclass
@@ -88,16 +96,13 @@ def mean_target_rate(rate: RateSpec, duration_s: float, natural_rate_s: float | 
 
 
 def upsample_plan(
-    spec: GenerationSpec,
-    requests_per_opener: Callable[[float], float],
-    natural_rate_s: float | None = None,
+    spec: GenerationSpec, requests_per_opener: float = 1.0, natural_rate_s: float | None = None
 ) -> UpsamplePlan:
-    """The openers' spec and time factor for ``spec`` (module docstring).
+    """The openers' spec and time factor for ``spec`` (module docstring), without burn-in.
 
-    ``requests_per_opener(horizon_s)``: expected requests per opener within a
-    horizon; ``natural_rate_s``: the generator's natural aggregate req/s
-    (openers and follow-ups) over the spec's window. Both matter only for
-    constant and curve targets (a scale or natural target never calls them).
+    ``requests_per_opener``: expected turns per conversation; ``natural_rate_s``:
+    the generator's natural aggregate req/s (openers and follow-ups) over the
+    spec's window. Both matter only for constant and curve targets.
     """
     rate = spec.rate
     absolute = rate.kind in ("constant", "curve")
@@ -106,14 +111,16 @@ def upsample_plan(
         factor = rate.value
     elif spec.upsample == "compress" and absolute:
         if not natural_rate_s or natural_rate_s <= 0:
-            raise ValueError(f"upsample=compress with rate={rate.to_str()}: the generator has no natural traffic to compress")
+            raise ValueError(
+                f"upsample=compress with rate={rate.to_str()}: the generator has no natural traffic to compress"
+            )
         factor = mean_target_rate(rate, spec.duration_s, None) / natural_rate_s
     if factor <= 0:
         raise ValueError(f"rate={rate.to_str()}: a compressed workload needs a positive mean target rate")
     horizon_s = spec.duration_s * factor
     if absolute:
         # Openers carry the target divided by the follow-ups each brings; compress also stretches time by K.
-        per_opener = factor * requests_per_opener(horizon_s)
+        per_opener = factor * requests_per_opener
         if rate.kind == "constant":
             opener_rate = RateSpec(kind="constant", value=rate.value / per_opener)
         else:
@@ -127,6 +134,21 @@ def upsample_plan(
     else:
         opener_rate = rate
     return UpsamplePlan(dataclasses.replace(spec, duration_s=horizon_s, rate=opener_rate), factor)
+
+
+def with_burn_in(plan: UpsamplePlan, burn_in_s: float, learned_span_s: float) -> UpsamplePlan:
+    """The plan with openers starting ``burn_in_s`` earlier (wrapped by whole periods before the timeline's start)."""
+    spec = plan.opener_spec
+    if burn_in_s <= 0:
+        return plan
+    period = wrap_period(learned_span_s)
+    start_s = spec.start_s - burn_in_s
+    start_s += np.ceil(max(-start_s, 0.0) / period) * period
+    rate = spec.rate
+    if rate.kind == "curve":
+        rate = dataclasses.replace(rate, curve_t_s=tuple(t + burn_in_s for t in rate.curve_t_s))
+    opener_spec = dataclasses.replace(spec, start_s=float(start_s), duration_s=spec.duration_s + burn_in_s, rate=rate)
+    return dataclasses.replace(plan, opener_spec=opener_spec, burn_in_s=float(burn_in_s))
 
 
 def sample_follow_ups(
@@ -222,12 +244,16 @@ def assemble_conversations(openers: pd.DataFrame, follow: FollowUps) -> pd.DataF
     return df[ordered_columns(df.columns)]
 
 
-def compress_time(trace: pd.DataFrame, factor: float, duration_s: float) -> pd.DataFrame:
-    """Divide timestamps by ``factor``, keeping them inside ``[0, duration_s)``."""
-    if factor == 1.0:
-        return trace
-    t = trace["timestamp"].to_numpy(np.float64) / factor
-    return trace.assign(timestamp=np.minimum(t, np.nextafter(duration_s, 0.0)))
+def spec_window(trace: pd.DataFrame, plan: UpsamplePlan, duration_s: float) -> pd.DataFrame:
+    """Cut the burn-in, divide timestamps by the time factor (inside ``[0, duration_s)``), renumber conversations."""
+    t = trace["timestamp"].to_numpy(np.float64)
+    kept = trace.iloc[np.flatnonzero(t >= plan.burn_in_s)].reset_index(drop=True)
+    t = (kept["timestamp"].to_numpy(np.float64) - plan.burn_in_s) / plan.time_factor
+    ordinal, _ = pd.factorize(kept["conversation_id"], sort=False)
+    return kept.assign(
+        timestamp=np.minimum(t, np.nextafter(duration_s, 0.0)),
+        conversation_id=pd.array(ordinal.astype(str), dtype=STRING_DTYPE),
+    )
 
 
 def sample_with_conversations(
@@ -236,6 +262,7 @@ def sample_with_conversations(
     sample_openers: Callable[[GenerationSpec], pd.DataFrame],
     follow_up_marks: MarksFn,
     rng: np.random.Generator,
+    learned_span_s: float,
     natural_opener_rates: pd.Series | None = None,
 ) -> pd.DataFrame:
     """A conversational canonical trace for ``spec`` (module docstring).
@@ -245,21 +272,23 @@ def sample_with_conversations(
     ``follow_up_marks(client_ids, timeline_s, rng)`` returns the marks of
     follow-ups as ``({"output_tokens": ..., ...}, {list column: (counts, values)})``
     with the same columns the openers have (input and text are set here).
-    ``natural_opener_rates`` (client id -> natural opener req/s over the
-    spec's window, for the clients generated) is needed for constant and curve targets.
+    ``learned_span_s`` is the generator's learned timeline span (for the
+    burn-in's wrap). ``natural_opener_rates`` (client id -> natural opener
+    req/s over the spec's window, for the clients generated) is needed for
+    constant and curve targets.
     """
-    rates = natural_opener_rates if natural_opener_rates is not None else pd.Series(dtype=np.float64)
-
-    def requests_per_opener(horizon_s: float) -> float:
-        return model.requests_per_opener(rates.index.to_numpy(dtype=object), rates.to_numpy(np.float64), horizon_s)
-
-    natural_rate_s = float(rates.sum()) * requests_per_opener(spec.duration_s) if len(rates) else None
     if spec.rate.kind in ("constant", "curve") and natural_opener_rates is None:
         raise ValueError(f"rate={spec.rate.to_str()}: the generator must pass its natural opener rates")
-    plan = upsample_plan(spec, requests_per_opener, natural_rate_s)
+    per_opener, natural_rate_s = 1.0, None
+    if natural_opener_rates is not None:
+        rates = natural_opener_rates
+        per_opener = model.mean_turns(rates.index.to_numpy(dtype=object), rates.to_numpy(np.float64))
+        natural_rate_s = float(rates.sum()) * per_opener
+    plan = upsample_plan(spec, per_opener, natural_rate_s)
+    plan = with_burn_in(plan, model.burn_in_s_, learned_span_s)
     openers = sample_openers(plan.opener_spec)
     openers = openers.drop(columns=[c for c in ("conversation_id", "turn") if c in openers.columns])
     follow = sample_follow_ups(
         model, openers, plan.opener_spec.duration_s, plan.opener_spec.start_s, follow_up_marks, rng
     )
-    return compress_time(assemble_conversations(openers, follow), plan.time_factor, spec.duration_s)
+    return spec_window(assemble_conversations(openers, follow), plan, spec.duration_s)

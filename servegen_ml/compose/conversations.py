@@ -56,9 +56,12 @@ Good-Turing share of a discretized log-normal); sampling draws the empirical
 distributions.
 
 Files (:meth:`ConversationModel.write_into`): ``conversations.json``
-(hyperparameters, clients, output bucket edges), ``conversation_clients.parquet``
-(per-client summary), ``conversation_hazards.parquet`` (counts behind each
-``h_k``), ``conversation_values.parquet`` (gap and new-token value counts).
+(hyperparameters, clients, output bucket edges, burn-in),
+``conversation_clients.parquet`` (per-client summary),
+``conversation_hazards.parquet`` (conversations behind each ``h_k``),
+``conversation_values.parquet`` (gap and new-token values: observation
+counts and censoring-corrected weights). Client codes index the JSON's client
+list; one past its end is the pooled model.
 """
 
 from __future__ import annotations
@@ -131,13 +134,6 @@ def conversation_roles(trace: pd.DataFrame) -> ConversationRoles:
     return ConversationRoles(predecessor, position, opener_row, is_last)
 
 
-def has_conversations(trace: pd.DataFrame) -> bool:
-    """Whether the trace has conversation ids with at least one follow-up."""
-    if "conversation_id" not in trace.columns or len(trace) == 0:
-        return False
-    return bool((conversation_roles(trace).predecessor >= 0).any())
-
-
 class ConversationModel:
     """Per-client conversation statistics; see the module docstring."""
 
@@ -156,9 +152,11 @@ class ConversationModel:
 
     # ------------------------------------------------------------ fitting
 
-    def fit(self, trace: pd.DataFrame, client_ids: np.ndarray | None = None) -> ConversationModel:
+    def fit(
+        self, trace: pd.DataFrame, client_ids: np.ndarray | None = None, roles: ConversationRoles | None = None
+    ) -> ConversationModel:
         """Fit from a canonical trace; ``client_ids`` overrides the client labels (one label: an aggregate model)."""
-        roles = conversation_roles(trace)
+        roles = roles if roles is not None else conversation_roles(trace)
         follow = np.flatnonzero(roles.predecessor >= 0)
         if len(follow) == 0:
             raise ValueError("cannot fit a conversation model: the trace has no follow-up turns")
@@ -415,7 +413,12 @@ class ConversationModel:
             "output_bucket_edges_tokens": [float(x) for x in self.output_edges_],
             "burn_in_s": self.burn_in_s_,
             "time_resolution_s": TIME_RESOLUTION_S,
-            "units": {"gap_ms": "inter-turn gap in 1 ms steps", "new_tokens": "tokens", "mean_gap_s": "s", "burn_in_s": "s"},
+            "units": {
+                "gap_ms": "inter-turn gap in 1 ms steps",
+                "new_tokens": "tokens",
+                "mean_gap_s": "s",
+                "burn_in_s": "s",
+            },
             "client_codes": "client = index into clients; len(clients) is the pooled model; bucket -1 = all buckets",
         }
         (directory / MODEL_FILE).write_text(json.dumps(meta, indent=1) + "\n")
@@ -487,8 +490,10 @@ def fit_conversations(
     A trace without conversation ids, or whose conversations all have one turn,
     gives ``(trace, None)``: there is nothing to model beyond single requests.
     """
-    if not has_conversations(trace):
+    if "conversation_id" not in trace.columns:
         return trace, None
-    model = ConversationModel(**model_options).fit(trace, client_ids)
-    openers = np.flatnonzero(conversation_roles(trace).is_opener)
-    return trace.iloc[openers].reset_index(drop=True), model
+    roles = conversation_roles(trace)
+    if roles.is_opener.all():
+        return trace, None
+    model = ConversationModel(**model_options).fit(trace, client_ids, roles)
+    return trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True), model

@@ -44,7 +44,7 @@ def export_trace(df: pd.DataFrame, path: str | Path, format: str = "native", met
         "format": format,
         "file": path.name,
         "used_by": FORMATS[format].used_by,
-        "rows": int(len(trace)),
+        "rows": len(trace),
         "sorted_by": "arrival time, ascending (ties: turn, then input order)",
         "time_origin": "the first request is at 0",
         "start_offset_s": start_offset_s,

@@ -165,7 +165,13 @@ def write_vidur(df: pd.DataFrame, path: Path) -> dict:
         }
     )
     _write_csv(path, table)
-    return {"units": {"arrived_at": "s since the first request", "num_prefill_tokens": "tokens", "num_decode_tokens": "tokens"}}
+    return {
+        "units": {
+            "arrived_at": "s since the first request",
+            "num_prefill_tokens": "tokens",
+            "num_decode_tokens": "tokens",
+        }
+    }
 
 
 def write_azure(df: pd.DataFrame, path: Path) -> dict:

@@ -19,6 +19,12 @@ Likelihood convention (M1), shared by all generators so numbers compare:
   ``log share(client)`` so that all generators score the same labelled events.
 * Marks are integer counts and are scored as log-PMFs (tokens per item summed
   over items); ``reasoning_tokens`` is scored given ``output_tokens``.
+* ``conversation`` (generators fitted with conversations): the streams are
+  conversation openers; a follow-up turn's arrival and prompt are scored here
+  (the conversation went on, its inter-turn gap, its new tokens) with ``time``
+  and ``input_tokens`` 0, and each conversation's last turn adds the
+  probability that it stopped or continued past the window
+  (:mod:`servegen_ml.compose.conversation_likelihood`).
 """
 
 from __future__ import annotations

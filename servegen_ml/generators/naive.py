@@ -12,6 +12,11 @@ Likelihood: the aggregate stream is scored as one client (see
 ``time`` so every generator scores the same client-labelled events; shares
 are the training counts with add-half smoothing (an unseen client gets the
 mass of half a request).
+
+Conversations: when the training trace has ``conversation_id`` with
+follow-ups, the stream is fitted on conversation openers only and one
+aggregate :class:`~servegen_ml.compose.conversations.ConversationModel` (all
+clients as one) describes the follow-ups, as in the parametric generator.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.compose.conversation_likelihood import log_prob_with_conversations
+from servegen_ml.compose.conversation_pool import sample_pool_conversations
+from servegen_ml.compose.conversations import ConversationModel, fit_conversations
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.pool import ClientPool, fit_client_pool, sample_pool
@@ -46,10 +54,13 @@ class NaiveGenerator(Generator):
         self.rate_window_s = float(rate_window_s)
         self.pool_: ClientPool | None = None
         self.shares_: pd.DataFrame | None = None
+        self.conversations_: ConversationModel | None = None
 
     def fit(self, trace: pd.DataFrame) -> NaiveGenerator:
         if len(trace) == 0:
             raise ValueError("cannot fit a generator to an empty trace")
+        # With conversations, everything below describes the openers.
+        trace, self.conversations_ = fit_conversations(trace, client_ids=np.full(len(trace), CLIENT_ID, dtype=object))
         t = np.sort(trace["timestamp"].to_numpy(np.float64))
         observed_s = t[-1] - t[0]
         span_s = (np.floor(observed_s / self.rate_window_s) + 1) * self.rate_window_s
@@ -87,10 +98,19 @@ class NaiveGenerator(Generator):
         self._require_fitted()
         if spec.clients.kind != "all":
             raise ValueError(f"clients={spec.clients.to_str()}: the naive generator has no clients; use clients=all")
+        if self.conversations_ is not None:
+            return sample_pool_conversations(self.pool_, self.conversations_, spec, rng)
         return sample_pool(self.pool_, spec, rng)
 
     def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:
         self._require_fitted()
+        if self.conversations_ is not None:
+            labels = np.full(len(trace), CLIENT_ID, dtype=object)
+            return log_prob_with_conversations(self.conversations_, trace, window_end_s, self._request_log_prob, labels)
+        return self._request_log_prob(trace, window_end_s)
+
+    def _request_log_prob(self, trace: pd.DataFrame, window_end_s: float | None) -> pd.DataFrame:
+        """Requests as events of the aggregate stream, with log share(client) in ``time``."""
         lp = pool_log_prob(self.pool_, trace, window_end_s, stream_ids=np.full(len(trace), CLIENT_ID, dtype=object))
         lp["time"] += self._log_share(trace["client_id"].astype(str).to_numpy(dtype=object))
         lp["total"] = lp.drop(columns="total").sum(axis=1)
@@ -109,6 +129,8 @@ class NaiveGenerator(Generator):
         self.pool_.write_into(directory)
         table = pa.table({"client_id": self.shares_["client_id"].astype(str).tolist(), "count": self.shares_["count"]})
         pq.write_table(table, directory / SHARES_FILE)
+        if self.conversations_ is not None:
+            self.conversations_.write_into(directory)
 
     def _load_state(self, directory: Path) -> None:
         self.pool_ = ClientPool.load(directory)
@@ -116,6 +138,7 @@ class NaiveGenerator(Generator):
         if not path.is_file():
             raise FileNotFoundError(f"{directory}: naive checkpoint lacks {SHARES_FILE}")
         self.shares_ = pq.read_table(path).to_pandas()
+        self.conversations_ = ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
 
     @property
     def is_fitted(self) -> bool:

@@ -12,17 +12,28 @@ counts keep their natural spread (arrivals are never rescaled to hit
 rate x window). Sparse windows fall back to the client's whole-trace fit
 (:mod:`servegen_ml.pool.fit`); likelihood smoothing is documented in
 :mod:`servegen_ml.pool.likelihood` and :mod:`servegen_ml.pool.empirical`.
+
+Conversations: when the training trace has ``conversation_id`` with
+follow-ups, the pool is fitted on conversation openers only and a per-client
+:class:`~servegen_ml.compose.conversations.ConversationModel` describes the
+follow-ups (turns, inter-turn gaps given the previous output, input growth);
+sampling and ``spec.upsample`` follow :mod:`servegen_ml.compose.conversation_sampling`,
+the likelihood :mod:`servegen_ml.compose.conversation_likelihood`.
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from servegen_ml.compose.conversation_likelihood import log_prob_with_conversations
+from servegen_ml.compose.conversation_pool import sample_pool_conversations
+from servegen_ml.compose.conversations import ConversationModel, fit_conversations
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.pool import ClientPool, fit_client_pool, load_servegen_pool, sample_pool
@@ -41,6 +52,7 @@ class ParametricGenerator(Generator):
         self.data_window_s = float(data_window_s)
         self.min_events = int(min_events)
         self.pool_: ClientPool | None = None
+        self.conversations_: ConversationModel | None = None
 
     @classmethod
     def from_pool(cls, directory: str | os.PathLike) -> ParametricGenerator:
@@ -51,15 +63,21 @@ class ParametricGenerator(Generator):
         return gen
 
     def fit(self, trace: pd.DataFrame) -> ParametricGenerator:
-        self.pool_ = fit_client_pool(trace, self.rate_window_s, self.data_window_s, self.min_events)
+        openers, self.conversations_ = fit_conversations(trace)
+        self.pool_ = fit_client_pool(openers, self.rate_window_s, self.data_window_s, self.min_events)
         return self
 
     def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
         self._require_fitted()
+        if self.conversations_ is not None:
+            return sample_pool_conversations(self.pool_, self.conversations_, spec, rng)
         return sample_pool(self.pool_, spec, rng)
 
     def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:
         self._require_fitted()
+        if self.conversations_ is not None:
+            score = partial(pool_log_prob, self.pool_)
+            return log_prob_with_conversations(self.conversations_, trace, window_end_s, score)
         return pool_log_prob(self.pool_, trace, window_end_s)
 
     @property
@@ -72,9 +90,12 @@ class ParametricGenerator(Generator):
 
     def _save_state(self, directory: Path) -> None:
         self.pool_.write_into(directory)
+        if self.conversations_ is not None:
+            self.conversations_.write_into(directory)
 
     def _load_state(self, directory: Path) -> None:
         self.pool_ = ClientPool.load(directory)
+        self.conversations_ = ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
 
     @property
     def is_fitted(self) -> bool:

@@ -19,7 +19,11 @@ class EventEncoder(nn.Module):
         return torch.tanh(self.initial(embedding))
 
     def forward(self, events: Tensor, embedding: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
-        """events (B, T, F), embedding (B, E), h0 (B, H) -> states after each event (B, T, H), last (B, H)."""
-        x = torch.cat([events, embedding.unsqueeze(1).expand(-1, events.shape[1], -1)], dim=-1)
-        out, h_last = self.gru(x, h0.unsqueeze(0).contiguous())
+        """events (B, T, F), embedding (B, E), h0 (B, H) -> states after each event (B, T, H), last (B, H).
+
+        The recurrence always runs in float32: under bf16 autocast its gradients turn to NaN.
+        """
+        with torch.autocast(device_type=events.device.type, enabled=False):
+            x = torch.cat([events, embedding.unsqueeze(1).expand(-1, events.shape[1], -1)], dim=-1).float()
+            out, h_last = self.gru(x, h0.float().unsqueeze(0).contiguous())
         return out, h_last.squeeze(0)

@@ -43,8 +43,8 @@ def sample_trace(
     if known is None and spec.rate.kind in ("constant", "curve"):
         natural_total = sampler.pilot_rate(natural, rng)
     multiplier = segment_multipliers(spec.rate, edges[:-1], edges[1:], natural_total)
-    events, rows_client = sampler.run(natural, multiplier, rng)
-    return _assemble(events, rows_client, names, state)
+    events = sampler.run(natural, multiplier, rng)
+    return _assemble(events, names, state)
 
 
 class _Sampler:
@@ -53,7 +53,7 @@ class _Sampler:
         self.start_s, self.span_s = start_s, span_s
         self.segment_events, self.warmup_events = segment_events, warmup_events
 
-    def run(self, natural: np.ndarray, multiplier: np.ndarray, rng) -> tuple[SampledEvents, np.ndarray]:
+    def run(self, natural: np.ndarray, multiplier: np.ndarray, rng) -> SampledEvents:
         """Events of all clients; natural (C, cells) req/s, multiplier (cells,)."""
         d_tau = multiplier * np.diff(self.edges)
         tau_grid = np.concatenate([[0.0], np.cumsum(d_tau)])
@@ -64,13 +64,15 @@ class _Sampler:
         rows = plan_rows(expected, tau_grid, self.segment_events, self.warmup_events, MAX_WARMUP_S)
         time_map = TimeMap(tau_grid, self.edges, self.start_s, self.span_s)
         max_steps = 100 * (self.segment_events + self.warmup_events) + 10_000
-        events = sample_rows(self.tpp, self.table, rows, time_map, rng, max_steps)
-        keep = events.t_s < self.edges[-1]
-        return _subset(events, keep), rows.client
+        tail_events = self.segment_events
+        events = sample_rows(
+            self.tpp, self.table, rows, time_map, rng, max_steps, self.warmup_events, MAX_WARMUP_S, tail_events
+        )
+        return _subset(events, events.t_s < self.edges[-1])
 
     def pilot_rate(self, natural: np.ndarray, rng) -> np.ndarray:
         """Aggregate req/s per grid cell measured by sampling at the natural rate."""
-        events, _ = self.run(natural, np.ones(natural.shape[1]), rng)
+        events = self.run(natural, np.ones(natural.shape[1]), rng)
         duration = self.edges[-1]
         n_bins = max(1, int(np.ceil(duration / PILOT_BIN_S)))
         width = duration / n_bins
@@ -121,10 +123,10 @@ def _subset(events: SampledEvents, keep: np.ndarray) -> SampledEvents:
     items = {}
     for m, tokens in events.items.items():
         items[m] = tokens[np.repeat(keep, events.marks[f"{m}_count"])]
-    return SampledEvents(events.row[keep], events.t_s[keep], {k: v[keep] for k, v in events.marks.items()}, items)
+    return SampledEvents(events.client[keep], events.t_s[keep], {k: v[keep] for k, v in events.marks.items()}, items)
 
 
-def _assemble(events: SampledEvents, rows_client: np.ndarray, names: list[str], state: NeuralState) -> pd.DataFrame:
+def _assemble(events: SampledEvents, names: list[str], state: NeuralState) -> pd.DataFrame:
     layout = state.layout
     base = events.marks["input"].astype(np.int64)
     ints = {"output_tokens": events.marks["output"].astype(np.int64)}
@@ -142,4 +144,4 @@ def _assemble(events: SampledEvents, rows_client: np.ndarray, names: list[str], 
         ints["text_tokens"] = base
     if layout.has_reasoning:
         ints["reasoning_tokens"] = events.marks["reasoning"].astype(np.int64)
-    return merge_streams(events.t_s, rows_client[events.row], names, ints, lists)
+    return merge_streams(events.t_s, events.client, names, ints, lists)

@@ -17,10 +17,6 @@ from servegen_ml.models import features as F
 from servegen_ml.models import sampling as S
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 class NumpyTPP:
     """Sampling step of a trained :class:`~servegen_ml.models.tpp.MarkedTPP` (float32 numpy)."""
 
@@ -63,14 +59,27 @@ class NumpyTPP:
         return np.stack(feats, -1).astype(np.float32)
 
     def gru_step(self, h: np.ndarray, events: np.ndarray, emb_gates: np.ndarray) -> np.ndarray:
-        """PyTorch GRU equations, gates ordered (r, z, n)."""
+        """PyTorch GRU equations, gates ordered (r, z, n); in-place updates keep temporaries few."""
         hs = self.hidden
-        gi = events @ self.w_ih_event + emb_gates
-        gh = h @ self.w_hh + self.b_hh
-        r = _sigmoid(gi[:, :hs] + gh[:, :hs])
-        z = _sigmoid(gi[:, hs : 2 * hs] + gh[:, hs : 2 * hs])
-        n = np.tanh(gi[:, 2 * hs :] + r * gh[:, 2 * hs :])
-        return n + z * (h - n)
+        gi = events @ self.w_ih_event
+        gi += emb_gates
+        gh = h @ self.w_hh
+        gh += self.b_hh
+        rz = gi[:, : 2 * hs]
+        rz += gh[:, : 2 * hs]
+        # sigmoid(x) = (1 + tanh(x / 2)) / 2: numpy's tanh is vectorized, scipy's expit is not.
+        rz *= 0.5
+        np.tanh(rz, out=rz)
+        rz *= 0.5
+        rz += 0.5
+        n = gh[:, 2 * hs :]
+        n *= rz[:, :hs]
+        n += gi[:, 2 * hs :]
+        np.tanh(n, out=n)
+        out = h - n
+        out *= rz[:, hs:]
+        out += n
+        return out
 
     # -- heads ------------------------------------------------------------------------------
 

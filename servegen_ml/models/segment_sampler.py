@@ -27,6 +27,12 @@ from servegen_ml.generators.spec import wrap_period, wrap_time
 from servegen_ml.models.numpy_tpp import NumpyTPP
 
 
+# A straggler is cut into at most this many new rows at once.
+MAX_SPLIT = 1024
+# Weight of the newest gap in a row's moving-average pace.
+PACE_WEIGHT = 1.0 / 16
+
+
 @dataclass
 class ClientTable:
     """Per sampled client: embedding (C, E) and log-gap normalizer (C,), (C,)."""
@@ -68,9 +74,9 @@ class Rows:
 
 @dataclass
 class SampledEvents:
-    """Kept events, unsorted: row, spec time, marks (see NumpyTPP.sample_marks) and flat items per modality."""
+    """Kept events, unsorted: client index, spec time, marks (see NumpyTPP.sample_marks), flat items per modality."""
 
-    row: np.ndarray
+    client: np.ndarray
     t_s: np.ndarray
     marks: dict[str, np.ndarray]
     items: dict[str, np.ndarray]
@@ -104,63 +110,145 @@ def plan_rows(
 class _Recorder:
     """Collects kept events step by step; one concatenation at the end."""
 
-    def __init__(self, modalities):
-        self.rows, self.times, self.marks, self.items = [], [], [], {m: [] for m in modalities}
+    def __init__(self, mark_names, modalities):
+        self.mark_names = list(mark_names)
+        self.clients, self.times, self.marks, self.items = [], [], [], {m: [] for m in modalities}
 
-    def add(self, rows, t, marks, items, keep):
-        self.rows.append(rows[keep])
+    def add(self, clients, t, marks, items, keep):
+        self.clients.append(clients[keep])
         self.times.append(t[keep])
         self.marks.append({k: v[keep] for k, v in marks.items()})
         for m, tokens in items.items():
             self.items[m].append(tokens[np.repeat(keep, marks[f"{m}_count"])])
 
-    def result(self, mark_names) -> SampledEvents:
-        if not self.rows:
-            empty = np.zeros(0)
-            return SampledEvents(empty.astype(np.int64), empty, {k: empty.astype(np.int64) for k in mark_names}, {m: empty.astype(np.int64) for m in self.items})
-        marks = {k: np.concatenate([s[k] for s in self.marks]) for k in self.marks[0]}
-        items = {m: np.concatenate(v).astype(np.int64) for m, v in self.items.items()}
-        return SampledEvents(np.concatenate(self.rows), np.concatenate(self.times), marks, items)
+    def result(self) -> SampledEvents:
+        cat = np.concatenate
+        if not self.clients:
+            none = np.zeros(0, dtype=np.int64)
+            return SampledEvents(none, np.zeros(0), {k: none for k in self.mark_names}, {m: none for m in self.items})
+        marks = {k: cat([s[k] for s in self.marks]) for k in self.mark_names}
+        items = {m: cat(v).astype(np.int64) for m, v in self.items.items()}
+        return SampledEvents(cat(self.clients), cat(self.times), marks, items)
+
+
+@dataclass
+class _Lanes:
+    """State of the rows still running (one entry per row)."""
+
+    client: np.ndarray
+    tau_begin: np.ndarray
+    tau_keep: np.ndarray
+    tau_end: np.ndarray
+    tau: np.ndarray  # natural time of the row's last event (or its start token)
+    recent_gap: np.ndarray  # moving average of the row's last gaps (natural s): its current pace
+    warm: np.ndarray  # warm-up events drawn so far
+    h: np.ndarray
+    emb_gates: np.ndarray
+    gap_mean: np.ndarray
+    gap_std: np.ndarray
+    prev_gap: np.ndarray
+    prev_start: np.ndarray
+    prev_marks: dict
+
+    @classmethod
+    def start(cls, tpp: NumpyTPP, clients: ClientTable, client, tau_begin, tau_keep, tau_end, warmup_events) -> _Lanes:
+        h, emb_gates = tpp.client_rows(clients.embedding[client])
+        n = len(client)
+        marks = ["input", "output"] + (["reasoning"] if tpp.layout.has_reasoning else [])
+        marks += [f"{m}_{k}" for m in tpp.layout.modalities for k in ("count", "item_log")]
+        return cls(
+            client, tau_begin, tau_keep, tau_end, tau_begin.astype(np.float64).copy(),
+            np.maximum(tau_keep - tau_begin, 1e-9) / max(warmup_events, 1.0), np.zeros(n, dtype=np.int64),
+            h, emb_gates, clients.gap_mean[client].astype(np.float64), clients.gap_std[client].astype(np.float64),
+            np.zeros(n), np.ones(n, dtype=bool), {k: np.zeros(n) for k in marks},
+        )  # fmt: skip
+
+    def select(self, keep: np.ndarray) -> _Lanes:
+        fields = {k: getattr(self, k)[keep] for k in self.__dataclass_fields__ if k != "prev_marks"}
+        return _Lanes(**fields, prev_marks={k: v[keep] for k, v in self.prev_marks.items()})
+
+    def extend(self, other: _Lanes) -> _Lanes:
+        fields = {k: np.concatenate([getattr(self, k), getattr(other, k)]) for k in self.__dataclass_fields__ if k != "prev_marks"}
+        marks = {k: np.concatenate([v, other.prev_marks[k]]) for k, v in self.prev_marks.items()}
+        return _Lanes(**fields, prev_marks=marks)
+
+
+def _split_stragglers(tpp, clients, lanes: _Lanes, tail_events: int, warmup_events: float, max_warmup_s: float) -> _Lanes:
+    """Hand the rest of each slow row to new rows of ~``tail_events`` events at the row's current pace.
+
+    A row that draws far more events than planned (a burst) would otherwise run
+    alone for thousands of steps; its remaining time is cut like the initial
+    segments, the new rows starting with their own warm-up.
+    """
+    rate = 1.0 / np.maximum(lanes.recent_gap, 1e-3)
+    start = np.maximum(lanes.tau, lanes.tau_keep)
+    remaining = np.maximum(lanes.tau_end - start, 0.0)
+    pieces = np.minimum(np.ceil(rate * remaining / tail_events), MAX_SPLIT).astype(np.int64)
+    idx = np.flatnonzero(pieces >= 2)
+    if len(idx) == 0:
+        return lanes
+    n_new = pieces[idx] - 1
+    owner = np.repeat(np.arange(len(idx)), n_new)
+    k = 1 + np.arange(len(owner)) - np.repeat(np.cumsum(n_new) - n_new, n_new)
+    width = remaining[idx] / pieces[idx]
+    keep_from = start[idx][owner] + k * width[owner]
+    end = np.where(k == pieces[idx][owner] - 1, lanes.tau_end[idx][owner], keep_from + width[owner])
+    warmup = np.minimum(warmup_events / rate[idx][owner], max_warmup_s)
+    lanes.tau_end[idx] = start[idx] + width
+    new = _Lanes.start(tpp, clients, lanes.client[idx][owner], keep_from - warmup, keep_from, end, warmup_events)
+    return lanes.extend(new)
 
 
 def sample_rows(
-    tpp: NumpyTPP, clients: ClientTable, rows: Rows, time_map: TimeMap, rng: np.random.Generator, max_steps: int
+    tpp: NumpyTPP,
+    clients: ClientTable,
+    rows: Rows,
+    time_map: TimeMap,
+    rng: np.random.Generator,
+    max_steps: int,
+    warmup_events: float,
+    max_warmup_s: float,
+    tail_events: int,
 ) -> SampledEvents:
     """Advance all rows one event per step until each passes its end; keep events inside [tau_keep, tau_end)."""
-    h, emb_gates = tpp.client_rows(clients.embedding[rows.client])
-    gap_mean = clients.gap_mean[rows.client].astype(np.float64)
-    gap_std = clients.gap_std[rows.client].astype(np.float64)
-    alive = np.arange(len(rows.client))
-    tau = rows.tau_begin.astype(np.float64).copy()
-    n = len(alive)
-    prev_gap, prev_start = np.zeros(n), np.ones(n, dtype=bool)
-    prev_marks = _zero_marks(tpp, n)
-    recorder = _Recorder(tpp.layout.modalities)
+    lanes = _Lanes.start(tpp, clients, rows.client, rows.tau_begin, rows.tau_keep, rows.tau_end, warmup_events)
+    recorder = _Recorder(lanes.prev_marks.keys(), tpp.layout.modalities)
+    # When few rows remain, slow ones are split so the tail does not run one event per step.
+    few_rows = max(8, len(rows.client) // 20)
     for _ in range(max_steps):
-        if alive.size == 0:
-            return recorder.result(prev_marks.keys())
-        x = tpp.event_features(time_map.position(time_map.to_spec_time(tau)), prev_gap, prev_start, gap_mean, gap_std, prev_marks)
-        h = tpp.gru_step(h, x, emb_gates)
-        projected = tpp.project(h)
-        gap = tpp.sample_gap(projected, gap_mean, gap_std, rng)
-        tau = tau + gap
-        go = tau < rows.tau_end[alive]
-        if not go.all():
-            alive, h, projected, gap, tau = alive[go], h[go], projected[go], gap[go], tau[go]
-            emb_gates, gap_mean, gap_std = emb_gates[go], gap_mean[go], gap_std[go]
-        marks, items = tpp.sample_marks(projected, gap, gap_mean, gap_std, rng)
-        keep = tau >= rows.tau_keep[alive]
-        if keep.any():
-            recorder.add(alive, time_map.to_spec_time(tau), marks, items, keep)
-        prev_gap, prev_start, prev_marks = gap, np.zeros(len(alive), dtype=bool), marks
+        if len(lanes.tau) == 0:
+            return recorder.result()
+        if len(lanes.tau) <= few_rows:
+            lanes = _split_stragglers(tpp, clients, lanes, tail_events, warmup_events, max_warmup_s)
+        lanes = _step(tpp, lanes, time_map, rng, recorder, warmup_events)
     raise RuntimeError(
         f"sampling did not finish within {max_steps} steps per row: the model draws far more events "
         "than its learned rate (a degenerate fit?)"
     )
 
 
-def _zero_marks(tpp: NumpyTPP, n: int) -> dict[str, np.ndarray]:
-    names = ["input", "output"] + (["reasoning"] if tpp.layout.has_reasoning else [])
-    for m in tpp.layout.modalities:
-        names += [f"{m}_count", f"{m}_item_log"]
-    return {k: np.zeros(n) for k in names}
+def _step(tpp: NumpyTPP, lanes: _Lanes, time_map: TimeMap, rng, recorder: _Recorder, warmup_events: float) -> _Lanes:
+    """One event for every running row; rows past their end drop out.
+
+    A row whose warm-up already drew ``warmup_events`` events (the model sends
+    faster than planned) skips ahead to its kept part with the state it has.
+    """
+    warmed = (lanes.warm >= warmup_events) & (lanes.tau < lanes.tau_keep)
+    lanes.tau = np.where(warmed, lanes.tau_keep, lanes.tau)
+    position = time_map.position(time_map.to_spec_time(lanes.tau))
+    x = tpp.event_features(position, lanes.prev_gap, lanes.prev_start, lanes.gap_mean, lanes.gap_std, lanes.prev_marks)
+    lanes.h = tpp.gru_step(lanes.h, x, lanes.emb_gates)
+    projected = tpp.project(lanes.h)
+    gap = tpp.sample_gap(projected, lanes.gap_mean, lanes.gap_std, rng)
+    lanes.tau = lanes.tau + gap
+    go = lanes.tau < lanes.tau_end
+    if not go.all():
+        lanes, projected, gap = lanes.select(go), projected[go], gap[go]
+    marks, items = tpp.sample_marks(projected, gap, lanes.gap_mean, lanes.gap_std, rng)
+    keep = lanes.tau >= lanes.tau_keep
+    lanes.warm = lanes.warm + ~keep
+    if keep.any():
+        recorder.add(lanes.client, time_map.to_spec_time(lanes.tau), marks, items, keep)
+    lanes.recent_gap = lanes.recent_gap + PACE_WEIGHT * (gap - lanes.recent_gap)
+    lanes.prev_gap, lanes.prev_start, lanes.prev_marks = gap, np.zeros(len(gap), dtype=bool), marks
+    return lanes

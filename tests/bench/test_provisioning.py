@@ -39,7 +39,10 @@ def test_fewer_instances_as_instances_get_faster(counts_by_rate):
 def test_search_returns_the_smallest_count_meeting_the_slo():
     result = smallest_instance_count(load_trace(2, 8.0), SLO_FIXED)
     n = result.instances
-    ok = {k: v["ttft_p99_s"] <= SLO_FIXED.ttft_p99_s and v["tbt_p99_s"] <= SLO_FIXED.tbt_p99_s for k, v in result.tried.items()}
+    ok = {
+        k: v["ttft_p99_s"] <= SLO_FIXED.ttft_p99_s and v["tbt_p99_s"] <= SLO_FIXED.tbt_p99_s
+        for k, v in result.tried.items()
+    }
     assert ok[n] and not ok[n - 1]
 
 

@@ -7,8 +7,14 @@ from servegen_ml.cli import main
 from servegen_ml.trace.io import write_trace
 from tests.factories import synthetic_trace
 
-FIGURES = {"length_cdfs.png", "window_cv_cdf.png", "dispersion.png", "rate_over_time.png", "token_load_cdfs.png",
-           "client_rate_cdf.png"}
+FIGURES = {
+    "length_cdfs.png",
+    "window_cv_cdf.png",
+    "dispersion.png",
+    "rate_over_time.png",
+    "token_load_cdfs.png",
+    "client_rate_cdf.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +31,14 @@ def traces(tmp_path_factory):
 
 def test_compare_mode_writes_metrics_report_and_figures(traces, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["bench", f"data.path={traces / 'test.parquet'}", f"reference={traces / 'ref.parquet'}",
-            f"synthetic=[{traces / 'same.parquet'},{traces / 'poisson.parquet'}]", f"out={out}", "quiet=true"]
+    argv = [
+        "bench",
+        f"data.path={traces / 'test.parquet'}",
+        f"reference={traces / 'ref.parquet'}",
+        f"synthetic=[{traces / 'same.parquet'},{traces / 'poisson.parquet'}]",
+        f"out={out}",
+        "quiet=true",
+    ]
     assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["synthetic"]) == {"same", "poisson"}
@@ -49,12 +61,22 @@ def test_compare_mode_needs_reference_and_synthetic(traces, tmp_path, capsys):
 
 def test_head_to_head_mode(traces, tmp_path):
     out = tmp_path / "h2h"
-    argv = ["bench", f"data.path={traces / 'test.parquet'}", "split=0.5", "models=[naive,parametric]",
-            "seeds=[0,1]", f"out={out}", "quiet=true", "provisioning.max_instances=16"]
+    argv = [
+        "bench",
+        f"data.path={traces / 'test.parquet'}",
+        "split=0.5",
+        "models=[naive,parametric]",
+        "seeds=[0,1]",
+        f"out={out}",
+        "quiet=true",
+        "provisioning.max_instances=16",
+    ]
     assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())
     h = m["head_to_head"]
-    assert set(h["models"]) == {"naive", "parametric"} and h["sample_start_s"] == pytest.approx(h["sample_duration_s"], rel=0.01)
+    assert set(h["models"]) == {"naive", "parametric"} and h["sample_start_s"] == pytest.approx(
+        h["sample_duration_s"], rel=0.01
+    )
     for entry in h["models"].values():
         assert entry["seeds"] == [0, 1] and len(entry["m1"]) == 1 and entry["m1"][0]["distance"] is not None
         assert len(entry["instances"]) == 2
@@ -75,11 +97,30 @@ def test_head_to_head_rejects_unknown_model(traces, tmp_path, capsys):
 
 def test_head_to_head_keeps_other_models_when_one_fails(traces, tmp_path):
     out = tmp_path / "h2h"
-    argv = ["bench", f"data.path={traces / 'test.parquet'}", "models=[naive,parametric]", f"out={out}", "quiet=true",
-            "+model_args.parametric.min_events=1", "provisioning.enabled=false"]
+    argv = [
+        "bench",
+        f"data.path={traces / 'test.parquet'}",
+        "models=[naive,parametric]",
+        f"out={out}",
+        "quiet=true",
+        "+model_args.parametric.min_events=1",
+        "provisioning.enabled=false",
+    ]
     with pytest.warns(UserWarning, match="parametric"):
         assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert "min_events" in m["head_to_head"]["models"]["parametric"]["error"]
     assert set(m["synthetic"]) == {"naive/seed0"} and m["provisioning"] is None
     assert "parametric failed" in (out / "report.md").read_text()
+
+
+def test_reproducing_command_names_the_trainer_and_overrides():
+    from servegen_ml.cli import compose
+    from servegen_ml.commands.bench import _command
+
+    overrides = ["data.path=t.parquet", "out=o", "models=[neural]", "trainer=fast", "trainer.max_epochs=7",
+                 "+model_args.neural.hidden=32", "provisioning.tbt_p99_s=0.2"]
+    command = _command(compose("bench", overrides), ["neural"], [])
+    for part in ["models=[neural]", "trainer=fast", "trainer.max_epochs=7", "+model_args.neural.hidden=32",
+                 "provisioning.tbt_p99_s=0.2", "out=o"]:
+        assert part in command.split()

@@ -228,5 +228,9 @@ def test_ties_in_time_keep_turn_order(tmp_path):
         }
     )
     rows = read_jsonl(export_trace(df, tmp_path / "t.jsonl", "bailian"))
-    assert [(r["turn"], r["parent_chat_id"], r["input_length"]) for r in rows] == [(1, -1, 10), (1, -1, 1200), (2, 1, 2000)]
+    assert [(r["turn"], r["parent_chat_id"], r["input_length"]) for r in rows] == [
+        (1, -1, 10),
+        (1, -1, 1200),
+        (2, 1, 2000),
+    ]
     assert rows[2]["hash_ids"][:75] == rows[1]["hash_ids"][:75] and rows[2]["hash_ids"][75] > max(rows[1]["hash_ids"])

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Rebuild the shipped checkpoints, checkpoints/<name>/{parametric,neural}, from the public traces.
+#
+#   bash scripts/build_checkpoints.sh                    # every stage, every checkpoint
+#   bash scripts/build_checkpoints.sh data parametric    # some stages
+#   NAMES="multimodal reasoning" bash scripts/build_checkpoints.sh neural
+#
+# Stages, in order:
+#   data        convert the public traces into canonical Parquet files in $WORK
+#   parametric  fit the parametric (ServeGen-method) checkpoint on the whole converted trace
+#   neural      train the neural checkpoint on the whole converted trace (budgets below)
+#   eval        held-out NLL: fit naive, parametric and neural on the earliest 67 % of the time span,
+#               score the rest ($WORK/eval/<name>/<model>/metrics.json)
+#   report      print the tables of the model cards (sizes, held-out NLL) from those files
+#
+# Inputs: $DATA (default ../shared/data/traces): ServeGen's client pools (Apache-2.0,
+# github.com/alibaba/ServeGen) and the Mooncake FAST'25 conversation trace (Apache-2.0,
+# github.com/kvcache-ai/Mooncake). Work files (converted traces, evaluation fits, Lightning
+# runs) go to $WORK (default build/checkpoints, ignored by git); only checkpoints/ is shipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${DATA:-../shared/data/traces}
+WORK=${WORK:-build/checkpoints}
+NAMES=${NAMES:-language multimodal reasoning conversational}
+STAGES=${*:-data parametric neural eval report}
+SPLIT=0.67
+
+# The converted trace of each checkpoint: the source and how much of it.
+convert_args() {
+    case $1 in
+        # m-large: 2 of its 14 days, so the daily cycle is seen twice (the 15 clients without
+        # length files are left out by the pool sampler).
+        language) echo "data.path=$DATA/servegen/language/m-large start_s=0 duration_s=172800 seed=0" ;;
+        multimodal) echo "data.path=$DATA/servegen/multimodal/mm-image start_s=0 duration_s=86400 seed=0" ;;
+        reasoning) echo "data.path=$DATA/servegen/reason/deepseek-r1 start_s=0 duration_s=86400 seed=0" ;;
+        # The real one-hour log; conversations are inferred from the prefix hashes.
+        conversational) echo "data.path=$DATA/mooncake-fast25/conversation_trace.jsonl" ;;
+        *) echo "unknown checkpoint name: $1" >&2; return 2 ;;
+    esac
+}
+
+# Training budget of the neural model on this 2-core CPU (see each MODEL_CARD.md).
+neural_args() {
+    local common="model=neural trainer=cpu trainer.num_threads=1 trainer.default_root_dir=$WORK/runs"
+    case $1 in
+        language) echo "$common trainer.max_epochs=1 +trainer.max_steps=1500" ;;
+        multimodal) echo "$common trainer.max_epochs=3" ;;
+        reasoning) echo "$common trainer.max_epochs=3" ;;
+        conversational) echo "$common trainer.max_epochs=30" ;;
+    esac
+}
+
+run() { echo "+ $*" >&2; "$@"; }
+
+stage_data() {
+    mkdir -p "$WORK"
+    for name in $NAMES; do
+        # shellcheck disable=SC2046
+        run servegen-ml convert $(convert_args "$name") out="$WORK/$name.parquet"
+    done
+}
+
+stage_parametric() {
+    for name in $NAMES; do
+        run servegen-ml train data.path="$WORK/$name.parquet" model=parametric quiet=true \
+            out="checkpoints/$name/parametric"
+    done
+}
+
+stage_neural() {
+    for name in $NAMES; do
+        # shellcheck disable=SC2046
+        run servegen-ml train data.path="$WORK/$name.parquet" $(neural_args "$name") quiet=true \
+            out="checkpoints/$name/neural"
+    done
+}
+
+stage_eval() {
+    for name in $NAMES; do
+        for model in naive parametric; do
+            run servegen-ml train data.path="$WORK/$name.parquet" model=$model split=$SPLIT quiet=true \
+                out="$WORK/eval/$name/$model"
+        done
+        # shellcheck disable=SC2046
+        run servegen-ml train data.path="$WORK/$name.parquet" $(neural_args "$name") split=$SPLIT quiet=true \
+            out="$WORK/eval/$name/neural"
+    done
+}
+
+stage_report() {
+    run python scripts/checkpoint_report.py --work "$WORK" $NAMES
+}
+
+for stage in $STAGES; do
+    case $stage in
+        data | parametric | neural | eval | report) "stage_$stage" ;;
+        *) echo "unknown stage: $stage (data, parametric, neural, eval, report)" >&2; exit 2 ;;
+    esac
+done

@@ -1,0 +1,74 @@
+"""Print the model-card tables of the shipped checkpoints: size, fit time, held-out NLL per event.
+
+    python scripts/checkpoint_report.py --work build/checkpoints language multimodal reasoning conversational
+
+Reads ``checkpoints/<name>/<model>/`` (size, ``metrics.json``) and the held-out evaluation fits
+``<work>/eval/<name>/<model>/metrics.json`` written by ``scripts/build_checkpoints.sh eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MODELS = ("naive", "parametric", "neural")
+PARTS = ("time", "input_tokens", "output_tokens", "reasoning_tokens", "image_count", "image_tokens", "conversation")
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def read_metrics(path: Path) -> dict | None:
+    file = path / "metrics.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def shipped_table(name: str) -> list[str]:
+    rows = ["| checkpoint | size | trained on (requests) | fit time (s) |", "|---|---:|---:|---:|"]
+    for model in MODELS:
+        path = Path("checkpoints") / name / model
+        metrics = read_metrics(path)
+        if metrics is None:
+            continue
+        events = metrics.get("train_events", "streamed")
+        events = f"{events:,}" if isinstance(events, int) else events
+        rows.append(f"| `{path}` | {directory_bytes(path) / 2**20:.2f} MiB | {events} | {metrics['fit_seconds']:.0f} |")
+    return rows
+
+
+def nll_table(name: str, work: Path) -> list[str]:
+    found = {m: read_metrics(work / "eval" / name / m) for m in MODELS}
+    found = {m: v for m, v in found.items() if v is not None and "held_out" in v}
+    if not found:
+        return ["(no held-out evaluation found)"]
+    parts = [p for p in PARTS if any(f"nll_{p}" in v["held_out"] for v in found.values())]
+    first = next(iter(found.values()))
+    rows = [
+        f"Held-out NLL per event (nats; fitted on the first {first['split']:.0%} of the time span, "
+        f"{first['train_events']:,} requests; scored on the remaining {first['held_out_events']:,}):",
+        "",
+        "| model | total | " + " | ".join(parts) + " | fit time (s) |",
+        "|---|---:|" + "---:|" * len(parts) + "---:|",
+    ]
+    for model, metrics in found.items():
+        held = metrics["held_out"]
+        cells = [f"{held[f'nll_{p}']:.3f}" if f"nll_{p}" in held else "–" for p in parts]
+        rows.append(f"| {model} | **{held['nll_total']:.3f}** | " + " | ".join(cells) + f" | {metrics['fit_seconds']:.0f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("build/checkpoints"))
+    parser.add_argument("names", nargs="+")
+    args = parser.parse_args()
+    for name in args.names:
+        print(f"## {name}\n")
+        print("\n".join(shipped_table(name)) + "\n")
+        print("\n".join(nll_table(name, args.work)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
