@@ -23,11 +23,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "data" / "traces"
-POOLS = {"deepseek-r1": TRACES / "servegen" / "reason" / "deepseek-r1", "mm-image": TRACES / "servegen" / "multimodal" / "mm-image"}
+POOLS = {
+    "deepseek-r1": TRACES / "servegen" / "reason" / "deepseek-r1",
+    "mm-image": TRACES / "servegen" / "multimodal" / "mm-image",
+}
 PARTS = ["time", "input_tokens", "output_tokens", "reasoning_tokens", "image_count", "image_tokens", "total"]
 
 
@@ -76,7 +77,13 @@ def main() -> None:
             gen.fit(train)
             fit_s = time.perf_counter() - t0
             nll = summarize_log_prob(gen.log_prob(test))
-            row = {"dataset": name, "generator": kind, "train_events": len(train), "test_events": len(test), "fit_s": round(fit_s, 1)}
+            row = {
+                "dataset": name,
+                "generator": kind,
+                "train_events": len(train),
+                "test_events": len(test),
+                "fit_s": round(fit_s, 1),
+            }
             row.update({k[4:]: round(v, 3) for k, v in nll.items() if k.startswith("nll_")})
             if kind == "neural":
                 row["epochs"] = gen.state_.training["epochs"]

@@ -1,12 +1,12 @@
 """Neural sampling throughput: one hour at an aggregate 100 req/s over the m-large client mix, and load time.
 
-    python benchmarks/neural_sample.py [--train-hours 24] [--max-steps 300] [--repeats 3] [--rate 100]
+    python benchmarks/neural_sample.py [--train-hours 24] [--max-steps 1400] [--repeats 3] [--rate 100]
 
 Training trace: the ServeGen language m-large pool sampled for ``--train-hours``
 from t = 0 (about 100 clients in a day, a heavy-tailed mix), fitted with the
 default model (configs/model/neural.yaml) for ``--max-steps`` optimizer steps
-(the speed of sampling does not depend on how long the model trained) and
-cached under .bench/. Then:
+(about one epoch over a day) and cached under .bench/. Sampling speed depends
+on the training only through the rates the model learned. Then:
 
 * load time: ``load_generator`` in this process, and the wall time of a fresh
   ``python -c`` that imports servegen_ml, loads the checkpoint and exits;
@@ -45,7 +45,7 @@ def checkpoint(train_hours: float, max_steps: int) -> Path:
         write_trace(sample_servegen_pool(POOL, 0.0, train_hours * 3600.0, np.random.default_rng(0)), trace_path)
     trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "max_steps": max_steps, "num_threads": 1,
                "default_root_dir": None, "num_sanity_val_steps": 0, "limit_val_batches": 20,
-               "val_check_interval": 100}  # fmt: skip
+               "val_check_interval": 200}  # fmt: skip
     started = time.perf_counter()
     gen = NeuralGenerator(trainer=trainer).fit(trace_path)
     print(f"trained on {trace_path.name} in {time.perf_counter() - started:.0f} s: {gen.state_.training}", flush=True)
@@ -68,7 +68,7 @@ def load_seconds(ck: Path) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train-hours", type=float, default=24.0)
-    ap.add_argument("--max-steps", type=int, default=300)
+    ap.add_argument("--max-steps", type=int, default=1400)
     ap.add_argument("--start-s", type=float, default=12 * 3600.0)
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--repeats", type=int, default=3)

@@ -49,19 +49,37 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int) -> dict:
     store = store_from_frame(read_trace(path))
     split_s = store.window_start_s + 0.9 * (store.window_end_s - store.window_start_s)
     norm = fit_normalizers(store, split_s, s["max_spikes"], s["min_spike_share"])
-    arch = ("hidden", "embedding", "head_hidden", "time_components", "mark_components", "day_harmonics", "week_harmonics")
-    model = {"n_clients": len(store.client_ids), "layout": store.layout.to_dict(), "spikes": norm.spikes, **{k: s[k] for k in arch}}
+    arch = (
+        "hidden",
+        "embedding",
+        "head_hidden",
+        "time_components",
+        "mark_components",
+        "day_harmonics",
+        "week_harmonics",
+    )
+    model = {
+        "n_clients": len(store.client_ids),
+        "layout": store.layout.to_dict(),
+        "spikes": norm.spikes,
+        **{k: s[k] for k in arch},
+    }
     module = TPPLightningModule(model, lr=s["lr"])
     module.tpp.set_normalizers(norm)
     train, _ = split_segments(store, split_s)
-    data = EventDataModule(store, train, None, s["lanes"], s["chunk_len"])
+    data = EventDataModule(store, train, None, s["lanes"], s["chunk_len"], 0, s["cold_starts_per_client"], s["cold_starts_per_hour"])
     timer = _EpochTimer()
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, max_steps=max_steps or -1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
-    return {"threads": threads, "events": timer.events, "seconds": timer.seconds, "events_per_s": timer.events / timer.seconds}
+    return {
+        "threads": threads,
+        "events": timer.events,
+        "seconds": timer.seconds,
+        "events_per_s": timer.events / timer.seconds,
+    }
 
 
 class _EpochTimer:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from servegen_ml.bench import metrics
 from servegen_ml.bench.progress import progress
-from servegen_ml.bench.provisioning import SLO, default_slo, smallest_instance_count, under_provisioning_error
+from servegen_ml.bench.provisioning import SLO, smallest_instance_count, under_provisioning_error
 from servegen_ml.bench.serving_model import ServingModel
 
 
@@ -33,11 +33,12 @@ class Workload:
 
 @dataclass(frozen=True)
 class ProvisioningSettings:
-    """M7 settings: the SLO is ``ttft_factor`` x the test trace's p99 unloaded TTFT and a fixed p99 TBT."""
+    """M7 settings: the SLO (see :mod:`servegen_ml.bench.provisioning`), search limit and instance speed."""
 
     enabled: bool = True
-    ttft_factor: float = 1.5
+    ttft_excess_p99_s: float | None = 2.0
     tbt_p99_s: float = 0.1
+    ttft_p99_s: float | None = None
     max_instances: int = 1024
     speedup: float = 1.0  # instance speed relative to the reference configuration of ServingModel
 
@@ -104,13 +105,13 @@ def compare(
 
 def _provisioning(test, reference, workloads, settings: ProvisioningSettings, quiet: bool) -> dict:
     model = ServingModel().faster(settings.speedup)
-    slo = default_slo(test.trace, model, settings.ttft_factor, settings.tbt_p99_s)
+    slo = SLO(settings.ttft_excess_p99_s, settings.tbt_p99_s, settings.ttft_p99_s)
     counts = {}
     for w in progress([test, reference, *workloads], "provisioning", quiet):
         counts[w.name] = smallest_instance_count(w.trace, slo, model, settings.max_instances)
     needed_real = counts[test.name].instances
     return {
-        "slo": _slo_dict(slo, settings),
+        "slo": _slo_dict(slo),
         "serving_model": {**model.__dict__, "speedup": settings.speedup},
         "real_test": counts[test.name].to_dict(),
         "reference": {
@@ -127,10 +128,10 @@ def _provisioning(test, reference, workloads, settings: ProvisioningSettings, qu
     }
 
 
-def _slo_dict(slo: SLO, settings: ProvisioningSettings) -> dict:
+def _slo_dict(slo: SLO) -> dict:
     return {
+        "ttft_excess_p99_s": slo.ttft_excess_p99_s,
         "ttft_p99_s": slo.ttft_p99_s,
         "tbt_p99_s": slo.tbt_p99_s,
-        "rule": f"p99 TTFT <= {settings.ttft_factor:g} x the real test trace's p99 TTFT with each prompt served "
-        f"alone; p99 time between tokens <= {settings.tbt_p99_s:g} s",
+        "rule": slo.describe(),
     }

@@ -5,8 +5,11 @@ Compare mode:
 Every metric (M2-M6, M8, client heterogeneity) of each synthetic trace against
 the real test trace, the noise floor d(reference, test) and their ratio
 (1.0 = as close as real traffic is to itself), plus provisioning (M7): the
-smallest number of simulated serving instances meeting a p99 TTFT / p99
-time-between-tokens SLO, and the under-provisioning error of each workload.
+smallest number of simulated serving instances (Llama-3-8B on A100-80GB, see
+servegen_ml/bench/serving_model.py) meeting the SLO -- p99 of the TTFT beyond
+the prompt's own prefill time <= provisioning.ttft_excess_p99_s (2 s), p99
+time between tokens <= provisioning.tbt_p99_s (0.1 s), optionally p99 TTFT <=
+provisioning.ttft_p99_s -- and the under-provisioning error of each workload.
 
 Head-to-head mode:
   servegen-ml bench data.path=TRACE split=0.5 models=[naive,parametric,neural] seeds=[0,1,2] out=DIR
@@ -48,8 +51,9 @@ def _settings(cfg):
     p = cfg.provisioning
     return ProvisioningSettings(
         enabled=bool(p.enabled),
-        ttft_factor=float(p.ttft_factor),
+        ttft_excess_p99_s=None if p.ttft_excess_p99_s is None else float(p.ttft_excess_p99_s),
         tbt_p99_s=float(p.tbt_p99_s),
+        ttft_p99_s=None if p.ttft_p99_s is None else float(p.ttft_p99_s),
         max_instances=int(p.max_instances),
         speedup=float(p.speedup),
     )
@@ -94,8 +98,15 @@ def _command(cfg, models: list, synthetic: list) -> str:
             parts += [f"+model_args.{name}.{k}={v}" for k, v in args.items()]
     else:
         parts += [f"reference={cfg.reference}", f"synthetic=[{','.join(synthetic)}]"]
-    defaults = {"enabled": True, "ttft_factor": 1.5, "tbt_p99_s": 0.1, "max_instances": 1024, "speedup": 1.0}
-    parts += [f"provisioning.{k}={p[k]}" for k, v in defaults.items() if p[k] != v]
+    defaults = {
+        "enabled": True,
+        "ttft_excess_p99_s": 2.0,
+        "tbt_p99_s": 0.1,
+        "ttft_p99_s": None,
+        "max_instances": 1024,
+        "speedup": 1.0,
+    }
+    parts += [f"provisioning.{k}={'null' if p[k] is None else p[k]}" for k, v in defaults.items() if p[k] != v]
     parts.append(f"out={cfg.out}")
     return " ".join(parts)
 

@@ -86,6 +86,37 @@ def cut_long(segments: Segments, max_events: int) -> Segments:
     )
 
 
+def cold_starts(
+    store: EventStore, segments: Segments, per_client: int, per_hour: float, max_events: int, rng
+) -> Segments:
+    """Segments that begin with a start token at uniformly random times of each client's window.
+
+    Sampling starts stream segments anywhere (also where a client is idle), so
+    training shows the model such starts: the first gap runs from the random
+    start to the client's next event (the forward recurrence time), up to
+    ``max_events`` events follow. Draws with no event before the window end are skipped.
+    """
+    time = store.columns["time_s"]
+    parts = []
+    for c, lo, hi, start, end in zip(
+        segments.client, segments.lo, segments.hi, segments.window_start_s, segments.survival_end_s
+    ):
+        end = time[hi - 1] if np.isnan(end) else end
+        n = per_client + int(per_hour * max(end - start, 0.0) / 3600.0)
+        t0 = np.sort(rng.uniform(start, end, n))
+        first = lo + np.searchsorted(np.asarray(time[lo:hi]), t0, side="left")
+        ok = first < hi
+        last = np.minimum(first[ok] + max_events, hi)
+        parts.append((np.full(ok.sum(), c), first[ok], last, t0[ok], np.where(last == hi, end, np.nan)))
+    cat = [np.concatenate(x) for x in zip(*parts)] if parts else [np.zeros(0)] * 5
+    client, lo, hi, t0, surv = cat
+    return Segments(client.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64), np.full(len(lo), -1), t0, surv)
+
+
+def concat_segments(a: Segments, b: Segments) -> Segments:
+    return Segments(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in a.__dataclass_fields__))
+
+
 @dataclass
 class LanePlan:
     """(lanes, steps) arrays: chunk ``[lo, lo + length)`` of lane b at step k."""
@@ -202,4 +233,3 @@ def _own_gap(store: EventStore, idx: np.ndarray) -> np.ndarray:
     first = store.offsets[store.client_of(idx)] == idx
     before = np.where(first, store.window_start_s, np.asarray(time[np.maximum(idx - 1, 0)]))
     return np.maximum(np.asarray(time[idx]) - before, 0.0)
-

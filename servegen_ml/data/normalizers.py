@@ -65,7 +65,9 @@ class _Moments:
         return mean, np.sqrt(np.maximum(second - mean**2, 1e-4))
 
 
-def fit_normalizers(store: EventStore, split_s: float, max_spikes: int = 32, min_spike_share: float = 0.005) -> Normalizers:
+def fit_normalizers(
+    store: EventStore, split_s: float, max_spikes: int = 32, min_spike_share: float = 0.005
+) -> Normalizers:
     """Normalizers from the events of ``store`` before timeline position ``split_s``."""
     n_clients = len(store.client_ids)
     gaps = _Moments(n_clients)
@@ -92,7 +94,11 @@ def fit_normalizers(store: EventStore, split_s: float, max_spikes: int = 32, min
             hist[f] += np.bincount(small, minlength=SPIKE_VALUE_LIMIT)
             max_count[f] = max(max_count[f], int(values.max(initial=0)))
     all_gaps = _Moments()
-    all_gaps.n, all_gaps.s, all_gaps.ss = gaps.n.sum(keepdims=True), gaps.s.sum(keepdims=True), gaps.ss.sum(keepdims=True)
+    all_gaps.n, all_gaps.s, all_gaps.ss = (
+        gaps.n.sum(keepdims=True),
+        gaps.s.sum(keepdims=True),
+        gaps.ss.sum(keepdims=True),
+    )
     g_mean, g_std = all_gaps.mean_std()
     c_mean, c_std = gaps.mean_std(g_mean[0], g_std[0] ** 2, SHRINK_GAPS)
     mark_stats = {f: marks[f].mean_std() for f in fields}
@@ -114,7 +120,9 @@ def _field_values(store: EventStore, lo: int, hi: int, train: np.ndarray):
         offsets, tokens = store.items[m]
         first, last = np.asarray(offsets[lo:hi]), np.asarray(offsets[lo + 1 : hi + 1])
         counts = (last - first)[train]
-        idx = np.repeat(first[train], counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+        idx = np.repeat(first[train], counts) + (
+            np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        )
         yield f"{m}_tokens", np.asarray(tokens)[idx] if len(idx) else np.zeros(0, dtype=np.int32)
     yield "input", np.asarray(store.columns["input"][lo:hi])[train]
     yield "output", np.asarray(store.columns["output"][lo:hi])[train]
@@ -132,13 +140,35 @@ def _spikes(hist: np.ndarray, max_spikes: int, min_share: float) -> list[int]:
     return sorted(int(v) for v in top)
 
 
-def rate_curves(store: EventStore, bin_s: float, span_s: float) -> np.ndarray:
-    """(C, bins) events per second of each client in bins of ``bin_s`` over [0, span_s) of the timeline."""
+def rate_curves(store: EventStore, bin_s: float, span_s: float, until_s: float | None = None) -> np.ndarray:
+    """(C, bins) events per second of each client in bins of ``bin_s`` over [0, span_s) of the timeline.
+
+    With ``until_s`` only events before it count and bins past it stay 0.
+    """
     n_bins = max(1, int(np.ceil(span_s / bin_s)))
     n_clients = len(store.client_ids)
+    end = span_s if until_s is None else min(until_s, span_s)
     counts = np.zeros(n_clients * n_bins)
     for lo, hi in iter_blocks(store.n_events):
-        b = np.clip((np.asarray(store.columns["time_s"][lo:hi]) // bin_s).astype(np.int64), 0, n_bins - 1)
-        counts += np.bincount(store.client_of(np.arange(lo, hi)) * n_bins + b, minlength=len(counts))
-    width = np.minimum(bin_s, span_s - np.arange(n_bins) * bin_s).clip(min=1e-9)
+        t = np.asarray(store.columns["time_s"][lo:hi])
+        ok = t < end if until_s is not None else np.ones(len(t), dtype=bool)
+        b = np.clip((t[ok] // bin_s).astype(np.int64), 0, n_bins - 1)
+        counts += np.bincount(store.client_of(np.arange(lo, hi))[ok] * n_bins + b, minlength=len(counts))
+    width = np.clip(end - np.arange(n_bins) * bin_s, 1e-9, bin_s)
     return (counts.reshape(n_clients, n_bins) / width).astype(np.float32)
+
+
+def activity_table(rates: np.ndarray, span_s: float) -> tuple[np.ndarray, float, float]:
+    """Standardized log rates (the model's activity features), their mean and std.
+
+    A floor of one request per learned span keeps idle bins finite.
+    """
+    log_rate = np.log(np.asarray(rates, dtype=np.float64) + 1.0 / max(span_s, 1.0))
+    mean, std = float(log_rate.mean()), float(log_rate.std() + 1e-6)
+    return ((log_rate - mean) / std).astype(np.float32), mean, std
+
+
+def flat_activity(log_rate: np.ndarray, n_bins: int, mean: float, std: float, span_s: float) -> np.ndarray:
+    """(N, bins) activity rows of clients known only by a mean log rate (new or unknown clients)."""
+    value = (np.log(np.exp(np.asarray(log_rate, dtype=np.float64)) + 1.0 / max(span_s, 1.0)) - mean) / std
+    return np.repeat(value[:, None], n_bins, axis=1).astype(np.float32)

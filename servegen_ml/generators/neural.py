@@ -37,7 +37,15 @@ import pandas as pd
 from servegen_ml.generators.base import TIME_RESOLUTION_S, Generator
 from servegen_ml.generators.spec import GenerationSpec
 
-ARCHITECTURE_KEYS = ("hidden", "embedding", "head_hidden", "time_components", "mark_components", "day_harmonics", "week_harmonics")
+ARCHITECTURE_KEYS = (
+    "hidden",
+    "embedding",
+    "head_hidden",
+    "time_components",
+    "mark_components",
+    "day_harmonics",
+    "week_harmonics",
+)
 # Trace columns of each model part in log_prob's output.
 PART_COLUMNS = {"time": "time", "input": "input_tokens", "output": "output_tokens", "reasoning": "reasoning_tokens"}
 
@@ -58,9 +66,11 @@ class NeuralGenerator(Generator):
         min_spike_share: float = 0.005,
         chunk_len: int = 128,
         lanes: int = 64,
-        lr: float = 3e-3,
+        lr: float = 1e-3,
         weight_decay: float = 0.0,
         val_fraction: float = 0.1,
+        cold_starts_per_client: int = 16,
+        cold_starts_per_hour: float = 1.0,
         seed: int = 0,
         population_components: int = 4,
         rate_bin_s: float = 600.0,
@@ -72,7 +82,9 @@ class NeuralGenerator(Generator):
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
         if min(hidden, embedding, head_hidden, time_components, mark_components, chunk_len, lanes, segment_events) < 1:
-            raise ValueError("sizes (hidden, embedding, head_hidden, components, chunk_len, lanes, segment_events) must be >= 1")
+            raise ValueError(
+                "sizes (hidden, embedding, head_hidden, components, chunk_len, lanes, segment_events) must be >= 1"
+            )
         self.settings = {
             "hidden": int(hidden),
             "embedding": int(embedding),
@@ -88,6 +100,8 @@ class NeuralGenerator(Generator):
             "lr": float(lr),
             "weight_decay": float(weight_decay),
             "val_fraction": float(val_fraction),
+            "cold_starts_per_client": int(cold_starts_per_client),
+            "cold_starts_per_hour": float(cold_starts_per_hour),
             "seed": int(seed),
             "population_components": int(population_components),
             "rate_bin_s": float(rate_bin_s),
@@ -117,13 +131,11 @@ class NeuralGenerator(Generator):
             return self._fit_store(store)
 
     def _fit_store(self, store) -> NeuralGenerator:
-        from servegen_ml.data.normalizers import rate_curves
         from servegen_ml.models.fit import train_tpp
         from servegen_ml.models.population import fit_population
         from servegen_ml.models.state import NeuralState
 
         result = train_tpp(store, self.settings, self.trainer, self.settings["seed"])
-        span_s = max(float(store.window_end_s), TIME_RESOLUTION_S)
         state = NeuralState(
             model=result.model,
             weights=result.weights,
@@ -131,10 +143,10 @@ class NeuralGenerator(Generator):
             normalizers=result.normalizers.to_json(),
             client_ids=list(store.client_ids),
             traffic=store.counts.astype(np.int64),
-            rate_curves=rate_curves(store, self.settings["rate_bin_s"], span_s),
+            rate_curves=result.rates,
             rate_bin_s=self.settings["rate_bin_s"],
             origin_s=float(store.origin_s),
-            span_s=span_s,
+            span_s=result.span_s,
             population=None,
             training=result.summary,
         )
@@ -183,9 +195,9 @@ class NeuralGenerator(Generator):
         store = store_from_frame(
             trace, client_ids=state.client_ids, layout=state.layout, origin_s=state.origin_s, window=(None, end)
         )
-        emb, gap_mean, gap_std = self._client_inputs(len(store.client_ids))
+        emb, gap_mean, gap_std, activity = self._client_inputs(len(store.client_ids))
         with torch_threads(self.trainer.get("num_threads")):
-            parts = score_store(self._torch_model(), store, emb, gap_mean, gap_std)
+            parts = score_store(self._torch_model(), store, emb, gap_mean, gap_std, activity)
         # Store order is (client, time); map back to the trace's row order.
         codes = pd.Index(store.client_ids).get_indexer(trace["client_id"].astype(str))
         order = np.lexsort((ts, codes))
@@ -206,14 +218,17 @@ class NeuralGenerator(Generator):
             raise ValueError(f"trace lacks {missing}, which this neural model was trained with and scores")
 
     def _client_inputs(self, n_clients: int):
-        """Embedding and gap normalizer per store client; clients the model never saw get the population mean."""
+        """Embedding, gap normalizer and activity rows per store client.
+
+        Clients the model never saw are the population's mean client, always active at its mean rate.
+        """
         state = self.state_
         known = len(state.client_ids)
-        vectors = state.client_vectors()
         extra = np.repeat(state.population.mean()[None, :], n_clients - known, axis=0)
-        v = np.concatenate([vectors, extra])
+        v = np.concatenate([state.client_vectors(), extra])
         e = state.embedding_dim
-        return v[:, :e], v[:, e], np.maximum(v[:, e + 1], 0.05)
+        activity = np.concatenate([state.weights["activity"], state.flat_activity(extra[:, e + 2])])
+        return v[:, :e], v[:, e], np.maximum(v[:, e + 1], 0.05), activity
 
     def _torch_model(self):
         if self._torch_tpp is None:

@@ -32,12 +32,26 @@ from servegen_ml.models.sampling import LOG_SCALE_MAX, LOG_SCALE_MIN
 MIDPOINT_WIDTH = {torch.float64: 1e-5, torch.float32: 1e-2}
 # Stand-in for an infinite bin edge, in data units; finite so gradients stay finite.
 FAR_EDGE = 1e4
+# log_ndtr arguments are floored here (log Phi = -5e5): beyond it float32 gradients overflow, and
+# such an outcome is impossible under the model either way.
+ARG_FLOOR = -1e3
+# A lower bin end more than this many standard deviations below min(upper end, 0) adds nothing (< e^-800).
+MAX_SPAN = 40.0
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def log1mexp(x: Tensor) -> Tensor:
     """log(1 - exp(x)) for x <= 0, accurate near 0 and for very negative x."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    near_zero = x > -math.log(2.0)
+    # Each branch gets a harmless stand-in where it is not used, so neither passes NaN gradients.
+    xa = torch.where(near_zero, x, torch.full_like(x, -1.0))
+    xb = torch.where(near_zero, torch.full_like(x, -1.0), x)
+    return torch.where(near_zero, torch.log(-torch.expm1(xa)), torch.log1p(-torch.exp(xb)))
+
+
+def safe_log_ndtr(x: Tensor) -> Tensor:
+    """log Phi(x) with x floored at ARG_FLOOR."""
+    return log_ndtr(x.clamp(min=ARG_FLOOR))
 
 
 def log_normal_interval(a: Tensor, width: Tensor) -> Tensor:
@@ -51,7 +65,8 @@ def log_normal_interval(a: Tensor, width: Tensor) -> Tensor:
     lo = torch.where(flip, -b, a)
     hi = torch.where(flip, -a, b)
     narrow = width < MIDPOINT_WIDTH[a.dtype]
-    l_hi, l_lo = log_ndtr(hi), log_ndtr(lo)
+    hi_far = hi.clamp(min=ARG_FLOOR)
+    l_hi, l_lo = log_ndtr(hi_far), log_ndtr(torch.maximum(lo, hi_far.clamp(max=0.0) - MAX_SPAN))
     # Keep the unused branch finite so torch.where passes no NaN gradients.
     diff = torch.where(narrow, torch.full_like(l_lo, -1.0), l_lo - l_hi)
     exact = l_hi + log1mexp(diff)
@@ -105,7 +120,7 @@ class GapMixture:
         width = torch.log1p(resolution_s / g_safe) / scale
         log_bin = torch.logsumexp(log_w + log_normal_interval(a, width), -1)
         # g == 0: the point mass plus the continuous part's mass below one resolution step.
-        log_below = torch.logsumexp(log_w + log_ndtr((math.log(resolution_s) - loc) / scale), -1)
+        log_below = torch.logsumexp(log_w + safe_log_ndtr((math.log(resolution_s) - loc) / scale), -1)
         at_zero = torch.logaddexp(log_p0, log_p1 + log_below)
         return torch.where(positive, log_p1 + log_bin, at_zero)
 
@@ -117,7 +132,7 @@ class GapMixture:
         positive = s > 0
         s_safe = torch.where(positive, s, torch.ones_like(s)).unsqueeze(-1)
         z = (torch.log(s_safe) - self.loc.to(d)) / _scale(self.log_scale.to(d))
-        tail = log_p1 + torch.logsumexp(log_w + log_ndtr(-z), -1)
+        tail = log_p1 + torch.logsumexp(log_w + safe_log_ndtr(-z), -1)
         return torch.where(positive, tail, torch.zeros_like(tail))
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:

@@ -7,8 +7,11 @@ Feature vectors (all standardized; names in :func:`event_feature_names`):
 
 * the *event* vector, the recurrent encoder's input for one past event: its
   log gap (per-client standardized), zero-gap and start flags, its marks
-  (log1p counts standardized by field), reasoning ratio, and Fourier features
-  of its time of day and day of week;
+  (log1p counts standardized by field), reasoning ratio, the client's
+  *activity* (its standardized log empirical rate in the learned timeline at
+  the event's time and a few hours ahead: when a client usually sleeps, one
+  day of Fourier features cannot say sharply), and Fourier features of time of
+  day and day of week;
 * the *condition* vector, what is known of the event being predicted while its
   marks are drawn in order: gap, then per modality item count and mean item
   tokens, then input, then output. Head ``j`` sees a prefix of it.
@@ -18,9 +21,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from servegen_ml.data.events import MarkLayout
 from servegen_ml.generators.base import TIME_RESOLUTION_S
-from servegen_ml.generators.spec import DAY_S, WEEK_S
+from servegen_ml.generators.spec import DAY_S, WEEK_S, wrap_period
+
+# The activity features look this far ahead of an event (s).
+ACTIVITY_HORIZONS_S = (0.0, 600.0, 3600.0, 3 * 3600.0, 6 * 3600.0)
 
 
 def condition_names(layout: MarkLayout) -> list[str]:
@@ -32,6 +40,7 @@ def condition_names(layout: MarkLayout) -> list[str]:
 
 def event_feature_names(layout: MarkLayout, day_harmonics: int, week_harmonics: int) -> list[str]:
     names = ["start"] + condition_names(layout) + (["ratio"] if layout.has_reasoning else [])
+    names += [f"activity_{h:g}s" for h in ACTIVITY_HORIZONS_S]
     for period, k in (("day", day_harmonics), ("week", week_harmonics)):
         names += [f"{f}_{period}_{i}" for i in range(1, k + 1) for f in ("sin", "cos")]
     return names
@@ -61,6 +70,23 @@ def fourier(xp, time_s, day_harmonics: int, week_harmonics: int):
     return feats
 
 
+def wrap_position(xp, p, span_s: float):
+    """:func:`servegen_ml.generators.spec.wrap_time` for numpy or torch (positions p >= 0)."""
+    period = wrap_period(span_s)
+    k = xp.where(p >= span_s, xp.clip(xp.ceil((p - span_s) / period + 1e-12), 1.0, None), 0.0 * p)
+    return p - k * period
+
+
+def activity_features(xp, table, client, position_s, bin_s: float, span_s: float) -> list:
+    """table[client, bin of (position + horizon)] per horizon; table (C, bins) of standardized log rates."""
+    n_bins = table.shape[1]
+    out = []
+    for h in ACTIVITY_HORIZONS_S:
+        b = xp.clip(wrap_position(xp, position_s + h, span_s) // bin_s, 0, n_bins - 1)
+        out.append(table[client, b.long() if hasattr(b, "long") else b.astype(np.int64)])
+    return out
+
+
 def _z_log1p(xp, count, mean, std):
     return (xp.log1p(count * 1.0) - mean) / std
 
@@ -85,14 +111,19 @@ def condition_features(xp, layout: MarkLayout, gap_s, gap_mean, gap_std, marks: 
     return feats
 
 
-def event_features(xp, layout, time_s, gap_s, is_start, gap_mean, gap_std, marks, mark_mean, mark_std, fields, harmonics):
-    """Event entries (list of arrays, :func:`event_feature_names` order); start tokens carry only the flag and time."""
+def event_features(
+    xp, layout, time_s, gap_s, is_start, gap_mean, gap_std, marks, mark_mean, mark_std, fields, harmonics, activity
+):
+    """Event entries (list of arrays, :func:`event_feature_names` order); start tokens carry only the flag and time.
+
+    ``activity``: the :func:`activity_features` of the events' clients at ``time_s``.
+    """
     keep = 1.0 - is_start * 1.0
     cond = condition_features(xp, layout, gap_s, gap_mean, gap_std, marks, mark_mean, mark_std, fields)
     feats = [is_start * 1.0] + [c * keep for c in cond]
     if layout.has_reasoning:
         feats.append(keep * marks["reasoning"] / xp.clip(marks["output"] * 1.0, 1.0, None))
-    return feats + fourier(xp, time_s, *harmonics)
+    return feats + list(activity) + fourier(xp, time_s, *harmonics)
 
 
 def split_params(raw, n_logits: int, n_components: int):

@@ -31,7 +31,7 @@ import torch
 
 from servegen_ml.data.chunks import split_segments
 from servegen_ml.data.events import EventStore
-from servegen_ml.data.normalizers import Normalizers, fit_normalizers
+from servegen_ml.data.normalizers import Normalizers, fit_normalizers, rate_curves
 
 OUR_TRAINER_KEYS = ("early_stopping_patience", "resume", "num_threads")
 
@@ -41,6 +41,8 @@ class TrainResult:
     model: dict  # MarkedTPP constructor arguments
     weights: dict[str, np.ndarray]  # its state dict (float32; spikes int64)
     normalizers: Normalizers
+    rates: np.ndarray  # (C, bins) empirical req/s per client over the learned timeline
+    span_s: float
     summary: dict  # epochs, best validation NLL, where logs went, ...
 
 
@@ -54,20 +56,46 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
     span = store.window_end_s - store.window_start_s
     split_s = store.window_start_s + (1.0 - settings["val_fraction"]) * span
     norm = fit_normalizers(store, split_s, settings["max_spikes"], settings["min_spike_share"])
+    span_s, bin_s = learned_span(store), settings["rate_bin_s"]
+    rates = rate_curves(store, bin_s, span_s)
     model = {
         "n_clients": len(store.client_ids),
         "layout": store.layout.to_dict(),
         "spikes": norm.spikes,
-        **{k: settings[k] for k in ("hidden", "embedding", "head_hidden", "time_components", "mark_components", "day_harmonics", "week_harmonics")},
+        "activity_bins": rates.shape[1],
+        "activity_bin_s": bin_s,
+        **{
+            k: settings[k]
+            for k in (
+                "hidden",
+                "embedding",
+                "head_hidden",
+                "time_components",
+                "mark_components",
+                "day_harmonics",
+                "week_harmonics",
+            )
+        },
     }
-    torch.manual_seed(seed)
-    module = TPPLightningModule(model, lr=settings["lr"], weight_decay=settings["weight_decay"])
-    module.tpp.set_normalizers(norm)
     train, val = split_segments(store, split_s)
-    data = EventDataModule(store, train, val if len(val) else None, settings["lanes"], settings["chunk_len"], seed)
+    monitor = "val_nll" if len(val) else "train_nll_epoch"
+    torch.manual_seed(seed)
+    module = TPPLightningModule(model, lr=settings["lr"], weight_decay=settings["weight_decay"], monitor=monitor)
+    module.tpp.set_normalizers(norm)
+    # Training sees only the activity before the split: validation times wrap into it like held-out times.
+    module.tpp.set_activity(rate_curves(store, bin_s, span_s, until_s=split_s), split_s)
+    data = EventDataModule(
+        store,
+        train,
+        val if len(val) else None,
+        settings["lanes"],
+        settings["chunk_len"],
+        seed,
+        settings["cold_starts_per_client"],
+        settings["cold_starts_per_hour"],
+    )
     fingerprint = _fingerprint(model, settings, store)
     with _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir, torch_threads(trainer.get("num_threads")):
-        monitor = "val_nll" if len(val) else "train_nll_epoch"
         trainer_obj = _make_trainer(L, trainer, run_dir, monitor)
         ckpt_path = _resume_path(run_dir, trainer)
         trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -90,8 +118,14 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
             "run_dir": str(run_dir) if trainer.get("default_root_dir") else None,
             "resumed_from": str(ckpt_path) if ckpt_path else None,
         }
+    module.tpp.set_activity(rates, span_s)
     weights = {k: v.detach().cpu().numpy() for k, v in module.tpp.state_dict().items()}
-    return TrainResult(model=model, weights=weights, normalizers=norm, summary=summary)
+    return TrainResult(model=model, weights=weights, normalizers=norm, rates=rates, span_s=span_s, summary=summary)
+
+
+def learned_span(store: EventStore) -> float:
+    """The learned timeline is [0, span_s): up to the last event of the training trace."""
+    return max(float(store.window_end_s), 1e-3)
 
 
 @contextlib.contextmanager
@@ -112,7 +146,13 @@ def _float(x) -> float | None:
 
 def _fingerprint(model: dict, settings: dict, store: EventStore) -> str:
     ids = hashlib.sha256("\n".join(store.client_ids).encode()).hexdigest()
-    data = [store.n_events, store.window_start_s, store.window_end_s, ids, float(np.asarray(store.columns["time_s"][-1:]).sum())]
+    data = [
+        store.n_events,
+        store.window_start_s,
+        store.window_end_s,
+        ids,
+        float(np.asarray(store.columns["time_s"][-1:]).sum()),
+    ]
     blob = json.dumps([model, settings, data], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -28,11 +28,18 @@ MIN_GAP_STD = 0.05  # floor of a drawn client's log-gap std (a population draw c
 
 
 def sample_trace(
-    state: NeuralState, tpp: NumpyTPP, spec: GenerationSpec, rng: np.random.Generator, segment_events: int, warmup_events: int
+    state: NeuralState,
+    tpp: NumpyTPP,
+    spec: GenerationSpec,
+    rng: np.random.Generator,
+    segment_events: int,
+    warmup_events: int,
 ) -> pd.DataFrame:
     table, names, flat_rate, known = _select_clients(state, spec.clients, rng)
     active_rate = flat_rate if known is None else _active_rates(state, known)
-    edges = np.linspace(0.0, spec.duration_s, int(np.clip(np.ceil(spec.duration_s / GRID_STEP_S), 1, MAX_GRID_CELLS)) + 1)
+    edges = np.linspace(
+        0.0, spec.duration_s, int(np.clip(np.ceil(spec.duration_s / GRID_STEP_S), 1, MAX_GRID_CELLS)) + 1
+    )
     probe = TimeMap(edges, edges, spec.start_s, state.span_s)
     if known is not None:
         natural = _curve_rates(state, known, probe.position(0.5 * (edges[:-1] + edges[1:])))
@@ -96,12 +103,15 @@ def _select_clients(state: NeuralState, clients: ClientSpec, rng):
                     f"(e.g. {', '.join(state.client_ids[:5])})"
                 )
             idx = np.array([index[c] for c in clients.ids], dtype=np.int64)
-        table = ClientTable(w["embedding.weight"][idx], w["gap_log_mean"][idx], w["gap_log_std"][idx])
+        table = ClientTable(
+            w["embedding.weight"][idx], w["gap_log_mean"][idx], w["gap_log_std"][idx], w["activity"][idx]
+        )
         names = [state.client_ids[i] for i in idx]
         return table, names, None, idx
     vec = state.population.sample(clients.n, rng)
     e = state.embedding_dim
-    table = ClientTable(vec[:, :e], vec[:, e], np.maximum(vec[:, e + 1], MIN_GAP_STD))
+    activity = state.flat_activity(vec[:, e + 2])
+    table = ClientTable(vec[:, :e], vec[:, e], np.maximum(vec[:, e + 1], MIN_GAP_STD), activity)
     return table, [f"new-{i}" for i in range(clients.n)], np.exp(vec[:, e + 2]), None
 
 

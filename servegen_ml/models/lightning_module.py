@@ -11,12 +11,12 @@ from servegen_ml.models.tpp import MarkedTPP
 class TPPLightningModule(L.LightningModule):
     """Minimizes the NLL per event (time, marks and window survival) of a :class:`MarkedTPP`."""
 
-    def __init__(self, model: dict, lr: float = 3e-3, weight_decay: float = 0.0):
+    def __init__(self, model: dict, lr: float = 1e-3, weight_decay: float = 0.0, monitor: str = "val_nll"):
         super().__init__()
         self.save_hyperparameters()
         self.tpp = MarkedTPP(**model)
         self.tpp.compute_dtype = torch.float32
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.monitor = lr, weight_decay, monitor
         # Per stage: each lane's last hidden state, detached (gradients stop at chunk borders).
         self._carry: dict[str, torch.Tensor] = {}
 
@@ -48,4 +48,10 @@ class TPPLightningModule(L.LightningModule):
         self._carry.pop("val", None)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # Halve the step size when the monitored NLL stops improving (smooths the end of training).
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "strict": False},
+        }

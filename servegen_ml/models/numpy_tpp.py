@@ -29,18 +29,28 @@ class NumpyTPP:
         w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items() if not k.startswith("spikes_")}
         self.spikes = {f: np.asarray(weights[f"spikes_{f}"], dtype=np.int64) for f in self.fields}
         self.embedding = w["embedding.weight"]
+        self.activity, self.activity_bin_s = w["activity"], float(model.get("activity_bin_s", 600.0))
+        self.activity_span_s = float(weights["activity_span_s"])
         self.gap_log_mean, self.gap_log_std = w["gap_log_mean"], w["gap_log_std"]
         self.mark_mean, self.mark_std = w["mark_mean"].astype(np.float64), w["mark_std"].astype(np.float64)
         self.init_w, self.init_b = w["encoder.initial.weight"].T.copy(), w["encoder.initial.bias"]
         n_event = len(F.event_feature_names(self.layout, *self.harmonics))
         w_ih = w["encoder.gru.weight_ih_l0"]
         self.w_ih_event, self.w_ih_emb = w_ih[:, :n_event].T.copy(), w_ih[:, n_event:].T.copy()
-        self.b_ih, self.w_hh, self.b_hh = w["encoder.gru.bias_ih_l0"], w["encoder.gru.weight_hh_l0"].T.copy(), w["encoder.gru.bias_hh_l0"]
+        self.b_ih, self.w_hh, self.b_hh = (
+            w["encoder.gru.bias_ih_l0"],
+            w["encoder.gru.weight_hh_l0"].T.copy(),
+            w["encoder.gru.bias_hh_l0"],
+        )
         self.hidden = self.w_hh.shape[0]
         self.w_hist, self.b_hist = w["heads.from_history.weight"].T.copy(), w["heads.from_history.bias"]
         self.head_names = ["time"] + self.fields + (["reasoning"] if self.layout.has_reasoning else [])
         self.head_hidden = self.w_hist.shape[1] // len(self.head_names)
-        self.w_cond = {n: w[f"heads.from_condition.{n}.weight"].T.copy() for n in self.head_names if f"heads.from_condition.{n}.weight" in w}
+        self.w_cond = {
+            n: w[f"heads.from_condition.{n}.weight"].T.copy()
+            for n in self.head_names
+            if f"heads.from_condition.{n}.weight" in w
+        }
         self.w_out = {n: w[f"heads.out.{n}.weight"].T.copy() for n in self.head_names}
         self.b_out = {n: w[f"heads.out.{n}.bias"] for n in self.head_names}
 
@@ -51,10 +61,12 @@ class NumpyTPP:
         emb = emb.astype(np.float32)
         return np.tanh(emb @ self.init_w + self.init_b), emb @ self.w_ih_emb + self.b_ih
 
-    def event_features(self, time_s, gap_s, is_start, gap_mean, gap_std, marks) -> np.ndarray:
+    def event_features(self, time_s, gap_s, is_start, gap_mean, gap_std, marks, activity, client) -> np.ndarray:
+        """Encoder inputs of events at learned-timeline positions ``time_s``; ``activity[client]`` their rows."""
+        act = F.activity_features(np, activity, client, time_s, self.activity_bin_s, self.activity_span_s)
         feats = F.event_features(
             np, self.layout, time_s, gap_s, is_start, gap_mean, gap_std, marks,
-            self.mark_mean, self.mark_std, self.fields, self.harmonics,
+            self.mark_mean, self.mark_std, self.fields, self.harmonics, act,
         )  # fmt: skip
         return np.stack(feats, -1).astype(np.float32)
 
@@ -127,7 +139,9 @@ class NumpyTPP:
             i = self.fields.index(f)
             cond[:, names.index(f"z_{f}")] = (np.log1p(marks[f]) - self.mark_mean[i]) / self.mark_std[i]
         if self.layout.has_reasoning:
-            logits, comp, loc, log_scale = F.split_params(self.raw("reasoning", projected, cond).astype(np.float64), 3, self.km)
+            logits, comp, loc, log_scale = F.split_params(
+                self.raw("reasoning", projected, cond).astype(np.float64), 3, self.km
+            )
             marks["reasoning"] = S.sample_ratio_tokens(logits, comp, loc, log_scale, marks["output"], rng)
         return marks, items
 

@@ -39,7 +39,11 @@ class ClientPopulation:
         return (self.weights[:, None] * self.means).sum(0) / self.weights.sum()
 
     def to_json(self) -> dict:
-        return {"weights": self.weights.tolist(), "means": self.means.tolist(), "covariances": self.covariances.tolist()}
+        return {
+            "weights": self.weights.tolist(),
+            "means": self.means.tolist(),
+            "covariances": self.covariances.tolist(),
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> ClientPopulation:

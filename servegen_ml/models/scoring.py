@@ -20,7 +20,14 @@ BATCH_EVENTS = 1 << 18
 
 
 @torch.no_grad()
-def score_store(tpp: MarkedTPP, store: EventStore, embedding: np.ndarray, gap_mean: np.ndarray, gap_std: np.ndarray) -> dict[str, np.ndarray]:
+def score_store(
+    tpp: MarkedTPP,
+    store: EventStore,
+    embedding: np.ndarray,
+    gap_mean: np.ndarray,
+    gap_std: np.ndarray,
+    activity: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Log-likelihood parts per event in store order; per-client inputs indexed like ``store.client_ids``."""
     segments = whole_segments(store)
     n_lanes = max(1, len(segments))
@@ -29,6 +36,7 @@ def score_store(tpp: MarkedTPP, store: EventStore, embedding: np.ndarray, gap_me
     emb_all = torch.from_numpy(np.asarray(embedding, dtype=np.float32))
     gm_all = torch.from_numpy(np.asarray(gap_mean, dtype=np.float32))
     gs_all = torch.from_numpy(np.asarray(gap_std, dtype=np.float32))
+    activity = torch.from_numpy(np.asarray(activity, dtype=np.float32))
     out: dict[str, np.ndarray] = {}
     h = None
     tpp.eval()
@@ -39,7 +47,7 @@ def score_store(tpp: MarkedTPP, store: EventStore, embedding: np.ndarray, gap_me
         h0 = tpp.encoder.initial_state(emb)
         if h is not None:
             h0 = torch.where(batch["reset"].unsqueeze(1), h0, h)
-        parts, h = tpp(batch, emb, gm, gs, h0)
+        parts, h = tpp(batch, emb, gm, gs, h0, activity)
         mask = batch["mask"].numpy()
         idx = (plan.lo[:, step, None] + np.arange(chunk_len)[None, :])[mask]
         for name, value in parts.items():

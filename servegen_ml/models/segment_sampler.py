@@ -26,7 +26,6 @@ import numpy as np
 from servegen_ml.generators.spec import wrap_period, wrap_time
 from servegen_ml.models.numpy_tpp import NumpyTPP
 
-
 # A straggler is cut into at most this many new rows at once.
 MAX_SPLIT = 1024
 # Weight of the newest gap in a row's moving-average pace.
@@ -35,11 +34,12 @@ PACE_WEIGHT = 1.0 / 16
 
 @dataclass
 class ClientTable:
-    """Per sampled client: embedding (C, E) and log-gap normalizer (C,), (C,)."""
+    """Per sampled client: embedding (C, E), log-gap normalizer (C,), (C,) and activity rows (C, bins)."""
 
     embedding: np.ndarray
     gap_mean: np.ndarray
     gap_std: np.ndarray
+    activity: np.ndarray
 
 
 @dataclass
@@ -168,12 +168,18 @@ class _Lanes:
         return _Lanes(**fields, prev_marks={k: v[keep] for k, v in self.prev_marks.items()})
 
     def extend(self, other: _Lanes) -> _Lanes:
-        fields = {k: np.concatenate([getattr(self, k), getattr(other, k)]) for k in self.__dataclass_fields__ if k != "prev_marks"}
+        fields = {
+            k: np.concatenate([getattr(self, k), getattr(other, k)])
+            for k in self.__dataclass_fields__
+            if k != "prev_marks"
+        }
         marks = {k: np.concatenate([v, other.prev_marks[k]]) for k, v in self.prev_marks.items()}
         return _Lanes(**fields, prev_marks=marks)
 
 
-def _split_stragglers(tpp, clients, lanes: _Lanes, tail_events: int, warmup_events: float, max_warmup_s: float) -> _Lanes:
+def _split_stragglers(
+    tpp, clients, lanes: _Lanes, tail_events: int, warmup_events: float, max_warmup_s: float
+) -> _Lanes:
     """Hand the rest of each slow row to new rows of ~``tail_events`` events at the row's current pace.
 
     A row that draws far more events than planned (a burst) would otherwise run
@@ -220,14 +226,16 @@ def sample_rows(
             return recorder.result()
         if len(lanes.tau) <= few_rows:
             lanes = _split_stragglers(tpp, clients, lanes, tail_events, warmup_events, max_warmup_s)
-        lanes = _step(tpp, lanes, time_map, rng, recorder, warmup_events)
+        lanes = _step(tpp, lanes, clients.activity, time_map, rng, recorder, warmup_events)
     raise RuntimeError(
         f"sampling did not finish within {max_steps} steps per row: the model draws far more events "
         "than its learned rate (a degenerate fit?)"
     )
 
 
-def _step(tpp: NumpyTPP, lanes: _Lanes, time_map: TimeMap, rng, recorder: _Recorder, warmup_events: float) -> _Lanes:
+def _step(
+    tpp: NumpyTPP, lanes: _Lanes, activity, time_map: TimeMap, rng, recorder: _Recorder, warmup_events: float
+) -> _Lanes:
     """One event for every running row; rows past their end drop out.
 
     A row whose warm-up already drew ``warmup_events`` events (the model sends
@@ -236,7 +244,10 @@ def _step(tpp: NumpyTPP, lanes: _Lanes, time_map: TimeMap, rng, recorder: _Recor
     warmed = (lanes.warm >= warmup_events) & (lanes.tau < lanes.tau_keep)
     lanes.tau = np.where(warmed, lanes.tau_keep, lanes.tau)
     position = time_map.position(time_map.to_spec_time(lanes.tau))
-    x = tpp.event_features(position, lanes.prev_gap, lanes.prev_start, lanes.gap_mean, lanes.gap_std, lanes.prev_marks)
+    x = tpp.event_features(
+        position, lanes.prev_gap, lanes.prev_start, lanes.gap_mean, lanes.gap_std, lanes.prev_marks,
+        activity, lanes.client,
+    )  # fmt: skip
     lanes.h = tpp.gru_step(lanes.h, x, lanes.emb_gates)
     projected = tpp.project(lanes.h)
     gap = tpp.sample_gap(projected, lanes.gap_mean, lanes.gap_std, rng)

@@ -24,6 +24,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from servegen_ml.data.events import MarkLayout
+from servegen_ml.data.normalizers import flat_activity
 from servegen_ml.models.population import ClientPopulation
 
 MODEL_FILE, CLIENTS_FILE, META_FILE = "model.safetensors", "clients.safetensors", "neural.json"
@@ -56,10 +57,19 @@ class NeuralState:
         """(C, E + 3): embedding, log-gap mean, log-gap std, log mean rate (the population's space)."""
         log_rate = np.log(np.maximum(self.traffic, 0.5) / self.span_s)
         w = self.weights
-        return np.column_stack([w["embedding.weight"], w["gap_log_mean"], w["gap_log_std"], log_rate]).astype(np.float64)
+        return np.column_stack([w["embedding.weight"], w["gap_log_mean"], w["gap_log_std"], log_rate]).astype(
+            np.float64
+        )
+
+    def flat_activity(self, log_rate: np.ndarray) -> np.ndarray:
+        """Activity rows (N, bins) of clients known only by a mean log rate (new or unknown clients)."""
+        w = self.weights
+        mean, std = float(w["activity_log_mean"]), float(w["activity_log_std"])
+        return flat_activity(log_rate, w["activity"].shape[1], mean, std, float(w["activity_span_s"]))
 
     def save(self, directory: Path) -> None:
-        save_file({k: np.ascontiguousarray(v) for k, v in self.weights.items()}, str(directory / MODEL_FILE))
+        # np.array(copy) keeps 0-d buffers 0-d (np.ascontiguousarray would make them 1-d).
+        save_file({k: np.array(v, order="C") for k, v in self.weights.items()}, str(directory / MODEL_FILE))
         save_file(
             {"traffic": self.traffic.astype(np.int64), "rate_curves": self.rate_curves.astype(np.float32)},
             str(directory / CLIENTS_FILE),

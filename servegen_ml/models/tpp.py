@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from servegen_ml.data.events import MarkLayout
-from servegen_ml.data.normalizers import Normalizers
+from servegen_ml.data.normalizers import Normalizers, activity_table
 from servegen_ml.models import features as F
 from servegen_ml.models.distributions import CountMixture, GapMixture, RatioMixture
 from servegen_ml.models.encoder import EventEncoder
@@ -38,6 +38,8 @@ class MarkedTPP(nn.Module):
         mark_components: int = 6,
         day_harmonics: int = 3,
         week_harmonics: int = 2,
+        activity_bins: int = 1,
+        activity_bin_s: float = 600.0,
     ):
         super().__init__()
         self.layout = MarkLayout.from_dict(layout)
@@ -50,6 +52,12 @@ class MarkedTPP(nn.Module):
         self.register_buffer("mark_std", torch.ones(len(self.fields)))
         for f in self.fields:
             self.register_buffer(f"spikes_{f}", torch.tensor(sorted(spikes.get(f, [])), dtype=torch.long))
+        # Per client, the standardized log empirical rate per time bin of the learned timeline (see features).
+        self.activity_bin_s = float(activity_bin_s)
+        self.register_buffer("activity", torch.zeros(n_clients, activity_bins))
+        self.register_buffer("activity_span_s", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("activity_log_mean", torch.tensor(0.0))
+        self.register_buffer("activity_log_std", torch.tensor(1.0))
         # Likelihood precision: float64 to score; training switches to float32 for speed.
         self.compute_dtype = torch.float64
         self.embedding = nn.Embedding(n_clients, embedding)
@@ -79,6 +87,15 @@ class MarkedTPP(nn.Module):
             self.mark_mean.copy_(torch.tensor([norm.mark_mean[f] for f in self.fields]))
             self.mark_std.copy_(torch.tensor([norm.mark_std[f] for f in self.fields]))
 
+    def set_activity(self, rates, span_s: float) -> None:
+        """Activity table from per-client empirical rates (C, bins) in req/s over the learned span [0, span_s)."""
+        table, mean, std = activity_table(rates, span_s)
+        with torch.no_grad():
+            self.activity.copy_(torch.as_tensor(table))
+            self.activity_span_s.fill_(float(span_s))
+            self.activity_log_mean.fill_(mean)
+            self.activity_log_std.fill_(std)
+
     def client_inputs(self, client: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Embedding (B, E) and log-gap normalizer (B,), (B,) of client indices (B,)."""
         return self.embedding(client), self.gap_log_mean[client], self.gap_log_std[client]
@@ -102,28 +119,46 @@ class MarkedTPP(nn.Module):
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def event_features(self, time_s, gap_s, is_start, gap_mean, gap_std, marks) -> Tensor:
+    def event_features(self, time_s, gap_s, is_start, gap_mean, gap_std, marks, client, activity) -> Tensor:
+        """Encoder inputs; ``activity[client]`` is each event's client row of an activity table."""
+        span = float(self.activity_span_s)
+        act = F.activity_features(torch, activity, client, time_s, self.activity_bin_s, span)
         feats = F.event_features(
             torch, self.layout, time_s, gap_s, is_start, gap_mean, gap_std, marks,
-            self.mark_mean, self.mark_std, self.fields, self.harmonics,
+            self.mark_mean, self.mark_std, self.fields, self.harmonics, act,
         )  # fmt: skip
         return torch.stack(feats, -1).float()
 
     def forward(
-        self, batch: dict[str, Tensor], emb: Tensor, gap_mean: Tensor, gap_std: Tensor, h0: Tensor
+        self,
+        batch: dict[str, Tensor],
+        emb: Tensor,
+        gap_mean: Tensor,
+        gap_std: Tensor,
+        h0: Tensor,
+        activity: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """Per-event log-likelihood parts (B, T) in ``compute_dtype`` of a batch (see data.chunks.gather_batch), and h_last."""
+        """Per-event log-likelihood parts (B, T) in ``compute_dtype`` of a batch (see data.chunks.gather_batch), and h_last.
+
+        ``activity`` is the table ``batch["client"]`` indexes (default: the model's own clients).
+        """
+        activity = self.activity if activity is None else activity
+        client = batch["client"].unsqueeze(1)
         gm, gs = gap_mean.unsqueeze(1), gap_std.unsqueeze(1)
         x_marks = {name: batch[f"x_{name}"] for name in self._store_columns()}
-        x = self.event_features(batch["x_time_s"], batch["x_gap_s"], batch["x_start"], gm, gs, x_marks)
+        x = self.event_features(
+            batch["x_time_s"], batch["x_gap_s"], batch["x_start"], gm, gs, x_marks, client, activity
+        )
         states, h_last = self.encoder(x, emb, h0)
         y_marks = {name: batch[f"y_{name}"] for name in self._store_columns()}
         gap = batch["gap_s"]
-        cond = F.condition_features(torch, self.layout, gap, gm, gs, y_marks, self.mark_mean, self.mark_std, self.fields)
+        cond = F.condition_features(
+            torch, self.layout, gap, gm, gs, y_marks, self.mark_mean, self.mark_std, self.fields
+        )
         cond = torch.stack(cond, -1).float()
         proj = self.heads.project(states)
         parts = {"time": self.gap_dist(self.heads.raw("time", proj, None), gm, gs).log_prob(gap, F.TIME_RESOLUTION_S)}
-        parts["time"] = parts["time"] + self._survival(batch, states, emb, gm, gs, y_marks)
+        parts["time"] = parts["time"] + self._survival(batch, states, emb, gm, gs, y_marks, activity)
         for m in self.layout.modalities:
             parts[f"{m}_count"] = self.count_dist(f"{m}_count", self.heads.raw(f"{m}_count", proj, cond)).log_prob(
                 batch[f"y_{m}_count"].long()
@@ -143,7 +178,7 @@ class MarkedTPP(nn.Module):
             cols += [f"{m}_count", f"{m}_item_log"]
         return cols
 
-    def _survival(self, batch, states, emb, gm, gs, y_marks) -> Tensor:
+    def _survival(self, batch, states, emb, gm, gs, y_marks, activity) -> Tensor:
         """log P(no event before the window end) after each segment's last event; 0 elsewhere."""
         s = batch["survival_s"]
         out = torch.zeros_like(s)
@@ -154,7 +189,7 @@ class MarkedTPP(nn.Module):
         marks = {k: v[sel] for k, v in y_marks.items()}
         x = self.event_features(
             batch["time_s"][sel], batch["gap_s"][sel], torch.zeros_like(s[sel], dtype=torch.bool),
-            gm.squeeze(1)[b_idx], gs.squeeze(1)[b_idx], marks,
+            gm.squeeze(1)[b_idx], gs.squeeze(1)[b_idx], marks, batch["client"][b_idx], activity,
         )  # fmt: skip
         # One more GRU step: the state after the last event itself sets the survival's gap distribution.
         _, h_after = self.encoder(x.unsqueeze(1), emb[b_idx], states[sel])

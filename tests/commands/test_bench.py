@@ -118,9 +118,22 @@ def test_reproducing_command_names_the_trainer_and_overrides():
     from servegen_ml.cli import compose
     from servegen_ml.commands.bench import _command
 
-    overrides = ["data.path=t.parquet", "out=o", "models=[neural]", "trainer=fast", "trainer.max_epochs=7",
-                 "+model_args.neural.hidden=32", "provisioning.tbt_p99_s=0.2"]
+    overrides = [
+        "data.path=t.parquet",
+        "out=o",
+        "models=[neural]",
+        "trainer=fast",
+        "trainer.max_epochs=7",
+        "+model_args.neural.hidden=32",
+        "provisioning.tbt_p99_s=0.2",
+    ]
     command = _command(compose("bench", overrides), ["neural"], [])
-    for part in ["models=[neural]", "trainer=fast", "trainer.max_epochs=7", "+model_args.neural.hidden=32",
-                 "provisioning.tbt_p99_s=0.2", "out=o"]:
+    for part in [
+        "models=[neural]",
+        "trainer=fast",
+        "trainer.max_epochs=7",
+        "+model_args.neural.hidden=32",
+        "provisioning.tbt_p99_s=0.2",
+        "out=o",
+    ]:
         assert part in command.split()

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from servegen_ml.data.chunks import cut_long, gather_batch, plan_lanes, split_segments, whole_segments
+from servegen_ml.data.chunks import cold_starts, cut_long, gather_batch, plan_lanes, split_segments, whole_segments
 from servegen_ml.data.events import store_from_frame
 from tests.factories import synthetic_trace
 
@@ -60,3 +60,19 @@ def test_batch_gaps_and_inputs():
     owner = b["items_image_owner"]
     counts = np.bincount(owner, minlength=b["mask"].size).reshape(b["mask"].shape)
     np.testing.assert_array_equal(counts, b["y_image_count"])
+
+
+def test_cold_starts_begin_at_random_times_with_forward_gaps():
+    store = _store()
+    train, _ = split_segments(store, 600.0)
+    cold = cold_starts(store, train, per_client=20, per_hour=0.0, max_events=5, rng=np.random.default_rng(0))
+    t = store.columns["time_s"]
+    assert len(cold) > 40 and (cold.prev == -1).all() and ((cold.hi - cold.lo) <= 5).all()
+    for lo, t0, c in zip(cold.lo, cold.window_start_s, cold.client):
+        assert t[lo] >= t0  # the first target is the client's first event at or after the start
+        first_of_client = store.offsets[c]
+        assert lo == first_of_client or t[lo - 1] < t0
+    plan = plan_lanes(cold, n_lanes=len(cold), chunk_len=8, rng=None)
+    b = gather_batch(store, plan, 0, 8)
+    np.testing.assert_allclose(b["gap_s"][:, 0], t[plan.lo[:, 0]] - plan.window_start_s[:, 0])
+    assert b["x_start"][:, 0].all()

@@ -1,7 +1,6 @@
 """Trace -> client-major event store: ordering, items, the text part, streaming from chunks."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from servegen_ml.data.events import build_store, store_from_frame, timeline_origin
@@ -22,8 +21,12 @@ def test_store_is_client_major_and_time_sorted(trace):
         rows = trace[trace["client_id"] == cid]
         t = store.columns["time_s"][store.offsets[c] : store.offsets[c + 1]]
         np.testing.assert_array_equal(t, rows["timestamp"].to_numpy())
-        np.testing.assert_array_equal(store.columns["output"][store.offsets[c] : store.offsets[c + 1]], rows["output_tokens"])
-        np.testing.assert_array_equal(store.columns["reasoning"][store.offsets[c] : store.offsets[c + 1]], rows["reasoning_tokens"])
+        np.testing.assert_array_equal(
+            store.columns["output"][store.offsets[c] : store.offsets[c + 1]], rows["output_tokens"]
+        )
+        np.testing.assert_array_equal(
+            store.columns["reasoning"][store.offsets[c] : store.offsets[c + 1]], rows["reasoning_tokens"]
+        )
 
 
 def test_items_round_trip_and_text_part(trace):

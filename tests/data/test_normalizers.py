@@ -3,7 +3,7 @@
 import numpy as np
 
 from servegen_ml.data.events import store_from_frame
-from servegen_ml.data.normalizers import SHRINK_GAPS, fit_normalizers, rate_curves
+from servegen_ml.data.normalizers import SHRINK_GAPS, activity_table, fit_normalizers, rate_curves
 from servegen_ml.trace.schema import make_trace
 from tests.factories import synthetic_trace
 
@@ -34,7 +34,14 @@ def test_spikes_find_templates_not_smooth_values():
     out[rng.random(n) < 0.1] = 2000  # a cap
     inp = np.round(np.exp(rng.normal(7.0, 0.5, n))).astype(int)
     inp[rng.random(n) < 0.05] = 1234  # a template
-    trace = make_trace({"timestamp": np.sort(rng.random(n)) * 1000, "client_id": np.full(n, "a"), "input_tokens": inp, "output_tokens": out})
+    trace = make_trace(
+        {
+            "timestamp": np.sort(rng.random(n)) * 1000,
+            "client_id": np.full(n, "a"),
+            "input_tokens": inp,
+            "output_tokens": out,
+        }
+    )
     norm = fit_normalizers(store_from_frame(trace), 1e9)
     assert norm.spikes["output"] == [2000]
     assert norm.spikes["input"] == [1234]
@@ -48,3 +55,14 @@ def test_rate_curves_count_events_per_bin():
     for c, cid in enumerate(store.client_ids):
         t = trace.loc[trace["client_id"] == cid, "timestamp"].to_numpy()
         np.testing.assert_allclose(curves[c], [np.sum(t < 600) / 600, np.sum(t >= 600) / 600], rtol=1e-6)
+
+
+def test_rate_curves_until_split_and_activity_table():
+    trace = synthetic_trace(seed=4, duration_s=1200.0, n_clients=2)
+    store = store_from_frame(trace)
+    early = rate_curves(store, 600.0, 1200.0, until_s=600.0)
+    full = rate_curves(store, 600.0, 1200.0)
+    np.testing.assert_allclose(early[:, 0], full[:, 0])
+    assert (early[:, 1] == 0).all() and (full[:, 1] > 0).all()
+    table, mean, std = activity_table(full, 1200.0)
+    np.testing.assert_allclose(table * std + mean, np.log(full + 1 / 1200.0), rtol=1e-5)

@@ -137,7 +137,24 @@ def test_sidecar_and_determinism(tmp_path, trace, fmt):
     assert meta["seed"] == 7 and meta["spec"] == {"duration_s": 900.0} and meta["checkpoint_digest"] == "abc"
     assert meta["format"] == fmt and meta["rows"] == len(trace) and meta["package_version"] == __version__
     assert meta["start_offset_s"] == pytest.approx(trace["timestamp"].min())
-    assert set(meta["units"]) >= {"input_length", "output_length"} or fmt in ("vidur", "azure")
+    fields = {
+        "mooncake": ["timestamp", "input_length", "output_length", "hash_ids"],
+        "bailian": [
+            "chat_id",
+            "parent_chat_id",
+            "timestamp",
+            "input_length",
+            "output_length",
+            "type",
+            "turn",
+            "hash_ids",
+        ],
+        "vidur": ["arrived_at", "num_prefill_tokens", "num_decode_tokens"],
+        "azure": ["TIMESTAMP", "ContextTokens", "GeneratedTokens"],
+    }[fmt]
+    assert sorted(meta["units"]) == sorted(fields)  # every field's unit is stated, no other
+    time_unit = {"mooncake": "ms since", "bailian": "s since", "vidur": "s since", "azure": "%Y-%m-%d %H:%M:%S.%f"}[fmt]
+    assert time_unit in meta["units"][fields[0] if fmt != "bailian" else "timestamp"]
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -1,5 +1,6 @@
 """Each head distribution's log_prob against scipy / direct summation, and its sampler against the PMF."""
 
+import itertools
 import math
 
 import numpy as np
@@ -106,7 +107,10 @@ def test_count_log_prob_matches_scipy_and_sums_to_one():
 
     def cont(k):
         lo = -np.inf if k == 0 else np.log(k + 0.5)
-        return sum(w[j] * (stats.norm.cdf((np.log(k + 1.5) - mu[j]) / sd[j]) - stats.norm.cdf((lo - mu[j]) / sd[j])) for j in range(2))
+        return sum(
+            w[j] * (stats.norm.cdf((np.log(k + 1.5) - mu[j]) / sd[j]) - stats.norm.cdf((lo - mu[j]) / sd[j]))
+            for j in range(2)
+        )
 
     for k in (0, 1, 7, 100, 101, 512, 3000):
         spike = pi[[0, 100, 512].index(k)] if k in (0, 100, 512) else 0.0
@@ -124,8 +128,8 @@ def test_count_sampler_matches_pmf():
     # a coarse histogram check over log bins
     edges = np.array([0, 5, 20, 50, 200, 1000, 5000, 10**7])
     lp = np.exp(d.log_prob(torch.arange(0, 10**6).unsqueeze(0)).numpy()[0])
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        want = lp[lo:min(hi, 10**6)].sum()
+    for lo, hi in itertools.pairwise(edges):
+        want = lp[lo : min(hi, 10**6)].sum()
         assert np.mean((s >= lo) & (s < hi)) == pytest.approx(want, abs=0.005)
 
 
@@ -166,13 +170,17 @@ def test_ratio_zero_total_and_sampler():
     assert 0.5 * np.abs(freq - lp).sum() < 0.02
 
 
-def test_gradients_finite_at_extremes():
-    params = [torch.tensor(v, dtype=torch.float32, requires_grad=True) for v in ([[0.0, 0.0]], [[-9.0, 9.0]], [[2.0, -9.0]])]
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gradients_finite_at_extremes(dtype):
+    # one sane component and one far-off, very narrow one (its terms underflow)
+    params = [
+        torch.tensor(v, dtype=torch.float32, requires_grad=True) for v in ([[0.0, 0.0]], [[-9.0, 9.0]], [[2.0, -9.0]])
+    ]
     logits = torch.tensor([[0.0, 0.0, 0.0]], requires_grad=True)
     zl = torch.tensor([0.0], requires_grad=True)
-    gap = GapMixture(zl, *params)
-    cnt = CountMixture(torch.tensor([1, 5]), logits, *params)
-    rat = RatioMixture(logits, *params)
+    gap = GapMixture(zl, *params, dtype=dtype)
+    cnt = CountMixture(torch.tensor([1, 5]), logits, *params, dtype=dtype)
+    rat = RatioMixture(logits, *params, dtype=dtype)
     total = (
         gap.log_prob(torch.tensor([0.0]), RES).sum()
         + gap.log_prob(torch.tensor([1e6]), RES).sum()

@@ -8,7 +8,7 @@ from scipy import stats
 from servegen_ml.data.chunks import gather_batch, plan_lanes, whole_segments
 from servegen_ml.data.datamodule import to_tensors
 from servegen_ml.data.events import store_from_frame
-from servegen_ml.data.normalizers import fit_normalizers
+from servegen_ml.data.normalizers import fit_normalizers, rate_curves
 from servegen_ml.models import features as F
 from servegen_ml.models import scoring
 from servegen_ml.models.numpy_tpp import NumpyTPP
@@ -16,24 +16,36 @@ from servegen_ml.models.tpp import MarkedTPP
 from tests.factories import synthetic_trace
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Two OpenMP threads crawl on a CPU shared with other processes; restore the setting afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
     store = store_from_frame(synthetic_trace(seed=5, duration_s=900.0, n_clients=3, multimodal=True, reasoning=True))
     norm = fit_normalizers(store, 1e9)
-    tpp = MarkedTPP(len(store.client_ids), store.layout.to_dict(), norm.spikes, hidden=12, embedding=4, head_hidden=10,
-                    time_components=3, mark_components=2)  # fmt: skip
+    kwargs = tpp_kwargs(store, norm)
+    tpp = MarkedTPP(**kwargs, hidden=12, embedding=4, head_hidden=10)
     tpp.set_normalizers(norm)
+    tpp.set_activity(rate_curves(store, 300.0, 900.0), 900.0)
     with torch.no_grad():  # non-trivial heads
         for p in tpp.heads.out.parameters():
             p.add_(0.3 * torch.randn_like(p))
     weights = {k: v.numpy().copy() for k, v in tpp.state_dict().items()}
-    return store, tpp.eval(), NumpyTPP(tpp_kwargs(store, norm), weights, norm.max_count)
+    return store, tpp.eval(), NumpyTPP(kwargs, weights, norm.max_count)
 
 
 def tpp_kwargs(store, norm):
-    return {"n_clients": len(store.client_ids), "layout": store.layout.to_dict(), "spikes": norm.spikes,
-            "time_components": 3, "mark_components": 2}  # fmt: skip
+    return {
+        "n_clients": len(store.client_ids), "layout": store.layout.to_dict(), "spikes": norm.spikes,
+        "time_components": 3, "mark_components": 2, "activity_bins": 3, "activity_bin_s": 300.0,
+    }  # fmt: skip
 
 
 def test_features_gru_and_heads_match_torch(setup):
@@ -43,11 +55,15 @@ def test_features_gru_and_heads_match_torch(setup):
     b = to_tensors(gather_batch(store, plan, 0, 16))
     emb, gm, gs = tpp.client_inputs(b["client"])
     x_marks = {k: b[f"x_{k}"] for k in ("input", "output", "reasoning", "image_count", "image_item_log")}
-    x_t = tpp.event_features(b["x_time_s"], b["x_gap_s"], b["x_start"], gm[:, None], gs[:, None], x_marks)
+    client = b["client"][:, None]
+    x_t = tpp.event_features(
+        b["x_time_s"], b["x_gap_s"], b["x_start"], gm[:, None], gs[:, None], x_marks, client, tpp.activity
+    )
     x_n = ntpp.event_features(
         b["x_time_s"].numpy(), b["x_gap_s"].numpy(), b["x_start"].numpy(), gm[:, None].detach().numpy(),
-        gs[:, None].numpy(), {k: v.numpy() for k, v in x_marks.items()},
+        gs[:, None].numpy(), {k: v.numpy() for k, v in x_marks.items()}, ntpp.activity, client.numpy(),
     )  # fmt: skip
+    assert x_t[..., 8:13].std() > 0.1  # the activity features vary
     np.testing.assert_allclose(x_n, x_t.numpy(), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         h0 = tpp.encoder.initial_state(emb)
@@ -60,7 +76,9 @@ def test_features_gru_and_heads_match_torch(setup):
         cond = torch.randn(states.shape[0], len(F.condition_names(store.layout)))
         proj_t, proj_n = tpp.heads.project(states[:, 4]), ntpp.project(h)
         for name in ntpp.head_names:
-            np.testing.assert_allclose(ntpp.raw(name, proj_n, cond.numpy()), tpp.heads.raw(name, proj_t, cond).numpy(), atol=1e-5)
+            np.testing.assert_allclose(
+                ntpp.raw(name, proj_n, cond.numpy()), tpp.heads.raw(name, proj_t, cond).numpy(), atol=1e-5
+            )
 
 
 def test_sampled_gaps_follow_the_torch_distribution(setup):
@@ -85,7 +103,7 @@ def test_sampled_gaps_follow_the_torch_distribution(setup):
 
 
 def test_sampler_conditions_on_marks_like_training(setup, monkeypatch):
-    store, tpp, ntpp = setup
+    store, _tpp, ntpp = setup
     seen = {}
     raw = NumpyTPP.raw
 
@@ -111,9 +129,10 @@ def test_scoring_does_not_depend_on_chunk_length(setup, monkeypatch):
     emb = tpp.embedding.weight.detach().numpy()
     gm, gs = tpp.gap_log_mean.numpy(), tpp.gap_log_std.numpy()
     monkeypatch.setattr(scoring, "BATCH_EVENTS", 16 * len(store.client_ids))
-    short = scoring.score_store(tpp, store, emb, gm, gs)
+    act = tpp.activity.numpy()
+    short = scoring.score_store(tpp, store, emb, gm, gs, act)
     monkeypatch.setattr(scoring, "BATCH_EVENTS", 1 << 18)
-    long = scoring.score_store(tpp, store, emb, gm, gs)
+    long = scoring.score_store(tpp, store, emb, gm, gs, act)
     for k in long:
         np.testing.assert_allclose(short[k], long[k], rtol=1e-6, atol=1e-6)
     assert all(np.isfinite(v).all() and (v <= 1e-9).all() for v in long.values())
