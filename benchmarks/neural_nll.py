@@ -4,7 +4,11 @@
 
 Datasets (time-based split, train on the earlier part, score the later part):
 
-* ``mooncake`` — the real Mooncake FAST'25 hour: train on the first 40 minutes;
+* ``mooncake`` — the real Mooncake FAST'25 hour: train on the first 40 minutes.
+  Its inferred conversation columns are dropped, so all three generators
+  score the same plain request stream (with them, the baselines move
+  follow-ups' time and input into a ``conversation`` part the neural model
+  does not have yet);
 * ``deepseek-r1`` / ``mm-image`` — traces sampled from the ServeGen pools
   (``--pool-hours`` from ``--pool-start-s``, seed 0): train on all but the
   last ``--test-hours``, test on those.
@@ -37,6 +41,7 @@ def load_split(name: str, args) -> tuple:
 
     if name == "mooncake":
         trace = read_trace(TRACES / "mooncake-fast25" / "conversation_trace.jsonl")
+        trace = trace.drop(columns=[c for c in ("conversation_id", "turn") if c in trace.columns])
         cut_s = trace["timestamp"].min() + 40 * 60.0
     else:
         start, hours = args.pool_start_s, args.pool_hours

@@ -4,6 +4,9 @@
 
 Reads ``checkpoints/<name>/<model>/`` (size, ``metrics.json``) and the held-out evaluation fits
 ``<work>/eval/<name>/<model>/metrics.json`` written by ``scripts/build_checkpoints.sh eval``.
+With ``--samples`` it also samples one hour from each shipped checkpoint (seed 0) and sets it
+beside the same hour of the training trace ``<work>/<name>.parquet``: requests, mean input and
+output tokens, and the rate reached when asked for 20 req/s.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 MODELS = ("naive", "parametric", "neural")
 PARTS = ("time", "input_tokens", "output_tokens", "reasoning_tokens", "image_count", "image_tokens", "conversation")
@@ -59,15 +64,49 @@ def nll_table(name: str, work: Path) -> list[str]:
     return rows
 
 
+def sample_table(name: str, work: Path, start_s: float, duration_s: float = 3600.0) -> list[str]:
+    from servegen_ml.generators.base import load_generator
+    from servegen_ml.generators.spec import GenerationSpec
+    from servegen_ml.trace.io import read_trace
+
+    real = read_trace(work / f"{name}.parquet")
+    t = real["timestamp"].to_numpy() - real["timestamp"].min()
+    real = real[(t >= start_s) & (t < start_s + duration_s)]
+    rows = [
+        f"One hour from {start_s / 3600:g} h into the learned timeline (seed 0) beside the same hour of the training trace:",
+        "",
+        "| source | requests | mean input | mean output | req/s asked 20 |",
+        "|---|---:|---:|---:|---:|",
+        f"| training trace | {len(real):,} | {real['input_tokens'].mean():,.0f} | {real['output_tokens'].mean():,.0f} | – |",
+    ]
+    for model in MODELS:
+        path = Path("checkpoints") / name / model
+        if not (path / "manifest.json").is_file():
+            continue
+        gen = load_generator(path)
+        natural = gen.sample(GenerationSpec.from_values(duration_s=duration_s, start_s=start_s), np.random.default_rng(0))
+        spec20 = GenerationSpec.from_values(duration_s=duration_s, start_s=start_s, rate=20)
+        at20 = gen.sample(spec20, np.random.default_rng(0))
+        rows.append(
+            f"| `{path}` | {len(natural):,} | {natural['input_tokens'].mean():,.0f} | "
+            f"{natural['output_tokens'].mean():,.0f} | {len(at20) / duration_s:.1f} |"
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("build/checkpoints"))
+    parser.add_argument("--samples", action="store_true", help="also compare one sampled hour with the trace")
     parser.add_argument("names", nargs="+")
     args = parser.parse_args()
     for name in args.names:
         print(f"## {name}\n")
         print("\n".join(shipped_table(name)) + "\n")
         print("\n".join(nll_table(name, args.work)) + "\n")
+        if args.samples:
+            start_s = 0.0 if name == "conversational" else 36_000.0
+            print("\n".join(sample_table(name, args.work, start_s)) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ FIELDS = {
     "reasoning": {"reasoning_tokens"},
     "conversational": {"conversation_id", "turn"},
 }
+# The neural generator does not model conversations yet (notes/readme-neural.md): its
+# conversational checkpoint learns the Mooncake arrivals and lengths only.
+NOT_MODELLED = {"neural": {"conversation_id", "turn"}}
 
 
 def shipped() -> list[tuple[str, str]]:
@@ -79,7 +82,8 @@ def test_checkpoint_samples_within_the_contract(name, model):
     assert len(checked) == len(a)
     t = a["timestamp"].to_numpy()
     assert (np.diff(t) >= 0).all() and t.min() >= 0.0 and t.max() < duration_s
-    assert FIELDS[name] <= set(a.columns), f"missing {FIELDS[name] - set(a.columns)}"
+    expected = FIELDS[name] - NOT_MODELLED.get(model, set())
+    assert expected <= set(a.columns), f"missing {expected - set(a.columns)}"
     assert (a["input_tokens"] >= 0).all() and (a["output_tokens"] >= 0).all()
 
 

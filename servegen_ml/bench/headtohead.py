@@ -170,19 +170,22 @@ def _pm(mean, sd) -> str:
 
 def _m1_section(summary: dict) -> str:
     models = summary["models"]
-    parts = sorted({p for e in models.values() for m1 in e.get("m1", []) for p in m1["components"]})
-    parts = [p for p in parts if p != "total"] + ["total"]
+    fits = [(name, i, m1) for name, e in models.items() for i, m1 in enumerate(e.get("m1", []))]
+    if not fits:
+        return "## Held-out NLL (M1)\n\nNo model was fitted."
+    scored = [set(m1["components"]) - {"total"} for _, _, m1 in fits]
+    parts = sorted(set().union(*scored))
+    # Totals over different parts do not compare; the sum over the parts every model scores does.
+    common = sorted(set.intersection(*scored))
     rows = []
-    for name, e in models.items():
-        for fit_index, m1 in enumerate(e.get("m1", [])):
-            label = name if len(e["m1"]) == 1 else f"{name} (fit {fit_index + 1})"
-            rows.append([label] + [fmt(m1["components"].get(p), 4) for p in parts] + [str(m1["stats"]["events"])])
-    return "\n\n".join(
-        [
-            "## Held-out NLL (M1), nats per event (lower is better)",
-            table(["model", *parts, "events"], rows),
-        ]
-    )
+    for name, i, m1 in fits:
+        label = name if len(models[name]["m1"]) == 1 else f"{name} (fit {i + 1})"
+        c = m1["components"]
+        common_total = sum(c[p] for p in common) if all(c.get(p) is not None for p in common) else None
+        rows.append([label] + [fmt(c.get(p), 4) for p in parts] + [fmt(c.get("total"), 4), fmt(common_total, 4)])
+        rows[-1].append(str(m1["stats"]["events"]))
+    header = ["model", *parts, "total", f"total over {', '.join(common)}", "events"]
+    return "\n\n".join(["## Held-out NLL (M1), nats per event (lower is better)", table(header, rows)])
 
 
 def _seed_section(summary: dict, comp: Comparison) -> str:
@@ -192,7 +195,7 @@ def _seed_section(summary: dict, comp: Comparison) -> str:
     if comp.provisioning is not None:
         rows.append(
             ["M7 instances (real test: " + fmt(comp.provisioning["real_test"]["instances"]) + ")"]
-            + [", ".join(fmt(x) for x in models[n]["instances"]) for n in names]
+            + [", ".join(fmt(x) for x in models[n]["instances"]) or "—" for n in names]
         )
         rows.append(
             ["M7 under-provisioning error"]

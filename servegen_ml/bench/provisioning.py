@@ -58,7 +58,11 @@ class SLO:
         }
 
     def met(self, measured: dict[str, float]) -> bool:
-        bounds = {"ttft_excess_p99_s": self.ttft_excess_p99_s, "ttft_p99_s": self.ttft_p99_s, "tbt_p99_s": self.tbt_p99_s}
+        bounds = {
+            "ttft_excess_p99_s": self.ttft_excess_p99_s,
+            "ttft_p99_s": self.ttft_p99_s,
+            "tbt_p99_s": self.tbt_p99_s,
+        }
         return all(b is None or measured[k] <= b for k, b in bounds.items())
 
     def describe(self) -> str:

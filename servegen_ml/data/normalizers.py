@@ -19,8 +19,14 @@ from servegen_ml.data.events import EventStore, iter_blocks
 
 # Gaps a client needs before its own log-gap statistics outweigh the all-client ones.
 SHRINK_GAPS = 5.0
+# Smallest log-gap std a client gets: quantized timestamps (Mooncake's 3 s slots) leave almost no
+# spread, and standardizing by ~0 would blow the features up.
+MIN_GAP_LOG_STD = 0.5
 # Counts >= this are never spikes (keeps the value histogram small).
 SPIKE_VALUE_LIMIT = 1 << 20
+# The quantile functions stored for initializing the heads' mixtures, and the ratio histogram's bins.
+QUANTILE_PROBS = np.linspace(0.0, 1.0, 33)
+RATIO_BINS = 1000
 # A spike is at least this many times as frequent as the mean of its four nearest values.
 SPIKE_EXCESS = 2.0
 
@@ -34,6 +40,8 @@ class Normalizers:
     spikes: dict[str, list[int]]  # field -> sorted frequent exact values
     max_count: dict[str, int]  # field -> largest value seen in training
     train_events: np.ndarray  # (C,) events per client before the split
+    # field -> log1p(count) at probabilities 0, 1/32, ..., 1 ("reasoning": logit of 0 < ratio < 1)
+    quantiles: dict[str, list[float]]
 
     def to_json(self) -> dict:
         return {
@@ -41,6 +49,7 @@ class Normalizers:
             "mark_std": self.mark_std,
             "spikes": self.spikes,
             "max_count": self.max_count,
+            "quantiles": self.quantiles,
         }
 
 
@@ -75,6 +84,7 @@ def fit_normalizers(
     marks = {f: _Moments() for f in fields}
     hist = {f: np.zeros(SPIKE_VALUE_LIMIT, dtype=np.int64) for f in fields}
     max_count = dict.fromkeys(fields, 0)
+    ratio_hist = np.zeros(RATIO_BINS, dtype=np.int64)
     train_events = np.zeros(n_clients, dtype=np.int64)
     time = store.columns["time_s"]
     first_of_client = np.zeros(store.n_events + 1, dtype=bool)
@@ -93,6 +103,8 @@ def fit_normalizers(
             small = values[values < SPIKE_VALUE_LIMIT]
             hist[f] += np.bincount(small, minlength=SPIKE_VALUE_LIMIT)
             max_count[f] = max(max_count[f], int(values.max(initial=0)))
+        if store.layout.has_reasoning:
+            ratio_hist += _ratio_hist(store, lo, hi, train)
     all_gaps = _Moments()
     all_gaps.n, all_gaps.s, all_gaps.ss = (
         gaps.n.sum(keepdims=True),
@@ -101,6 +113,7 @@ def fit_normalizers(
     )
     g_mean, g_std = all_gaps.mean_std()
     c_mean, c_std = gaps.mean_std(g_mean[0], g_std[0] ** 2, SHRINK_GAPS)
+    c_std = np.maximum(c_std, MIN_GAP_LOG_STD)
     mark_stats = {f: marks[f].mean_std() for f in fields}
     return Normalizers(
         gap_log_mean=c_mean.astype(np.float32),
@@ -110,7 +123,30 @@ def fit_normalizers(
         spikes={f: _spikes(hist[f], max_spikes, min_spike_share) for f in fields},
         max_count=max_count,
         train_events=train_events,
+        quantiles=_quantiles(hist, ratio_hist if store.layout.has_reasoning else None),
     )
+
+
+def _ratio_hist(store: EventStore, lo: int, hi: int, train: np.ndarray) -> np.ndarray:
+    """Histogram of reasoning / output over (0, 1) in RATIO_BINS equal bins."""
+    r = np.asarray(store.columns["reasoning"][lo:hi])[train].astype(np.float64)
+    o = np.asarray(store.columns["output"][lo:hi])[train].astype(np.float64)
+    inside = (r > 0) & (r < o)
+    return np.bincount((r[inside] / o[inside] * RATIO_BINS).astype(np.int64), minlength=RATIO_BINS)[:RATIO_BINS]
+
+
+def _quantiles(hist: dict[str, np.ndarray], ratio_hist: np.ndarray | None) -> dict[str, list[float]]:
+    """Quantile functions (at QUANTILE_PROBS) of log1p(count) per field and of logit(ratio)."""
+    out = {}
+    for f, h in hist.items():
+        cdf = np.cumsum(h) / max(h.sum(), 1)
+        values = np.searchsorted(cdf, QUANTILE_PROBS.clip(1e-9, 1 - 1e-9))
+        out[f] = np.log1p(values.astype(np.float64)).tolist()
+    if ratio_hist is not None:
+        cdf = np.cumsum(ratio_hist) / max(ratio_hist.sum(), 1)
+        x = (np.searchsorted(cdf, QUANTILE_PROBS.clip(1e-9, 1 - 1e-9)) + 0.5) / RATIO_BINS
+        out["reasoning"] = np.log(x / (1 - x)).tolist()
+    return out
 
 
 def _field_values(store: EventStore, lo: int, hi: int, train: np.ndarray):

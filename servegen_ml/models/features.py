@@ -10,8 +10,9 @@ Feature vectors (all standardized; names in :func:`event_feature_names`):
   (log1p counts standardized by field), reasoning ratio, the client's
   *activity* (its standardized log empirical rate in the learned timeline at
   the event's time and a few hours ahead: when a client usually sleeps, one
-  day of Fourier features cannot say sharply), and Fourier features of time of
-  day and day of week;
+  day of Fourier features cannot say sharply; see :func:`activity_position`
+  for times past the learned span), and Fourier features of time of day and
+  day of week;
 * the *condition* vector, what is known of the event being predicted while its
   marks are drawn in order: gap, then per modality item count and mean item
   tokens, then input, then output. Head ``j`` sees a prefix of it.
@@ -27,6 +28,8 @@ from servegen_ml.data.events import MarkLayout
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.generators.spec import DAY_S, WEEK_S, wrap_period
 
+# Standardized gap features are clipped to +-Z_CLIP.
+Z_CLIP = 8.0
 # The activity features look this far ahead of an event (s).
 ACTIVITY_HORIZONS_S = (0.0, 600.0, 3600.0, 3 * 3600.0, 6 * 3600.0)
 
@@ -77,18 +80,32 @@ def wrap_position(xp, p, span_s: float):
     return p - k * period
 
 
+def activity_position(xp, p, span_s: float):
+    """Where to read the activity table: a day or more learned wraps (time of day is kept); less than
+    a day holds the last learned bin (wrapping would jump to another time of day)."""
+    if span_s >= DAY_S:
+        return wrap_position(xp, p, span_s)
+    return xp.clip(p, 0.0, span_s)
+
+
 def activity_features(xp, table, client, position_s, bin_s: float, span_s: float) -> list:
     """table[client, bin of (position + horizon)] per horizon; table (C, bins) of standardized log rates."""
     n_bins = table.shape[1]
+    last = min(n_bins - 1, int(np.ceil(span_s / bin_s)) - 1)
     out = []
     for h in ACTIVITY_HORIZONS_S:
-        b = xp.clip(wrap_position(xp, position_s + h, span_s) // bin_s, 0, n_bins - 1)
+        b = xp.clip(activity_position(xp, position_s + h, span_s) // bin_s, 0, last)
         out.append(table[client, b.long() if hasattr(b, "long") else b.astype(np.int64)])
     return out
 
 
 def _z_log1p(xp, count, mean, std):
     return (xp.log1p(count * 1.0) - mean) / std
+
+
+def gap_feature(xp, gap_s, gap_mean, gap_std):
+    """Standardized log gap, clipped: a zero gap sits at log(resolution), far below a slow client's gaps."""
+    return xp.clip((xp.log(xp.clip(gap_s, TIME_RESOLUTION_S, None)) - gap_mean) / gap_std, -Z_CLIP, Z_CLIP)
 
 
 def condition_features(xp, layout: MarkLayout, gap_s, gap_mean, gap_std, marks: dict, mark_mean, mark_std, fields):
@@ -99,8 +116,7 @@ def condition_features(xp, layout: MarkLayout, gap_s, gap_mean, gap_std, marks: 
     mark_mean/mark_std indexed like ``fields`` (:meth:`MarkLayout.count_fields`).
     """
     f = {name: i for i, name in enumerate(fields)}
-    z_gap = (xp.log(xp.clip(gap_s, TIME_RESOLUTION_S, None)) - gap_mean) / gap_std
-    feats = [z_gap, (gap_s <= 0) * 1.0]
+    feats = [gap_feature(xp, gap_s, gap_mean, gap_std), (gap_s <= 0) * 1.0]
     for m in layout.modalities:
         count = marks[f"{m}_count"]
         i, j = f[f"{m}_count"], f[f"{m}_tokens"]

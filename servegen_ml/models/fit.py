@@ -82,6 +82,7 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
     torch.manual_seed(seed)
     module = TPPLightningModule(model, lr=settings["lr"], weight_decay=settings["weight_decay"], monitor=monitor)
     module.tpp.set_normalizers(norm)
+    module.tpp.init_mixtures(norm)
     # Training sees only the activity before the split: validation times wrap into it like held-out times.
     module.tpp.set_activity(rate_curves(store, bin_s, span_s, until_s=split_s), split_s)
     data = EventDataModule(

@@ -129,7 +129,7 @@ class NumpyTPP:
         b = len(gap_s)
         names = F.condition_names(self.layout)
         cond = np.zeros((b, len(names)), dtype=np.float32)
-        cond[:, 0] = (np.log(np.maximum(gap_s, F.TIME_RESOLUTION_S)) - gap_mean) / gap_std
+        cond[:, 0] = F.gap_feature(np, gap_s, gap_mean, gap_std)
         cond[:, 1] = gap_s <= 0
         marks, items = {}, {}
         for m in self.layout.modalities:

@@ -7,9 +7,13 @@ about ``segment_events`` expected events and every segment is a separate batch
 row, all advanced together one event per step. Each row starts from the
 client's initial state and a start token ``warmup_events`` expected events
 before its segment and discards those warm-up events, so the recurrent state
-has settled when the kept part begins. The approximation: history older than
-the warm-up does not reach across segment borders (time-of-day effects still
-do, through the time features).
+has settled when the kept part begins (a row whose warm-up already drew that
+many events skips ahead to its segment). The approximation: history older
+than the warm-up does not reach across segment borders (time of day and the
+client's usual activity still do, through the time and activity features).
+When few rows are left, one that runs far longer than planned (a burst) hands
+the rest of its time to new rows cut at its current pace, so the tail of the
+batch does not advance one event per step.
 
 Time: rows live in *natural* time ``tau`` (the model's own clock). Rate control
 maps it to spec time ``t`` through ``tau(t) = integral of m(t)``, where ``m`` is

@@ -14,6 +14,7 @@ Normalizers are registered buffers, so they travel in the state dict.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -86,6 +87,29 @@ class MarkedTPP(nn.Module):
             self.gap_log_std.copy_(torch.as_tensor(norm.gap_log_std))
             self.mark_mean.copy_(torch.tensor([norm.mark_mean[f] for f in self.fields]))
             self.mark_std.copy_(torch.tensor([norm.mark_std[f] for f in self.fields]))
+
+    def init_mixtures(self, norm: Normalizers) -> None:
+        """Start each mark head's mixture at the training marginal: component k centred on quantile (k + 1/2) / K.
+
+        Only the output biases change; a head still starts near this marginal for every history.
+        """
+        probs = np.linspace(0.0, 1.0, len(next(iter(norm.quantiles.values()))))
+        for spec in self.heads.specs:
+            if spec.name not in norm.quantiles:
+                continue
+            k = spec.n_components
+            mid = (np.arange(k) + 0.5) / k
+            q = np.interp(mid, probs, norm.quantiles[spec.name])
+            width = np.interp(mid + 0.5 / k, probs, norm.quantiles[spec.name]) - np.interp(
+                mid - 0.5 / k, probs, norm.quantiles[spec.name]
+            )
+            if spec.name in self.fields:
+                q, width = (q - norm.mark_mean[spec.name]) / norm.mark_std[spec.name], width / norm.mark_std[spec.name]
+            with torch.no_grad():
+                bias = self.heads.out[spec.name].bias
+                bias[spec.loc_offset : spec.loc_offset + k] = torch.as_tensor(q, dtype=bias.dtype)
+                log_width = np.log(np.clip(width, 0.05, 2.0))
+                bias[spec.loc_offset + k : spec.loc_offset + 2 * k] = torch.as_tensor(log_width, dtype=bias.dtype)
 
     def set_activity(self, rates, span_s: float) -> None:
         """Activity table from per-client empirical rates (C, bins) in req/s over the learned span [0, span_s)."""
