@@ -66,6 +66,15 @@ def _trainer(cfg) -> dict | None:
     return {**trainer, "enable_progress_bar": False} if cfg.quiet else trainer
 
 
+def _override_value(v) -> str:
+    """A value as a Hydra override writes it."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
 def _trainer_overrides(cfg) -> list[str]:
     """``trainer=NAME`` for the trainer group file that matches cfg.trainer, then any keys that differ from it."""
     from servegen_ml.cli import compose, config_dir
@@ -74,7 +83,7 @@ def _trainer_overrides(cfg) -> list[str]:
     best: tuple[int, str, list[str]] | None = None
     for path in sorted((config_dir() / "trainer").glob("*.yaml")):
         group = OmegaConf.to_container(compose("bench", [f"trainer={path.stem}"]).trainer, resolve=True)
-        diff = [f"trainer.{k}={v}" for k, v in mine.items() if group.get(k) != v]
+        diff = [f"trainer.{k}={_override_value(v)}" for k, v in mine.items() if group.get(k) != v]
         if best is None or len(diff) < best[0]:
             best = (len(diff), path.stem, diff)
     if best is None:
@@ -95,7 +104,7 @@ def _command(cfg, models: list, synthetic: list) -> str:
         if cfg.refit_per_seed:
             parts.append("refit_per_seed=true")
         for name, args in OmegaConf.to_container(cfg.model_args, resolve=True).items():
-            parts += [f"+model_args.{name}.{k}={v}" for k, v in args.items()]
+            parts += [f"+model_args.{name}.{k}={_override_value(v)}" for k, v in args.items()]
     else:
         parts += [f"reference={cfg.reference}", f"synthetic=[{','.join(synthetic)}]"]
     defaults = {
@@ -106,7 +115,7 @@ def _command(cfg, models: list, synthetic: list) -> str:
         "max_instances": 1024,
         "speedup": 1.0,
     }
-    parts += [f"provisioning.{k}={'null' if p[k] is None else p[k]}" for k, v in defaults.items() if p[k] != v]
+    parts += [f"provisioning.{k}={_override_value(p[k])}" for k, v in defaults.items() if p[k] != v]
     parts.append(f"out={cfg.out}")
     return " ".join(parts)
 

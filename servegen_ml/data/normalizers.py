@@ -27,8 +27,6 @@ SPIKE_VALUE_LIMIT = 1 << 20
 # The quantile functions stored for initializing the heads' mixtures, and the ratio histogram's bins.
 QUANTILE_PROBS = np.linspace(0.0, 1.0, 33)
 RATIO_BINS = 1000
-# A spike is at least this many times as frequent as the mean of its four nearest values.
-SPIKE_EXCESS = 2.0
 
 
 @dataclass
@@ -165,13 +163,11 @@ def _field_values(store: EventStore, lo: int, hi: int, train: np.ndarray):
 
 
 def _spikes(hist: np.ndarray, max_spikes: int, min_share: float) -> list[int]:
-    """Values that are frequent and stand out from their neighbours (templates, caps), most frequent first."""
+    """The most frequent exact values (templates, caps, a finite support), each at least ``min_share``."""
     total = hist.sum()
     if total == 0 or max_spikes == 0:
         return []
-    padded = np.concatenate([np.zeros(2), hist.astype(np.float64), np.zeros(2)])
-    neighbours = (padded[:-4] + padded[1:-3] + padded[3:-1] + padded[4:]) / 4.0
-    candidates = np.nonzero((hist >= min_share * total) & (hist >= 5) & (hist >= SPIKE_EXCESS * neighbours))[0]
+    candidates = np.nonzero((hist >= min_share * total) & (hist >= 5))[0]
     top = candidates[np.argsort(-hist[candidates], kind="stable")[:max_spikes]]
     return sorted(int(v) for v in top)
 

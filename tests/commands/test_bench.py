@@ -126,6 +126,8 @@ def test_reproducing_command_names_the_trainer_and_overrides():
         "trainer.max_epochs=7",
         "+model_args.neural.hidden=32",
         "provisioning.tbt_p99_s=0.2",
+        "trainer.default_root_dir=null",
+        "trainer.resume=false",
     ]
     command = _command(compose("bench", overrides), ["neural"], [])
     for part in [
@@ -134,6 +136,9 @@ def test_reproducing_command_names_the_trainer_and_overrides():
         "trainer.max_epochs=7",
         "+model_args.neural.hidden=32",
         "provisioning.tbt_p99_s=0.2",
+        "trainer.resume=false",
         "out=o",
     ]:
         assert part in command.split()
+    default_trainer = _command(compose("bench", [*overrides[:3], "trainer.default_root_dir=null"]), ["neural"], [])
+    assert "trainer.default_root_dir=null" in default_trainer.split() and "trainer=" not in default_trainer

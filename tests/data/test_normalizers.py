@@ -27,13 +27,14 @@ def test_gap_stats_match_direct_computation_with_shrinkage():
     assert norm.train_events.sum() == (trace["timestamp"] < split).sum()
 
 
-def test_spikes_find_templates_not_smooth_values():
+def test_spikes_are_frequent_exact_values():
     rng = np.random.default_rng(0)
     n = 20_000
-    out = np.round(np.exp(rng.normal(5.0, 0.6, n))).astype(int)
+    out = np.round(np.exp(rng.normal(6.0, 0.8, n))).astype(int)  # smooth: no value holds 0.5 %
     out[rng.random(n) < 0.1] = 2000  # a cap
     inp = np.round(np.exp(rng.normal(7.0, 0.5, n))).astype(int)
     inp[rng.random(n) < 0.05] = 1234  # a template
+    inp[rng.random(n) < 0.02] = 77
     trace = make_trace(
         {
             "timestamp": np.sort(rng.random(n)) * 1000,
@@ -42,9 +43,10 @@ def test_spikes_find_templates_not_smooth_values():
             "output_tokens": out,
         }
     )
-    norm = fit_normalizers(store_from_frame(trace), 1e9)
+    norm = fit_normalizers(store_from_frame(trace), 1e9, max_spikes=32, min_spike_share=0.005)
     assert norm.spikes["output"] == [2000]
-    assert norm.spikes["input"] == [1234]
+    assert norm.spikes["input"] == [77, 1234]
+    assert fit_normalizers(store_from_frame(trace), 1e9, max_spikes=1, min_spike_share=0.005).spikes["input"] == [1234]
     assert norm.max_count["output"] == out.max()
 
 
