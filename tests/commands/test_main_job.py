@@ -1,8 +1,7 @@
 """The README's main job: one command generates an hour of multimodal traffic at 20 req/s from a
 shipped checkpoint, exported for vLLM's timed-trace benchmark (Mooncake JSONL).
 
-The command is taken verbatim from the documentation (README.md, or notes/readme-checkpoints.md
-until it is merged), run as a separate process from the repository root, with only the output
+The command is taken verbatim from README.md, run as a separate process from the repository root, with only the output
 path moved into a temporary directory.
 """
 
@@ -20,7 +19,7 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = (REPO / "README.md", REPO / "notes" / "readme-checkpoints.md")
+DOCS = (REPO / "README.md",)
 MAIN_JOB = (
     "servegen-ml generate checkpoint=checkpoints/multimodal/parametric "
     "duration_s=3600 rate=20 format=mooncake plot=true out=workload.jsonl"

@@ -43,7 +43,7 @@ def test_checkpoint_is_readable_loads_fast_and_without_torch(fitted, tmp_path):
     assert names == {"manifest.json", "model.safetensors", "clients.safetensors", "neural.json"}
     meta = json.loads((ck / "neural.json").read_text())
     assert meta["client_ids"] == ["c0", "c1", "c2"] and set(meta["population"]) == {"weights", "means", "covariances"}
-    assert set(meta["normalizers"]) == {"mark_mean", "mark_std", "spikes", "max_count"}
+    assert set(meta["normalizers"]) == {"mark_mean", "mark_std", "spikes", "max_count", "quantiles"}
     weights = load_file(str(ck / "model.safetensors"))
     for k, v in weights.items():
         np.testing.assert_array_equal(v, fitted.state_.weights[k])
