@@ -41,6 +41,7 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int) -> dict:
     from servegen_ml.data.events import store_from_frame
     from servegen_ml.data.normalizers import fit_normalizers
     from servegen_ml.generators.neural import NeuralGenerator
+    from servegen_ml.models.fit import ARCHITECTURE_KEYS
     from servegen_ml.models.lightning_module import TPPLightningModule
     from servegen_ml.trace.io import read_trace
 
@@ -49,20 +50,11 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int) -> dict:
     store = store_from_frame(read_trace(path))
     split_s = store.window_start_s + 0.9 * (store.window_end_s - store.window_start_s)
     norm = fit_normalizers(store, split_s, s["max_spikes"], s["min_spike_share"])
-    arch = (
-        "hidden",
-        "embedding",
-        "head_hidden",
-        "time_components",
-        "mark_components",
-        "day_harmonics",
-        "week_harmonics",
-    )
     model = {
         "n_clients": len(store.client_ids),
         "layout": store.layout.to_dict(),
         "spikes": norm.spikes,
-        **{k: s[k] for k in arch},
+        **{k: s[k] for k in ARCHITECTURE_KEYS},
     }
     module = TPPLightningModule(model, lr=s["lr"])
     module.tpp.set_normalizers(norm)

@@ -37,15 +37,6 @@ import pandas as pd
 from servegen_ml.generators.base import TIME_RESOLUTION_S, Generator
 from servegen_ml.generators.spec import GenerationSpec
 
-ARCHITECTURE_KEYS = (
-    "hidden",
-    "embedding",
-    "head_hidden",
-    "time_components",
-    "mark_components",
-    "day_harmonics",
-    "week_harmonics",
-)
 # Trace columns of each model part in log_prob's output.
 PART_COLUMNS = {"time": "time", "input": "input_tokens", "output": "output_tokens", "reasoning": "reasoning_tokens"}
 

@@ -33,6 +33,17 @@ from servegen_ml.data.chunks import split_segments
 from servegen_ml.data.events import EventStore
 from servegen_ml.data.normalizers import Normalizers, fit_normalizers, rate_curves
 
+# Settings that shape the network (the rest of the settings are training options).
+ARCHITECTURE_KEYS = (
+    "hidden",
+    "embedding",
+    "head_hidden",
+    "time_components",
+    "mark_components",
+    "day_harmonics",
+    "week_harmonics",
+)
+
 OUR_TRAINER_KEYS = ("early_stopping_patience", "resume", "num_threads")
 
 
@@ -64,18 +75,7 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         "spikes": norm.spikes,
         "activity_bins": rates.shape[1],
         "activity_bin_s": bin_s,
-        **{
-            k: settings[k]
-            for k in (
-                "hidden",
-                "embedding",
-                "head_hidden",
-                "time_components",
-                "mark_components",
-                "day_harmonics",
-                "week_harmonics",
-            )
-        },
+        **{k: settings[k] for k in ARCHITECTURE_KEYS},
     }
     train, val = split_segments(store, split_s)
     monitor = "val_nll" if len(val) else "train_nll_epoch"
