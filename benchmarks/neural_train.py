@@ -1,6 +1,7 @@
 """CPU training throughput of the default neural model (events per second of one training epoch).
 
     python benchmarks/neural_train.py [--hours 2] [--start-s 0] [--epochs 1] [--threads 1 2] [--max-steps 0]
+                                      [--max-spikes N]
 
 Builds a training trace by sampling the ServeGen language m-large pool
 (``--hours`` from ``--start-s``, cached under .bench/), then for each thread
@@ -32,7 +33,7 @@ def training_trace(hours: float, start_s: float) -> Path:
     return path
 
 
-def measure(path: Path, threads: int, epochs: int, max_steps: int) -> dict:
+def measure(path: Path, threads: int, epochs: int, max_steps: int, max_spikes: int | None) -> dict:
     import lightning as L
     import torch
 
@@ -47,6 +48,8 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int) -> dict:
 
     torch.set_num_threads(threads)
     s = NeuralGenerator().settings
+    if max_spikes is not None:
+        s["max_spikes"] = max_spikes
     store = store_from_frame(read_trace(path))
     split_s = store.window_start_s + 0.9 * (store.window_end_s - store.window_start_s)
     norm = fit_normalizers(store, split_s, s["max_spikes"], s["min_spike_share"])
@@ -59,7 +62,9 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int) -> dict:
     module = TPPLightningModule(model, lr=s["lr"])
     module.tpp.set_normalizers(norm)
     train, _ = split_segments(store, split_s)
-    data = EventDataModule(store, train, None, s["lanes"], s["chunk_len"], 0, s["cold_starts_per_client"], s["cold_starts_per_hour"])
+    data = EventDataModule(
+        store, train, None, s["lanes"], s["chunk_len"], 0, s["cold_starts_per_client"], s["cold_starts_per_hour"]
+    )
     timer = _EpochTimer()
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, max_steps=max_steps or -1, logger=False,
@@ -101,11 +106,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: whole epochs)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--max-spikes", type=int, default=None, help="override the default model's spike vocabulary")
     args = ap.parse_args()
     path = training_trace(args.hours, args.start_s)
     print("| torch threads | events | train seconds | events/s |\n|---|---|---|---|")
     for threads in args.threads:
-        r = measure(path, threads, args.epochs, args.max_steps)
+        r = measure(path, threads, args.epochs, args.max_steps, args.max_spikes)
         print(f"| {r['threads']} | {r['events']:,} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} |", flush=True)
 
 

@@ -89,6 +89,13 @@ def _flat(x: Tensor) -> np.ndarray:
     return _np(x).reshape(-1, x.shape[-1])
 
 
+def _log_integer_mass(n: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """log of a normal's mass on log(n + 1) in the bin [log(n + 0.5), log(n + 1.5)) of integer n."""
+    lower = torch.where(n > 0, torch.log(n + 0.5), torch.full_like(n, -FAR_EDGE))
+    upper = torch.log(n + 1.5)
+    return log_normal_interval((lower - loc) / scale, (upper - lower) / scale)
+
+
 @dataclass
 class GapMixture:
     """Inter-arrival gap in seconds: P(gap = 0) = sigmoid(zero_logit), else log-normal mixture.
@@ -151,7 +158,10 @@ class CountMixture:
     """Integer count n >= 0: spike values with probabilities, or a discretized normal mixture on log(n + 1).
 
     spike_values (V,) sorted int64; logits (..., V + 1) [spikes, continuous];
-    comp_logits, loc, log_scale (..., K) of log(n + 1).
+    comp_logits, loc, log_scale (..., K) of log(n + 1). With ``floor`` > 0 the
+    whole is mixed with weight ``floor`` with a fixed broad normal on log(n + 1)
+    (``base_loc``, ``base_log_scale``), so a value the model has never seen
+    keeps a sane probability instead of ~0.
     """
 
     spike_values: Tensor
@@ -160,31 +170,34 @@ class CountMixture:
     loc: Tensor
     log_scale: Tensor
     dtype: torch.dtype = torch.float64
+    floor: float = 0.0
+    base_loc: float = 0.0
+    base_log_scale: float = 0.0
 
     def log_prob_continuous(self, n: Tensor) -> Tensor:
         """log P(n) of the continuous part alone (its mass on integer n)."""
         d = self.dtype
-        n = n.to(d).unsqueeze(-1)
-        loc, scale = self.loc.to(d), _scale(self.log_scale.to(d))
-        lower = torch.where(n > 0, torch.log(n + 0.5), torch.full_like(n, -FAR_EDGE))
-        upper = torch.log(n + 1.5)
-        a = (lower - loc) / scale
-        log_mass = log_normal_interval(a, (upper - lower) / scale)
+        log_mass = _log_integer_mass(n.to(d).unsqueeze(-1), self.loc.to(d), _scale(self.log_scale.to(d)))
         return torch.logsumexp(torch.log_softmax(self.comp_logits.to(d), -1) + log_mass, -1)
 
     def log_prob(self, n: Tensor) -> Tensor:
         """log P(n) for integer counts n (...) -> (...)."""
         log_pi = torch.log_softmax(self.logits.to(self.dtype), -1).expand(*n.shape, -1)
-        cont = log_pi[..., -1] + self.log_prob_continuous(n)
+        model = log_pi[..., -1] + self.log_prob_continuous(n)
         n_spikes = len(self.spike_values)
-        if n_spikes == 0:
-            return cont
-        values = self.spike_values.to(n.device)
-        idx = torch.searchsorted(values, n.contiguous()).clamp(max=n_spikes - 1)
-        hit = values[idx] == n
-        spike = torch.gather(log_pi[..., :-1], -1, idx.unsqueeze(-1)).squeeze(-1)
-        spike = torch.where(hit, spike, torch.full_like(spike, -math.inf))
-        return torch.logaddexp(cont, spike)
+        if n_spikes:
+            values = self.spike_values.to(n.device)
+            idx = torch.searchsorted(values, n.contiguous()).clamp(max=n_spikes - 1)
+            hit = values[idx] == n
+            spike = torch.gather(log_pi[..., :-1], -1, idx.unsqueeze(-1)).squeeze(-1)
+            model = torch.logaddexp(model, torch.where(hit, spike, torch.full_like(spike, -math.inf)))
+        if self.floor <= 0:
+            return model
+        d = self.dtype
+        base_loc = torch.tensor(self.base_loc, dtype=d, device=n.device)
+        base_scale = torch.tensor(math.exp(self.base_log_scale), dtype=d, device=n.device)
+        base = _log_integer_mass(n.to(d), base_loc, base_scale)
+        return torch.logaddexp(math.log1p(-self.floor) + model, math.log(self.floor) + base)
 
     def sample(self, rng: np.random.Generator, max_count: int) -> np.ndarray:
         return sampling.sample_count(
@@ -195,6 +208,7 @@ class CountMixture:
             _flat(self.log_scale),
             max_count,
             rng,
+            (self.floor, self.base_loc, self.base_log_scale),
         )
 
 

@@ -28,6 +28,8 @@ from servegen_ml.data.events import MarkLayout
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.generators.spec import DAY_S, WEEK_S, wrap_period
 
+# Share of every count's probability given to a broad fixed normal (values never seen in training).
+COUNT_FLOOR = 1e-3
 # Standardized gap features are clipped to +-Z_CLIP.
 Z_CLIP = 8.0
 # The activity features look this far ahead of an event (s).
@@ -147,6 +149,12 @@ def split_params(raw, n_logits: int, n_components: int):
     k = n_components
     a, b = n_logits, n_logits + k
     return raw[..., :a], raw[..., a:b], raw[..., b : b + k], raw[..., b + k : b + 2 * k]
+
+
+def count_floor(mark_mean: float, mark_std: float) -> tuple[float, float, float]:
+    """(weight, loc, log_scale) of the broad normal on log(n + 1) every count head is mixed with:
+    the field's own training spread, doubled, with weight COUNT_FLOOR."""
+    return COUNT_FLOOR, mark_mean, math.log(2.0 * mark_std)
 
 
 def destandardize(xp, loc, log_scale, mean, std):

@@ -117,7 +117,8 @@ class NumpyTPP:
         i = self.fields.index(field)
         loc, log_scale = F.destandardize(np, loc, log_scale, self.mark_mean[i], self.mark_std[i])
         cap = max(2 * self.max_count.get(field, 0), 16)
-        return S.sample_count(spikes, logits, comp, loc, log_scale, cap, rng)
+        floor = F.count_floor(float(self.mark_mean[i]), float(self.mark_std[i]))
+        return S.sample_count(spikes, logits, comp, loc, log_scale, cap, rng, floor)
 
     def sample_marks(self, projected, gap_s, gap_mean, gap_std, rng) -> tuple[dict, dict]:
         """Marks of events whose gap is drawn, in conditioning order.

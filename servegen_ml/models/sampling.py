@@ -65,21 +65,33 @@ def sample_count(
     log_scale: np.ndarray,
     max_count: int,
     rng: np.random.Generator,
+    floor: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> np.ndarray:
     """Integer counts >= 0: a spike value or the discretized mixture on log(n + 1).
 
     logits (B, V + 1): V spike values then the continuous part; comp_logits, loc,
     log_scale (B, K) of log(n + 1). n = floor(exp(y) - 0.5) is exact for bins
-    [log(n + 0.5), log(n + 1.5)). Draws beyond ``max_count`` are capped there.
+    [log(n + 0.5), log(n + 1.5)). ``floor`` = (weight, loc, log_scale) of the
+    broad normal mixed in (see CountMixture). Draws beyond ``max_count`` are capped there.
     """
     cat = sample_categorical(logits, rng)
     y = sample_mixture_normal(comp_logits, loc, log_scale, rng)
-    cont = np.floor(np.exp(np.clip(y, -50.0, np.log(max_count + 1.0))) - 0.5)
-    cont = np.clip(cont, 0, max_count).astype(np.int64)
-    if len(spike_values) == 0:
-        return cont
-    spikes = np.asarray(spike_values, dtype=np.int64)[np.minimum(cat, len(spike_values) - 1)]
-    return np.where(cat < len(spike_values), spikes, cont)
+    out = _log_count(y, max_count)
+    if len(spike_values):
+        spikes = np.asarray(spike_values, dtype=np.int64)[np.minimum(cat, len(spike_values) - 1)]
+        out = np.where(cat < len(spike_values), spikes, out)
+    weight, base_loc, base_log_scale = floor
+    if weight <= 0:
+        return out
+    use_base = rng.random(len(out)) < weight
+    base = _log_count(base_loc + np.exp(base_log_scale) * rng.standard_normal(len(out)), max_count)
+    return np.where(use_base, base, out)
+
+
+def _log_count(y: np.ndarray, max_count: int) -> np.ndarray:
+    """The integer whose bin [log(n + 0.5), log(n + 1.5)) holds y, capped at max_count."""
+    n = np.floor(np.exp(np.clip(y, -50.0, np.log(max_count + 1.0))) - 0.5)
+    return np.clip(n, 0, max_count).astype(np.int64)
 
 
 def sample_ratio_tokens(

@@ -136,7 +136,8 @@ class MarkedTPP(nn.Module):
         logits, comp, loc, log_scale = F.split_params(raw, len(spikes) + 1, self.mark_components)
         i = self.fields.index(field)
         loc, log_scale = F.destandardize(torch, loc, log_scale, self.mark_mean[i], self.mark_std[i])
-        return CountMixture(spikes, logits, comp, loc, log_scale, self.compute_dtype)
+        floor = F.count_floor(float(self.mark_mean[i]), float(self.mark_std[i]))
+        return CountMixture(spikes, logits, comp, loc, log_scale, self.compute_dtype, *floor)
 
     def ratio_dist(self, raw: Tensor) -> RatioMixture:
         return RatioMixture(*F.split_params(raw, 3, self.mark_components), self.compute_dtype)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from servegen_ml.characterize.workload_figure import rate_series, rate_window_s, workload_figure
+from servegen_ml.characterize.workload_figure import (
+    rate_series,
+    rate_window_s,
+    workload_figure,
+)
 from tests.factories import synthetic_trace
 
 

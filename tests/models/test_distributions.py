@@ -192,3 +192,29 @@ def test_gradients_finite_at_extremes(dtype):
     assert torch.isfinite(total)
     for p in params + [logits, zl]:
         assert torch.isfinite(p.grad).all()
+
+
+def test_count_floor_mixes_in_a_broad_normal():
+    d = count_dist()
+    floored = CountMixture(
+        d.spike_values, d.logits, d.comp_logits, d.loc, d.log_scale, floor=0.01, base_loc=4.0, base_log_scale=0.5
+    )
+    n = torch.arange(0, 200_000).unsqueeze(0)
+    lp, lp0 = floored.log_prob(n).numpy()[0], d.log_prob(n).numpy()[0]
+    assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-4)
+    base = stats.norm.cdf((np.log(n[0].numpy() + 1.5) - 4.0) / np.exp(0.5)) - np.where(
+        n[0].numpy() > 0, stats.norm.cdf((np.log(n[0].numpy() + 0.5) - 4.0) / np.exp(0.5)), 0.0
+    )
+    np.testing.assert_allclose(np.exp(lp[:3000]), 0.99 * np.exp(lp0[:3000]) + 0.01 * base[:3000], rtol=1e-6)
+    m = 200_000
+    rep = CountMixture(
+        d.spike_values,
+        *(x.expand(m, -1) for x in (d.logits, d.comp_logits, d.loc, d.log_scale)),
+        floor=0.01,
+        base_loc=4.0,
+        base_log_scale=0.5,
+    )
+    s = rep.sample(np.random.default_rng(5), max_count=10**7)
+    for k in (0, 100, 30):
+        p = math.exp(float(floored.log_prob(torch.tensor([k]))[0]))
+        assert np.mean(s == k) == pytest.approx(p, abs=4 * math.sqrt(p / m) + 1e-4)
