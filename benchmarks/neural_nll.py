@@ -1,6 +1,6 @@
 """Held-out NLL per event (nats; time and each mark) of the naive, parametric and neural generators.
 
-    python benchmarks/neural_nll.py [--datasets mooncake deepseek-r1 mm-image] [--max-epochs 30] [--out .bench/nll.json]
+    python benchmarks/neural_nll.py [--datasets mooncake deepseek-r1 mm-image] [--max-epochs 8] [--out .bench/nll.json]
 
 Datasets (time-based split, train on the earlier part, score the later part):
 
@@ -11,7 +11,12 @@ Datasets (time-based split, train on the earlier part, score the later part):
   does not have yet);
 * ``deepseek-r1`` / ``mm-image`` — traces sampled from the ServeGen pools
   (``--pool-hours`` from ``--pool-start-s``, seed 0): train on all but the
-  last ``--test-hours``, test on those.
+  last ``--test-hours``, test on those. The pools describe one day and wrap
+  after it, so the default (28 h, test the last 4) trains on a whole day and
+  tests on the first hours of the next, times of day the models have seen.
+  A split inside one day (e.g. ``--pool-hours 6 --test-hours 2``) tests on
+  hours no model saw, where the neural model's time-of-day features
+  extrapolate.
 
 Every generator uses its default configuration (the neural one:
 configs/model/neural.yaml, trainer with ``--max-epochs``, early stopping,
@@ -66,10 +71,10 @@ def generators(max_epochs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["mooncake", "deepseek-r1", "mm-image"])
-    ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument("--max-epochs", type=int, default=8)
     ap.add_argument("--pool-start-s", type=float, default=0.0)
-    ap.add_argument("--pool-hours", type=float, default=6.0)
-    ap.add_argument("--test-hours", type=float, default=2.0)
+    ap.add_argument("--pool-hours", type=float, default=28.0)
+    ap.add_argument("--test-hours", type=float, default=4.0)
     ap.add_argument("--out", default=str(ROOT / ".bench" / "nll.json"))
     args = ap.parse_args()
     from servegen_ml.generators.base import summarize_log_prob
