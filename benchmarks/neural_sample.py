@@ -1,6 +1,6 @@
 """Neural sampling throughput: one hour at an aggregate 100 req/s over the m-large client mix, and load time.
 
-    python benchmarks/neural_sample.py [--train-hours 24] [--max-steps 1400] [--repeats 3] [--rate 100]
+    python benchmarks/neural_sample.py [--train-hours 24] [--max-steps 1400] [--repeats 3] [--rate 100|natural]
 
 Training trace: the ServeGen language m-large pool sampled for ``--train-hours``
 from t = 0 (about 100 clients in a day, a heavy-tailed mix), fitted with the
@@ -10,7 +10,7 @@ on the training only through the rates the model learned. Then:
 
 * load time: ``load_generator`` in this process, and the wall time of a fresh
   ``python -c`` that imports servegen_ml, loads the checkpoint and exits;
-* sampling: ``rate=--rate`` (constant), ``clients=all``, ``duration_s=3600``
+* sampling: ``rate=--rate`` (a constant, or ``natural``), ``clients=all``, ``duration_s=3600``
   from ``--start-s``; requests per second of wall time, best and median of
   ``--repeats`` runs.
 """
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--train-hours", type=float, default=24.0)
     ap.add_argument("--max-steps", type=int, default=1400)
     ap.add_argument("--start-s", type=float, default=12 * 3600.0)
-    ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--rate", default="100", help="target: a constant req/s (default 100) or natural")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     from servegen_ml.generators.base import load_generator

@@ -6,7 +6,11 @@ Reads ``checkpoints/<name>/<model>/`` (size, ``metrics.json``) and the held-out 
 ``<work>/eval/<name>/<model>/metrics.json`` written by ``scripts/build_checkpoints.sh eval``.
 With ``--samples`` it also samples one hour from each shipped checkpoint (seed 0) and sets it
 beside the same hour of the training trace ``<work>/<name>.parquet``: requests, mean input and
-output tokens, and the rate reached when asked for 20 req/s.
+output tokens, and the rate reached when asked for 20 req/s. ``--rates SECONDS`` prints only the
+model cards' table of the traffic sampled at four times of day (natural and ``rate=20``):
+
+    python scripts/checkpoint_report.py --rates 3600 multimodal reasoning
+    python scripts/checkpoint_report.py --rates 600 --tokens language
 """
 
 from __future__ import annotations
@@ -96,12 +100,60 @@ def sample_table(name: str, work: Path, start_s: float, duration_s: float = 3600
     return rows
 
 
+def rate_table(name: str, work: Path, duration_s: float, hours=(0, 6, 10, 20), tokens: bool = False) -> list[str]:
+    """The model cards' "sampled traffic beside the trace" table: req/s at the natural rate and with ``rate=20``.
+
+    ``duration_s`` from each hour of the learned first day (seed 0), beside the same window of the
+    training trace ``<work>/<name>.parquet``; with ``tokens`` also mean input / output tokens.
+    """
+    from servegen_ml.generators.base import load_generator
+    from servegen_ml.generators.spec import GenerationSpec
+    from servegen_ml.trace.io import read_trace
+
+    real = read_trace(work / f"{name}.parquet")
+    t = real["timestamp"].to_numpy() - real["timestamp"].min()
+    models = [m for m in ("parametric", "neural") if (Path("checkpoints") / name / m / "manifest.json").is_file()]
+    gens = {m: load_generator(Path("checkpoints") / name / m) for m in models}
+    head = ["time", "trace req/s", *models, *(f"{m}, `rate=20`" for m in models)]
+    if tokens:
+        head += ["trace tokens in / out", *models]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+
+    def in_out(df):
+        return f"{df['input_tokens'].mean():,.0f} / {df['output_tokens'].mean():,.0f}"
+
+    for hour in hours:
+        start_s = hour * 3600.0
+        window = real[(t >= start_s) & (t < start_s + duration_s)]
+        natural, at20 = {}, {}
+        for m, gen in gens.items():
+            natural[m] = gen.sample(GenerationSpec.from_values(duration_s=duration_s, start_s=start_s), np.random.default_rng(0))
+            spec20 = GenerationSpec.from_values(duration_s=duration_s, start_s=start_s, rate=20)
+            at20[m] = len(gen.sample(spec20, np.random.default_rng(0))) / duration_s
+        cells = [f"{hour:02d}:00", f"{len(window) / duration_s:.1f}"]
+        cells += [f"{len(natural[m]) / duration_s:.1f}" for m in models] + [f"{at20[m]:.1f}" for m in models]
+        if tokens:
+            cells += [in_out(window)] + [in_out(natural[m]) for m in models]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("build/checkpoints"))
     parser.add_argument("--samples", action="store_true", help="also compare one sampled hour with the trace")
+    parser.add_argument(
+        "--rates", type=float, metavar="SECONDS",
+        help="only the model cards' rate table: SECONDS sampled from 00, 06, 10 and 20 h, natural and rate=20",
+    )
+    parser.add_argument("--tokens", action="store_true", help="with --rates: also mean input / output tokens")
     parser.add_argument("names", nargs="+")
     args = parser.parse_args()
+    if args.rates:
+        for name in args.names:
+            print(f"## {name}\n")
+            print("\n".join(rate_table(name, args.work, args.rates, tokens=args.tokens)) + "\n", flush=True)
+        return
     for name in args.names:
         print(f"## {name}\n")
         print("\n".join(shipped_table(name)) + "\n")

@@ -87,22 +87,13 @@ def test_checkpoint_samples_within_the_contract(name, model):
     assert (a["input_tokens"] >= 0).all() and (a["output_tokens"] >= 0).all()
 
 
-# (name, model) -> measured miss, for checkpoints whose rate control is known to be off
-# (their model cards give the numbers); strict, so a fix shows up as an unexpected pass.
-KNOWN_RATE_MISSES = {
-    ("multimodal", "neural"): "34 req/s at 00:00 for a target of 20 (natural rate 9.2 vs 5.6 in the trace)",
-    ("reasoning", "neural"): "30 req/s at 06:00 for a target of 20 (natural rate 17.8 vs 12.0 in the trace)",
-}
-
-
 @pytest.mark.parametrize(("name", "model"), shipped())
-def test_rate_control_reaches_a_constant_target(name, model, request):
-    if (name, model) in KNOWN_RATE_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_RATE_MISSES[(name, model)]))
+def test_rate_control_reaches_a_constant_target(name, model):
     gen = loaded(CHECKPOINTS / name / model)
     duration_s = 600.0
     for start_s in (0.0, 21_600.0):  # midnight and 06:00 of the learned timeline (wrapped for shorter spans)
         spec = GenerationSpec.from_values(duration_s=duration_s, start_s=start_s, rate=20, seed=0)
         trace = gen.sample(spec, np.random.default_rng(0))
-        # 12,000 requests expected; bursty clients and conversations spread the count.
-        assert len(trace) / duration_s == pytest.approx(20.0, rel=0.3), f"start_s={start_s}"
+        # 12,000 requests expected; bursty clients and conversations spread the count (the neural
+        # checkpoints: 3-7 % sd over seeds, as their natural rate over 10 minutes).
+        assert len(trace) / duration_s == pytest.approx(20.0, rel=0.2), f"start_s={start_s}"
