@@ -68,7 +68,7 @@ stage_data() {
     done
     if [[ " $NAMES " == *" conversational "* ]]; then
         # The same trace without its conversation ids: every request scored as an arrival
-        # with its whole prompt, so the neural model (no conversations yet) compares like for like.
+        # with its whole prompt (the model card's likelihood table without conversations).
         run python -c "import pandas as pd; pd.read_parquet('$WORK/conversational.parquet')\
 .drop(columns=['conversation_id', 'turn']).to_parquet('$WORK/conversational-arrivals.parquet', index=False)"
     fi
@@ -107,6 +107,10 @@ stage_eval() {
                     data.path="$WORK/conversational-arrivals.parquet" model=$model split=$SPLIT quiet=true \
                     out="$WORK/eval/conversational-arrivals/$model"
             done
+            # shellcheck disable=SC2046
+            evaluated conversational-arrivals neural || run servegen-ml train \
+                data.path="$WORK/conversational-arrivals.parquet" $(neural_args conversational) split=$SPLIT \
+                quiet=true out="$WORK/eval/conversational-arrivals/neural"
         fi
     done
 }

@@ -47,10 +47,8 @@ def shipped_table(name: str) -> list[str]:
     return rows
 
 
-def nll_table(name: str, work: Path, sources: dict[str, str] | None = None, models=MODELS) -> list[str]:
-    """``sources`` maps a model to the evaluation directory name to read it from (default ``name``)."""
-    sources = sources or {}
-    found = {m: read_metrics(work / "eval" / sources.get(m, name) / m) for m in models}
+def nll_table(name: str, work: Path) -> list[str]:
+    found = {m: read_metrics(work / "eval" / name / m) for m in MODELS}
     found = {m: v for m, v in found.items() if v is not None and "held_out" in v}
     if not found:
         return ["(no held-out evaluation found)"]
@@ -157,13 +155,10 @@ def main() -> None:
     for name in args.names:
         print(f"## {name}\n")
         print("\n".join(shipped_table(name)) + "\n")
-        # Conversation terms are scored only by models that have them (not the neural one yet).
-        models = ("naive", "parametric") if name == "conversational" else MODELS
-        print("\n".join(nll_table(name, args.work, models=models)) + "\n")
+        print("\n".join(nll_table(name, args.work)) + "\n")
         if name == "conversational":
-            # The neural model has no conversations: compare it with the baselines fitted without them.
             print("Without conversation ids (every request an arrival with its whole prompt):\n")
-            print("\n".join(nll_table("conversational-arrivals", args.work, {"neural": "conversational"})) + "\n")
+            print("\n".join(nll_table("conversational-arrivals", args.work)) + "\n")
         if args.samples:
             start_s = 0.0 if name == "conversational" else 36_000.0
             print("\n".join(sample_table(name, args.work, start_s)) + "\n")

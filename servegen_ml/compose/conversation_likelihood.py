@@ -29,51 +29,84 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from servegen_ml.compose.conversations import ConversationModel, ConversationRoles, conversation_roles
+from servegen_ml.compose.conversation_turns import TurnModel, Turns
+from servegen_ml.compose.conversations import ConversationRoles, conversation_roles
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 
 
 def conversation_log_prob(
-    model: ConversationModel,
+    model: TurnModel,
     trace: pd.DataFrame,
     window_end_s: float,
     client_ids: np.ndarray | None = None,
     roles: ConversationRoles | None = None,
+    origin_s: float = 0.0,
 ) -> np.ndarray:
-    """The ``conversation`` part per event (nats); ``client_ids`` overrides the client labels."""
+    """The ``conversation`` part per event (nats); ``client_ids`` overrides the client labels.
+
+    ``origin_s``: the trace timestamp of the model's learned-timeline position 0.
+    """
     roles = roles if roles is not None else conversation_roles(trace)
-    labels = trace["client_id"].astype(str).to_numpy(dtype=object) if client_ids is None else np.asarray(client_ids)
-    code = model.client_codes(labels[roles.opener_row])
-    hazard_row = model.hazard_group(code)
+    turns = trace_turns(model, trace, roles, client_ids, origin_s)
     t = trace["timestamp"].to_numpy(np.float64)
-    prompt = trace["input_tokens"].to_numpy(np.int64)
-    answer = trace["output_tokens"].to_numpy(np.int64)
+    prompt, answer = turns.input_tokens, turns.output_tokens
     lp = np.zeros(len(trace))
     f = np.flatnonzero(~roles.is_opener)
     p = roles.predecessor[f]
-    lp[f] += np.log(model.continue_prob(hazard_row[f], roles.position[p]))
-    lp[f] += model.log_gap(code[f], answer[p], t[f] - t[p])
-    lp[f] += model.log_new_tokens(code[f], prompt[f] - prompt[p] - answer[p])
-    last = np.flatnonzero(roles.is_last)
-    h = model.continue_prob(hazard_row[last], roles.position[last])
-    later = np.exp(model.log_sf_gap(code[last], answer[last], window_end_s - t[last]))
-    lp[last] += np.log((1.0 - h) + h * later)
+    before = turns_before(turns, roles)
+    lp[f] += np.log(model.continue_prob_after(before))
+    lp[f] += model.log_gap_after(before, t[f] - t[p])
+    lp[f] += model.log_new_tokens_after(before, prompt[f] - prompt[p] - answer[p])
+    last_rows = np.flatnonzero(roles.is_last)
+    last = turns.take(last_rows)
+    h = model.continue_prob_after(last)
+    later = np.exp(model.log_sf_gap_after(last, window_end_s - t[last_rows]))
+    lp[last_rows] += np.log((1.0 - h) + h * later)
     return lp
 
 
+def trace_turns(
+    model: TurnModel, trace: pd.DataFrame, roles: ConversationRoles, client_ids=None, origin_s: float = 0.0
+) -> Turns:
+    """Every row of ``trace`` as a turn (its conversation's client: the opener's)."""
+    labels = trace["client_id"].astype(str).to_numpy(dtype=object) if client_ids is None else np.asarray(client_ids)
+    code = model.client_codes(labels[roles.opener_row])
+    t = trace["timestamp"].to_numpy(np.float64)
+    prompt = trace["input_tokens"].to_numpy(np.int64)
+    answer = trace["output_tokens"].to_numpy(np.int64)
+    return Turns(code, roles.position, prompt, answer, t - origin_s)
+
+
+def turns_before(turns: Turns, roles: ConversationRoles) -> Turns:
+    """The turn before each follow-up (follow-ups: rows ``~roles.is_opener`` in order) of a trace's turns."""
+    f = np.flatnonzero(~roles.is_opener)
+    before = turns.take(roles.predecessor[f])
+    # A conversation belongs to its opener's client (the predecessor's conversation is the same one).
+    return Turns(turns.code[f], before.position, before.input_tokens, before.output_tokens, before.timeline_s)
+
+
+# (the trace, follow-up rows, the turns before them, window end s) -> per-event frame of those rows.
+FollowUpScorer = Callable[[pd.DataFrame, np.ndarray, Turns, float], pd.DataFrame]
+
+
 def log_prob_with_conversations(
-    model: ConversationModel,
+    model: TurnModel,
     trace: pd.DataFrame,
     window_end_s: float | None,
     score_requests: Callable[[pd.DataFrame, float], pd.DataFrame],
     client_ids: np.ndarray | None = None,
+    score_follow_ups: FollowUpScorer | None = None,
+    origin_s: float = 0.0,
 ) -> pd.DataFrame:
     """The generator's per-event frame with conversations (module docstring).
 
     ``score_requests(sub_trace, window_end_s)`` is the generator's scoring of
     requests as events of its streams (columns ``time``, marks, ``total``);
-    it is called on the openers and on the follow-ups (whose ``time`` and
-    ``input_tokens`` are then replaced).
+    it is called on the openers and, unless ``score_follow_ups`` is given, on
+    the follow-ups (whose ``time`` and ``input_tokens`` are then replaced).
+    ``score_follow_ups(trace, rows, before, window_end_s)`` scores follow-up
+    marks that depend on the turn before (``before``: those turns, as the
+    conversation model sees them; the neural generator's).
     """
     n = len(trace)
     t = trace["timestamp"].to_numpy(np.float64)
@@ -82,17 +115,26 @@ def log_prob_with_conversations(
         end_s = max(end_s, float(window_end_s))
     roles = conversation_roles(trace)
     parts: dict[str, np.ndarray] = {}
-    for rows in (np.flatnonzero(roles.is_opener), np.flatnonzero(~roles.is_opener)):
-        if len(rows) == 0:
-            continue
-        scored = score_requests(trace.iloc[rows].reset_index(drop=True), end_s).drop(columns="total")
-        for name in scored.columns:
+    openers, follow_rows = np.flatnonzero(roles.is_opener), np.flatnonzero(~roles.is_opener)
+    scored_parts = []
+    if len(openers):
+        scored_parts.append((openers, score_requests(trace.iloc[openers].reset_index(drop=True), end_s)))
+    if len(follow_rows):
+        if score_follow_ups is None:
+            scored = score_requests(trace.iloc[follow_rows].reset_index(drop=True), end_s)
+        else:
+            scored = score_follow_ups(
+                trace, follow_rows, turns_before(trace_turns(model, trace, roles, client_ids, origin_s), roles), end_s
+            )
+        scored_parts.append((follow_rows, scored))
+    for rows, scored in scored_parts:
+        for name in scored.columns.drop("total"):
             parts.setdefault(name, np.zeros(n))[rows] = scored[name].to_numpy(np.float64)
     follow = ~roles.is_opener
     for name in ("time", "input_tokens"):
         if name in parts:
             parts[name][follow] = 0.0
-    parts["conversation"] = conversation_log_prob(model, trace, end_s, client_ids, roles)
+    parts["conversation"] = conversation_log_prob(model, trace, end_s, client_ids, roles, origin_s)
     out = pd.DataFrame(parts)
     out["total"] = out.sum(axis=1)
     return out

@@ -9,12 +9,15 @@ client at a timeline position gets conversations from
    factor K; the openers' span starts ``burn_in_s`` early (:func:`with_burn_in`);
 2. the generator samples openers for that spec;
 3. :func:`sample_follow_ups` draws every conversation's later turns with a
-   :class:`~servegen_ml.compose.conversations.ConversationModel`, turn by turn
+   conversation model (:class:`~servegen_ml.compose.conversation_turns.TurnModel`:
+   the empirical :class:`~servegen_ml.compose.conversations.ConversationModel`
+   or the neural one), turn by turn
    and vectorized across conversations (one loop step per turn position, not
    per request): continue with the hazard ``h_k``; arrive one inter-turn gap
    (conditioned on the previous output) later; prompt = previous prompt +
    previous output + new tokens; output (and reasoning, items) from the
-   generator's callback;
+   generator's callback (a :class:`ConditionedMarks` one also sees the grown
+   prompt and when the previous turn came);
 4. :func:`assemble_conversations` merges openers and follow-ups into a sorted
    canonical trace with ``conversation_id`` and ``turn``;
 5. the burn-in is cut off and timestamps are divided by K.
@@ -26,7 +29,7 @@ Upsampling (``spec.upsample``):
   keeps its learned distribution. Follow-ups scale with their openers, so
   ``scale:k`` scales openers by k exactly; a constant or curve target is
   divided by the expected turns per conversation
-  (:meth:`ConversationModel.mean_turns`; a curve is then followed with the
+  (:meth:`TurnModel.mean_turns`; a curve is then followed with the
   lag of the follow-ups behind their openers).
 * ``compress``: openers at the natural rate over ``duration * K`` of the
   learned timeline, all timestamps divided by K, so inter-turn gaps (and the
@@ -54,14 +57,47 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from servegen_ml.compose.conversations import ConversationModel
+from servegen_ml.compose.conversation_turns import TurnModel, Turns
 from servegen_ml.compose.merge import merge_streams
 from servegen_ml.compose.rate_control import curve_integral
 from servegen_ml.generators.spec import GenerationSpec, RateSpec, wrap_period
-from servegen_ml.trace.schema import INT_COLUMNS, LIST_COLUMNS, STRING_DTYPE, list_lengths, list_values, ordered_columns
+from servegen_ml.trace.schema import (
+    INT_COLUMNS,
+    LIST_COLUMNS,
+    STRING_DTYPE,
+    list_lengths,
+    list_values,
+    ordered_columns,
+)
 
 # (client ids, learned-timeline positions in s, rng) -> (integer columns, list columns as (counts, values)).
 MarksFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[dict, dict]]
+
+
+@dataclass(frozen=True)
+class FollowUpContext:
+    """What is known of follow-ups when their marks are drawn (one entry each)."""
+
+    client_ids: np.ndarray
+    timeline_s: np.ndarray  # learned-timeline position of the follow-up's arrival (not wrapped)
+    previous: Turns  # the turns they follow (previous_timeline_s is previous.timeline_s)
+    new_tokens: np.ndarray
+    prompt_tokens: np.ndarray  # its grown prompt: previous prompt + previous answer + new tokens
+
+    @property
+    def previous_timeline_s(self) -> np.ndarray:
+        return self.previous.timeline_s
+
+
+@dataclass(frozen=True)
+class ConditionedMarks:
+    """A ``follow_up_marks`` that conditions on the turn before, the new tokens and the grown prompt (the neural's).
+
+    ``marks(context, rng)`` returns what a :data:`MarksFn` returns; a plain
+    :data:`MarksFn` sees only the clients and times.
+    """
+
+    marks: Callable[[FollowUpContext, np.random.Generator], tuple[dict, dict]]
 
 
 @dataclass(frozen=True)
@@ -152,18 +188,21 @@ def with_burn_in(plan: UpsamplePlan, burn_in_s: float, learned_span_s: float) ->
 
 
 def sample_follow_ups(
-    model: ConversationModel,
+    model: TurnModel,
     openers: pd.DataFrame,
     horizon_s: float,
     timeline_start_s: float,
-    follow_up_marks: MarksFn,
+    follow_up_marks: MarksFn | ConditionedMarks,
     rng: np.random.Generator,
+    max_turns: int | None = None,
 ) -> FollowUps:
-    """Later turns of the conversations opened by ``openers`` (timestamps relative, like the openers')."""
+    """Later turns of the conversations opened by ``openers`` (timestamps relative, like the openers').
+
+    ``max_turns`` (default: none) ends every conversation at that many turns (a bound for simulations).
+    """
     n = len(openers)
     client_ids = openers["client_id"].astype(str).to_numpy(dtype=object)
     code = model.client_codes(client_ids)
-    hazard_row = model.hazard_group(code)
     t = openers["timestamp"].to_numpy(np.float64).copy()
     prompt = openers["input_tokens"].to_numpy(np.int64).copy()
     answer = openers["output_tokens"].to_numpy(np.int64).copy()
@@ -172,13 +211,23 @@ def sample_follow_ups(
     position = 1
     # One step per turn position; the step that finds no conversation left still records (empty) columns.
     while True:
-        alive = alive[rng.random(len(alive)) < model.continue_prob(hazard_row[alive], position)]
-        arrival = t[alive] + model.sample_gap_s(code[alive], answer[alive], rng)
+        at = np.full(len(alive), position)
+        turns = Turns(code[alive], at, prompt[alive], answer[alive], timeline_start_s + t[alive])
+        go = rng.random(len(alive)) < model.continue_prob_after(turns)
+        if max_turns is not None and position >= max_turns:
+            go[:] = False
+        alive, turns = alive[go], turns.take(go)
+        arrival = t[alive] + model.sample_gap_after(turns, rng)
         inside = arrival < horizon_s
-        alive, arrival = alive[inside], arrival[inside]
-        new_tokens = model.sample_new_tokens(code[alive], rng)
-        ints, lists = follow_up_marks(client_ids[alive], timeline_start_s + arrival, rng)
-        ints = _grown_prompt(dict(ints), lists, prompt[alive] + answer[alive] + new_tokens)
+        alive, arrival, turns = alive[inside], arrival[inside], turns.take(inside)
+        new_tokens = model.sample_new_tokens_after(turns, rng)
+        grown = prompt[alive] + answer[alive] + new_tokens
+        if isinstance(follow_up_marks, ConditionedMarks):
+            context = FollowUpContext(client_ids[alive], timeline_start_s + arrival, turns, new_tokens, grown)
+            ints, lists = follow_up_marks.marks(context, rng)
+        else:
+            ints, lists = follow_up_marks(client_ids[alive], timeline_start_s + arrival, rng)
+        ints = _grown_prompt(dict(ints), lists, grown)
         position += 1
         steps.append((alive, np.full(len(alive), position), arrival, ints, lists))
         if len(alive) == 0:
@@ -258,9 +307,9 @@ def spec_window(trace: pd.DataFrame, plan: UpsamplePlan, duration_s: float) -> p
 
 def sample_with_conversations(
     spec: GenerationSpec,
-    model: ConversationModel,
+    model: TurnModel,
     sample_openers: Callable[[GenerationSpec], pd.DataFrame],
-    follow_up_marks: MarksFn,
+    follow_up_marks: MarksFn | ConditionedMarks,
     rng: np.random.Generator,
     learned_span_s: float,
     natural_opener_rates: pd.Series | None = None,

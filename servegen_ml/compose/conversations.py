@@ -76,6 +76,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import special
 
+from servegen_ml.compose.conversation_turns import Turns
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.pool.empirical import FieldTable, build_field_table
 
@@ -386,6 +387,26 @@ class ConversationModel:
         group, owner = self._resolve(NEW_TOKENS, code, None)
         return self._tables[NEW_TOKENS].log_pmf(group, owner, np.maximum(new_tokens, 0))
 
+    # ------------------------------------------------------------ the TurnModel protocol (conversation_turns)
+
+    def continue_prob_after(self, turns: Turns) -> np.ndarray:
+        return self.continue_prob(self.hazard_group(turns.code), turns.position)
+
+    def sample_gap_after(self, turns: Turns, rng: np.random.Generator) -> np.ndarray:
+        return self.sample_gap_s(turns.code, turns.output_tokens, rng)
+
+    def sample_new_tokens_after(self, turns: Turns, rng: np.random.Generator) -> np.ndarray:
+        return self.sample_new_tokens(turns.code, rng)
+
+    def log_gap_after(self, turns: Turns, gap_s: np.ndarray) -> np.ndarray:
+        return self.log_gap(turns.code, turns.output_tokens, gap_s)
+
+    def log_sf_gap_after(self, turns: Turns, x_s: np.ndarray) -> np.ndarray:
+        return self.log_sf_gap(turns.code, turns.output_tokens, x_s)
+
+    def log_new_tokens_after(self, turns: Turns, new_tokens: np.ndarray) -> np.ndarray:
+        return self.log_new_tokens(turns.code, new_tokens)
+
     # ------------------------------------------------------------ rate accounting
 
     def mean_turns(self, client_ids, weights) -> float:
@@ -482,6 +503,15 @@ def _read(path: Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
+def fit_conversation_roles(trace: pd.DataFrame) -> ConversationRoles | None:
+    """The trace's conversation roles, or None when there is nothing to model beyond single requests
+    (no ``conversation_id``, or every conversation has one turn)."""
+    if "conversation_id" not in trace.columns:
+        return None
+    roles = conversation_roles(trace)
+    return None if roles.is_opener.all() else roles
+
+
 def fit_conversations(
     trace: pd.DataFrame, client_ids: np.ndarray | None = None, **model_options
 ) -> tuple[pd.DataFrame, ConversationModel | None]:
@@ -490,10 +520,8 @@ def fit_conversations(
     A trace without conversation ids, or whose conversations all have one turn,
     gives ``(trace, None)``: there is nothing to model beyond single requests.
     """
-    if "conversation_id" not in trace.columns:
-        return trace, None
-    roles = conversation_roles(trace)
-    if roles.is_opener.all():
+    roles = fit_conversation_roles(trace)
+    if roles is None:
         return trace, None
     model = ConversationModel(**model_options).fit(trace, client_ids, roles)
     return trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True), model

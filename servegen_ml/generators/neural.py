@@ -11,9 +11,17 @@ trained step in numpy over many stream segments at once
 (:mod:`servegen_ml.models.segment_sampler`); ``clients=new:N`` draws from a
 traffic-weighted Gaussian mixture over the client embeddings.
 
+Conversations (a DataFrame with ``conversation_id`` and follow-ups): the
+point process learns the conversation openers, and conversation heads
+(:mod:`servegen_ml.models.conversation_heads`) learn whether a turn is
+followed, after what gap, with how many new prompt tokens and what output;
+sampling, upsampling modes and the ``conversation`` likelihood part follow
+:mod:`servegen_ml.compose.conversation_sampling` and
+:mod:`servegen_ml.compose.conversation_likelihood` (docs/conversations.md).
+
 ``fit`` takes a canonical DataFrame, or a path to a trace file, which is
 streamed chunk by chunk into memory-mapped columns (``store_dir``, default a
-temporary directory) so traces larger than memory train.
+temporary directory) so traces larger than memory train (without conversations).
 
 Likelihood (M1): ``time`` is log P(gap in [g, g + 1 ms)) under the model,
 with the survival to the window end on each client's last event; the window
@@ -68,6 +76,7 @@ class NeuralGenerator(Generator):
         segment_events: int = 256,
         warmup_events: int = 32,
         store_dir: str | None = None,
+        conversation_batch: int = 128,
         trainer: dict | None = None,
     ):
         if not 0.0 <= val_fraction < 1.0:
@@ -99,9 +108,11 @@ class NeuralGenerator(Generator):
             "segment_events": int(segment_events),
             "warmup_events": int(warmup_events),
             "store_dir": None if store_dir is None else str(store_dir),
+            "conversation_batch": int(conversation_batch),
         }
         self.trainer = dict(trainer or {"accelerator": "cpu", "devices": 1, "max_epochs": 20})
         self.state_ = None
+        self.conversations_ = None
         self._numpy_tpp = None
         self._torch_tpp = None
 
@@ -112,8 +123,16 @@ class NeuralGenerator(Generator):
         from servegen_ml.data.events import build_store, store_from_frame
 
         if isinstance(trace, pd.DataFrame):
-            store = store_from_frame(trace)
-            return self._fit_store(store)
+            from servegen_ml.compose.conversations import fit_conversation_roles
+
+            roles = fit_conversation_roles(trace)
+            if roles is None:
+                self.conversations_ = None
+                return self._fit_store(store_from_frame(trace))
+            # Conversations: the point process learns the openers; the conversation heads the turns.
+            self._fit_store(store_from_frame(trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True)))
+            self._fit_conversations(trace, roles)
+            return self
         from servegen_ml.trace.io import iter_trace_chunks
 
         path = Path(trace)
@@ -121,8 +140,16 @@ class NeuralGenerator(Generator):
             store = build_store(lambda: iter_trace_chunks(path), directory=tmp)
             return self._fit_store(store)
 
+    def _fit_conversations(self, trace: pd.DataFrame, roles) -> None:
+        from servegen_ml.models.conversation_fit import fit_neural_conversations
+
+        self.conversations_ = fit_neural_conversations(
+            trace, roles, self.state_, self._follow_up_marks, self.settings, self.trainer
+        )
+
     def _fit_store(self, store) -> NeuralGenerator:
         from servegen_ml.models.fit import train_tpp
+        from servegen_ml.models.generate import measure_rate_curves
         from servegen_ml.models.population import fit_population
         from servegen_ml.models.state import NeuralState
 
@@ -145,7 +172,24 @@ class NeuralGenerator(Generator):
             state.client_vectors(), state.traffic, self.settings["population_components"], self.settings["seed"]
         )
         self._set_state(state)
+        # The model's own req/s per client and rate bin, which constant and curve rate targets scale.
+        s = self.settings
+        rng = np.random.default_rng(s["seed"])
+        state.model_rate_curves = measure_rate_curves(
+            state, self._numpy_tpp, rng, s["segment_events"], s["warmup_events"]
+        )
         return self
+
+    def _follow_up_marks(self, conversations=None):
+        """Marks of follow-up turns (models.conversation_marks); ``conversations`` defaults to the fitted model."""
+        from servegen_ml.compose.conversation_sampling import ConditionedMarks
+        from servegen_ml.models.conversation_marks import FollowUpMarks
+        from servegen_ml.models.segment_sampler import ClientTable
+
+        state = self.state_
+        table = ClientTable(*self._client_inputs(len(state.client_ids) + 1))
+        model = conversations if conversations is not None else self.conversations_
+        return ConditionedMarks(FollowUpMarks(self._numpy_tpp, state.client_ids, table, state.span_s, model))
 
     def _set_state(self, state) -> None:
         from servegen_ml.models.numpy_tpp import NumpyTPP
@@ -162,26 +206,65 @@ class NeuralGenerator(Generator):
 
         from servegen_ml.models.generate import sample_trace
 
-        s = self.settings
+        s, state = self.settings, self.state_
+
+        def sample_openers(opener_spec: GenerationSpec) -> pd.DataFrame:
+            return sample_trace(state, self._numpy_tpp, opener_spec, rng, s["segment_events"], s["warmup_events"])
+
         # The sampling step's matrix products are small: one BLAS thread is faster (much faster on a busy CPU).
         with threadpool_limits(limits=1, user_api="blas"):
-            return sample_trace(self.state_, self._numpy_tpp, spec, rng, s["segment_events"], s["warmup_events"])
+            if self.conversations_ is None:
+                return sample_openers(spec)
+            from servegen_ml.compose.conversation_sampling import (
+                sample_with_conversations,
+            )
+
+            rates = None
+            if spec.rate.kind in ("constant", "curve") and spec.upsample == "compress":
+                from servegen_ml.models.generate import natural_rates
+
+                # Compressing by K = target / natural rate needs the model's own opener rate (a pilot run).
+                rates = natural_rates(state, self._numpy_tpp, spec, rng, s["segment_events"], s["warmup_events"])
+            elif spec.rate.kind in ("constant", "curve"):
+                # Only weights the clients' mean turns: the empirical opener rates do.
+                rates = natural_opener_rates(state, spec)
+            return sample_with_conversations(
+                spec, self.conversations_, sample_openers, self._follow_up_marks(), rng, state.span_s, rates
+            )
 
     # -- scoring ------------------------------------------------------------------------------
 
     def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:
         self._require_fitted()
+        self._check_fields(trace)
+        ts = trace["timestamp"].to_numpy(np.float64)
+        if window_end_s is not None and len(ts) and window_end_s < ts.max():
+            raise ValueError(f"window_end_s={window_end_s} is before the last event ({ts.max()})")
+        if self.conversations_ is None:
+            return self._log_prob_requests(trace, window_end_s)
+        from servegen_ml.compose.conversation_likelihood import (
+            log_prob_with_conversations,
+        )
+
+        return log_prob_with_conversations(
+            self.conversations_,
+            trace,
+            window_end_s,
+            self._log_prob_requests,
+            score_follow_ups=self._log_prob_follow_ups,
+            origin_s=self.state_.origin_s,
+        )
+
+    def _log_prob_requests(self, trace: pd.DataFrame, window_end_s: float | None) -> pd.DataFrame:
+        """Every request scored as an event of its client's stream (M1; module docstring)."""
         from servegen_ml.data.events import store_from_frame
         from servegen_ml.models.fit import torch_threads
         from servegen_ml.models.scoring import score_store
 
         state = self.state_
-        self._check_fields(trace)
         ts = trace["timestamp"].to_numpy(np.float64)
         end = ts.max() + TIME_RESOLUTION_S if len(ts) else 0.0
         if window_end_s is not None:
-            if window_end_s < ts.max():
-                raise ValueError(f"window_end_s={window_end_s} is before the last event ({ts.max()})")
             end = max(end, float(window_end_s))
         store = store_from_frame(
             trace, client_ids=state.client_ids, layout=state.layout, origin_s=state.origin_s, window=(None, end)
@@ -196,6 +279,38 @@ class NeuralGenerator(Generator):
         for name, values in parts.items():
             column = PART_COLUMNS.get(name, name)
             out[column] = np.empty(len(trace))
+            out[column][order] = values
+        df = pd.DataFrame(out)
+        df["total"] = df.sum(axis=1)
+        return df
+
+    def _log_prob_follow_ups(self, trace: pd.DataFrame, rows: np.ndarray, before, end_s: float):
+        """Marks of follow-up rows (models.conversation_marks); ``before``: the turns they follow. Time and
+        input are replaced by the conversation layer."""
+        from servegen_ml.data.events import store_from_frame
+        from servegen_ml.models.conversation_marks import follow_up_log_prob
+        from servegen_ml.models.fit import torch_threads
+
+        state = self.state_
+        sub = trace.iloc[rows].reset_index(drop=True)
+        store = store_from_frame(
+            sub, client_ids=state.client_ids, layout=state.layout, origin_s=state.origin_s, window=(None, end_s)
+        )
+        emb, gap_mean, gap_std, activity = self._client_inputs(len(store.client_ids))
+        ts = sub["timestamp"].to_numpy(np.float64)
+        codes = pd.Index(store.client_ids).get_indexer(sub["client_id"].astype(str))
+        order = np.lexsort((ts, codes))
+        with torch_threads(self.trainer.get("num_threads")):
+            parts = follow_up_log_prob(
+                self._torch_model(), store, emb, gap_mean, gap_std, activity, before.timeline_s[order], state.span_s
+            )
+        prompt, output = sub["input_tokens"].to_numpy(np.int64), sub["output_tokens"].to_numpy(np.int64)
+        new_tokens = np.maximum(prompt - before.input_tokens - before.output_tokens, 0)
+        out = {}
+        parts["output"] = self.conversations_.log_output_after(before, new_tokens, prompt, output)[order]
+        for name, values in parts.items():
+            column = PART_COLUMNS.get(name, name)
+            out[column] = np.empty(len(sub))
             out[column][order] = values
         df = pd.DataFrame(out)
         df["total"] = df.sum(axis=1)
@@ -239,11 +354,16 @@ class NeuralGenerator(Generator):
 
     def _save_state(self, directory: Path) -> None:
         self.state_.save(directory)
+        if self.conversations_ is not None:
+            self.conversations_.save(directory)
 
     def _load_state(self, directory: Path) -> None:
+        from servegen_ml.models.conversation_model import NeuralConversationModel
         from servegen_ml.models.state import NeuralState
 
         self._set_state(NeuralState.load(Path(directory)))
+        saved = NeuralConversationModel.saved_in(directory)
+        self.conversations_ = NeuralConversationModel.load(Path(directory)) if saved else None
 
     @property
     def is_fitted(self) -> bool:
@@ -253,3 +373,26 @@ class NeuralGenerator(Generator):
     def clients(self) -> tuple[str, ...]:
         self._require_fitted()
         return tuple(self.state_.client_ids)
+
+
+def natural_opener_rates(state, spec: GenerationSpec) -> pd.Series:
+    """Client id -> mean empirical opener req/s over the spec's window (the rate curves of the openers' stream).
+
+    For ``new:N`` the index holds the fitted clients the new ones resemble, each
+    weighted by its traffic share times N (as the pool-based generators do).
+    """
+    from servegen_ml.generators.spec import wrap_time
+
+    n = int(np.clip(np.ceil(spec.duration_s / state.rate_bin_s) * 8, 1, 20_000))
+    position = wrap_time(spec.start_s + (np.arange(n) + 0.5) * spec.duration_s / n, state.span_s)
+    bins = np.clip((position // state.rate_bin_s).astype(np.int64), 0, state.rate_curves.shape[1] - 1)
+    mean_rate = state.rate_curves[:, bins].astype(np.float64).mean(axis=1)
+    ids = list(state.client_ids)
+    if spec.clients.kind == "list":
+        index = {c: i for i, c in enumerate(ids)}
+        wanted = list(spec.clients.ids)
+        return pd.Series([mean_rate[index[c]] if c in index else 0.0 for c in wanted], index=wanted)
+    if spec.clients.kind == "new":
+        share = state.traffic / max(state.traffic.sum(), 1)
+        return pd.Series(spec.clients.n * share * mean_rate, index=ids)
+    return pd.Series(mean_rate, index=ids)

@@ -6,29 +6,21 @@ time change (every client's rate scaled by ``m``, gaps keeping their shape, so
 burstiness and client shares stay the model's own).
 
 ``natural`` and ``scale:K`` multiply the model's own rate, so they need no
-estimate of it. For a constant or curve target, ``natural`` must be the
-*model's* aggregate rate, which can differ a lot from the rates it was trained
-on (e.g. 1.5x in a quiet hour), so it is measured by a pilot run
-(:func:`_calibrate`). A prior gives a first multiplier: the known clients'
-empirical rate curves (floored where all are idle, since the model may send
-there), or a new client's drawn mean rate. A small scout run
-(``SCOUT_EVENTS``) measures how far off the prior is over the window, then the
-pilot samples the window at the multiplier that should give ``PILOT_SHARE`` of
-the target's events (at least ``PILOT_MIN_EVENTS``), so it costs about one
-more sampling run. Why not a cheaper, thinner pilot: a run with less natural
-time has fewer independent rows, and bursty clients then make its count far
-noisier than the events alone suggest.
+estimate of it. A constant or curve target needs the *model's* natural rate,
+which can differ several-fold from the rates it was trained on. It is measured
+once, after training (:func:`measure_rate_curves`: the whole learned timeline
+sampled at the natural rate, stored in the checkpoint as
+``state.model_rate_curves``), and read at the window's timeline positions like
+the empirical curves. Where it is not known in advance (``clients=new:N``, a
+checkpoint saved without the stored curves) a pilot run measures it over the
+window first (:func:`_pilot`, about one more sampling run).
 
-The pilot's counts per pilot bin — the cells within one rate bin of the
-learned timeline, where the prior and the model's activity features are
-constant — give each bin's ratio of model to prior rate, shrunk towards the
-window's ratio (a gamma prior worth ``PRIOR_PSEUDO_EVENTS`` events), so a
-quiet or bursty bin cannot give a zero or infinite multiplier (and a model
-sending less than ``1 / MAX_SLOWDOWN`` of the prior misses the target instead
-of running up the cost). The final run uses ``prior x ratio`` as the natural
-rate, with rows planned as in the pilot.
-The same pilot gives each client's natural rate over a window
-(:func:`natural_rates`), which conversation upsampling needs.
+Rows are planned on the *empirical* rates everywhere (each client at least at
+its active rate): in the measurement, the pilot and the final run. The model's
+rate depends a little on how far into its row an event lies (see
+segment_sampler), so a measurement transfers best to rows planned the same way.
+:func:`natural_rates` gives each client's natural rate over a window, which
+conversation upsampling needs.
 """
 
 from __future__ import annotations
@@ -37,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from servegen_ml.compose import merge_streams, segment_multipliers
 from servegen_ml.generators.spec import ClientSpec, GenerationSpec, RateSpec
@@ -48,15 +42,22 @@ GRID_STEP_S = 1.0  # resolution of the rate-control time change
 MAX_GRID_CELLS = 20_000
 MAX_WARMUP_S = 6 * 3600.0
 MIN_GAP_STD = 0.05  # floor of a drawn client's log-gap std (a population draw can land near 0)
-PILOT_SHARE = 1.0  # a pilot draws about this share of the target's events ...
-PILOT_MIN_EVENTS = 20_000  # ... but at least this many
-SCOUT_EVENTS = 2_000  # expected events of the run that sizes the pilot
-PRIOR_PSEUDO_EVENTS = 20.0  # weight of the window's model/prior ratio in each bin's estimate
-MAX_BIN_SPEEDUP = 32.0  # a bin's multiplier is at most this many times the window-level one
-# The model is taken to send at least 1/MAX_SLOWDOWN of the prior's rate: a model that sends (almost)
-# nothing misses the target instead of being sampled for an unbounded natural time.
+# The model is taken to send at least 1/MAX_SLOWDOWN of the rate its rows are planned on: a model that
+# sends (almost) nothing misses the target instead of being sampled for an unbounded natural time.
 MAX_SLOWDOWN = 16.0
-PRIOR_FLOOR = 0.05  # the prior aggregate rate is at least this share of its window mean
+PILOT_MIN_EVENTS = 20_000  # a pilot draws the target's number of events, but at least this many
+# Measurement after training: passes over the learned timeline until there are MEASURE_MIN_PASSES and
+# the aggregate holds MEASURE_EVENTS_PER_BIN events per rate bin on average; at most MEASURE_MAX_PASSES,
+# and none that would take the total past MEASURE_MAX_EVENTS (the first always runs: a 25M-request
+# trace gets one). Why passes and not only events: bursty clients clump events, so one pass's
+# aggregate in a 10-minute bin varies by 5-6 % (median over bins; multimodal and reasoning checkpoints,
+# 5k-30k events per bin) where a Poisson count would vary by 1 %. Four passes halve that; 1,000 events
+# per bin (3 % were they Poisson) is the floor for small traces, whose passes are cheap.
+MEASURE_MIN_PASSES = 4
+MEASURE_EVENTS_PER_BIN = 1_000
+MEASURE_MAX_PASSES = 16
+MEASURE_MAX_EVENTS = 8_000_000
+MEASURE_CHUNK_S = 3600.0  # the timeline is sampled in chunks of about this many seconds of whole rate bins
 
 
 def sample_trace(
@@ -68,15 +69,12 @@ def sample_trace(
     warmup_events: int,
 ) -> pd.DataFrame:
     setup = _setup(state, tpp, spec, rng, segment_events, warmup_events)
-    plan, natural = setup.prior, setup.prior.sum(0)
+    natural = setup.plan.sum(0)  # natural and scale:K do not use it
     if spec.rate.kind in ("constant", "curve"):
-        pilot = _calibrate(setup, spec.rate, rng)
-        # Rows are planned as in the pilot, so they hold as many events as the pilot's did: the
-        # model's rate depends a little on how far into its row an event is (see segment_sampler).
-        plan, natural = pilot.plan, pilot.natural.sum(0)
+        natural = np.maximum(_natural(setup, spec.rate, rng).sum(0), natural / MAX_SLOWDOWN)
     edges = setup.sampler.edges
     multiplier = segment_multipliers(spec.rate, edges[:-1], edges[1:], natural)
-    events = setup.sampler.run(plan, multiplier, rng)
+    events = setup.sampler.run(setup.plan, multiplier, rng)
     return _assemble(events, setup.names, state)
 
 
@@ -90,124 +88,126 @@ def natural_rates(
 ) -> pd.Series:
     """Client id -> the model's own mean req/s over the spec's window (its rate target ignored).
 
-    Measured by the pilot run of :func:`sample_trace` (sized by the spec's
-    target, so it costs at most about one sampling run of the spec); the
-    sum over clients is the natural aggregate rate ``sample_trace`` calibrates on.
-    For ``clients=new:N`` the N clients are drawn from ``rng`` like
-    ``sample_trace`` draws them (the same clients only from the same generator state).
+    Read from the stored model curves for known clients; otherwise measured by
+    the pilot run of :func:`sample_trace` (sized by the spec's target, so it
+    costs about one sampling run of the spec). For ``clients=new:N`` the N
+    clients are drawn from ``rng`` like ``sample_trace`` draws them (the same
+    clients only from the same generator state).
     """
     setup = _setup(state, tpp, spec, rng, segment_events, warmup_events)
-    rate = spec.rate if spec.rate.kind in ("constant", "curve") else RateSpec()
-    pilot = _calibrate(setup, rate, rng)
+    natural = _natural(setup, spec.rate, rng)  # (C, cells)
     width = np.diff(setup.sampler.edges)
-    per_bin = np.bincount(setup.cell_bin, weights=pilot.natural.sum(0) * width, minlength=pilot.n_bins)  # requests
-    counts = pilot.client_counts  # (C, bins)
-    seen = counts.sum(0)
-    window_share = counts.sum(1) / seen.sum() if seen.sum() > 0 else setup.prior.sum(1) / setup.prior.sum()
-    share = np.where(seen > 0, counts / np.maximum(seen, 1), window_share[:, None])
-    return pd.Series((share * per_bin).sum(1) / spec.duration_s, index=setup.names)
+    return pd.Series((natural * width).sum(1) / spec.duration_s, index=setup.names)
+
+
+def measure_rate_curves(
+    state: NeuralState, tpp: NumpyTPP, rng: np.random.Generator, segment_events: int, warmup_events: int
+) -> np.ndarray:
+    """(C, bins) float32: the model's own req/s per known client and rate bin over the learned timeline.
+
+    Samples all clients over ``[0, span_s)`` at the natural rate, an hour or so
+    at a time, in passes (see MEASURE_MIN_PASSES); bins as ``state.rate_curves``.
+    """
+    n_clients, n_bins = state.rate_curves.shape
+    chunk_s = max(1, round(MEASURE_CHUNK_S / state.rate_bin_s)) * state.rate_bin_s
+    starts = np.arange(0.0, state.span_s, chunk_s)
+    counts = np.zeros(n_clients * n_bins)
+    passes = 0
+    while True:
+        passes += 1
+        for start_s in tqdm(starts, desc=f"model rate curves, pass {passes}", unit="chunk", disable=None):
+            spec = GenerationSpec.from_values(duration_s=min(chunk_s, state.span_s - start_s), start_s=start_s)
+            setup = _setup(state, tpp, spec, rng, segment_events, warmup_events)
+            # The sampling step's matrix products are small: one BLAS thread is faster (as in sampling).
+            with threadpool_limits(limits=1, user_api="blas"):
+                events = setup.sampler.run(setup.plan, np.ones(setup.plan.shape[1]), rng)
+            b = np.clip(((start_s + events.t_s) // state.rate_bin_s).astype(np.int64), 0, n_bins - 1)
+            counts += np.bincount(events.client * n_bins + b, minlength=len(counts))
+        total, per_pass = counts.sum(), counts.sum() / passes
+        enough = passes >= MEASURE_MIN_PASSES and total >= MEASURE_EVENTS_PER_BIN * n_bins
+        if enough or passes >= MEASURE_MAX_PASSES or total + per_pass > MEASURE_MAX_EVENTS:
+            break
+    width = np.clip(state.span_s - np.arange(n_bins) * state.rate_bin_s, 1e-9, state.rate_bin_s)
+    return (counts.reshape(n_clients, n_bins) / (passes * width)).astype(np.float32)
 
 
 @dataclass
 class _Setup:
     names: list[str]
-    prior: np.ndarray  # (C, cells) req/s each client is expected to send before any pilot: the rate-control prior
+    plan: np.ndarray  # (C, cells) req/s the rows are planned on: the empirical rates, at least the active rate
+    stored: np.ndarray | None  # (C, cells) the model's natural req/s from the stored curves (None: not known)
     cell_bin: np.ndarray  # (cells,) pilot bin of each grid cell: runs of cells in one rate bin of the timeline
     sampler: _Sampler
 
 
 def _setup(state, tpp, spec: GenerationSpec, rng, segment_events, warmup_events) -> _Setup:
     table, names, flat_rate, known = _select_clients(state, spec.clients, rng)
-    active_rate = flat_rate if known is None else _active_rates(state, known)
     edges = np.linspace(
         0.0, spec.duration_s, int(np.clip(np.ceil(spec.duration_s / GRID_STEP_S), 1, MAX_GRID_CELLS)) + 1
     )
     probe = TimeMap(edges, edges, spec.start_s, state.span_s)
     position = probe.position(0.5 * (edges[:-1] + edges[1:]))
-    if known is not None:
-        prior = _curve_rates(state, known, position)
+    stored = None
+    if known is None:
+        plan = np.repeat(flat_rate[:, None], len(edges) - 1, axis=1)
     else:
-        prior = np.repeat(flat_rate[:, None], len(edges) - 1, axis=1)
-    # Pilot bins follow the rate bins of the learned timeline: the prior and the model's activity
-    # features are constant within one, so the model/prior ratio mostly changes between them.
+        empirical = _curve_rates(state.rate_curves, state.rate_bin_s, known, position)
+        plan = np.maximum(empirical, _active_rates(state.rate_curves[known])[:, None])
+        if state.model_rate_curves is not None:
+            stored = _curve_rates(state.model_rate_curves, state.rate_bin_s, known, position)
+    # Pilot bins follow the rate bins of the learned timeline: the plan and the model's activity
+    # features are constant within one, so the model's rate mostly changes between them.
     rate_bin = np.floor(position / state.rate_bin_s)
     cell_bin = np.concatenate([[0], np.cumsum(np.diff(rate_bin) != 0)])
-    sampler = _Sampler(tpp, table, active_rate, edges, spec.start_s, state.span_s, segment_events, warmup_events)
-    return _Setup(names, prior, cell_bin, sampler)
+    sampler = _Sampler(tpp, table, edges, spec.start_s, state.span_s, segment_events, warmup_events)
+    return _Setup(names, plan, stored, cell_bin, sampler)
 
 
-@dataclass
-class _Pilot:
-    plan: np.ndarray  # (C, cells) the (floored) prior the pilot's rows were planned on, req/s
-    natural: np.ndarray  # (C, cells) estimated natural req/s per client: the prior times its bin's ratio
-    client_counts: np.ndarray  # (C, bins) pilot events per client and pilot bin
-    n_bins: int
+def _natural(setup: _Setup, rate: RateSpec, rng) -> np.ndarray:
+    """(C, cells) the model's natural req/s per client: the stored curves, or else a pilot run."""
+    if setup.stored is not None:
+        return setup.stored
+    edges = setup.sampler.edges
+    width = np.diff(edges)
+    planned = float((setup.plan.sum(0) * width).sum())  # events at the natural rate, were the plan right
+    if rate.kind in ("constant", "curve"):
+        # With a natural rate of 1 req/s the multiplier is the target rate itself.
+        wanted = float((segment_multipliers(rate, edges[:-1], edges[1:], np.ones(len(width))) * width).sum())
+    else:
+        wanted = planned
+    return _pilot(setup, max(wanted, PILOT_MIN_EVENTS) / max(planned, 1e-12), rng)
 
 
-def _calibrate(setup: _Setup, rate: RateSpec, rng) -> _Pilot:
-    """Pilot run: the model's natural rate per client and grid cell for a constant or curve target."""
+def _pilot(setup: _Setup, k: float, rng) -> np.ndarray:
+    """(C, cells) natural req/s per client, measured over the window at a constant multiplier ``k``.
+
+    ``k`` is chosen to draw about the wanted number of events were the plan
+    right. Why a full-size pilot rather than a thinner one: less natural time
+    means fewer independent rows, and bursty clients then make the count far
+    noisier than its number of events suggests.
+    """
     sampler = setup.sampler
     edges, width = sampler.edges, np.diff(sampler.edges)
-    prior = _floored(setup.prior, sampler.active_rate)
-    prior_total = prior.sum(0)
-    m0 = segment_multipliers(rate, edges[:-1], edges[1:], prior_total)
-    expected = m0 * prior_total * width  # (cells,) events at the target were the prior right
-    total = max(expected.sum(), 1e-12)
-    # A small scout run measures how far off the prior is over the whole window, so the pilot can
-    # draw about PILOT_SHARE of the target's events whatever the model really sends.
-    share = min(1.0, SCOUT_EVENTS / total)
-    events = sampler.run(prior, share * m0, rng)
-    if share < 1.0:
-        ratio = max((len(events.t_s) + 1.0) / (share * total + 1.0), 1.0 / MAX_SLOWDOWN)
-        share = max(PILOT_SHARE * total, PILOT_MIN_EVENTS) / (ratio * total)
-        events = sampler.run(prior, share * m0, rng)
-
+    events = sampler.run(setup.plan, np.full(len(width), k), rng)
     cell_bin = setup.cell_bin
-    n_bins = int(cell_bin[-1]) + 1
-    event_cell = np.clip(np.searchsorted(edges, events.t_s, side="right") - 1, 0, len(width) - 1)
-    n_clients = len(prior)
-    counts = np.bincount(events.client * n_bins + cell_bin[event_cell], minlength=n_clients * n_bins)
-    counts = counts.reshape(n_clients, n_bins).astype(np.float64)
-    seen = counts.sum(0)
-    foreseen = np.bincount(cell_bin, weights=share * expected, minlength=n_bins)
-    if seen.sum() == 0 or foreseen.sum() == 0:  # nothing to learn from: keep the prior
-        return _Pilot(prior, prior, counts, n_bins)
-    ratio = seen.sum() / foreseen.sum()
-    # Gamma-Poisson posterior mean of each bin's model/prior ratio, shrunk towards the window's
-    # ratio, so a bin the pilot saw (almost) empty does not get a zero or runaway estimate.
-    q = (seen + PRIOR_PSEUDO_EVENTS) / (foreseen + PRIOR_PSEUDO_EVENTS / ratio)
-    q = np.maximum(q, max(ratio / MAX_BIN_SPEEDUP, 1.0 / MAX_SLOWDOWN))
-    return _Pilot(prior, prior * q[cell_bin], counts, n_bins)
-
-
-def _floored(prior: np.ndarray, active_rate: np.ndarray) -> np.ndarray:
-    """(C, cells) prior whose aggregate is at least PRIOR_FLOOR of its window mean.
-
-    Where the empirical curves are all quiet the model may still send: a positive
-    prior lets the pilot look there and keeps the multiplier finite. The deficit
-    goes to the clients in proportion to their active rates.
-    """
-    total = prior.sum(0)
-    level = total.mean() if total.mean() > 0 else active_rate.sum()
-    deficit = np.maximum(PRIOR_FLOOR * level - total, 0.0)
-    weight = active_rate / active_rate.sum() if active_rate.sum() > 0 else np.full(len(prior), 1.0 / len(prior))
-    return prior + weight[:, None] * deficit[None, :]
+    n_bins, n_clients = int(cell_bin[-1]) + 1, len(setup.plan)
+    cell = np.clip(np.searchsorted(edges, events.t_s, side="right") - 1, 0, len(width) - 1)
+    counts = np.bincount(events.client * n_bins + cell_bin[cell], minlength=n_clients * n_bins)
+    natural_s = k * np.bincount(cell_bin, weights=width, minlength=n_bins)  # natural time per pilot bin
+    return (counts.reshape(n_clients, n_bins) / natural_s)[:, cell_bin]
 
 
 class _Sampler:
-    def __init__(self, tpp, table, active_rate, edges, start_s, span_s, segment_events, warmup_events):
-        self.tpp, self.table, self.active_rate, self.edges = tpp, table, active_rate, edges
+    def __init__(self, tpp, table, edges, start_s, span_s, segment_events, warmup_events):
+        self.tpp, self.table, self.edges = tpp, table, edges
         self.start_s, self.span_s = start_s, span_s
         self.segment_events, self.warmup_events = segment_events, warmup_events
 
-    def run(self, natural: np.ndarray, multiplier: np.ndarray, rng) -> SampledEvents:
-        """Events of all clients; natural (C, cells) req/s, multiplier (cells,)."""
+    def run(self, plan: np.ndarray, multiplier: np.ndarray, rng) -> SampledEvents:
+        """Events of all clients; rows planned on ``plan`` (C, cells) req/s; multiplier (cells,)."""
         d_tau = multiplier * np.diff(self.edges)
         tau_grid = np.concatenate([[0.0], np.cumsum(d_tau)])
-        # Rows are sized as if each client were at least at its active rate: where the empirical
-        # curve says "quiet" but the model still sends, no single row has to carry a long stream.
-        density = np.maximum(natural, self.active_rate[:, None])
-        expected = np.concatenate([np.zeros((len(natural), 1)), np.cumsum(density * d_tau, axis=1)], axis=1)
+        expected = np.concatenate([np.zeros((len(plan), 1)), np.cumsum(plan * d_tau, axis=1)], axis=1)
         rows = plan_rows(expected, tau_grid, self.segment_events, self.warmup_events, MAX_WARMUP_S)
         time_map = TimeMap(tau_grid, self.edges, self.start_s, self.span_s)
         max_steps = 100 * (self.segment_events + self.warmup_events) + 10_000
@@ -245,16 +245,15 @@ def _select_clients(state: NeuralState, clients: ClientSpec, rng):
     return table, [f"new-{i}" for i in range(clients.n)], np.exp(vec[:, e + 2]), None
 
 
-def _curve_rates(state: NeuralState, idx: np.ndarray, position_s: np.ndarray) -> np.ndarray:
-    """(C, cells) empirical req/s of known clients at learned-timeline positions."""
-    n_bins = state.rate_curves.shape[1]
-    b = np.clip((position_s // state.rate_bin_s).astype(np.int64), 0, n_bins - 1)
-    return state.rate_curves[idx][:, b].astype(np.float64)
+def _curve_rates(curves: np.ndarray, bin_s: float, idx: np.ndarray, position_s: np.ndarray) -> np.ndarray:
+    """(C, cells) req/s of known clients ``idx`` from per-bin ``curves`` at learned-timeline positions."""
+    b = np.clip((position_s // bin_s).astype(np.int64), 0, curves.shape[1] - 1)
+    return curves[idx][:, b].astype(np.float64)
 
 
-def _active_rates(state: NeuralState, idx: np.ndarray) -> np.ndarray:
-    """(C,) each known client's mean req/s over the rate bins where it sent anything."""
-    curves = state.rate_curves[idx].astype(np.float64)
+def _active_rates(curves: np.ndarray) -> np.ndarray:
+    """(C,) each client's mean req/s over the rate bins where it sent anything."""
+    curves = curves.astype(np.float64)
     active = curves > 0
     return np.where(active.any(1), curves.sum(1) / np.maximum(active.sum(1), 1), 0.0)
 

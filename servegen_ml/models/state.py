@@ -5,7 +5,9 @@ Files in the checkpoint directory:
 * ``model.safetensors`` — the :class:`MarkedTPP` state dict (weights and the
   normalizer buffers: per-client log-gap mean/std, per-field log1p mean/std,
   spike values);
-* ``clients.safetensors`` — per-client traffic and empirical rate curves;
+* ``clients.safetensors`` — per-client traffic, empirical rate curves and the
+  model's own rate curves (``model_rate_curves``, measured after training; absent
+  in older checkpoints, which then calibrate rate targets with a pilot run);
 * ``neural.json`` — model constructor arguments (layout, spikes), sampling caps,
   field normalizers, the client index, the timeline (origin, span), the client
   population (Gaussian mixture) and the training summary.
@@ -44,6 +46,9 @@ class NeuralState:
     span_s: float  # learned span: positions [0, span_s)
     population: ClientPopulation
     training: dict
+    # (C, bins) the trained model's own req/s per client over the learned timeline, same bins as
+    # rate_curves (models.generate.measure_rate_curves); None: not measured (older checkpoints).
+    model_rate_curves: np.ndarray | None = None
 
     @property
     def layout(self) -> MarkLayout:
@@ -70,10 +75,10 @@ class NeuralState:
     def save(self, directory: Path) -> None:
         # np.array(copy) keeps 0-d buffers 0-d (np.ascontiguousarray would make them 1-d).
         save_file({k: np.array(v, order="C") for k, v in self.weights.items()}, str(directory / MODEL_FILE))
-        save_file(
-            {"traffic": self.traffic.astype(np.int64), "rate_curves": self.rate_curves.astype(np.float32)},
-            str(directory / CLIENTS_FILE),
-        )
+        clients = {"traffic": self.traffic.astype(np.int64), "rate_curves": self.rate_curves.astype(np.float32)}
+        if self.model_rate_curves is not None:
+            clients["model_rate_curves"] = self.model_rate_curves.astype(np.float32)
+        save_file(clients, str(directory / CLIENTS_FILE))
         meta = {
             "model": self.model,
             "max_count": self.max_count,
@@ -91,6 +96,12 @@ class NeuralState:
     def load(cls, directory: Path) -> NeuralState:
         meta = json.loads((directory / META_FILE).read_text())
         clients = load_file(str(directory / CLIENTS_FILE))
+        model_curves = clients.get("model_rate_curves")
+        if model_curves is not None and model_curves.shape != clients["rate_curves"].shape:
+            raise ValueError(
+                f"{directory / CLIENTS_FILE}: model_rate_curves {model_curves.shape} do not match "
+                f"rate_curves {clients['rate_curves'].shape}"
+            )
         return cls(
             model=meta["model"],
             weights=load_file(str(directory / MODEL_FILE)),
@@ -104,4 +115,5 @@ class NeuralState:
             span_s=float(meta["span_s"]),
             population=ClientPopulation.from_json(meta["population"]),
             training=meta["training"],
+            model_rate_curves=model_curves,
         )

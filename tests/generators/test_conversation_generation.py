@@ -1,14 +1,30 @@
-"""Conversations in the baselines (issue 6): upsampling modes, fidelity to the training trace, contract.
+"""Conversations in every generator (issue 6): upsampling modes, fidelity to the training trace, contract.
 
-Tolerances (fixture: four clients, 4 h, planted conversations; 15 seeds
-measured, all inside them): follow-up share within 0.04 of the training
-trace, mean turns per conversation within 8%, share of conversations with
-three or more turns within 0.04; inter-turn gaps pass a two-sample KS test
-at the 1% level; at ``rate=scale:4`` the request count is within 10% of 4x
-the training trace, ``upsample=conversations`` keeps the gap median within
-10% and passes the KS test, ``upsample=compress`` shrinks the median by a
-factor in [3.6, 4.4], its gaps x 4 pass the KS test, and its raw gaps fail
-it (p < 1e-6).
+Tolerances (fixture: four clients, 4 h, planted conversations; 15 sampling
+seeds measured, all inside them, for each generator): follow-up share within
+0.04 of the training trace, mean turns per conversation within 8%, share of
+conversations with three or more turns within 0.04; inter-turn gaps pass a
+two-sample KS test at the 1% level; at ``rate=scale:4`` the request count is
+within 10% of 4x the training trace, ``upsample=conversations`` keeps the gap
+median within 10% and passes the KS test, ``upsample=compress`` shrinks the
+median by a factor in [3.6, 4.4], its gaps x 4 pass the KS test, and its raw
+gaps fail it (p < 1e-6); constant and curve targets are met within 10%.
+
+Measured over sampling seeds 0-14 (worst case; parametric / neural, the
+neural model trained as ``FACTORIES`` says, ~15 s): follow-up share 0.029 /
+0.016, mean turns 6.2% / 3.3%, three or more turns 0.035 / 0.017; smallest KS
+p of gaps 0.30 / 0.17 (natural), 0.52 / 0.45 (scale:4 conversations), 0.58 /
+0.32 (compress, x 4); request count at scale:4 in [3.91, 4.06] / [3.69, 4.21]
+x the trace (conversations), [3.92, 4.10] / [3.95, 4.21] (compress); gap
+median ratio kept in [0.975, 1.011] / [0.994, 1.019], compressed in
+[3.99, 4.09] / [3.91, 4.03]; constant and curve targets 7.2% / 8.4% off. The
+neural request counts spread more: its point process learns some burstiness
+on this Poisson fixture, so its openers vary more between seeds than a
+renewal process's. Refitted on fixture seeds 1-3 (5 sampling seeds each) the
+neural conversation statistics stay inside every tolerance, but its natural
+opener rate is up to 12% below the trace's on seed 1 (scale:4 gives 3.42-3.53
+x the trace there): a limit of the tiny point process, not of the
+conversation model.
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ from scipy import stats
 from servegen_ml.compose.conversations import conversation_roles
 from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.naive import NaiveGenerator
+from servegen_ml.generators.neural import NeuralGenerator
 from servegen_ml.generators.parametric import ParametricGenerator
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.stats.conversations import conversation_stats
@@ -30,9 +47,12 @@ from tests.factories import conversational_trace
 
 DURATION_S = 14_400.0
 KS_LEVEL = 0.01
+NEURAL_SIZES = {"hidden": 16, "embedding": 4, "head_hidden": 16, "time_components": 3, "mark_components": 3}
+NEURAL_TRAINER = {"accelerator": "cpu", "devices": 1, "max_epochs": 10, "default_root_dir": None, "num_threads": 1}
 FACTORIES = {
     "parametric": lambda: ParametricGenerator(rate_window_s=600.0, data_window_s=3600.0),
     "naive": lambda: NaiveGenerator(),
+    "neural": lambda: NeuralGenerator(**NEURAL_SIZES, chunk_len=32, lanes=16, trainer=NEURAL_TRAINER),
 }
 _FITTED: dict = {}
 
