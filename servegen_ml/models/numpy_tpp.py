@@ -113,7 +113,9 @@ class NumpyTPP:
 
     def _sample_count(self, field, raw, rng) -> np.ndarray:
         spikes = self.spikes[field]
-        logits, comp, loc, log_scale = F.split_params(raw.astype(np.float64), len(spikes) + 1, self.km)
+        # Spike logits stay in the heads' float32 (only sampled from); the mixture goes to float64.
+        logits, comp, loc, log_scale = F.split_params(raw, len(spikes) + 1, self.km)
+        comp, loc, log_scale = (x.astype(np.float64) for x in (comp, loc, log_scale))
         i = self.fields.index(field)
         loc, log_scale = F.destandardize(np, loc, log_scale, self.mark_mean[i], self.mark_std[i])
         cap = max(2 * self.max_count.get(field, 0), 16)

@@ -15,18 +15,17 @@ LOG_SCALE_MIN = -7.0
 LOG_SCALE_MAX = 3.0
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
-    return z
-
-
 def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Index drawn from softmax(logits) per row (inverse CDF); logits (B, K) -> (B,) int64."""
-    cdf = np.cumsum(softmax(logits), axis=-1)
-    u = rng.random((logits.shape[0], 1)) * cdf[:, -1:]
+    """Index drawn from softmax(logits) per row (inverse CDF); logits (B, K) -> (B,) int64.
+
+    The CDF is left unnormalized (the uniform is scaled by its total instead) and
+    kept in the logits' dtype: with a few hundred spike values per field this is
+    the sampling step's widest array.
+    """
+    cdf = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(cdf, out=cdf)
+    np.cumsum(cdf, axis=-1, out=cdf)
+    u = (rng.random((logits.shape[0], 1)) * cdf[:, -1:]).astype(cdf.dtype)
     return np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
 
 
