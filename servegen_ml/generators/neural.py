@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,9 @@ class NeuralGenerator(Generator):
         from servegen_ml.trace.io import iter_trace_chunks
 
         path = Path(trace)
+        self.conversations_ = None
         with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.settings["store_dir"]) as tmp:
-            store = build_store(lambda: iter_trace_chunks(path), directory=tmp)
+            store = build_store(lambda: _warn_on_conversations(iter_trace_chunks(path), path), directory=tmp)
             return self._fit_store(store)
 
     def _fit_conversations(self, trace: pd.DataFrame, roles) -> None:
@@ -396,3 +398,17 @@ def natural_opener_rates(state, spec: GenerationSpec) -> pd.Series:
         share = state.traffic / max(state.traffic.sum(), 1)
         return pd.Series(spec.clients.n * share * mean_rate, index=ids)
     return pd.Series(mean_rate, index=ids)
+
+
+def _warn_on_conversations(chunks, path: Path):
+    """Pass chunks through; warn once if the file has conversation ids, which streamed training does not learn."""
+    warned = False
+    for chunk in chunks:
+        if not warned and "turn" in chunk.columns and (chunk["turn"] > 1).any():
+            warnings.warn(
+                f"{path}: has follow-up turns, but a streamed fit learns every request as an arrival "
+                "(no conversation model); pass the trace as a DataFrame to learn conversations",
+                stacklevel=4,
+            )
+            warned = True
+        yield chunk

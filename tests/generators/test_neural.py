@@ -13,7 +13,7 @@ from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.neural import NeuralGenerator
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.trace.io import write_trace
-from tests.factories import synthetic_trace
+from tests.factories import conversational_trace, synthetic_trace
 
 TINY = {
     "hidden": 16,
@@ -116,3 +116,11 @@ def test_streamed_fit_from_parquet_resumes_from_last_checkpoint(trace, tmp_path)
     second = NeuralGenerator(**TINY, trainer={**trainer, "max_epochs": 2}).fit(path)
     assert second.state_.training["resumed_from"].endswith("last.ckpt")
     assert second.state_.training["epochs"] == 2
+
+
+def test_streamed_fit_warns_that_it_learns_no_conversations(tmp_path):
+    path = tmp_path / "conversations.parquet"
+    write_trace(conversational_trace(seed=0, duration_s=1800.0), path)
+    with pytest.warns(UserWarning, match="follow-up turns.*no conversation model"):
+        gen = NeuralGenerator(**TINY, trainer={**FAST, "max_epochs": 1}).fit(path)
+    assert gen.conversations_ is None
