@@ -274,17 +274,7 @@ class NeuralGenerator(Generator):
         emb, gap_mean, gap_std, activity = self._client_inputs(len(store.client_ids))
         with torch_threads(self.trainer.get("num_threads")):
             parts = score_store(self._torch_model(), store, emb, gap_mean, gap_std, activity)
-        # Store order is (client, time); map back to the trace's row order.
-        codes = pd.Index(store.client_ids).get_indexer(trace["client_id"].astype(str))
-        order = np.lexsort((ts, codes))
-        out = {}
-        for name, values in parts.items():
-            column = PART_COLUMNS.get(name, name)
-            out[column] = np.empty(len(trace))
-            out[column][order] = values
-        df = pd.DataFrame(out)
-        df["total"] = df.sum(axis=1)
-        return df
+        return _parts_frame(parts, _store_order(store, trace))
 
     def _log_prob_follow_ups(self, trace: pd.DataFrame, rows: np.ndarray, before, end_s: float):
         """Marks of follow-up rows (models.conversation_marks); ``before``: the turns they follow. Time and
@@ -299,24 +289,15 @@ class NeuralGenerator(Generator):
             sub, client_ids=state.client_ids, layout=state.layout, origin_s=state.origin_s, window=(None, end_s)
         )
         emb, gap_mean, gap_std, activity = self._client_inputs(len(store.client_ids))
-        ts = sub["timestamp"].to_numpy(np.float64)
-        codes = pd.Index(store.client_ids).get_indexer(sub["client_id"].astype(str))
-        order = np.lexsort((ts, codes))
+        order = _store_order(store, sub)
         with torch_threads(self.trainer.get("num_threads")):
             parts = follow_up_log_prob(
                 self._torch_model(), store, emb, gap_mean, gap_std, activity, before.timeline_s[order], state.span_s
             )
         prompt, output = sub["input_tokens"].to_numpy(np.int64), sub["output_tokens"].to_numpy(np.int64)
         new_tokens = np.maximum(prompt - before.input_tokens - before.output_tokens, 0)
-        out = {}
         parts["output"] = self.conversations_.log_output_after(before, new_tokens, prompt, output)[order]
-        for name, values in parts.items():
-            column = PART_COLUMNS.get(name, name)
-            out[column] = np.empty(len(sub))
-            out[column][order] = values
-        df = pd.DataFrame(out)
-        df["total"] = df.sum(axis=1)
-        return df
+        return _parts_frame(parts, order)
 
     def _check_fields(self, trace: pd.DataFrame) -> None:
         layout = self.state_.layout
@@ -398,6 +379,23 @@ def natural_opener_rates(state, spec: GenerationSpec) -> pd.Series:
         share = state.traffic / max(state.traffic.sum(), 1)
         return pd.Series(spec.clients.n * share * mean_rate, index=ids)
     return pd.Series(mean_rate, index=ids)
+
+
+def _store_order(store, trace: pd.DataFrame) -> np.ndarray:
+    """Trace row of each store event: the store holds events in (client, time) order."""
+    codes = pd.Index(store.client_ids).get_indexer(trace["client_id"].astype(str))
+    return np.lexsort((trace["timestamp"].to_numpy(np.float64), codes))
+
+
+def _parts_frame(parts: dict[str, np.ndarray], order: np.ndarray) -> pd.DataFrame:
+    """Per-part log-likelihoods in store order -> a frame in trace row order, with their total."""
+    out = {}
+    for name, values in parts.items():
+        column = out[PART_COLUMNS.get(name, name)] = np.empty(len(order))
+        column[order] = values
+    df = pd.DataFrame(out)
+    df["total"] = df.sum(axis=1)
+    return df
 
 
 def _warn_on_conversations(chunks, path: Path):
