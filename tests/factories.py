@@ -99,3 +99,18 @@ def conversational_trace(seed: int = 0, duration_s: float = 14_400.0, max_turns:
     out = {k: np.concatenate(v) for k, v in cols.items()}
     order = np.argsort(out["timestamp"], kind="stable")
     return make_trace({k: v[order] for k, v in out.items()})
+
+
+def multimodal_conversational_trace(seed: int = 2, duration_s: float = 3600.0, items_seed: int = 2) -> pd.DataFrame:
+    """:func:`conversational_trace` with 0-2 images per request (256 or 576 tokens each, in the input)
+    and half of every output as reasoning."""
+    trace = conversational_trace(seed=seed, duration_s=duration_s)
+    rng = np.random.default_rng(items_seed)
+    counts = rng.choice([0, 1, 2], size=len(trace))
+    tokens = rng.choice([256, 576], size=int(counts.sum()))
+    items = np.bincount(np.repeat(np.arange(len(trace)), counts), weights=tokens, minlength=len(trace))
+    trace["text_tokens"] = trace["input_tokens"]
+    trace["input_tokens"] = trace["input_tokens"] + items.astype(np.int64)
+    trace["image_tokens"] = make_list_column(counts, tokens)
+    trace["reasoning_tokens"] = trace["output_tokens"] // 2
+    return trace

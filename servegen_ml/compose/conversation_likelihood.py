@@ -41,13 +41,15 @@ def conversation_log_prob(
     client_ids: np.ndarray | None = None,
     roles: ConversationRoles | None = None,
     origin_s: float = 0.0,
+    turns: Turns | None = None,
 ) -> np.ndarray:
     """The ``conversation`` part per event (nats); ``client_ids`` overrides the client labels.
 
-    ``origin_s``: the trace timestamp of the model's learned-timeline position 0.
+    ``origin_s``: the trace timestamp of the model's learned-timeline position 0;
+    ``turns``: :func:`trace_turns` of the trace, when the caller has them.
     """
     roles = roles if roles is not None else conversation_roles(trace)
-    turns = trace_turns(model, trace, roles, client_ids, origin_s)
+    turns = turns if turns is not None else trace_turns(model, trace, roles, client_ids, origin_s)
     t = trace["timestamp"].to_numpy(np.float64)
     prompt, answer = turns.input_tokens, turns.output_tokens
     lp = np.zeros(len(trace))
@@ -114,27 +116,27 @@ def log_prob_with_conversations(
     if window_end_s is not None:
         end_s = max(end_s, float(window_end_s))
     roles = conversation_roles(trace)
+    turns = trace_turns(model, trace, roles, client_ids, origin_s)
+    if score_follow_ups is None:
+
+        def score_follow_ups(trace, rows, before, end_s):
+            return score_requests(trace.iloc[rows].reset_index(drop=True), end_s)
+
     parts: dict[str, np.ndarray] = {}
+
+    def put(rows: np.ndarray, frame: pd.DataFrame) -> None:
+        for name in frame.columns.drop("total"):
+            parts.setdefault(name, np.zeros(n))[rows] = frame[name].to_numpy(np.float64)
+
     openers, follow_rows = np.flatnonzero(roles.is_opener), np.flatnonzero(~roles.is_opener)
-    scored_parts = []
     if len(openers):
-        scored_parts.append((openers, score_requests(trace.iloc[openers].reset_index(drop=True), end_s)))
+        put(openers, score_requests(trace.iloc[openers].reset_index(drop=True), end_s))
     if len(follow_rows):
-        if score_follow_ups is None:
-            scored = score_requests(trace.iloc[follow_rows].reset_index(drop=True), end_s)
-        else:
-            scored = score_follow_ups(
-                trace, follow_rows, turns_before(trace_turns(model, trace, roles, client_ids, origin_s), roles), end_s
-            )
-        scored_parts.append((follow_rows, scored))
-    for rows, scored in scored_parts:
-        for name in scored.columns.drop("total"):
-            parts.setdefault(name, np.zeros(n))[rows] = scored[name].to_numpy(np.float64)
-    follow = ~roles.is_opener
+        put(follow_rows, score_follow_ups(trace, follow_rows, turns_before(turns, roles), end_s))
     for name in ("time", "input_tokens"):
         if name in parts:
-            parts[name][follow] = 0.0
-    parts["conversation"] = conversation_log_prob(model, trace, end_s, client_ids, roles, origin_s)
+            parts[name][follow_rows] = 0.0
+    parts["conversation"] = conversation_log_prob(model, trace, end_s, client_ids, roles, origin_s, turns)
     out = pd.DataFrame(parts)
     out["total"] = out.sum(axis=1)
     return out

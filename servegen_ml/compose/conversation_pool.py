@@ -13,7 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from servegen_ml.compose.conversation_sampling import MarksFn, sample_with_conversations
+from servegen_ml.compose.conversation_sampling import (
+    FollowUpContext,
+    MarksFn,
+    sample_with_conversations,
+)
 from servegen_ml.compose.conversations import ConversationModel
 from servegen_ml.compose.segments import window_segments
 from servegen_ml.generators.spec import GenerationSpec, wrap_time
@@ -24,9 +28,10 @@ from servegen_ml.pool.table import ClientPool
 def pool_follow_up_marks(pool: ClientPool) -> MarksFn:
     """Marks of follow-ups drawn from the pool's distributions at their timeline positions."""
 
-    def marks(client_ids: np.ndarray, timeline_s: np.ndarray, rng: np.random.Generator):
-        slot = np.floor(wrap_time(timeline_s, pool.span_s) / pool.data_window_s).astype(np.int64)
-        return sample_marks(pool, pool.client_codes(client_ids), np.minimum(slot, pool.n_data_windows - 1), rng)
+    def marks(context: FollowUpContext, rng: np.random.Generator):
+        slot = np.floor(wrap_time(context.timeline_s, pool.span_s) / pool.data_window_s).astype(np.int64)
+        codes = pool.client_codes(context.client_ids)
+        return sample_marks(pool, codes, np.minimum(slot, pool.n_data_windows - 1), rng)
 
     return marks
 

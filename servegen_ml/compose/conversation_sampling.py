@@ -16,8 +16,8 @@ client at a timeline position gets conversations from
    per request): continue with the hazard ``h_k``; arrive one inter-turn gap
    (conditioned on the previous output) later; prompt = previous prompt +
    previous output + new tokens; output (and reasoning, items) from the
-   generator's callback (a :class:`ConditionedMarks` one also sees the grown
-   prompt and when the previous turn came);
+   generator's callback, which sees the follow-ups' clients and times, the
+   turns before them and the grown prompt (:class:`FollowUpContext`);
 4. :func:`assemble_conversations` merges openers and follow-ups into a sorted
    canonical trace with ``conversation_id`` and ``turn``;
 5. the burn-in is cut off and timestamps are divided by K.
@@ -70,9 +70,6 @@ from servegen_ml.trace.schema import (
     ordered_columns,
 )
 
-# (client ids, learned-timeline positions in s, rng) -> (integer columns, list columns as (counts, values)).
-MarksFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[dict, dict]]
-
 
 @dataclass(frozen=True)
 class FollowUpContext:
@@ -89,15 +86,8 @@ class FollowUpContext:
         return self.previous.timeline_s
 
 
-@dataclass(frozen=True)
-class ConditionedMarks:
-    """A ``follow_up_marks`` that conditions on the turn before, the new tokens and the grown prompt (the neural's).
-
-    ``marks(context, rng)`` returns what a :data:`MarksFn` returns; a plain
-    :data:`MarksFn` sees only the clients and times.
-    """
-
-    marks: Callable[[FollowUpContext, np.random.Generator], tuple[dict, dict]]
+# (follow-ups, rng) -> (integer columns, list columns as (counts, values)): a generator's follow-up marks.
+MarksFn = Callable[[FollowUpContext, np.random.Generator], tuple[dict, dict]]
 
 
 @dataclass(frozen=True)
@@ -192,7 +182,7 @@ def sample_follow_ups(
     openers: pd.DataFrame,
     horizon_s: float,
     timeline_start_s: float,
-    follow_up_marks: MarksFn | ConditionedMarks,
+    follow_up_marks: MarksFn,
     rng: np.random.Generator,
     max_turns: int | None = None,
 ) -> FollowUps:
@@ -222,11 +212,8 @@ def sample_follow_ups(
         alive, arrival, turns = alive[inside], arrival[inside], turns.take(inside)
         new_tokens = model.sample_new_tokens_after(turns, rng)
         grown = prompt[alive] + answer[alive] + new_tokens
-        if isinstance(follow_up_marks, ConditionedMarks):
-            context = FollowUpContext(client_ids[alive], timeline_start_s + arrival, turns, new_tokens, grown)
-            ints, lists = follow_up_marks.marks(context, rng)
-        else:
-            ints, lists = follow_up_marks(client_ids[alive], timeline_start_s + arrival, rng)
+        context = FollowUpContext(client_ids[alive], timeline_start_s + arrival, turns, new_tokens, grown)
+        ints, lists = follow_up_marks(context, rng)
         ints = _grown_prompt(dict(ints), lists, grown)
         position += 1
         steps.append((alive, np.full(len(alive), position), arrival, ints, lists))
@@ -309,7 +296,7 @@ def sample_with_conversations(
     spec: GenerationSpec,
     model: TurnModel,
     sample_openers: Callable[[GenerationSpec], pd.DataFrame],
-    follow_up_marks: MarksFn | ConditionedMarks,
+    follow_up_marks: MarksFn,
     rng: np.random.Generator,
     learned_span_s: float,
     natural_opener_rates: pd.Series | None = None,
@@ -318,7 +305,7 @@ def sample_with_conversations(
 
     ``sample_openers(opener_spec)`` returns the generator's openers (a sorted
     canonical trace, timestamps relative to the spec's start);
-    ``follow_up_marks(client_ids, timeline_s, rng)`` returns the marks of
+    ``follow_up_marks(context, rng)`` (:data:`MarksFn`) returns the marks of
     follow-ups as ``({"output_tokens": ..., ...}, {list column: (counts, values)})``
     with the same columns the openers have (input and text are set here).
     ``learned_span_s`` is the generator's learned timeline span (for the

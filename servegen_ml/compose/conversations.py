@@ -78,6 +78,7 @@ from scipy import special
 
 from servegen_ml.compose.conversation_turns import Turns
 from servegen_ml.generators.base import TIME_RESOLUTION_S
+from servegen_ml.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
 
 POPULATION = "*"
@@ -181,8 +182,7 @@ class ConversationModel:
             ],
             ignore_index=True,
         )
-        offset_s = t[follow] - t[roles.opener_row[follow]]
-        self.burn_in_s_ = float(min(np.quantile(offset_s, 0.99), MAX_BURN_IN_S))
+        self.burn_in_s_ = burn_in_s(t, roles)
         self._compile_tables()
         self.hazard_counts_ = self._hazard_counts(roles, code, np.ones(len(t)))
         self._compile_hazards()
@@ -454,13 +454,7 @@ class ConversationModel:
     @classmethod
     def load(cls, directory: Path) -> ConversationModel:
         directory = Path(directory)
-        path = directory / MODEL_FILE
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: unreadable conversation model ({e})") from None
-        if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
-            raise ValueError(f"{path}: not a version-{VERSION} {FORMAT} file")
+        meta = read_meta(directory / MODEL_FILE, FORMAT, VERSION, "conversation model")
         model = cls(meta["gap_buckets"], meta["min_conversations"], meta["min_follow_ups"])
         model.clients_ = tuple(meta["clients"])
         model.output_edges_ = np.asarray(meta["output_bucket_edges_tokens"], dtype=np.float64)
@@ -471,6 +465,15 @@ class ConversationModel:
         model._compile_tables()
         model._compile_hazards()
         return model
+
+
+def burn_in_s(t_s: np.ndarray, roles: ConversationRoles) -> float:
+    """The 99th percentile of opener-to-turn time over the follow-ups (at most MAX_BURN_IN_S; 0 without any)."""
+    follow = np.flatnonzero(~roles.is_opener)
+    if len(follow) == 0:
+        return 0.0
+    offset_s = t_s[follow] - t_s[roles.opener_row[follow]]
+    return float(min(np.quantile(offset_s, 0.99), MAX_BURN_IN_S))
 
 
 def _labels(trace: pd.DataFrame, client_ids) -> np.ndarray:

@@ -48,6 +48,11 @@ class MarkLayout:
             fields += [f"{m}_count", f"{m}_tokens"]
         return fields + ["input", "output"]
 
+    def mark_columns(self) -> list[str]:
+        """Per-event mark columns of a store (and of a sampled event's marks), items as count and mean log."""
+        cols = ["input", "output"] + (["reasoning"] if self.has_reasoning else [])
+        return cols + [f"{m}_{k}" for m in self.modalities for k in ("count", "item_log")]
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 

@@ -118,7 +118,7 @@ def fit_normalizers(
         gap_log_std=c_std.astype(np.float32),
         mark_mean={f: float(m[0]) for f, (m, _) in mark_stats.items()},
         mark_std={f: float(s[0]) for f, (_, s) in mark_stats.items()},
-        spikes={f: _spikes(hist[f], max_spikes, min_spike_share) for f in fields},
+        spikes={f: frequent_values(hist[f], max_spikes, min_spike_share) for f in fields},
         max_count=max_count,
         train_events=train_events,
         quantiles=_quantiles(hist, ratio_hist if store.layout.has_reasoning else None),
@@ -162,7 +162,7 @@ def _field_values(store: EventStore, lo: int, hi: int, train: np.ndarray):
     yield "output", np.asarray(store.columns["output"][lo:hi])[train]
 
 
-def _spikes(hist: np.ndarray, max_spikes: int, min_share: float) -> list[int]:
+def frequent_values(hist: np.ndarray, max_spikes: int, min_share: float) -> list[int]:
     """The most frequent exact values (templates, caps, a finite support), each at least ``min_share``."""
     total = hist.sum()
     if total == 0 or max_spikes == 0:

@@ -184,14 +184,13 @@ class NeuralGenerator(Generator):
 
     def _follow_up_marks(self, conversations=None):
         """Marks of follow-up turns (models.conversation_marks); ``conversations`` defaults to the fitted model."""
-        from servegen_ml.compose.conversation_sampling import ConditionedMarks
         from servegen_ml.models.conversation_marks import FollowUpMarks
         from servegen_ml.models.segment_sampler import ClientTable
 
         state = self.state_
         table = ClientTable(*self._client_inputs(len(state.client_ids) + 1))
         model = conversations if conversations is not None else self.conversations_
-        return ConditionedMarks(FollowUpMarks(self._numpy_tpp, state.client_ids, table, state.span_s, model))
+        return FollowUpMarks(self._numpy_tpp, table, state.span_s, model)
 
     def _set_state(self, state) -> None:
         from servegen_ml.models.numpy_tpp import NumpyTPP
@@ -220,16 +219,12 @@ class NeuralGenerator(Generator):
             from servegen_ml.compose.conversation_sampling import (
                 sample_with_conversations,
             )
+            from servegen_ml.models.generate import natural_rates
 
             rates = None
-            if spec.rate.kind in ("constant", "curve") and spec.upsample == "compress":
-                from servegen_ml.models.generate import natural_rates
-
-                # Compressing by K = target / natural rate needs the model's own opener rate (a pilot run).
+            if spec.rate.kind in ("constant", "curve"):
+                # The model's own opener rates (stored curves, or a pilot run for new clients).
                 rates = natural_rates(state, self._numpy_tpp, spec, rng, s["segment_events"], s["warmup_events"])
-            elif spec.rate.kind in ("constant", "curve"):
-                # Only weights the clients' mean turns: the empirical opener rates do.
-                rates = natural_opener_rates(state, spec)
             return sample_with_conversations(
                 spec, self.conversations_, sample_openers, self._follow_up_marks(), rng, state.span_s, rates
             )
@@ -356,29 +351,6 @@ class NeuralGenerator(Generator):
     def clients(self) -> tuple[str, ...]:
         self._require_fitted()
         return tuple(self.state_.client_ids)
-
-
-def natural_opener_rates(state, spec: GenerationSpec) -> pd.Series:
-    """Client id -> mean empirical opener req/s over the spec's window (the rate curves of the openers' stream).
-
-    For ``new:N`` the index holds the fitted clients the new ones resemble, each
-    weighted by its traffic share times N (as the pool-based generators do).
-    """
-    from servegen_ml.generators.spec import wrap_time
-
-    n = int(np.clip(np.ceil(spec.duration_s / state.rate_bin_s) * 8, 1, 20_000))
-    position = wrap_time(spec.start_s + (np.arange(n) + 0.5) * spec.duration_s / n, state.span_s)
-    bins = np.clip((position // state.rate_bin_s).astype(np.int64), 0, state.rate_curves.shape[1] - 1)
-    mean_rate = state.rate_curves[:, bins].astype(np.float64).mean(axis=1)
-    ids = list(state.client_ids)
-    if spec.clients.kind == "list":
-        index = {c: i for i, c in enumerate(ids)}
-        wanted = list(spec.clients.ids)
-        return pd.Series([mean_rate[index[c]] if c in index else 0.0 for c in wanted], index=wanted)
-    if spec.clients.kind == "new":
-        share = state.traffic / max(state.traffic.sum(), 1)
-        return pd.Series(spec.clients.n * share * mean_rate, index=ids)
-    return pd.Series(mean_rate, index=ids)
 
 
 def _store_order(store, trace: pd.DataFrame) -> np.ndarray:

@@ -10,6 +10,9 @@ import numpy as np
 from servegen_ml.generators.spec import wrap_time
 from servegen_ml.models import features as F
 
+# Share of a lattice gap's jitter given to a uniform over the whole slot (values never seen in training).
+JITTER_FLOOR = 1e-3
+
 
 def feature_names(client_dim: int, day_harmonics: int, week_harmonics: int) -> list[str]:
     names = [f"client_{i}" for i in range(client_dim)] + ["z_output", "z_input", "log_position"]

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, TensorDataset
 
-from servegen_ml.compose.conversations import MAX_BURN_IN_S, ConversationRoles
-from servegen_ml.data.normalizers import _spikes
+from servegen_ml.compose.conversations import ConversationRoles, burn_in_s
+from servegen_ml.data.normalizers import frequent_values
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.generators.spec import DAY_S, WEEK_S
 from servegen_ml.models.conversation_features import (
@@ -75,13 +76,6 @@ def turn_table(trace, roles: ConversationRoles, client: np.ndarray, origin_s: fl
     return TurnTable(client, roles.position, inp, out, t, next_t, new, next_in, next_out, window_end_s)
 
 
-def burn_in_s(table: TurnTable, roles: ConversationRoles) -> float:
-    """99th percentile of opener-to-turn time (at most MAX_BURN_IN_S), as the empirical model's."""
-    follow = np.flatnonzero(~roles.is_opener)
-    offset = table.timeline_s[follow] - table.timeline_s[roles.opener_row[follow]]
-    return float(min(np.quantile(offset, 0.99), MAX_BURN_IN_S)) if len(follow) else 0.0
-
-
 def timestamp_quantum(timeline_s: np.ndarray) -> float:
     """The largest quantum q of QUANTA_S with LATTICE_SHARE of the timestamps within min(5 ms, q / 10) of
     a multiple of q (counted from the first), or 0 (no lattice)."""
@@ -123,9 +117,9 @@ def fit_turn_normalizers(table: TurnTable, split_s: float, span_s: float, harmon
 
     def frequent(values):
         hist = np.bincount(np.minimum(values, (1 << 20) - 1), minlength=1) if len(values) else np.zeros(1, np.int64)
-        spikes = _spikes(hist, MAX_NEW_SPIKES, MIN_NEW_SPIKE_SHARE)
+        spikes = frequent_values(hist, MAX_NEW_SPIKES, MIN_NEW_SPIKE_SHARE)
         # Shares the heads start from (add-half keeps them inside (0, 1)).
-        return spikes, [float((np.sum(values == v) + 0.5) / (len(values) + 1.0)) for v in spikes]
+        return spikes, [float((hist[v] + 0.5) / (len(values) + 1.0)) for v in spikes]
 
     def moments(x):
         x = np.asarray(x, np.float64)
@@ -327,7 +321,7 @@ def fit_neural_conversations(trace, roles: ConversationRoles, state, follow_up_m
 
     ``state`` is the TPP fitted on the trace's openers (its clients, embeddings,
     timeline and validation split are reused); ``follow_up_marks(model)`` the
-    generator's :class:`~servegen_ml.compose.conversation_sampling.ConditionedMarks`
+    generator's follow-up marks (:data:`~servegen_ml.compose.conversation_sampling.MarksFn`)
     with a conversation model (used to measure mean turns per client).
     """
     from servegen_ml.models.conversation_model import (
@@ -338,9 +332,8 @@ def fit_neural_conversations(trace, roles: ConversationRoles, state, follow_up_m
     )
 
     rows = client_rows(state)
-    index = {c: i for i, c in enumerate(state.client_ids)}
-    labels = trace["client_id"].astype(str).to_numpy(dtype=object)
-    code = np.array([index.get(c, len(index)) for c in labels], dtype=np.int64)
+    code = pd.Index(state.client_ids).get_indexer(trace["client_id"].astype(str))
+    code = np.where(code < 0, len(state.client_ids), code)  # unseen: the mean client's row
     t = trace["timestamp"].to_numpy(np.float64)
     window_end_s = float(t.max()) + TIME_RESOLUTION_S - state.origin_s
     table = turn_table(trace, roles, code, state.origin_s, window_end_s)
@@ -354,7 +347,7 @@ def fit_neural_conversations(trace, roles: ConversationRoles, state, follow_up_m
         "clients": list(state.client_ids),
         "heads": args,
         "normalizers": norm,
-        "burn_in_s": burn_in_s(table, roles),
+        "burn_in_s": burn_in_s(table.timeline_s, roles),
         "training": summary,
         "client_rows": "standardized (embedding, log-gap mean, log-gap std, log mean rate) per client; "
         "the last row is the population's mean client",

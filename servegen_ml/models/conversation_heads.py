@@ -35,7 +35,7 @@ log P(new tokens) + log P(the follow-up's output)``, a last turn ``log[(1 - h) +
 :mod:`servegen_ml.compose.conversation_likelihood` does.
 :class:`~servegen_ml.models.conversation_numpy.NumpyConversationHeads`
 evaluates the same network in numpy for sampling; scoring builds these torch
-distributions from its raw outputs (:func:`distributions`).
+distributions from its raw outputs (:func:`gap_distribution`, :func:`count_distribution`).
 """
 
 from __future__ import annotations
@@ -49,11 +49,8 @@ from torch import Tensor, nn
 
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.models import features as F
-from servegen_ml.models.conversation_features import n_raw
+from servegen_ml.models.conversation_features import JITTER_FLOOR, n_raw
 from servegen_ml.models.distributions import CountMixture, GapMixture
-
-# Share of a lattice gap's jitter given to a uniform over the whole slot (values never seen in training).
-JITTER_FLOOR = 1e-3
 
 
 class ConversationHeads(nn.Module):
@@ -136,7 +133,8 @@ class ConversationHeads(nn.Module):
     ) -> Tensor:  # fmt: skip
         """Per-turn log-likelihood (module docstring); followed (n,) bool, the rest (n,) of the turn after."""
         logit, gap_raw, new_raw, out_raw = self(x, condition)
-        gap, new = distributions(self, gap_raw, new_raw, self.compute_dtype)
+        gap = gap_distribution(self, gap_raw, self.compute_dtype)
+        new = count_distribution(self, "new", new_raw, self.compute_dtype)
         output = count_distribution(self, "output", out_raw, self.compute_dtype)
         logit = logit.to(self.compute_dtype)
         log_h, log_stop = nn.functional.logsigmoid(logit), nn.functional.logsigmoid(-logit)
@@ -201,13 +199,12 @@ class LatticeGap:
         return torch.where(x > 0, self.mixture.log_survival(torch.clamp(edge, min=1e-9)), torch.zeros_like(x))
 
 
-def distributions(buffers, gap_raw: Tensor, new_raw: Tensor, dtype: torch.dtype) -> tuple[LatticeGap, CountMixture]:
-    """The gap and new-token distributions of raw head outputs; ``buffers`` holds kt, km, the spikes and normalizers."""
-    zero, comp, loc, log_scale = F.split_params(gap_raw, 1, buffers.kt)
+def gap_distribution(buffers, raw: Tensor, dtype: torch.dtype) -> LatticeGap:
+    """The gap head's distribution of raw outputs; ``buffers`` holds kt, the normalizer and the lattice."""
+    zero, comp, loc, log_scale = F.split_params(raw, 1, buffers.kt)
     loc, log_scale = F.destandardize(torch, loc, log_scale, buffers.gap_log_mean, buffers.gap_log_std)
     mixture = GapMixture(zero[..., 0], comp, loc, log_scale, dtype)
-    gap = LatticeGap(mixture, float(buffers.gap_quantum_s), buffers.jitter_ms, buffers.jitter_prob)
-    return gap, count_distribution(buffers, "new", new_raw, dtype)
+    return LatticeGap(mixture, float(buffers.gap_quantum_s), buffers.jitter_ms, buffers.jitter_prob)
 
 
 def count_distribution(buffers, name: str, raw: Tensor, dtype: torch.dtype) -> CountMixture:

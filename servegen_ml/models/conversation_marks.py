@@ -12,8 +12,8 @@ conversation model's output head (it sees the turn before, the new tokens and
 the prompt; see :mod:`servegen_ml.models.conversation_heads` for why not the
 TPP's); the reasoning part given prompt and output (TPP head).
 
-:class:`FollowUpMarks` samples them in numpy (for
-:class:`~servegen_ml.compose.conversation_sampling.ConditionedMarks`);
+:class:`FollowUpMarks` samples them in numpy (the ``follow_up_marks`` of
+:mod:`servegen_ml.compose.conversation_sampling`);
 :func:`follow_up_log_prob` scores the TPP's parts of the same distributions
 with the torch model (the generator adds the output head's). Timeline
 positions are wrapped into the learned span in both. A client the model has
@@ -35,21 +35,20 @@ from servegen_ml.models.segment_sampler import ClientTable
 class FollowUpMarks:
     """``marks(context, rng)`` of follow-ups from a :class:`NumpyTPP` (module docstring)."""
 
-    def __init__(self, tpp: NumpyTPP, client_ids: list[str], clients: ClientTable, span_s: float, conversations):
-        """``clients`` has one row per id of ``client_ids`` and a last row for unseen clients;
-        ``conversations`` the NeuralConversationModel whose output head draws the output."""
+    def __init__(self, tpp: NumpyTPP, clients: ClientTable, span_s: float, conversations):
+        """``clients`` has one row per client of ``conversations`` (the NeuralConversationModel whose
+        output head draws the output) and a last row for unseen clients."""
         self.tpp, self.clients, self.span_s, self.conversations = tpp, clients, float(span_s), conversations
-        self.index = {c: i for i, c in enumerate(client_ids)}
 
     def __call__(self, context: FollowUpContext, rng: np.random.Generator) -> tuple[dict, dict]:
         tpp, layout = self.tpp, self.tpp.layout
-        unseen = len(self.index)
-        client = np.array([self.index.get(str(c), unseen) for c in context.client_ids], dtype=np.int64)
+        # The conversation model's client codes index the same clients, unseen ones the last row.
+        client = context.previous.code
         n = len(client)
         gm, gs = self.clients.gap_mean[client].astype(np.float64), self.clients.gap_std[client].astype(np.float64)
         h, emb_gates = tpp.client_rows(self.clients.embedding[client])
         start = wrap_time(context.previous_timeline_s, self.span_s)
-        empty = {k: np.zeros(n) for k in _mark_names(layout)}
+        empty = {k: np.zeros(n) for k in layout.mark_columns()}
         x = tpp.event_features(start, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client)
         projected = tpp.project(tpp.gru_step(h, x, emb_gates))
         gap = np.asarray(context.timeline_s, np.float64) - np.asarray(context.previous_timeline_s, np.float64)
@@ -86,11 +85,6 @@ class FollowUpMarks:
         """Write a known mark into the condition vector (what the later heads see)."""
         i = self.tpp.fields.index(field)
         cond[:, names.index(f"z_{field}")] = (np.log1p(value) - self.tpp.mark_mean[i]) / self.tpp.mark_std[i]
-
-
-def _mark_names(layout) -> list[str]:
-    names = ["input", "output"] + (["reasoning"] if layout.has_reasoning else [])
-    return names + [f"{m}_{k}" for m in layout.modalities for k in ("count", "item_log")]
 
 
 def follow_up_log_prob(tpp, store, embedding, gap_mean, gap_std, activity, previous_s: np.ndarray, span_s: float):

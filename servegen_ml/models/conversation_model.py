@@ -32,6 +32,7 @@ import pandas as pd
 from safetensors.numpy import load_file, save_file
 
 from servegen_ml.compose.conversation_turns import Turns
+from servegen_ml.metafile import read_meta
 from servegen_ml.models.conversation_features import output_condition, turn_features
 from servegen_ml.models.conversation_numpy import NumpyConversationHeads
 
@@ -130,13 +131,7 @@ class NeuralConversationModel:
     @classmethod
     def load(cls, directory: Path) -> NeuralConversationModel:
         directory = Path(directory)
-        path = directory / META_FILE
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: unreadable neural conversation model ({e})") from None
-        if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
-            raise ValueError(f"{path}: not a version-{VERSION} {FORMAT} file")
+        meta = read_meta(directory / META_FILE, FORMAT, VERSION, "neural conversation model")
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
             raise FileNotFoundError(f"neural conversation weights {weights_path} are missing")

@@ -12,9 +12,7 @@ import numpy as np
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.models import features as F
 from servegen_ml.models import sampling as S
-
-# As in conversation_heads (kept here so sampling imports no torch).
-JITTER_FLOOR = 1e-3
+from servegen_ml.models.conversation_features import JITTER_FLOOR
 
 
 class NumpyConversationHeads:
@@ -54,11 +52,10 @@ class NumpyConversationHeads:
             h = np.maximum(h @ weight + bias, 0.0)
         return h
 
-    def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(continue logit (n,), gap raw (n, 1 + 3Kt), new-token raw (n, V + 1 + 3Km)) of features x (n, F)."""
-        h = self.hidden(x)
-        logit, gap, new = (h @ self.out[n][0] + self.out[n][1] for n in ("continue", "gap", "new"))
-        return logit[:, 0], gap, new
+    def head(self, x: np.ndarray, name: str) -> np.ndarray:
+        """Raw outputs of the ``continue``, ``gap`` or ``new`` head (n, ...) of features x (n, F)."""
+        weight, bias = self.out[name]
+        return self.hidden(x) @ weight + bias
 
     def raw_output(self, x: np.ndarray, condition: np.ndarray) -> np.ndarray:
         """Output head's raw parameters (n, V' + 1 + 3Km) of features x (n, F) and output conditions (n, 2)."""
@@ -74,21 +71,13 @@ class NumpyConversationHeads:
         return S.sample_count(self.output_spikes, logits, comp, loc, log_scale, self.max_output_tokens, rng, floor)
 
     def log_output(self, x: np.ndarray, condition: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
-        import torch
-
-        from servegen_ml.models.conversation_heads import count_distribution
-
-        raw = torch.from_numpy(self.raw_output(x, condition))
-        dist = count_distribution(_Buffers(self, torch), "output", raw, torch.float64)
-        return dist.log_prob(torch.from_numpy(np.array(output_tokens, np.int64))).numpy()
+        return self._count(self.raw_output(x, condition), "output").log_prob(_tensor(output_tokens, np.int64)).numpy()
 
     def continue_prob(self, x: np.ndarray) -> np.ndarray:
-        logit, _, _ = self.raw(x)
-        return 1.0 / (1.0 + np.exp(-logit))
+        return 1.0 / (1.0 + np.exp(-self.head(x, "continue")[:, 0]))
 
     def sample_gap_s(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        _, gap_raw, _ = self.raw(x)
-        zero, comp, loc, log_scale = F.split_params(gap_raw, 1, self.kt)
+        zero, comp, loc, log_scale = F.split_params(self.head(x, "gap"), 1, self.kt)
         loc, log_scale = F.destandardize(np, loc, log_scale, self.gap_log_mean, self.gap_log_std)
         gap = S.sample_gap(zero[:, 0], comp, loc, log_scale, rng)
         if self.gap_quantum_s <= 0:
@@ -99,45 +88,50 @@ class NumpyConversationHeads:
         uniform = rng.random(len(gap)) < JITTER_FLOOR
         anywhere = rng.integers(-(cells // 2), cells - cells // 2, size=len(gap))
         if len(self.jitter_ms):
-            seen = self.jitter_ms[S.sample_categorical(np.log(np.tile(self.jitter_prob, (len(gap), 1))), rng)]
+            cdf = np.cumsum(self.jitter_prob)
+            pick = np.searchsorted(cdf, rng.random(len(gap)) * cdf[-1], side="left")
+            seen = self.jitter_ms[np.minimum(pick, len(cdf) - 1)]
         else:
             seen = np.zeros(len(gap), dtype=np.int64)
         jitter_ms = np.where(uniform, anywhere, seen)
         return np.maximum(np.floor(gap / q + 0.5) * q + jitter_ms * res, 0.0)
 
     def sample_new_tokens(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        _, _, new_raw = self.raw(x)
-        logits, comp, loc, log_scale = F.split_params(new_raw, len(self.spikes) + 1, self.km)
+        logits, comp, loc, log_scale = F.split_params(self.head(x, "new"), len(self.spikes) + 1, self.km)
         loc, log_scale = F.destandardize(np, loc, log_scale, self.new_mean, self.new_std)
         floor = F.count_floor(self.new_mean, self.new_std)
         return S.sample_count(self.spikes, logits, comp, loc, log_scale, self.max_new_tokens, rng, floor)
 
-    def torch_distributions(self, x: np.ndarray):
-        """(GapMixture, CountMixture) in float64 of features x."""
-        import torch
-
-        from servegen_ml.models.conversation_heads import distributions
-
-        _, gap_raw, new_raw = self.raw(x)
-        return distributions(_Buffers(self, torch), torch.from_numpy(gap_raw), torch.from_numpy(new_raw), torch.float64)
-
     def log_gap(self, x: np.ndarray, gap_s: np.ndarray) -> np.ndarray:
-        import torch
-
-        gap, _ = self.torch_distributions(x)
-        return gap.log_prob(torch.from_numpy(np.array(gap_s, np.float64))).numpy()
+        return self._gap(x).log_prob(_tensor(gap_s, np.float64)).numpy()
 
     def log_sf_gap(self, x: np.ndarray, x_s: np.ndarray) -> np.ndarray:
-        import torch
-
-        gap, _ = self.torch_distributions(x)
-        return gap.log_survival(torch.from_numpy(np.array(x_s, np.float64))).numpy()
+        return self._gap(x).log_survival(_tensor(x_s, np.float64)).numpy()
 
     def log_new_tokens(self, x: np.ndarray, new_tokens: np.ndarray) -> np.ndarray:
+        return self._count(self.head(x, "new"), "new").log_prob(_tensor(new_tokens, np.int64)).numpy()
+
+    def _gap(self, x: np.ndarray):
+        """The gap head's torch distribution (float64) of features x."""
         import torch
 
-        _, new = self.torch_distributions(x)
-        return new.log_prob(torch.from_numpy(np.array(new_tokens, np.int64))).numpy()
+        from servegen_ml.models.conversation_heads import gap_distribution
+
+        return gap_distribution(_Buffers(self, torch), torch.from_numpy(self.head(x, "gap")), torch.float64)
+
+    def _count(self, raw: np.ndarray, name: str):
+        """The ``new`` or ``output`` head's torch CountMixture (float64) of raw outputs."""
+        import torch
+
+        from servegen_ml.models.conversation_heads import count_distribution
+
+        return count_distribution(_Buffers(self, torch), name, torch.from_numpy(raw), torch.float64)
+
+
+def _tensor(values, dtype):
+    import torch
+
+    return torch.from_numpy(np.array(values, dtype))
 
 
 class _Buffers:

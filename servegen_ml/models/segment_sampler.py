@@ -158,8 +158,7 @@ class _Lanes:
     def start(cls, tpp: NumpyTPP, clients: ClientTable, client, tau_begin, tau_keep, tau_end, warmup_events) -> _Lanes:
         h, emb_gates = tpp.client_rows(clients.embedding[client])
         n = len(client)
-        marks = ["input", "output"] + (["reasoning"] if tpp.layout.has_reasoning else [])
-        marks += [f"{m}_{k}" for m in tpp.layout.modalities for k in ("count", "item_log")]
+        marks = tpp.layout.mark_columns()
         return cls(
             client, tau_begin, tau_keep, tau_end, tau_begin.astype(np.float64).copy(),
             np.maximum(tau_keep - tau_begin, 1e-9) / max(warmup_events, 1.0), np.zeros(n, dtype=np.int64),

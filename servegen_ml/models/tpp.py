@@ -170,12 +170,12 @@ class MarkedTPP(nn.Module):
         activity = self.activity if activity is None else activity
         client = batch["client"].unsqueeze(1)
         gm, gs = gap_mean.unsqueeze(1), gap_std.unsqueeze(1)
-        x_marks = {name: batch[f"x_{name}"] for name in self._store_columns()}
+        x_marks = {name: batch[f"x_{name}"] for name in self.layout.mark_columns()}
         x = self.event_features(
             batch["x_time_s"], batch["x_gap_s"], batch["x_start"], gm, gs, x_marks, client, activity
         )
         states, h_last = self.encoder(x, emb, h0)
-        y_marks = {name: batch[f"y_{name}"] for name in self._store_columns()}
+        y_marks = {name: batch[f"y_{name}"] for name in self.layout.mark_columns()}
         gap = batch["gap_s"]
         cond = F.condition_features(
             torch, self.layout, gap, gm, gs, y_marks, self.mark_mean, self.mark_std, self.fields
@@ -196,12 +196,6 @@ class MarkedTPP(nn.Module):
             parts["reasoning"] = dist.log_prob(batch["y_reasoning"].long(), batch["y_output"].long())
         mask = batch["mask"]
         return {k: torch.where(mask, v, torch.zeros_like(v)) for k, v in parts.items()}, h_last
-
-    def _store_columns(self) -> list[str]:
-        cols = ["input", "output"] + (["reasoning"] if self.layout.has_reasoning else [])
-        for m in self.layout.modalities:
-            cols += [f"{m}_count", f"{m}_item_log"]
-        return cols
 
     def _survival(self, batch, states, emb, gm, gs, y_marks, activity) -> Tensor:
         """log P(no event before the window end) after each segment's last event; 0 elsewhere."""

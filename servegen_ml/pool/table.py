@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from servegen_ml.atomic import atomic_dir
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
 
 RATE_COLUMNS = ("client_id", "window_start_s", "rate", "cv", "family", "shape", "scale")
@@ -240,15 +241,7 @@ class ClientPool:
     @classmethod
     def load(cls, directory: str | Path) -> ClientPool:
         directory = Path(directory)
-        meta_path = directory / "pool.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory}: not a client pool (no pool.json)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: corrupt JSON ({e})") from None
-        if meta.get("format") != POOL_FORMAT or meta.get("version", 0) > POOL_VERSION:
-            raise ValueError(f"{meta_path}: not a version-{POOL_VERSION} {POOL_FORMAT} file")
+        meta = read_meta(directory / "pool.json", POOL_FORMAT, POOL_VERSION, "client pool")
         rates = _read_parquet(directory / "rates.parquet", RATE_COLUMNS)
         pmfs = _read_parquet(directory / "pmfs.parquet", PMF_COLUMNS)
         return cls(

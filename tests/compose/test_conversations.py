@@ -41,8 +41,8 @@ def fitted() -> tuple[pd.DataFrame, ConversationModel]:
 def constant_marks(output_tokens: int = 100):
     """A follow_up_marks callback that gives every follow-up the same output."""
 
-    def marks(client_ids, timeline_s, rng):
-        return {"output_tokens": np.full(len(client_ids), output_tokens, dtype=np.int64)}, {}
+    def marks(context, rng):
+        return {"output_tokens": np.full(len(context.client_ids), output_tokens, dtype=np.int64)}, {}
 
     return marks
 

@@ -41,9 +41,8 @@ from servegen_ml.generators.neural import NeuralGenerator
 from servegen_ml.generators.parametric import ParametricGenerator
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.stats.conversations import conversation_stats
-from servegen_ml.trace.schema import make_list_column
 from servegen_ml.trace.validate import validate_trace
-from tests.factories import conversational_trace
+from tests.factories import conversational_trace, multimodal_conversational_trace
 
 DURATION_S = 14_400.0
 KS_LEVEL = 0.01
@@ -163,15 +162,7 @@ def test_client_selection_keeps_conversations_within_clients():
 
 
 def test_multimodal_and_reasoning_fields_on_follow_ups():
-    trace = conversational_trace(seed=2, duration_s=3600.0)
-    rng = np.random.default_rng(0)
-    counts = rng.choice([0, 1, 2], size=len(trace))
-    tokens = rng.choice([256, 576], size=int(counts.sum()))
-    items = np.bincount(np.repeat(np.arange(len(trace)), counts), weights=tokens, minlength=len(trace))
-    trace["text_tokens"] = trace["input_tokens"]
-    trace["input_tokens"] = trace["input_tokens"] + items.astype(np.int64)
-    trace["image_tokens"] = make_list_column(counts, tokens)
-    trace["reasoning_tokens"] = trace["output_tokens"] // 2
+    trace = multimodal_conversational_trace(seed=2, items_seed=0)
     gen = ParametricGenerator(rate_window_s=600.0, data_window_s=3600.0).fit(trace)
     out = gen.sample(GenerationSpec(duration_s=3600.0), np.random.default_rng(1))
     validate_trace(out)

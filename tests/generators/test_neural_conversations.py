@@ -30,7 +30,7 @@ from servegen_ml.models.conversation_model import NeuralConversationModel
 from servegen_ml.models.conversation_numpy import NumpyConversationHeads
 from servegen_ml.trace.schema import make_list_column
 from servegen_ml.trace.validate import validate_trace
-from tests.factories import conversational_trace
+from tests.factories import conversational_trace, multimodal_conversational_trace
 
 TINY = {"hidden": 16, "embedding": 4, "head_hidden": 16, "time_components": 3, "mark_components": 3}
 FAST = {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "default_root_dir": None, "num_threads": 1}
@@ -195,22 +195,9 @@ def test_timestamp_lattice_is_detected_only_where_there_is_one():
 # ------------------------------------------------------------------ a fitted generator
 
 
-def multimodal_conversations(seed: int = 2, duration_s: float = 3600.0) -> pd.DataFrame:
-    trace = conversational_trace(seed=seed, duration_s=duration_s)
-    rng = np.random.default_rng(seed)
-    counts = rng.choice([0, 1, 2], size=len(trace))
-    tokens = rng.choice([256, 576], size=int(counts.sum()))
-    items = np.bincount(np.repeat(np.arange(len(trace)), counts), weights=tokens, minlength=len(trace))
-    trace["text_tokens"] = trace["input_tokens"]
-    trace["input_tokens"] = trace["input_tokens"] + items.astype(np.int64)
-    trace["image_tokens"] = make_list_column(counts, tokens)
-    trace["reasoning_tokens"] = trace["output_tokens"] // 2
-    return trace
-
-
 @pytest.fixture(scope="module")
 def fitted():
-    trace = multimodal_conversations()
+    trace = multimodal_conversational_trace()
     return NeuralGenerator(**TINY, chunk_len=32, lanes=16, trainer=FAST).fit(trace), trace
 
 
@@ -251,7 +238,7 @@ def test_follow_up_marks_are_scored_with_the_distribution_they_are_drawn_from(fi
               np.full(n_draws, 50), np.full(n_draws, prev_s)),
         np.full(n_draws, prompt - 150), np.full(n_draws, prompt),
     )  # fmt: skip
-    ints, lists = gen._follow_up_marks().marks(context, np.random.default_rng(0))
+    ints, lists = gen._follow_up_marks()(context, np.random.default_rng(0))
     assert (ints["input_tokens"] == np.maximum(prompt, np.bincount(
         np.repeat(np.arange(n_draws), lists["image_tokens"][0]), weights=lists["image_tokens"][1], minlength=n_draws
     ))).all()  # fmt: skip

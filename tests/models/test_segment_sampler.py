@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from servegen_ml.data.events import MarkLayout
 from servegen_ml.models.segment_sampler import _Lanes, _split_stragglers, plan_rows
 
 
@@ -28,8 +29,7 @@ class _StubTPP:
     def client_rows(self, emb):
         return np.zeros((len(emb), 2), np.float32), np.zeros((len(emb), 6), np.float32)
 
-    class layout:
-        has_reasoning, modalities = False, ()
+    layout = MarkLayout()
 
 
 def test_straggler_split_keeps_the_partition():
