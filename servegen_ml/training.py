@@ -6,9 +6,9 @@ as a plain dict. With ``split`` in (0, 1) the generator is fitted on the
 earliest ``split`` fraction of the trace's time span and the per-event NLL of
 each part on the rest (held out) goes to ``OUT/metrics.json``. A ServeGen
 pool directory with ``model=parametric`` loads as a ready-made fit unless
-``+data.duration_s`` asks for a sampled trace. A generator class with
-``streams_trace_files = True`` is handed the file path (no split, default
-reading options) so it can stream a trace larger than memory.
+``+data.duration_s`` asks for a sampled trace. Otherwise the trace is read
+into memory (a trace larger than memory trains through the library:
+``NeuralGenerator(...).fit(path)`` streams the file).
 """
 
 from __future__ import annotations
@@ -78,11 +78,6 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
         step("load ServeGen pool")
         gen = type(gen).from_pool(path)
         metrics["fit"] = "ServeGen client pool loaded as a ready-made fit"
-    elif _streams_file(gen, split, cfg.data, options):
-        # A generator that streams trace files never holds the whole trace in memory.
-        step("fit (streamed from the file)")
-        gen.fit(path)
-        metrics["fit"] = "streamed from the trace file"
     else:
         step("read trace")
         trace = read_trace(path, format=str(cfg.data.format), skip_bad_rows=bool(cfg.data.skip_bad_rows), **options)
@@ -101,17 +96,6 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
     gen.save(out)
     write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
-
-
-def _streams_file(gen: Generator, split: float, data_cfg, options: dict) -> bool:
-    """Whole-file training of a generator that declares ``streams_trace_files`` (plain native/auto input)."""
-    plain = str(data_cfg.format) in ("auto", "native") and not options and not bool(data_cfg.skip_bad_rows)
-    return (
-        bool(getattr(type(gen), "streams_trace_files", False))
-        and split == 0
-        and plain
-        and Path(str(data_cfg.path)).is_file()
-    )
 
 
 def _loads_pool_directly(gen: Generator, path: Path, data_format: str, options: dict) -> bool:
