@@ -61,7 +61,9 @@ def synthetic_columns(rows: int, rng: np.random.Generator) -> dict[str, np.ndarr
     }
 
 
-def write_trace(path: Path, cols: dict[str, np.ndarray], rng: np.random.Generator, row_group: int = 1_000_000) -> None:
+def write_trace(
+    path: Path, cols: dict[str, np.ndarray], rng: np.random.Generator, row_group: int = 1_000_000
+) -> None:
     schema = pa.schema(
         [
             ("timestamp", pa.float64()),
@@ -96,7 +98,9 @@ def write_trace(path: Path, cols: dict[str, np.ndarray], rng: np.random.Generato
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/characterize_10m"))
     parser.add_argument("--seed", type=int, default=0)
@@ -108,7 +112,9 @@ def main() -> int:
         started = time.perf_counter()
         rng = np.random.default_rng(args.seed)
         write_trace(trace, synthetic_columns(args.rows, rng), rng)
-        print(f"wrote {trace} ({trace.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.0f} s")
+        print(
+            f"wrote {trace} ({trace.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.0f} s"
+        )
     out = args.workdir / "report"
     started = time.perf_counter()
     done = subprocess.run(

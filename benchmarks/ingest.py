@@ -37,7 +37,9 @@ def synthetic_block(rng: np.random.Generator, start_row: int, n: int, t0_s: floa
     return pa.table(
         {
             "timestamp": timestamp,
-            "client_id": pc.binary_join_element_wise("c", pc.cast(pa.array(rng.integers(0, 100, size=n)), pa.string()), ""),
+            "client_id": pc.binary_join_element_wise(
+                "c", pc.cast(pa.array(rng.integers(0, 100, size=n)), pa.string()), ""
+            ),
             "request_id": pc.binary_join_element_wise("req-", pc.cast(rows, pa.string()), ""),
             "input_tokens": rng.integers(1, 32000, size=n),
             "output_tokens": output,
@@ -80,7 +82,9 @@ def child(step: str, src: str, out: str, chunk_rows: int) -> None:
 
 def measure(step: str, src: Path, out: Path, chunk_rows: int) -> dict:
     cmd = [sys.executable, __file__, "--child", step, str(src), str(out), str(chunk_rows)]
-    result = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -89,7 +93,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/servegen-ml-ingest"))
     parser.add_argument("--chunk-rows", type=int, default=1_000_000)
-    parser.add_argument("--child", nargs=4, metavar=("STEP", "SRC", "OUT", "CHUNK_ROWS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=4, metavar=("STEP", "SRC", "OUT", "CHUNK_ROWS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         step, src, out, chunk_rows = args.child

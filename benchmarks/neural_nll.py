@@ -65,7 +65,11 @@ def generators(max_epochs: int) -> dict:
 
     trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "num_threads": 1, "default_root_dir": None,
                "gradient_clip_val": 1.0, "num_sanity_val_steps": 0, "early_stopping_patience": 3}  # fmt: skip
-    return {"naive": NaiveGenerator(), "parametric": ParametricGenerator(), "neural": NeuralGenerator(trainer=trainer)}
+    return {
+        "naive": NaiveGenerator(),
+        "parametric": ParametricGenerator(),
+        "neural": NeuralGenerator(trainer=trainer),
+    }
 
 
 def main() -> None:

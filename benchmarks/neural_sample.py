@@ -46,13 +46,18 @@ def checkpoint(train_hours: float, max_steps: int) -> Path:
         return ck
     trace_path = CACHE / f"mlarge_0s_{train_hours:g}h.parquet"
     if not trace_path.is_file():
-        write_trace(sample_servegen_pool(POOL, 0.0, train_hours * 3600.0, np.random.default_rng(0)), trace_path)
+        write_trace(
+            sample_servegen_pool(POOL, 0.0, train_hours * 3600.0, np.random.default_rng(0)), trace_path
+        )
     trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "max_steps": max_steps, "num_threads": 1,
                "default_root_dir": None, "num_sanity_val_steps": 0, "limit_val_batches": 20,
                "val_check_interval": 200}  # fmt: skip
     started = time.perf_counter()
     gen = NeuralGenerator(trainer=trainer).fit(trace_path)
-    print(f"trained on {trace_path.name} in {time.perf_counter() - started:.0f} s: {gen.state_.training}", flush=True)
+    print(
+        f"trained on {trace_path.name} in {time.perf_counter() - started:.0f} s: {gen.state_.training}",
+        flush=True,
+    )
     gen.save(ck)
     return ck
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-POOL = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "servegen" / "language" / "m-large"
+POOL = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "servegen" / "language" / "m-large"
+)
 CACHE = Path(__file__).resolve().parents[1] / ".bench"
 
 
@@ -63,7 +65,14 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int, max_spikes: i
     module.tpp.set_normalizers(norm)
     train, _ = split_segments(store, split_s)
     data = EventDataModule(
-        store, train, None, s["lanes"], s["chunk_len"], 0, s["cold_starts_per_client"], s["cold_starts_per_hour"]
+        store,
+        train,
+        None,
+        s["lanes"],
+        s["chunk_len"],
+        0,
+        s["cold_starts_per_client"],
+        s["cold_starts_per_hour"],
     )
     timer = _EpochTimer()
     trainer = L.Trainer(
@@ -106,13 +115,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: whole epochs)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--max-spikes", type=int, default=None, help="override the default model's spike vocabulary")
+    ap.add_argument(
+        "--max-spikes", type=int, default=None, help="override the default model's spike vocabulary"
+    )
     args = ap.parse_args()
     path = training_trace(args.hours, args.start_s)
     print("| torch threads | events | train seconds | events/s |\n|---|---|---|---|")
     for threads in args.threads:
         r = measure(path, threads, args.epochs, args.max_steps, args.max_spikes)
-        print(f"| {r['threads']} | {r['events']:,} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} |", flush=True)
+        print(
+            f"| {r['threads']} | {r['events']:,} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_POOL = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "servegen" / "language" / "m-large"
+DEFAULT_POOL = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "servegen" / "language" / "m-large"
+)
 
 
 CPU_TIMES: dict[str, float] = {}
@@ -47,7 +49,9 @@ def _compile(gen):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pool", type=Path, default=DEFAULT_POOL)
     parser.add_argument("--rate", default="100")
     parser.add_argument("--duration-s", type=float, default=3600.0)
@@ -70,7 +74,9 @@ def main() -> None:
             )
             os.environ.pop("SERVEGEN_ML_CACHE_DIR")
     ParametricGenerator.from_pool(args.pool)  # make sure the default cache is filled
-    gen, figures["cached_load_s"] = _timed(lambda: _compile(ParametricGenerator.from_pool(args.pool)), "cached_load_s")
+    gen, figures["cached_load_s"] = _timed(
+        lambda: _compile(ParametricGenerator.from_pool(args.pool)), "cached_load_s"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         _, figures["checkpoint_save_s"] = _timed(lambda: gen.save(Path(tmp) / "ck"), "checkpoint_save_s")
         _, figures["checkpoint_load_s"] = _timed(
@@ -80,7 +86,9 @@ def main() -> None:
     spec = GenerationSpec.from_values(duration_s=args.duration_s, rate=args.rate)
     runs = []
     for seed in range(args.repeats):
-        trace, seconds = _timed(lambda seed=seed: gen.sample(spec, np.random.default_rng(seed)), f"sample_{seed}")
+        trace, seconds = _timed(
+            lambda seed=seed: gen.sample(spec, np.random.default_rng(seed)), f"sample_{seed}"
+        )
         runs.append((len(trace), seconds, CPU_TIMES[f"sample_{seed}"]))
     figures["clients"] = int(trace["client_id"].nunique())
     figures["requests"] = int(statistics.median(n for n, _, _ in runs))
@@ -92,13 +100,19 @@ def main() -> None:
         lambda: ParametricGenerator().fit(trace), "fit_parametric_on_sample_s"
     )
 
-    print(f"pool {args.pool.name}: {gen.pool_.n_clients} clients with length data, span {gen.pool_.span_s:.0f} s")
+    print(
+        f"pool {args.pool.name}: {gen.pool_.n_clients} clients with length data, span {gen.pool_.span_s:.0f} s"
+    )
     rows = [
         ("cold parse of the JSON files (first load)", "cold_parse_s", "s"),
         ("cached pool load + sampling tables", "cached_load_s", "s"),
         ("parametric checkpoint save", "checkpoint_save_s", "s"),
         ("parametric checkpoint load + sampling tables", "checkpoint_load_s", "s"),
-        (f"sample {args.duration_s:.0f} s at rate={args.rate} ({figures['requests']} requests)", "sample_s", "s"),
+        (
+            f"sample {args.duration_s:.0f} s at rate={args.rate} ({figures['requests']} requests)",
+            "sample_s",
+            "s",
+        ),
         ("sampling throughput", "requests_per_s", "req/s"),
         ("fit parametric to the sampled trace", "fit_parametric_on_sample_s", "s"),
     ]

@@ -39,7 +39,9 @@ def calibrate(directory: Path, force: bool = False) -> dict:
     weights_digest = hashlib.sha256((directory / MODEL_FILE).read_bytes()).hexdigest()
     t0 = time.perf_counter()
     rng = np.random.default_rng(s["seed"])  # as NeuralGenerator.fit
-    state.model_rate_curves = measure_rate_curves(state, gen._numpy_tpp, rng, s["segment_events"], s["warmup_events"])
+    state.model_rate_curves = measure_rate_curves(
+        state, gen._numpy_tpp, rng, s["segment_events"], s["warmup_events"]
+    )
     seconds = time.perf_counter() - t0
     with atomic_dir(directory) as tmp:
         written = gen.save(tmp)

@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 
 MODELS = ("naive", "parametric", "neural")
-PARTS = ("time", "input_tokens", "output_tokens", "reasoning_tokens", "image_count", "image_tokens", "conversation")
+PARTS = (
+    "time",
+    "input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "image_count",
+    "image_tokens",
+    "conversation",
+)
 
 
 def directory_bytes(path: Path) -> int:
@@ -43,7 +51,9 @@ def shipped_table(name: str) -> list[str]:
             continue
         events = metrics.get("train_events", "streamed")
         events = f"{events:,}" if isinstance(events, int) else events
-        rows.append(f"| `{path}` | {directory_bytes(path) / 2**20:.2f} MiB | {events} | {metrics['fit_seconds']:.0f} |")
+        rows.append(
+            f"| `{path}` | {directory_bytes(path) / 2**20:.2f} MiB | {events} | {metrics['fit_seconds']:.0f} |"
+        )
     return rows
 
 
@@ -64,7 +74,11 @@ def nll_table(name: str, work: Path) -> list[str]:
     for model, metrics in found.items():
         held = metrics["held_out"]
         cells = [f"{held[f'nll_{p}']:.3f}" if f"nll_{p}" in held else "–" for p in parts]
-        rows.append(f"| {model} | **{held['nll_total']:.3f}** | " + " | ".join(cells) + f" | {metrics['fit_seconds']:.0f} |")
+        rows.append(
+            f"| {model} | **{held['nll_total']:.3f}** | "
+            + " | ".join(cells)
+            + f" | {metrics['fit_seconds']:.0f} |"
+        )
     return rows
 
 
@@ -88,7 +102,9 @@ def sample_table(name: str, work: Path, start_s: float, duration_s: float = 3600
         if not (path / "manifest.json").is_file():
             continue
         gen = load_generator(path)
-        natural = gen.sample(GenerationSpec.from_values(duration_s=duration_s, start_s=start_s), np.random.default_rng(0))
+        natural = gen.sample(
+            GenerationSpec.from_values(duration_s=duration_s, start_s=start_s), np.random.default_rng(0)
+        )
         spec20 = GenerationSpec.from_values(duration_s=duration_s, start_s=start_s, rate=20)
         at20 = gen.sample(spec20, np.random.default_rng(0))
         rows.append(
@@ -98,7 +114,9 @@ def sample_table(name: str, work: Path, start_s: float, duration_s: float = 3600
     return rows
 
 
-def rate_table(name: str, work: Path, duration_s: float, hours=(0, 6, 10, 20), tokens: bool = False) -> list[str]:
+def rate_table(
+    name: str, work: Path, duration_s: float, hours=(0, 6, 10, 20), tokens: bool = False
+) -> list[str]:
     """The model cards' "sampled traffic beside the trace" table: req/s at the natural rate and with ``rate=20``.
 
     ``duration_s`` from each hour of the learned first day (seed 0), beside the same window of the
@@ -110,7 +128,9 @@ def rate_table(name: str, work: Path, duration_s: float, hours=(0, 6, 10, 20), t
 
     real = read_trace(work / f"{name}.parquet")
     t = real["timestamp"].to_numpy() - real["timestamp"].min()
-    models = [m for m in ("parametric", "neural") if (Path("checkpoints") / name / m / "manifest.json").is_file()]
+    models = [
+        m for m in ("parametric", "neural") if (Path("checkpoints") / name / m / "manifest.json").is_file()
+    ]
     gens = {m: load_generator(Path("checkpoints") / name / m) for m in models}
     head = ["time", "trace req/s", *models, *(f"{m}, `rate=20`" for m in models)]
     if tokens:
@@ -125,7 +145,9 @@ def rate_table(name: str, work: Path, duration_s: float, hours=(0, 6, 10, 20), t
         window = real[(t >= start_s) & (t < start_s + duration_s)]
         natural, at20 = {}, {}
         for m, gen in gens.items():
-            natural[m] = gen.sample(GenerationSpec.from_values(duration_s=duration_s, start_s=start_s), np.random.default_rng(0))
+            natural[m] = gen.sample(
+                GenerationSpec.from_values(duration_s=duration_s, start_s=start_s), np.random.default_rng(0)
+            )
             spec20 = GenerationSpec.from_values(duration_s=duration_s, start_s=start_s, rate=20)
             at20[m] = len(gen.sample(spec20, np.random.default_rng(0))) / duration_s
         cells = [f"{hour:02d}:00", f"{len(window) / duration_s:.1f}"]
@@ -141,7 +163,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("build/checkpoints"))
     parser.add_argument("--samples", action="store_true", help="also compare one sampled hour with the trace")
     parser.add_argument(
-        "--rates", type=float, metavar="SECONDS",
+        "--rates",
+        type=float,
+        metavar="SECONDS",
         help="only the model cards' rate table: SECONDS sampled from 00, 06, 10 and 20 h, natural and rate=20",
     )
     parser.add_argument("--tokens", action="store_true", help="with --rates: also mean input / output tokens")

@@ -32,7 +32,9 @@ def config_dir() -> Path:
     env = os.environ.get("SERVEGEN_ML_CONFIG_DIR")
     path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
     if not path.is_dir():
-        raise UserError(f"config directory {path} not found; set SERVEGEN_ML_CONFIG_DIR to servegen-ml's configs/")
+        raise UserError(
+            f"config directory {path} not found; set SERVEGEN_ML_CONFIG_DIR to servegen-ml's configs/"
+        )
     return path
 
 

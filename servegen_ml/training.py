@@ -80,7 +80,9 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
         metrics["fit"] = "ServeGen client pool loaded as a ready-made fit"
     else:
         step("read trace")
-        trace = read_trace(path, format=str(cfg.data.format), skip_bad_rows=bool(cfg.data.skip_bad_rows), **options)
+        trace = read_trace(
+            path, format=str(cfg.data.format), skip_bad_rows=bool(cfg.data.skip_bad_rows), **options
+        )
         train, held_out = time_split(trace, split)
         step(f"fit on {len(train):,} requests")
         gen.fit(train)

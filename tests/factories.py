@@ -90,10 +90,14 @@ def conversational_trace(seed: int = 0, duration_s: float = 14_400.0, max_turns:
         emit(name, alive, 1, t.copy(), prompt.copy(), answer.copy())
         for turn in range(2, max_turns + 1):
             alive = alive[rng.random(len(alive)) < cont]
-            arrival = t[alive] + np.exp(np.log(20.0 + 0.1 * answer[alive]) + 0.5 * rng.standard_normal(len(alive)))
+            arrival = t[alive] + np.exp(
+                np.log(20.0 + 0.1 * answer[alive]) + 0.5 * rng.standard_normal(len(alive))
+            )
             alive, arrival = alive[arrival < duration_s], arrival[arrival < duration_s]
             t[alive] = arrival
-            prompt[alive] += answer[alive] + np.round(np.exp(4.0 + rng.standard_normal(len(alive)))).astype(np.int64)
+            prompt[alive] += answer[alive] + np.round(np.exp(4.0 + rng.standard_normal(len(alive)))).astype(
+                np.int64
+            )
             answer[alive] = np.round(np.exp(5.0 + 0.7 * rng.standard_normal(len(alive)))).astype(np.int64) + 1
             emit(name, alive, turn, arrival, prompt[alive], answer[alive])
     out = {k: np.concatenate(v) for k, v in cols.items()}
@@ -101,7 +105,9 @@ def conversational_trace(seed: int = 0, duration_s: float = 14_400.0, max_turns:
     return make_trace({k: v[order] for k, v in out.items()})
 
 
-def multimodal_conversational_trace(seed: int = 2, duration_s: float = 3600.0, items_seed: int = 2) -> pd.DataFrame:
+def multimodal_conversational_trace(
+    seed: int = 2, duration_s: float = 3600.0, items_seed: int = 2
+) -> pd.DataFrame:
     """:func:`conversational_trace` with 0-2 images per request (256 or 576 tokens each, in the input)
     and half of every output as reasoning."""
     trace = conversational_trace(seed=seed, duration_s=duration_s)

@@ -79,7 +79,8 @@ def test_cache_is_reused_and_invalidated_by_changes(tmp_path, cache_dir, monkeyp
     monkeypatch.setattr(servegen, "parse_servegen_pool", fail)
     second = load_servegen_pool(directory)
     pd.testing.assert_frame_equal(
-        second.rates.astype({"client_id": str, "family": str}), first.rates.astype({"client_id": str, "family": str})
+        second.rates.astype({"client_id": str, "family": str}),
+        first.rates.astype({"client_id": str, "family": str}),
     )
     csv = directory / "chunk-0-trace.csv"
     csv.write_text(csv.read_text() + "3600,0,0,,0,0\n")
@@ -189,7 +190,13 @@ def test_smoothed_distributions_are_normalized():
     # One client, one window of ratios seen 10 times each (plus the whole-trace group).
     ratio = np.array([0.0, 0.25, 0.5, 0.9, 1.0])
     table = build_field_table(
-        np.zeros(10, dtype=np.int64), np.repeat([0, 1], 5), np.tile(ratio, 2), np.full(10, 10.0), 1, 2, ratio=True
+        np.zeros(10, dtype=np.int64),
+        np.repeat([0, 1], 5),
+        np.tile(ratio, 2),
+        np.full(10, 10.0),
+        1,
+        2,
+        ratio=True,
     )
     for output in (1, 7, 3000):
         r = np.arange(output + 1)

@@ -32,9 +32,7 @@ FIELDS = {
 
 
 def shipped() -> list[tuple[str, str]]:
-    return sorted(
-        (p.parent.name, p.name) for p in CHECKPOINTS.glob("*/*") if (p / "manifest.json").is_file()
-    )
+    return sorted((p.parent.name, p.name) for p in CHECKPOINTS.glob("*/*") if (p / "manifest.json").is_file())
 
 
 _LOADED: dict[Path, object] = {}
@@ -70,7 +68,9 @@ def test_checkpoint_is_small_and_of_its_kind(name, model):
 def test_checkpoint_samples_within_the_contract(name, model):
     gen = loaded(CHECKPOINTS / name / model)
     duration_s = DURATION_S[name]
-    spec = GenerationSpec.from_values(duration_s=duration_s, start_s=36_000.0 if name != "conversational" else 0.0)
+    spec = GenerationSpec.from_values(
+        duration_s=duration_s, start_s=36_000.0 if name != "conversational" else 0.0
+    )
     a = gen.sample(spec, np.random.default_rng(7))
     b = gen.sample(spec, np.random.default_rng(7))
     c = gen.sample(spec, np.random.default_rng(8))

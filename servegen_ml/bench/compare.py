@@ -116,7 +116,9 @@ def _provisioning(test, reference, workloads, settings: ProvisioningSettings, qu
         "real_test": counts[test.name].to_dict(),
         "reference": {
             **counts[reference.name].to_dict(),
-            "under_provisioning_error": under_provisioning_error(needed_real, counts[reference.name].instances),
+            "under_provisioning_error": under_provisioning_error(
+                needed_real, counts[reference.name].instances
+            ),
         },
         "synthetic": {
             w.name: {

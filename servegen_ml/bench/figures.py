@@ -14,15 +14,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from servegen_ml.atomic import atomic_path  # noqa: E402
-from servegen_ml.bench.compare import Comparison  # noqa: E402
-from servegen_ml.stats.arrivals import dispersion_index  # noqa: E402
-from servegen_ml.stats.clients import client_summary, weighted_cdf  # noqa: E402
-from servegen_ml.stats.windows import window_counts  # noqa: E402
+from servegen_ml.atomic import atomic_path
+from servegen_ml.bench.compare import Comparison
+from servegen_ml.stats.arrivals import dispersion_index
+from servegen_ml.stats.clients import client_summary, weighted_cdf
+from servegen_ml.stats.windows import window_counts
 
 DPI = 90
 DISPERSION_WINDOWS_S = (0.1, 0.3, 1, 3, 10, 30, 60, 120, 300, 600, 1800, 3600)

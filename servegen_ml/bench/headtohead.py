@@ -94,13 +94,18 @@ def run_head_to_head(
         if "error" in entry:
             continue
         try:
-            workloads.append(_fit_and_sample(name, seed, settings, train, test, start_s, duration_s, fitted, entry))
-        except Exception as e:  # noqa: BLE001 -- one failing model must not discard the others' results
+            workloads.append(
+                _fit_and_sample(name, seed, settings, train, test, start_s, duration_s, fitted, entry)
+            )
+        except Exception as e:
             entry["error"] = f"{type(e).__name__}: {e}"
-            warnings.warn(f"head-to-head: model {name!r} failed at seed {seed}: {entry['error']}", stacklevel=2)
+            warnings.warn(
+                f"head-to-head: model {name!r} failed at seed {seed}: {entry['error']}", stacklevel=2
+            )
     if not workloads:
         raise ValueError(
-            "head-to-head: every model failed: " + "; ".join(f"{n}: {e['error']}" for n, e in per_model.items())
+            "head-to-head: every model failed: "
+            + "; ".join(f"{n}: {e['error']}" for n, e in per_model.items())
         )
     comp = compare(
         Workload("real_test", test, {"path": source, "part": f"after {settings.split:g} of the span"}),
@@ -182,7 +187,9 @@ def _m1_section(summary: dict) -> str:
         label = name if len(models[name]["m1"]) == 1 else f"{name} (fit {i + 1})"
         c = m1["components"]
         common_total = sum(c[p] for p in common) if all(c.get(p) is not None for p in common) else None
-        rows.append([label] + [fmt(c.get(p), 4) for p in parts] + [fmt(c.get("total"), 4), fmt(common_total, 4)])
+        rows.append(
+            [label] + [fmt(c.get(p), 4) for p in parts] + [fmt(c.get("total"), 4), fmt(common_total, 4)]
+        )
         rows[-1].append(str(m1["stats"]["events"]))
     header = ["model", *parts, "total", f"total over {', '.join(common)}", "events"]
     return "\n\n".join(["## Held-out NLL (M1), nats per event (lower is better)", table(header, rows)])
@@ -191,7 +198,9 @@ def _m1_section(summary: dict) -> str:
 def _seed_section(summary: dict, comp: Comparison) -> str:
     models = summary["models"]
     names = list(models)
-    rows = [[m] + [_pm(models[n]["ratio_mean"][m], models[n]["ratio_sd"][m]) for n in names] for m in comp.floor]
+    rows = [
+        [m] + [_pm(models[n]["ratio_mean"][m], models[n]["ratio_sd"][m]) for n in names] for m in comp.floor
+    ]
     if comp.provisioning is not None:
         rows.append(
             ["M7 instances (real test: " + fmt(comp.provisioning["real_test"]["instances"]) + ")"]

@@ -105,7 +105,12 @@ def m1_log_likelihood(log_prob: pd.DataFrame) -> dict:
     """M1: held-out NLL per event (nats) of a generator's ``log_prob`` frame, total and per part."""
     summary = summarize_log_prob(log_prob)
     parts = {k.removeprefix("nll_"): v for k, v in summary.items() if k.startswith("nll_")}
-    return {"distance": parts.get("total"), "components": parts, "stats": {"events": summary["events"]}, "plot": {}}
+    return {
+        "distance": parts.get("total"),
+        "components": parts,
+        "stats": {"events": summary["events"]},
+        "plot": {},
+    }
 
 
 def m1_for_generator(generator: Generator, trace: pd.DataFrame, window_end_s: float | None = None) -> dict:
@@ -154,7 +159,10 @@ def m2_burstiness(
         "client_window_cv": {"synthetic": ccv_s, "real": ccv_r},
     }
     return _result(
-        components, ["dispersion_log_ratio", "window_cv_wasserstein", "client_window_cv_wasserstein"], stats, plot
+        components,
+        ["dispersion_log_ratio", "window_cv_wasserstein", "client_window_cv_wasserstein"],
+        stats,
+        plot,
     )
 
 
@@ -180,7 +188,9 @@ def marginal_fields(trace: pd.DataFrame) -> dict[str, np.ndarray]:
         fields["reasoning_ratio"] = reasoning_ratio(trace["reasoning_tokens"], trace["output_tokens"])
     for col in media_columns(trace.columns):
         fields[f"{modality(col)}_items_per_request"] = list_lengths(trace[col]).astype(np.float64)
-        fields[f"log1p_{modality(col)}_tokens_per_item"] = np.log1p(list_values(trace[col]).astype(np.float64))
+        fields[f"log1p_{modality(col)}_tokens_per_item"] = np.log1p(
+            list_values(trace[col]).astype(np.float64)
+        )
     return fields
 
 
@@ -227,7 +237,9 @@ def dependence_stats(trace: pd.DataFrame, min_rows: int = 20) -> dict[str, float
         has = out > 0
         ratio = trace["reasoning_tokens"].to_numpy(np.float64)[has] / out[has]
         stats["input_ratio.overall"] = spearman(inp[has], ratio)
-        stats["input_ratio.within_client"] = weighted_within_group_spearman(keys[has], inp[has], ratio, min_rows)
+        stats["input_ratio.within_client"] = weighted_within_group_spearman(
+            keys[has], inp[has], ratio, min_rows
+        )
     return stats
 
 
@@ -269,7 +281,9 @@ def autocorrelation(x: np.ndarray, lag: int) -> float:
 def m5_rate_dynamics(synthetic: pd.DataFrame, real: pd.DataFrame, lags_min=ACF_LAGS_MIN) -> dict:
     """M5: Wasserstein between per-minute normalized rates; |difference| of their autocorrelation at each lag."""
     rs, rr = minute_rates(synthetic), minute_rates(real)
-    components = {"rate_distribution_wasserstein": _wasserstein(rs, rr) if len(rs) >= 2 and len(rr) >= 2 else None}
+    components = {
+        "rate_distribution_wasserstein": _wasserstein(rs, rr) if len(rs) >= 2 and len(rr) >= 2 else None
+    }
     acf = {}
     for lag in lags_min:
         a, b = autocorrelation(rs, lag), autocorrelation(rr, lag)
@@ -328,13 +342,18 @@ def m8_conversations(synthetic: pd.DataFrame, real: pd.DataFrame) -> dict:
     if missing:
         return _absent(missing)
     cs, cr = conversation_stats(synthetic), conversation_stats(real)
-    gs, gr = np.log10(np.maximum(cs["inter_turn_gap_s"], 1e-3)), np.log10(np.maximum(cr["inter_turn_gap_s"], 1e-3))
+    gs, gr = (
+        np.log10(np.maximum(cs["inter_turn_gap_s"], 1e-3)),
+        np.log10(np.maximum(cr["inter_turn_gap_s"], 1e-3)),
+    )
     components = {
         "turns.ks": _ks(cs["turns"], cr["turns"]),
         "turns.wasserstein": _wasserstein(cs["turns"], cr["turns"]),
         "inter_turn_gap.ks": _ks(gs, gr),
         "inter_turn_gap.wasserstein_log10": _wasserstein(gs, gr),
-        "follow_up_share": abs(cs["follow_up_share"] - cr["follow_up_share"]) if len(synthetic) and len(real) else None,
+        "follow_up_share": abs(cs["follow_up_share"] - cr["follow_up_share"])
+        if len(synthetic) and len(real)
+        else None,
     }
     stats = {
         "conversations": {"synthetic": len(cs["turns"]), "real": len(cr["turns"])},
@@ -378,7 +397,9 @@ def client_heterogeneity(
         "rate.wasserstein_log10": _wasserstein(
             np.log10(ss["rate_rps"]), np.log10(sr["rate_rps"]), ss["requests"], sr["requests"]
         ),
-        "cv.wasserstein_log": _wasserstein(_log_cv(cvs["cv"]), _log_cv(cvr["cv"]), cvs["requests"], cvr["requests"]),
+        "cv.wasserstein_log": _wasserstein(
+            _log_cv(cvs["cv"]), _log_cv(cvr["cv"]), cvs["requests"], cvr["requests"]
+        ),
         **{f"{k}_share": abs(top_s[k] - top_r[k]) for k in top_s},
     }
     stats = {
@@ -407,7 +428,9 @@ def compute_all(synthetic: pd.DataFrame, real: pd.DataFrame) -> dict[str, dict]:
     return {name: fn(synthetic, real) for name, fn in METRICS.items()}
 
 
-def noise_floor_ratio(d_synthetic: float | None, d_floor: float | None, eps: float = NOISE_FLOOR_EPS) -> float | None:
+def noise_floor_ratio(
+    d_synthetic: float | None, d_floor: float | None, eps: float = NOISE_FLOOR_EPS
+) -> float | None:
     """(d_syn + eps) / (d_floor + eps): 1.0 means as close to the real test trace as real traffic is.
 
     ``eps`` treats distances below it as indistinguishable, so a zero floor

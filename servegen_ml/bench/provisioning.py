@@ -129,9 +129,7 @@ def smallest_instance_count(
     # No request starts sooner than alone on an idle instance, so that p99 bounds every count's p99 TTFT.
     alone_p99_s = float(np.quantile(isolated_s, 0.99))
     if slo.ttft_p99_s is not None and alone_p99_s > slo.ttft_p99_s:
-        out.unreachable = (
-            f"p99 TTFT with every prompt served alone is {alone_p99_s:.3g} s > the SLO's {slo.ttft_p99_s:.3g} s"
-        )
+        out.unreachable = f"p99 TTFT with every prompt served alone is {alone_p99_s:.3g} s > the SLO's {slo.ttft_p99_s:.3g} s"
         return out
     # Twice the busy estimate: halving from there stops near full utilization, not in deep overload.
     start = int(min(max(1, np.ceil(2 * busy_instances(trace, model))), max_instances))

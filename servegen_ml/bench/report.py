@@ -62,7 +62,9 @@ def absent_notes(comp: Comparison) -> str:
                 reasons.setdefault((metric, res.get("absent", "no data")), []).append(name)
     if not reasons:
         return "All metrics are present for every workload."
-    lines = [f"- {metric} absent for {', '.join(names)}: {reason}" for (metric, reason), names in reasons.items()]
+    lines = [
+        f"- {metric} absent for {', '.join(names)}: {reason}" for (metric, reason), names in reasons.items()
+    ]
     return "'—' marks an absent metric:\n\n" + "\n".join(lines)
 
 
@@ -125,7 +127,9 @@ def describe_inputs(comp: Comparison) -> str:
         t = w.trace["timestamp"]
         span = float(t.max() - t.min()) if len(t) else 0.0
         source = w.info.get("path") or ", ".join(f"{k}={v}" for k, v in w.info.items() if k != "spec")
-        rows.append([role, w.name, str(len(w.trace)), f"{span:.0f}", str(w.trace["client_id"].nunique()), source])
+        rows.append(
+            [role, w.name, str(len(w.trace)), f"{span:.0f}", str(w.trace["client_id"].nunique()), source]
+        )
     return table(["role", "name", "requests", "span (s)", "clients", "source"], rows)
 
 
@@ -142,12 +146,19 @@ def write_outputs(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = {**comp.to_json(), **(extra_json or {})}
-    write_text(directory / "metrics.json", json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_text(
+        directory / "metrics.json", json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    )
     figures = write_figures(comp, plotted, directory)
     sections = [f"# {title}"]
     if command:
         sections.append(f"Reproduce with:\n\n```\n{command}\n```")
-    sections += [describe_inputs(comp), *(extra_sections or []), headline_tables(comp), provisioning_table(comp)]
+    sections += [
+        describe_inputs(comp),
+        *(extra_sections or []),
+        headline_tables(comp),
+        provisioning_table(comp),
+    ]
     sections.append("## Figures\n\n" + "\n\n".join(f"![{f}]({f})" for f in figures))
     sections.append(component_tables(comp))
     write_text(directory / "report.md", "\n\n".join(sections) + "\n")

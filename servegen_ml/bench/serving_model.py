@@ -81,7 +81,9 @@ class ServingModel:
 
     def fixed_s(self, n_tokens: int) -> float:
         """Linear operators plus LM head for a step of ``n_tokens`` tokens."""
-        return max(self.linear_floor_s, self.linear_base_s + self.linear_per_token_s * n_tokens) + self.lm_head_s
+        return (
+            max(self.linear_floor_s, self.linear_base_s + self.linear_per_token_s * n_tokens) + self.lm_head_s
+        )
 
     def isolated_ttft_s(self, input_tokens: np.ndarray) -> np.ndarray:
         """Time to first token of each prompt alone on an idle instance (chunks of ``token_budget``)."""
@@ -89,7 +91,10 @@ class ServingModel:
         full, rest = np.divmod(tokens, self.token_budget)
 
         def fixed(n):
-            return np.maximum(self.linear_floor_s, self.linear_base_s + self.linear_per_token_s * n) + self.lm_head_s
+            return (
+                np.maximum(self.linear_floor_s, self.linear_base_s + self.linear_per_token_s * n)
+                + self.lm_head_s
+            )
 
         linear = full * fixed(self.token_budget) + np.where(rest > 0, fixed(rest), 0.0)
         return linear + self.prefill_pair_s * tokens * (tokens + 1) / 2

@@ -59,7 +59,9 @@ class CharacterizeOptions:
 class TraceCharacterizer:
     """Feed validated, time-sorted chunks with :meth:`add`; :meth:`result` gives (stats, series)."""
 
-    def __init__(self, rng: np.random.Generator, options: CharacterizeOptions | None = None, source: str = "<memory>"):
+    def __init__(
+        self, rng: np.random.Generator, options: CharacterizeOptions | None = None, source: str = "<memory>"
+    ):
         self.options = options or CharacterizeOptions()
         self.source = source
         # one independent stream per sample, so adding a section never changes another's sample
@@ -85,7 +87,9 @@ class TraceCharacterizer:
             else None
         )
         self.reasoning = (
-            ReasoningAccumulator(next(self._rngs), o.row_sample) if "reasoning_tokens" in self.columns else None
+            ReasoningAccumulator(next(self._rngs), o.row_sample)
+            if "reasoning_tokens" in self.columns
+            else None
         )
         self.conversations = (
             ConversationAccumulator(o.conversation_idle_s) if "conversation_id" in self.columns else None

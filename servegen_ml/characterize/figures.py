@@ -13,16 +13,20 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import stats as sps  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+from scipy import stats as sps
 
-from servegen_ml.atomic import atomic_path  # noqa: E402
-from servegen_ml.stats.clients import weighted_cdf  # noqa: E402
+from servegen_ml.atomic import atomic_path
+from servegen_ml.stats.clients import weighted_cdf
 
 DPI = 90
-FAMILY_STYLE = {"exponential": ("tab:green", ":"), "gamma": ("tab:orange", "--"), "weibull": ("tab:red", "-.")}
+FAMILY_STYLE = {
+    "exponential": ("tab:green", ":"),
+    "gamma": ("tab:orange", "--"),
+    "weibull": ("tab:red", "-."),
+}
 
 
 def _save(fig, path: Path) -> None:
@@ -53,7 +57,9 @@ def arrivals_over_time(stats: dict, series: dict, path: Path) -> str:
     ax1.set_ylabel("requests/s")
     ax1.set_title(f"Aggregate arrival rate ({w:g} s windows)")
     cv = s["cv"]
-    ax2.plot(_hours(cv["start_s"] + a["cv_window_s"] / 2), cv["cv"], lw=0.8, color="tab:purple", marker=".", ms=3)
+    ax2.plot(
+        _hours(cv["start_s"] + a["cv_window_s"] / 2), cv["cv"], lw=0.8, color="tab:purple", marker=".", ms=3
+    )
     ax2.axhline(1.0, color="grey", ls=":", lw=1, label="Poisson (CV = 1)")
     ax2.set_ylabel("inter-arrival CV")
     ax2.set_xlabel("hours since trace start")
@@ -152,7 +158,9 @@ def inter_arrival_fits(stats: dict, series: dict, path: Path) -> str | None:
 
 
 def dispersion(stats: dict, path: Path) -> str | None:
-    d = {float(k): v for k, v in stats["arrivals"]["dispersion"].items() if v is not None and not math.isnan(v)}
+    d = {
+        float(k): v for k, v in stats["arrivals"]["dispersion"].items() if v is not None and not math.isnan(v)
+    }
     if len(d) < 2:
         return None
     w = np.array(sorted(d))
@@ -223,7 +231,9 @@ def clients_overview(stats: dict, series: dict, path: Path) -> str | None:
     axes[1].step(x, f, where="post", color="tab:purple")
     axes[1].axvline(1.0, color="grey", ls=":", label="Poisson")
     _plain_log(axes[1], "x")
-    axes[1].set_xlabel(f"client inter-arrival CV (per {stats['arrivals']['cv_window_s']:g} s window, weighted mean)")
+    axes[1].set_xlabel(
+        f"client inter-arrival CV (per {stats['arrivals']['cv_window_s']:g} s window, weighted mean)"
+    )
     axes[1].set_ylabel("fraction of traffic")
     axes[1].set_title("Client burstiness, traffic-weighted CDF")
     axes[1].legend(fontsize=8)
@@ -286,11 +296,17 @@ def multimodal(stats: dict, series: dict, path: Path) -> str | None:
     axes[1].legend(fontsize=8)
     p = s["pairs"]
     axes[2].hexbin(
-        np.log10(1 + p["text_tokens"]), np.log10(1 + p["media_tokens"]), gridsize=40, bins="log", cmap="viridis"
+        np.log10(1 + p["text_tokens"]),
+        np.log10(1 + p["media_tokens"]),
+        gridsize=40,
+        bins="log",
+        cmap="viridis",
     )
     axes[2].set_xlabel("log10(1 + text tokens)")
     axes[2].set_ylabel("log10(1 + media tokens)")
-    axes[2].set_title(f"Text vs media (Spearman {stats['multimodal']['text_vs_media']['spearman_sampled']:.2f})")
+    axes[2].set_title(
+        f"Text vs media (Spearman {stats['multimodal']['text_vs_media']['spearman_sampled']:.2f})"
+    )
     w = s["rate_width_s"]
     for name, rate in s["media_tokens_per_s"].items():
         axes[3].plot(_hours((np.arange(len(rate)) + 0.5) * w), rate, lw=0.8, label=f"{name} tokens")
@@ -323,7 +339,11 @@ def reasoning(stats: dict, series: dict, path: Path) -> str | None:
     ax1.set_title(f"Reasoning ratio (bimodality coeff. {bc:.2f}; > 0.56: two modes)")
     p = s["pairs"]
     ax2.hexbin(
-        np.log10(1 + p["reasoning_tokens"]), np.log10(1 + p["answer_tokens"]), gridsize=40, bins="log", cmap="viridis"
+        np.log10(1 + p["reasoning_tokens"]),
+        np.log10(1 + p["answer_tokens"]),
+        gridsize=40,
+        bins="log",
+        cmap="viridis",
     )
     ax2.set_xlabel("log10(1 + reasoning tokens)")
     ax2.set_ylabel("log10(1 + answer tokens)")

@@ -140,7 +140,8 @@ def _arrivals(stats: dict, figures: dict) -> list[str]:
 def _lengths(stats: dict, figures: dict) -> list[str]:
     lg = stats["lengths"]
     rows = [
-        [name.replace("_", " ")] + [_num(lg[name].get(k)) for k in ("mean", "p50", "p90", "p99", "p999", "max")]
+        [name.replace("_", " ")]
+        + [_num(lg[name].get(k)) for k in ("mean", "p50", "p90", "p99", "p999", "max")]
         for name in ("input_tokens", "output_tokens")
     ]
     lines = ["## Lengths", ""]
@@ -270,7 +271,12 @@ def _conversations(stats: dict, figures: dict) -> list[str]:
     turns, gaps = c["turns_per_conversation"], c["inter_turn_gap_s"]
     lines = ["## Conversations", ""]
     lines += _table(
-        ["conversations", "follow-up share", "turns: mean / p90 / max", "inter-turn gap (s): p50 / p90 / p99"],
+        [
+            "conversations",
+            "follow-up share",
+            "turns: mean / p90 / max",
+            "inter-turn gap (s): p50 / p90 / p99",
+        ],
         [
             [
                 f"{c['conversations']:,}",

@@ -28,7 +28,9 @@ def characterize_chunks(
     return characterizer.result()
 
 
-def write_characterization(stats: dict, series: dict, out: str | Path, figures: bool = True) -> dict[str, str]:
+def write_characterization(
+    stats: dict, series: dict, out: str | Path, figures: bool = True
+) -> dict[str, str]:
     """Write figures, ``stats.json`` and ``report.md`` into ``out`` (each file atomically); returns the figures."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

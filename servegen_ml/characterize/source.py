@@ -28,7 +28,9 @@ def iter_chunks(
     except ImportError:
         return _parquet_chunks(Path(path), chunk_rows, skip_bad_rows)
     options = (
-        {"skip_bad_rows": skip_bad_rows} if "skip_bad_rows" in inspect.signature(iter_trace_chunks).parameters else {}
+        {"skip_bad_rows": skip_bad_rows}
+        if "skip_bad_rows" in inspect.signature(iter_trace_chunks).parameters
+        else {}
     )
     return iter_trace_chunks(path, format=format, chunk_rows=chunk_rows, **options)
 
@@ -43,7 +45,9 @@ def _parquet_chunks(path: Path, chunk_rows: int, skip_bad_rows: bool) -> Iterato
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such trace file")
     if path.suffix.lower() != ".parquet":
-        raise ValueError(f"{path}: only Parquet traces can be streamed until servegen_ml.trace.io is installed")
+        raise ValueError(
+            f"{path}: only Parquet traces can be streamed until servegen_ml.trace.io is installed"
+        )
     validator = TraceValidator(str(path), skip_bad_rows)
     for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
         chunk, _ = validator.check(from_arrow(pa.Table.from_batches([batch])))

@@ -10,12 +10,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from servegen_ml.atomic import atomic_path  # noqa: E402
-from servegen_ml.stats.windows import window_index  # noqa: E402
+from servegen_ml.atomic import atomic_path
+from servegen_ml.stats.windows import window_index
 
 DPI = 90
 WINDOW_LADDER_S = (1.0, 10.0, 60.0, 600.0, 3600.0)
@@ -52,7 +52,9 @@ def workload_figure(trace: pd.DataFrame, duration_s: float, path: str | Path, ti
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     scale, unit = (3600.0, "h") if duration_s >= 3 * 3600 else (60.0, "min")
     ax1.plot(mid_s / scale, rate, lw=0.9)
-    ax1.axhline(len(t) / duration_s, color="grey", ls=":", lw=1, label=f"mean {len(t) / duration_s:.3g} req/s")
+    ax1.axhline(
+        len(t) / duration_s, color="grey", ls=":", lw=1, label=f"mean {len(t) / duration_s:.3g} req/s"
+    )
     ax1.set_xlabel(f"time ({unit})")
     ax1.set_ylabel("requests/s")
     ax1.set_title(f"Arrival rate ({width:g} s windows)")

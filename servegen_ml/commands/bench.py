@@ -127,7 +127,9 @@ def run(cfg) -> int:
 
     models = [str(m) for m in _as_list(cfg.models)]
     synthetic = [str(s) for s in _as_list(cfg.synthetic)]
-    trace = read_trace(cfg.data.path, cfg.data.format, bool(cfg.data.skip_bad_rows), **adapter_options(cfg.data))
+    trace = read_trace(
+        cfg.data.path, cfg.data.format, bool(cfg.data.skip_bad_rows), **adapter_options(cfg.data)
+    )
     settings = _settings(cfg)
     command = _command(cfg, models, synthetic)
     config = {"config": OmegaConf.to_container(cfg, resolve=True), "command": command}
@@ -164,9 +166,13 @@ def run(cfg) -> int:
             )
         test = Workload("real_test", trace, {"path": str(cfg.data.path)})
         reference = Workload("reference", read_trace(cfg.reference), {"path": str(cfg.reference)})
-        workloads = [Workload(_name(p, i, synthetic), read_trace(p), {"path": p}) for i, p in enumerate(synthetic)]
+        workloads = [
+            Workload(_name(p, i, synthetic), read_trace(p), {"path": p}) for i, p in enumerate(synthetic)
+        ]
         comp = compare(test, reference, workloads, settings, bool(cfg.quiet))
-        written = write_outputs(comp, cfg.out, "Fidelity benchmark", [w.name for w in workloads], config, None, command)
+        written = write_outputs(
+            comp, cfg.out, "Fidelity benchmark", [w.name for w in workloads], config, None, command
+        )
     print(f"wrote {', '.join(str(p) for p in written[:2])} and {len(written) - 2} figures")
     _print_headlines(comp)
     return 0
@@ -176,7 +182,9 @@ def _name(path: str, index: int, paths: list[str]) -> str:
     """The file's stem, made unique with its position when two files share one."""
     stems = [Path(p).name.split(".")[0] for p in paths]
     stem = stems[index]
-    return stem if stems.count(stem) == 1 and stem not in ("real_test", "reference") else f"{stem}#{index + 1}"
+    return (
+        stem if stems.count(stem) == 1 and stem not in ("real_test", "reference") else f"{stem}#{index + 1}"
+    )
 
 
 def _print_headlines(comp) -> None:
@@ -189,7 +197,5 @@ def _print_headlines(comp) -> None:
         print("  " + m.ljust(24) + "".join(fmt(comp.ratios[n][m]["distance"]).rjust(20) for n in names))
     if comp.provisioning is not None:
         p = comp.provisioning
-        line = (
-            f"  instances: real test {fmt(p['real_test']['instances'])}, reference {fmt(p['reference']['instances'])}"
-        )
+        line = f"  instances: real test {fmt(p['real_test']['instances'])}, reference {fmt(p['reference']['instances'])}"
         print(line + "".join(f", {n} {fmt(v['instances'])}" for n, v in p["synthetic"].items()))

@@ -30,7 +30,9 @@ def run(cfg) -> int:
         media_window_s=float(cfg.media_window_s),
     )
     chunks = iter_chunks(cfg.data.path, cfg.data.format, int(cfg.chunk_rows), bool(cfg.data.skip_bad_rows))
-    stats, series = characterize_chunks(chunks, np.random.default_rng(int(cfg.seed)), options, str(cfg.data.path))
+    stats, series = characterize_chunks(
+        chunks, np.random.default_rng(int(cfg.seed)), options, str(cfg.data.path)
+    )
     figures = write_characterization(stats, series, cfg.out, bool(cfg.figures))
     print(
         f"characterized {stats['trace']['requests']:,} requests in {time.perf_counter() - started:.1f} s: "

@@ -30,7 +30,9 @@ from servegen_ml.trace.io import read_trace
 def run(cfg) -> int:
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format!r}: choose one of {', '.join(FORMATS)}")
-    trace = read_trace(cfg.data.path, cfg.data.format, bool(cfg.data.skip_bad_rows), **adapter_options(cfg.data))
+    trace = read_trace(
+        cfg.data.path, cfg.data.format, bool(cfg.data.skip_bad_rows), **adapter_options(cfg.data)
+    )
     meta = {"source": str(cfg.data.path), "source_format": str(cfg.data.format)}
     out = export_trace(trace, cfg.out, cfg.format, meta=meta)
     span_s = float(trace["timestamp"].max() - trace["timestamp"].min()) if len(trace) else 0.0

@@ -75,5 +75,7 @@ def _plot(trace, spec: GenerationSpec, cfg) -> Path:
     from servegen_ml.characterize.workload_figure import workload_figure
 
     out = Path(str(cfg.out))
-    title = f"{Path(str(cfg.checkpoint)).as_posix()}: {len(trace):,} requests, rate={cfg.rate}, seed={spec.seed}"
+    title = (
+        f"{Path(str(cfg.checkpoint)).as_posix()}: {len(trace):,} requests, rate={cfg.rate}, seed={spec.seed}"
+    )
     return workload_figure(trace, spec.duration_s, out.with_name(out.name + ".png"), title)

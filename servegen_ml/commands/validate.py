@@ -31,7 +31,9 @@ def adapter_options(data_cfg) -> dict:
 
 def run(cfg) -> int:
     if Path(cfg.data.path).is_dir():
-        raise UserError(f"{cfg.data.path}: a directory; to sample a ServeGen pool use 'servegen-ml convert ... out=FILE'")
+        raise UserError(
+            f"{cfg.data.path}: a directory; to sample a ServeGen pool use 'servegen-ml convert ... out=FILE'"
+        )
     reader = TraceReader(
         cfg.data.path,
         cfg.data.format,

@@ -71,7 +71,11 @@ def trace_turns(
     model: TurnModel, trace: pd.DataFrame, roles: ConversationRoles, client_ids=None, origin_s: float = 0.0
 ) -> Turns:
     """Every row of ``trace`` as a turn (its conversation's client: the opener's)."""
-    labels = trace["client_id"].astype(str).to_numpy(dtype=object) if client_ids is None else np.asarray(client_ids)
+    labels = (
+        trace["client_id"].astype(str).to_numpy(dtype=object)
+        if client_ids is None
+        else np.asarray(client_ids)
+    )
     code = model.client_codes(labels[roles.opener_row])
     t = trace["timestamp"].to_numpy(np.float64)
     prompt = trace["input_tokens"].to_numpy(np.int64)

@@ -173,7 +173,9 @@ def with_burn_in(plan: UpsamplePlan, burn_in_s: float, learned_span_s: float) ->
     rate = spec.rate
     if rate.kind == "curve":
         rate = dataclasses.replace(rate, curve_t_s=tuple(t + burn_in_s for t in rate.curve_t_s))
-    opener_spec = dataclasses.replace(spec, start_s=float(start_s), duration_s=spec.duration_s + burn_in_s, rate=rate)
+    opener_spec = dataclasses.replace(
+        spec, start_s=float(start_s), duration_s=spec.duration_s + burn_in_s, rate=rate
+    )
     return dataclasses.replace(plan, opener_spec=opener_spec, burn_in_s=float(burn_in_s))
 
 

@@ -155,7 +155,10 @@ class ConversationModel:
     # ------------------------------------------------------------ fitting
 
     def fit(
-        self, trace: pd.DataFrame, client_ids: np.ndarray | None = None, roles: ConversationRoles | None = None
+        self,
+        trace: pd.DataFrame,
+        client_ids: np.ndarray | None = None,
+        roles: ConversationRoles | None = None,
     ) -> ConversationModel:
         """Fit from a canonical trace; ``client_ids`` overrides the client labels (one label: an aggregate model)."""
         roles = roles if roles is not None else conversation_roles(trace)
@@ -177,7 +180,9 @@ class ConversationModel:
         new_tokens = np.maximum(inp[follow] - inp[prev] - out[prev], 0)
         self.values_ = pd.concat(
             [
-                self._value_rows(GAP_MS, code[follow], self.output_bucket(out[prev]), gap_ms, _gap_weight(t, gap_s)),
+                self._value_rows(
+                    GAP_MS, code[follow], self.output_bucket(out[prev]), gap_ms, _gap_weight(t, gap_s)
+                ),
                 self._value_rows(NEW_TOKENS, code[follow], np.full(len(follow), ALL_BUCKETS), new_tokens),
             ],
             ignore_index=True,
@@ -200,11 +205,20 @@ class ConversationModel:
         pop = len(self.clients_)
         weight = np.ones(len(client)) if weight is None else weight
         cells = [(client, bucket), (client, np.full(len(client), ALL_BUCKETS))]
-        cells += [(np.full(len(client), pop), bucket), (np.full(len(client), pop), np.full(len(client), ALL_BUCKETS))]
+        cells += [
+            (np.full(len(client), pop), bucket),
+            (np.full(len(client), pop), np.full(len(client), ALL_BUCKETS)),
+        ]
         frames = []
         for c, b in cells:
-            df = pd.DataFrame({"client": c, "bucket": b, "value": np.asarray(value, np.float64), "weight": weight})
-            df = df.groupby(["client", "bucket", "value"], sort=True)["weight"].agg(["size", "sum"]).reset_index()
+            df = pd.DataFrame(
+                {"client": c, "bucket": b, "value": np.asarray(value, np.float64), "weight": weight}
+            )
+            df = (
+                df.groupby(["client", "bucket", "value"], sort=True)["weight"]
+                .agg(["size", "sum"])
+                .reset_index()
+            )
             df = df.rename(columns={"size": "count", "sum": "weight"})
             size = df.groupby(["client", "bucket"])["count"].transform("sum")
             whole_pop = (df["client"] == pop) & (df["bucket"] == ALL_BUCKETS)
@@ -214,7 +228,9 @@ class ConversationModel:
         out["count"] = out["count"].astype(np.int64)
         return out.reset_index(drop=True)
 
-    def _hazard_counts(self, roles: ConversationRoles, code: np.ndarray, stop_weight: np.ndarray) -> pd.DataFrame:
+    def _hazard_counts(
+        self, roles: ConversationRoles, code: np.ndarray, stop_weight: np.ndarray
+    ) -> pd.DataFrame:
         """Per (client incl. the population, position): conversations that reached it, continued past it, stopped at it."""
         pop = len(self.clients_)
         k_max = int(roles.position.max())
@@ -319,7 +335,9 @@ class ConversationModel:
 
     def client_codes(self, client_ids) -> np.ndarray:
         """Codes of client ids; unknown ids get :attr:`population`."""
-        codes = pd.Index(self.clients_).get_indexer(pd.Index(np.asarray(client_ids, dtype=object).astype(str)))
+        codes = pd.Index(self.clients_).get_indexer(
+            pd.Index(np.asarray(client_ids, dtype=object).astype(str))
+        )
         return np.where(codes < 0, self.population, codes).astype(np.int64)
 
     def hazard_group(self, code: np.ndarray) -> np.ndarray:
@@ -334,7 +352,9 @@ class ConversationModel:
         column = np.minimum(np.asarray(position, np.int64), self._hazard.shape[1] - 1)
         return self._hazard[group, column]
 
-    def _resolve(self, name: str, code: np.ndarray, bucket: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _resolve(
+        self, name: str, code: np.ndarray, bucket: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(table group, client row whose whole distribution smooths it) with the fallback order of the docstring."""
         table = self._tables[name]
         whole = table.group_of.shape[1] - 1
@@ -444,7 +464,9 @@ class ConversationModel:
         }
         (directory / MODEL_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         pq.write_table(pa.Table.from_pandas(self.summary_, preserve_index=False), directory / CLIENTS_FILE)
-        pq.write_table(pa.Table.from_pandas(self.hazard_counts_, preserve_index=False), directory / HAZARDS_FILE)
+        pq.write_table(
+            pa.Table.from_pandas(self.hazard_counts_, preserve_index=False), directory / HAZARDS_FILE
+        )
         pq.write_table(pa.Table.from_pandas(self.values_, preserve_index=False), directory / VALUES_FILE)
 
     @staticmethod

@@ -117,7 +117,9 @@ def log_pdf(family, shape, scale, x) -> np.ndarray:
     with np.errstate(over="ignore", divide="ignore"):
         lr = np.log(x / scale)
         gamma_lp = (shape - 1.0) * lr - x / scale - special.gammaln(shape) - np.log(scale)
-        weibull_lp = np.log(shape) - np.log(scale) + (shape - 1.0) * lr - np.exp(np.minimum(shape * lr, 700.0))
+        weibull_lp = (
+            np.log(shape) - np.log(scale) + (shape - 1.0) * lr - np.exp(np.minimum(shape * lr, 700.0))
+        )
     return np.where(family == WEIBULL, weibull_lp, gamma_lp)
 
 
@@ -180,7 +182,9 @@ def log_sf_equilibrium(family, shape, scale, x) -> np.ndarray:
     z = _z(family, shape, scale, x)
     with np.errstate(divide="ignore"):
         inv_hazard = np.where(
-            family == WEIBULL, np.log(np.maximum(x, 1e-300)) - np.log(shape * np.maximum(z, 1e-300)), np.log(scale)
+            family == WEIBULL,
+            np.log(np.maximum(x, 1e-300)) - np.log(shape * np.maximum(z, 1e-300)),
+            np.log(scale),
         )
         tail = lsf + inv_hazard - _log_mean(family, shape, scale)
         return np.where(se > _TINY, np.log(np.maximum(se, _TINY)), tail)
@@ -227,7 +231,9 @@ def fit_weibull(gap_s, group, n_groups, iterations: int = 40):
         # Gaps in units of their group mean keep y**k in range.
         ly = np.log(gap_s / mean[group])
         mean_ly = np.bincount(group, weights=ly, minlength=n_groups) / n
-        cv = np.sqrt(np.maximum(np.bincount(group, weights=(gap_s / mean[group]) ** 2, minlength=n_groups) / n - 1, 0))
+        cv = np.sqrt(
+            np.maximum(np.bincount(group, weights=(gap_s / mean[group]) ** 2, minlength=n_groups) / n - 1, 0)
+        )
         lo_k, hi_k = SHAPE_BOUNDS[WEIBULL]
         lo, hi = np.full(n_groups, lo_k), np.full(n_groups, hi_k)
         k = np.clip(np.nan_to_num(np.maximum(cv, 1e-3) ** -1.086, nan=1.0), lo_k, hi_k)

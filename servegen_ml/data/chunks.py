@@ -42,10 +42,17 @@ def split_segments(store: EventStore, split_s: float) -> tuple[Segments, Segment
     """Time-based split: each client's events before ``split_s`` train, the rest validate."""
     time = store.columns["time_s"]
     lo, hi = store.offsets[:-1], store.offsets[1:]
-    cut = np.array([l + np.searchsorted(np.asarray(time[l:h]), split_s) for l, h in zip(lo, hi)], dtype=np.int64)
+    cut = np.array(
+        [l + np.searchsorted(np.asarray(time[l:h]), split_s) for l, h in zip(lo, hi)], dtype=np.int64
+    )
     clients = np.arange(len(lo))
     train = Segments(
-        clients, lo.copy(), cut, np.full(len(lo), -1), np.full(len(lo), store.window_start_s), np.full(len(lo), split_s)
+        clients,
+        lo.copy(),
+        cut,
+        np.full(len(lo), -1),
+        np.full(len(lo), store.window_start_s),
+        np.full(len(lo), split_s),
     )
     val = Segments(
         clients,
@@ -110,7 +117,9 @@ def cold_starts(
         parts.append((np.full(ok.sum(), c), first[ok], last, t0[ok], np.where(last == hi, end, np.nan)))
     cat = [np.concatenate(x) for x in zip(*parts)] if parts else [np.zeros(0)] * 5
     client, lo, hi, t0, surv = cat
-    return Segments(client.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64), np.full(len(lo), -1), t0, surv)
+    return Segments(
+        client.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64), np.full(len(lo), -1), t0, surv
+    )
 
 
 def concat_segments(a: Segments, b: Segments) -> Segments:

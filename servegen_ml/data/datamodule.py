@@ -62,7 +62,9 @@ class LaneDataset(IterableDataset):
         max_events = max(1, -(-total_chunks // n_lanes)) * self.chunk_len
         segments = cut_long(self.segments, max_events)
         if self.cold_per_client or self.cold_per_hour:
-            cold = cold_starts(self.store, self.segments, self.cold_per_client, self.cold_per_hour, self.chunk_len, rng)
+            cold = cold_starts(
+                self.store, self.segments, self.cold_per_client, self.cold_per_hour, self.chunk_len, rng
+            )
             segments = concat_segments(segments, cold)
         return plan_lanes(segments, n_lanes, self.chunk_len, rng)
 

@@ -236,7 +236,9 @@ def _allocator(directory: str | Path | None):
         return lambda name, n, dtype: np.zeros(n, dtype=dtype)
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    return lambda name, n, dtype: np.lib.format.open_memmap(root / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,))
+    return lambda name, n, dtype: np.lib.format.open_memmap(
+        root / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,)
+    )
 
 
 def _column_dtypes(layout: MarkLayout) -> dict[str, type]:
@@ -252,7 +254,10 @@ def _column_dtypes(layout: MarkLayout) -> dict[str, type]:
 def _allocate(alloc, n: int, layout: MarkLayout, item_offsets: dict[str, np.ndarray]):
     columns = {name: alloc(name, n, dt) for name, dt in _column_dtypes(layout).items()}
     items = {
-        m: (alloc(f"{m}_item_offsets", n + 1, np.int64), alloc(f"{m}_item_tokens", int(item_offsets[m][-1]), np.int32))
+        m: (
+            alloc(f"{m}_item_offsets", n + 1, np.int64),
+            alloc(f"{m}_item_tokens", int(item_offsets[m][-1]), np.int32),
+        )
         for m in layout.modalities
     }
     return columns, items
@@ -294,7 +299,9 @@ class _Scatter:
         inputs = chunk["input_tokens"].to_numpy(np.int64)[order]
         self.columns["time_s"][pos] = chunk["timestamp"].to_numpy(np.float64)[order] - self.origin_s
         # A scored trace may break the training trace's input = text + items rule; its text part is then 0.
-        self.columns["input"][pos] = np.maximum(inputs - item_sum, 0) if self.layout.items_in_input else inputs
+        self.columns["input"][pos] = (
+            np.maximum(inputs - item_sum, 0) if self.layout.items_in_input else inputs
+        )
         self.columns["output"][pos] = chunk["output_tokens"].to_numpy(np.int64)[order]
         if self.layout.has_reasoning:
             self.columns["reasoning"][pos] = chunk["reasoning_tokens"].to_numpy(np.int64)[order]
@@ -319,7 +326,9 @@ class _Scatter:
             log_sums = _row_sums_float(counts, np.log1p(tokens.astype(np.float64)))
             self.columns[f"{m}_item_log"][pos] = np.where(counts > 0, log_sums / np.maximum(counts, 1), 0.0)
             total += sums
-            self.items_filled[m] += np.bincount(c, weights=counts, minlength=len(self.filled)).astype(np.int64)
+            self.items_filled[m] += np.bincount(c, weights=counts, minlength=len(self.filled)).astype(
+                np.int64
+            )
         return total
 
     def finish(self) -> None:

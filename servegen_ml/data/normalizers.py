@@ -130,7 +130,9 @@ def _ratio_hist(store: EventStore, lo: int, hi: int, train: np.ndarray) -> np.nd
     r = np.asarray(store.columns["reasoning"][lo:hi])[train].astype(np.float64)
     o = np.asarray(store.columns["output"][lo:hi])[train].astype(np.float64)
     inside = (r > 0) & (r < o)
-    return np.bincount((r[inside] / o[inside] * RATIO_BINS).astype(np.int64), minlength=RATIO_BINS)[:RATIO_BINS]
+    return np.bincount((r[inside] / o[inside] * RATIO_BINS).astype(np.int64), minlength=RATIO_BINS)[
+        :RATIO_BINS
+    ]
 
 
 def _quantiles(hist: dict[str, np.ndarray], ratio_hist: np.ndarray | None) -> dict[str, list[float]]:

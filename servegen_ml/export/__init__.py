@@ -29,7 +29,9 @@ def meta_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
 
-def export_trace(df: pd.DataFrame, path: str | Path, format: str = "native", meta: dict | None = None) -> Path:
+def export_trace(
+    df: pd.DataFrame, path: str | Path, format: str = "native", meta: dict | None = None
+) -> Path:
     """Write ``df`` (a canonical trace) to ``path`` in ``format``; returns ``path``."""
     if format not in FORMATS:
         raise ValueError(f"format={format!r}: choose one of {', '.join(FORMATS)}")
@@ -60,7 +62,9 @@ def _from_zero(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """Sorted by arrival with the first request at 0 s, and the shift that was subtracted (s)."""
     ts = df["timestamp"].to_numpy(dtype=np.float64)
     if not np.isfinite(ts).all():
-        raise ValueError(f"cannot export: timestamp has {int((~np.isfinite(ts)).sum())} missing or infinite value(s)")
+        raise ValueError(
+            f"cannot export: timestamp has {int((~np.isfinite(ts)).sum())} missing or infinite value(s)"
+        )
     # Ties in time keep turn order, so a follow-up never precedes its predecessor in the file.
     keys = (df["turn"].to_numpy(dtype=np.int64), ts) if "turn" in df.columns else (ts,)
     order = np.lexsort(keys)

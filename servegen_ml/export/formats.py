@@ -201,7 +201,9 @@ FORMATS = {
     f.name: f
     for f in (
         ExportFormat("native", write_native, "this project, pandas (Parquet, JSONL or CSV by extension)"),
-        ExportFormat("mooncake", write_mooncake, "vLLM bench serve timed_trace, aiperf mooncake_trace, guidellm"),
+        ExportFormat(
+            "mooncake", write_mooncake, "vLLM bench serve timed_trace, aiperf mooncake_trace, guidellm"
+        ),
         ExportFormat("bailian", write_bailian, "aiperf bailian_trace"),
         ExportFormat("vidur", write_vidur, "Vidur trace replay"),
         ExportFormat("azure", write_azure, "inference-perf trace replay"),

@@ -69,7 +69,9 @@ class PrefixBlocks:
         self.blocks = block_counts(tokens, block_tokens)
         self.predecessor = np.asarray(predecessor, dtype=np.int64)
         has_pred = self.predecessor >= 0
-        pred_complete = tokens[np.where(has_pred, self.predecessor, 0)] // block_tokens if len(tokens) else tokens
+        pred_complete = (
+            tokens[np.where(has_pred, self.predecessor, 0)] // block_tokens if len(tokens) else tokens
+        )
         self.shared = np.where(has_pred, np.minimum(pred_complete, self.blocks), 0)
         new = self.blocks - self.shared
         # First id of each row's new blocks.

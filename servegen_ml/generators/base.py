@@ -123,7 +123,9 @@ class Generator(ABC):
         manifest = read_manifest(directory)
         target = generator_class(manifest["generator"])
         if cls is not Generator and not issubclass(target, cls):
-            raise CheckpointError(f"{directory}: holds a {manifest['generator']!r} generator, not {cls.kind!r}")
+            raise CheckpointError(
+                f"{directory}: holds a {manifest['generator']!r} generator, not {cls.kind!r}"
+            )
         gen = target(**manifest.get("config", {}))
         gen._load_state(Path(directory))
         return gen

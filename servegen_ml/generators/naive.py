@@ -60,19 +60,25 @@ class NaiveGenerator(Generator):
         if len(trace) == 0:
             raise ValueError("cannot fit a generator to an empty trace")
         # With conversations, everything below describes the openers.
-        trace, self.conversations_ = fit_conversations(trace, client_ids=np.full(len(trace), CLIENT_ID, dtype=object))
+        trace, self.conversations_ = fit_conversations(
+            trace, client_ids=np.full(len(trace), CLIENT_ID, dtype=object)
+        )
         t = np.sort(trace["timestamp"].to_numpy(np.float64))
         observed_s = t[-1] - t[0]
         span_s = (np.floor(observed_s / self.rate_window_s) + 1) * self.rate_window_s
         # One client and one data window: the aggregate distributions.
-        aggregate = trace.assign(client_id=make_trace({"client_id": np.full(len(trace), CLIENT_ID)})["client_id"])
+        aggregate = trace.assign(
+            client_id=make_trace({"client_id": np.full(len(trace), CLIENT_ID)})["client_id"]
+        )
         pool = fit_client_pool(aggregate, self.rate_window_s, span_s, min_events=len(trace) + 1)
         pool.rates = self._constant_rates(t, span_s)
         pool.population_rate = float(pool.rates["rate"].iloc[0])
         pool.notes = [f"naive ({self.arrival}) fit of {len(trace)} requests"]
         self.pool_ = pool
         counts = trace["client_id"].astype(str).value_counts(sort=False).sort_index()
-        self.shares_ = pd.DataFrame({"client_id": counts.index.astype(str), "count": counts.to_numpy(np.int64)})
+        self.shares_ = pd.DataFrame(
+            {"client_id": counts.index.astype(str), "count": counts.to_numpy(np.int64)}
+        )
         return self
 
     def _constant_rates(self, t: np.ndarray, span_s: float) -> pd.DataFrame:
@@ -80,7 +86,9 @@ class NaiveGenerator(Generator):
         rate = len(t) / observed_s if observed_s > 0 else len(t) / self.rate_window_s
         gaps = np.diff(t)
         cv = float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else 1.0
-        shape = 1.0 if self.arrival == "poisson" else float(ia.clip_shape(np.array([ia.GAMMA]), [1.0 / cv**2])[0])
+        shape = (
+            1.0 if self.arrival == "poisson" else float(ia.clip_shape(np.array([ia.GAMMA]), [1.0 / cv**2])[0])
+        )
         n = int(round(span_s / self.rate_window_s))
         return pd.DataFrame(
             {
@@ -97,7 +105,9 @@ class NaiveGenerator(Generator):
     def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
         self._require_fitted()
         if spec.clients.kind != "all":
-            raise ValueError(f"clients={spec.clients.to_str()}: the naive generator has no clients; use clients=all")
+            raise ValueError(
+                f"clients={spec.clients.to_str()}: the naive generator has no clients; use clients=all"
+            )
         if self.conversations_ is not None:
             return sample_pool_conversations(self.pool_, self.conversations_, spec, rng)
         return sample_pool(self.pool_, spec, rng)
@@ -106,18 +116,24 @@ class NaiveGenerator(Generator):
         self._require_fitted()
         if self.conversations_ is not None:
             labels = np.full(len(trace), CLIENT_ID, dtype=object)
-            return log_prob_with_conversations(self.conversations_, trace, window_end_s, self._request_log_prob, labels)
+            return log_prob_with_conversations(
+                self.conversations_, trace, window_end_s, self._request_log_prob, labels
+            )
         return self._request_log_prob(trace, window_end_s)
 
     def _request_log_prob(self, trace: pd.DataFrame, window_end_s: float | None) -> pd.DataFrame:
         """Requests as events of the aggregate stream, with log share(client) in ``time``."""
-        lp = pool_log_prob(self.pool_, trace, window_end_s, stream_ids=np.full(len(trace), CLIENT_ID, dtype=object))
+        lp = pool_log_prob(
+            self.pool_, trace, window_end_s, stream_ids=np.full(len(trace), CLIENT_ID, dtype=object)
+        )
         lp["time"] += self._log_share(trace["client_id"].astype(str).to_numpy(dtype=object))
         lp["total"] = lp.drop(columns="total").sum(axis=1)
         return lp
 
     def _log_share(self, client_ids: np.ndarray) -> np.ndarray:
-        counts = pd.Series(self.shares_["count"].to_numpy(np.float64), index=self.shares_["client_id"].astype(str))
+        counts = pd.Series(
+            self.shares_["count"].to_numpy(np.float64), index=self.shares_["client_id"].astype(str)
+        )
         total = counts.sum() + 0.5 * (len(counts) + 1)
         seen = counts.reindex(client_ids).to_numpy()
         return np.log(np.where(np.isnan(seen), 0.5, seen + 0.5) / total)
@@ -127,7 +143,9 @@ class NaiveGenerator(Generator):
 
     def _save_state(self, directory: Path) -> None:
         self.pool_.write_into(directory)
-        table = pa.table({"client_id": self.shares_["client_id"].astype(str).tolist(), "count": self.shares_["count"]})
+        table = pa.table(
+            {"client_id": self.shares_["client_id"].astype(str).tolist(), "count": self.shares_["count"]}
+        )
         pq.write_table(table, directory / SHARES_FILE)
         if self.conversations_ is not None:
             self.conversations_.write_into(directory)
@@ -138,7 +156,9 @@ class NaiveGenerator(Generator):
         if not path.is_file():
             raise FileNotFoundError(f"{directory}: naive checkpoint lacks {SHARES_FILE}")
         self.shares_ = pq.read_table(path).to_pandas()
-        self.conversations_ = ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
+        self.conversations_ = (
+            ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
+        )
 
     @property
     def is_fitted(self) -> bool:

@@ -47,7 +47,12 @@ from servegen_ml.generators.base import TIME_RESOLUTION_S, Generator
 from servegen_ml.generators.spec import GenerationSpec
 
 # Trace columns of each model part in log_prob's output.
-PART_COLUMNS = {"time": "time", "input": "input_tokens", "output": "output_tokens", "reasoning": "reasoning_tokens"}
+PART_COLUMNS = {
+    "time": "time",
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "reasoning": "reasoning_tokens",
+}
 
 
 class NeuralGenerator(Generator):
@@ -82,7 +87,19 @@ class NeuralGenerator(Generator):
     ):
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
-        if min(hidden, embedding, head_hidden, time_components, mark_components, chunk_len, lanes, segment_events) < 1:
+        if (
+            min(
+                hidden,
+                embedding,
+                head_hidden,
+                time_components,
+                mark_components,
+                chunk_len,
+                lanes,
+                segment_events,
+            )
+            < 1
+        ):
             raise ValueError(
                 "sizes (hidden, embedding, head_hidden, components, chunk_len, lanes, segment_events) must be >= 1"
             )
@@ -131,7 +148,9 @@ class NeuralGenerator(Generator):
                 self.conversations_ = None
                 return self._fit_store(store_from_frame(trace))
             # Conversations: the point process learns the openers; the conversation heads the turns.
-            self._fit_store(store_from_frame(trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True)))
+            self._fit_store(
+                store_from_frame(trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True))
+            )
             self._fit_conversations(trace, roles)
             return self
         from servegen_ml.trace.io import iter_trace_chunks
@@ -171,7 +190,10 @@ class NeuralGenerator(Generator):
             training=result.summary,
         )
         state.population = fit_population(
-            state.client_vectors(), state.traffic, self.settings["population_components"], self.settings["seed"]
+            state.client_vectors(),
+            state.traffic,
+            self.settings["population_components"],
+            self.settings["seed"],
         )
         self._set_state(state)
         # The model's own req/s per client and rate bin, which constant and curve rate targets scale.
@@ -210,7 +232,9 @@ class NeuralGenerator(Generator):
         s, state = self.settings, self.state_
 
         def sample_openers(opener_spec: GenerationSpec) -> pd.DataFrame:
-            return sample_trace(state, self._numpy_tpp, opener_spec, rng, s["segment_events"], s["warmup_events"])
+            return sample_trace(
+                state, self._numpy_tpp, opener_spec, rng, s["segment_events"], s["warmup_events"]
+            )
 
         # The sampling step's matrix products are small: one BLAS thread is faster (much faster on a busy CPU).
         with threadpool_limits(limits=1, user_api="blas"):
@@ -224,7 +248,9 @@ class NeuralGenerator(Generator):
             rates = None
             if spec.rate.kind in ("constant", "curve"):
                 # The model's own opener rates (stored curves, or a pilot run for new clients).
-                rates = natural_rates(state, self._numpy_tpp, spec, rng, s["segment_events"], s["warmup_events"])
+                rates = natural_rates(
+                    state, self._numpy_tpp, spec, rng, s["segment_events"], s["warmup_events"]
+                )
             return sample_with_conversations(
                 spec, self.conversations_, sample_openers, self._follow_up_marks(), rng, state.span_s, rates
             )
@@ -264,7 +290,11 @@ class NeuralGenerator(Generator):
         if window_end_s is not None:
             end = max(end, float(window_end_s))
         store = store_from_frame(
-            trace, client_ids=state.client_ids, layout=state.layout, origin_s=state.origin_s, window=(None, end)
+            trace,
+            client_ids=state.client_ids,
+            layout=state.layout,
+            origin_s=state.origin_s,
+            window=(None, end),
         )
         emb, gap_mean, gap_std, activity = self._client_inputs(len(store.client_ids))
         with torch_threads(self.trainer.get("num_threads")):
@@ -281,13 +311,24 @@ class NeuralGenerator(Generator):
         state = self.state_
         sub = trace.iloc[rows].reset_index(drop=True)
         store = store_from_frame(
-            sub, client_ids=state.client_ids, layout=state.layout, origin_s=state.origin_s, window=(None, end_s)
+            sub,
+            client_ids=state.client_ids,
+            layout=state.layout,
+            origin_s=state.origin_s,
+            window=(None, end_s),
         )
         emb, gap_mean, gap_std, activity = self._client_inputs(len(store.client_ids))
         order = _store_order(store, sub)
         with torch_threads(self.trainer.get("num_threads")):
             parts = follow_up_log_prob(
-                self._torch_model(), store, emb, gap_mean, gap_std, activity, before.timeline_s[order], state.span_s
+                self._torch_model(),
+                store,
+                emb,
+                gap_mean,
+                gap_std,
+                activity,
+                before.timeline_s[order],
+                state.span_s,
             )
         prompt, output = sub["input_tokens"].to_numpy(np.int64), sub["output_tokens"].to_numpy(np.int64)
         new_tokens = np.maximum(prompt - before.input_tokens - before.output_tokens, 0)
@@ -296,7 +337,9 @@ class NeuralGenerator(Generator):
 
     def _check_fields(self, trace: pd.DataFrame) -> None:
         layout = self.state_.layout
-        need = [f"{m}_tokens" for m in layout.modalities] + (["reasoning_tokens"] if layout.has_reasoning else [])
+        need = [f"{m}_tokens" for m in layout.modalities] + (
+            ["reasoning_tokens"] if layout.has_reasoning else []
+        )
         missing = [c for c in need if c not in trace.columns]
         if missing:
             raise ValueError(f"trace lacks {missing}, which this neural model was trained with and scores")

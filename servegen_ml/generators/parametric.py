@@ -86,7 +86,11 @@ class ParametricGenerator(Generator):
         return self.pool_.clients
 
     def config(self) -> dict[str, Any]:
-        return {"rate_window_s": self.rate_window_s, "data_window_s": self.data_window_s, "min_events": self.min_events}
+        return {
+            "rate_window_s": self.rate_window_s,
+            "data_window_s": self.data_window_s,
+            "min_events": self.min_events,
+        }
 
     def _save_state(self, directory: Path) -> None:
         self.pool_.write_into(directory)
@@ -95,7 +99,9 @@ class ParametricGenerator(Generator):
 
     def _load_state(self, directory: Path) -> None:
         self.pool_ = ClientPool.load(directory)
-        self.conversations_ = ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
+        self.conversations_ = (
+            ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
+        )
 
     @property
     def is_fitted(self) -> bool:

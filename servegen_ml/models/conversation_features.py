@@ -33,7 +33,9 @@ def turn_features(
 
     ``norm``: the normalizers of :func:`servegen_ml.models.conversation_fit.fit_turn_normalizers`.
     """
-    z_out = (np.log1p(np.asarray(output_tokens, np.float64)) - norm["turn_output_mean"]) / norm["turn_output_std"]
+    z_out = (np.log1p(np.asarray(output_tokens, np.float64)) - norm["turn_output_mean"]) / norm[
+        "turn_output_std"
+    ]
     z_in = (np.log1p(np.asarray(input_tokens, np.float64)) - norm["turn_input_mean"]) / norm["turn_input_std"]
     log_pos = np.log(np.clip(np.asarray(position, np.float64), 1.0, norm["max_position"]))
     t = wrap_time(np.asarray(timeline_s, np.float64), norm["span_s"])
@@ -43,11 +45,18 @@ def turn_features(
 
 def n_raw(time_components: int, mark_components: int, n_spikes: int, n_output_spikes: int) -> tuple[int, ...]:
     """Raw outputs of the continue, gap, new-token and output heads."""
-    return 1, 1 + 3 * time_components, n_spikes + 1 + 3 * mark_components, n_output_spikes + 1 + 3 * mark_components
+    return (
+        1,
+        1 + 3 * time_components,
+        n_spikes + 1 + 3 * mark_components,
+        n_output_spikes + 1 + 3 * mark_components,
+    )
 
 
 def output_condition(new_tokens: np.ndarray, prompt_tokens: np.ndarray, norm: dict) -> np.ndarray:
     """(n, 2) float32: what the follow-up's output head sees beyond the turn before (its new tokens, its prompt)."""
     z_new = (np.log1p(np.asarray(new_tokens, np.float64)) - norm["new_mean"]) / norm["new_std"]
-    z_prompt = (np.log1p(np.asarray(prompt_tokens, np.float64)) - norm["turn_input_mean"]) / norm["turn_input_std"]
+    z_prompt = (np.log1p(np.asarray(prompt_tokens, np.float64)) - norm["turn_input_mean"]) / norm[
+        "turn_input_std"
+    ]
     return np.column_stack([z_new, z_prompt]).astype(np.float32)

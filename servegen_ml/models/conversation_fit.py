@@ -60,7 +60,9 @@ class TurnTable:
         return ~np.isnan(self.next_timeline_s)
 
 
-def turn_table(trace, roles: ConversationRoles, client: np.ndarray, origin_s: float, window_end_s: float) -> TurnTable:
+def turn_table(
+    trace, roles: ConversationRoles, client: np.ndarray, origin_s: float, window_end_s: float
+) -> TurnTable:
     """Turns of ``trace``; ``client`` (n,) each row's client-table row (its conversation's client)."""
     t = trace["timestamp"].to_numpy(np.float64) - origin_s
     inp = trace["input_tokens"].to_numpy(np.int64)
@@ -116,7 +118,11 @@ def fit_turn_normalizers(table: TurnTable, split_s: float, span_s: float, harmon
     next_out = table.next_output[followed]
 
     def frequent(values):
-        hist = np.bincount(np.minimum(values, (1 << 20) - 1), minlength=1) if len(values) else np.zeros(1, np.int64)
+        hist = (
+            np.bincount(np.minimum(values, (1 << 20) - 1), minlength=1)
+            if len(values)
+            else np.zeros(1, np.int64)
+        )
         spikes = frequent_values(hist, MAX_NEW_SPIKES, MIN_NEW_SPIKE_SHARE)
         # Shares the heads start from (add-half keeps them inside (0, 1)).
         return spikes, [float((hist[v] + 0.5) / (len(values) + 1.0)) for v in spikes]
@@ -163,16 +169,26 @@ def fit_turn_normalizers(table: TurnTable, split_s: float, span_s: float, harmon
     }
 
 
-def training_arrays(table: TurnTable, client_rows: np.ndarray, norm: dict, split_s: float) -> tuple[dict, dict]:
+def training_arrays(
+    table: TurnTable, client_rows: np.ndarray, norm: dict, split_s: float
+) -> tuple[dict, dict]:
     """(train, validation) arrays: features x, output condition, followed, and of the turn after: gap_s,
     new_tokens, output_tokens; censor_s (module docstring)."""
     x = turn_features(
-        client_rows[table.client], table.position, table.input_tokens, table.output_tokens, table.timeline_s, norm
+        client_rows[table.client],
+        table.position,
+        table.input_tokens,
+        table.output_tokens,
+        table.timeline_s,
+        norm,
     )
     condition = output_condition(table.new_tokens, table.next_input, norm)
     gap = np.nan_to_num(table.next_timeline_s - table.timeline_s, nan=0.0)
     sets = []
-    for rows, end_s in ((table.timeline_s < split_s, split_s), (table.timeline_s >= split_s, table.window_end_s)):
+    for rows, end_s in (
+        (table.timeline_s < split_s, split_s),
+        (table.timeline_s >= split_s, table.window_end_s),
+    ):
         followed = table.followed & (np.nan_to_num(table.next_timeline_s, nan=np.inf) < end_s)
         sets.append(
             {
@@ -316,7 +332,9 @@ def client_rows(state) -> np.ndarray:
     return ((vectors - mean) / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
 
 
-def fit_neural_conversations(trace, roles: ConversationRoles, state, follow_up_marks, settings: dict, trainer: dict):
+def fit_neural_conversations(
+    trace, roles: ConversationRoles, state, follow_up_marks, settings: dict, trainer: dict
+):
     """A :class:`~servegen_ml.models.conversation_model.NeuralConversationModel` for a fitted neural state.
 
     ``state`` is the TPP fitted on the trace's openers (its clients, embeddings,
@@ -340,7 +358,9 @@ def fit_neural_conversations(trace, roles: ConversationRoles, state, follow_up_m
     split_s = float(state.training.get("split_s", window_end_s))
     harmonics = time_harmonics(state)
     norm = fit_turn_normalizers(table, split_s, state.span_s, harmonics)
-    args, weights, summary = train_conversation_heads(table, rows, norm, settings, trainer, split_s, settings["seed"])
+    args, weights, summary = train_conversation_heads(
+        table, rows, norm, settings, trainer, split_s, settings["seed"]
+    )
     meta = {
         "format": FORMAT,
         "version": VERSION,

@@ -66,7 +66,9 @@ class ConversationHeads(nn.Module):
     ):
         super().__init__()
         self.kt, self.km = time_components, mark_components
-        self.trunk = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.trunk = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
         n_cont, n_gap, n_new, n_out = n_raw(time_components, mark_components, n_spikes, n_output_spikes)
         self.out_continue = nn.Linear(hidden, n_cont)
         self.out_gap = nn.Linear(hidden, n_gap)
@@ -113,11 +115,16 @@ class ConversationHeads(nn.Module):
             self.jitter_prob.copy_(torch.as_tensor(norm["gap_jitter_prob"], dtype=torch.float64))
             self.out_continue.bias.fill_(_logit(continue_rate))
             self.out_gap.bias[0] = _logit(norm["gap_zero_share"])
-            starts = ((self.out_new, norm["new_tokens_spike_shares"]), (self.out_output, norm["output_spike_shares"]))
+            starts = (
+                (self.out_new, norm["new_tokens_spike_shares"]),
+                (self.out_output, norm["output_spike_shares"]),
+            )
             for layer, shares in starts:
                 shares = np.asarray(shares, dtype=np.float64)
                 rest = max(1.0 - shares.sum(), 1e-3)
-                layer.bias[: len(shares) + 1] = torch.as_tensor(np.log(np.r_[shares, rest]), dtype=torch.float32)
+                layer.bias[: len(shares) + 1] = torch.as_tensor(
+                    np.log(np.r_[shares, rest]), dtype=torch.float32
+                )
 
     def forward(self, x: Tensor, condition: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Raw outputs of features x (n, F) and output conditions (n, 2): continue logit (n,), gap (n, 1 + 3Kt),

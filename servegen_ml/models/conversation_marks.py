@@ -45,11 +45,16 @@ class FollowUpMarks:
         # The conversation model's client codes index the same clients, unseen ones the last row.
         client = context.previous.code
         n = len(client)
-        gm, gs = self.clients.gap_mean[client].astype(np.float64), self.clients.gap_std[client].astype(np.float64)
+        gm, gs = (
+            self.clients.gap_mean[client].astype(np.float64),
+            self.clients.gap_std[client].astype(np.float64),
+        )
         h, emb_gates = tpp.client_rows(self.clients.embedding[client])
         start = wrap_time(context.previous_timeline_s, self.span_s)
         empty = {k: np.zeros(n) for k in layout.mark_columns()}
-        x = tpp.event_features(start, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client)
+        x = tpp.event_features(
+            start, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client
+        )
         projected = tpp.project(tpp.gru_step(h, x, emb_gates))
         gap = np.asarray(context.timeline_s, np.float64) - np.asarray(context.previous_timeline_s, np.float64)
         names = F.condition_names(layout)
@@ -60,7 +65,9 @@ class FollowUpMarks:
         for m in layout.modalities:
             counts, tokens, _ = tpp._sample_items(m, projected, cond, names, rng)
             lists[f"{m}_tokens"] = (counts, tokens)
-            item_total += np.bincount(np.repeat(np.arange(n), counts), weights=tokens, minlength=n).astype(np.int64)
+            item_total += np.bincount(np.repeat(np.arange(n), counts), weights=tokens, minlength=n).astype(
+                np.int64
+            )
         for m in layout.empty_modalities:
             lists[f"{m}_tokens"] = (np.zeros(n, dtype=np.int64), np.zeros(0, dtype=np.int64))
         grown = np.asarray(context.prompt_tokens, np.int64)
@@ -75,7 +82,9 @@ class FollowUpMarks:
             self._given(cond, names, "output", ints["output_tokens"])
             raw = tpp.raw("reasoning", projected, cond).astype(np.float64)
             logits, comp, loc, log_scale = F.split_params(raw, 3, tpp.km)
-            ints["reasoning_tokens"] = sample_ratio_tokens(logits, comp, loc, log_scale, ints["output_tokens"], rng)
+            ints["reasoning_tokens"] = sample_ratio_tokens(
+                logits, comp, loc, log_scale, ints["output_tokens"], rng
+            )
         ints["input_tokens"] = prompt
         if layout.has_text_tokens:
             ints["text_tokens"] = base
@@ -87,7 +96,9 @@ class FollowUpMarks:
         cond[:, names.index(f"z_{field}")] = (np.log1p(value) - self.tpp.mark_mean[i]) / self.tpp.mark_std[i]
 
 
-def follow_up_log_prob(tpp, store, embedding, gap_mean, gap_std, activity, previous_s: np.ndarray, span_s: float):
+def follow_up_log_prob(
+    tpp, store, embedding, gap_mean, gap_std, activity, previous_s: np.ndarray, span_s: float
+):
     """Mark log-likelihood parts per store event of follow-ups (torch ``MarkedTPP``; module docstring).
 
     ``store``: the follow-ups as an EventStore (timeline positions); per-client

@@ -66,7 +66,9 @@ class NeuralConversationModel:
         return len(self.clients_)
 
     def client_codes(self, client_ids) -> np.ndarray:
-        codes = pd.Index(self.clients_).get_indexer(pd.Index(np.asarray(client_ids, dtype=object).astype(str)))
+        codes = pd.Index(self.clients_).get_indexer(
+            pd.Index(np.asarray(client_ids, dtype=object).astype(str))
+        )
         return np.where(codes < 0, self.population, codes).astype(np.int64)
 
     def features(self, turns: Turns) -> np.ndarray:
@@ -101,7 +103,9 @@ class NeuralConversationModel:
 
     # -- the follow-up's output (beyond the protocol; used by models.conversation_marks) -----------
 
-    def sample_output_after(self, turns: Turns, new_tokens, prompt_tokens, rng: np.random.Generator) -> np.ndarray:
+    def sample_output_after(
+        self, turns: Turns, new_tokens, prompt_tokens, rng: np.random.Generator
+    ) -> np.ndarray:
         """Output tokens of follow-ups of ``turns`` with these new tokens and grown prompts."""
         condition = output_condition(new_tokens, prompt_tokens, self.norm)
         return self.heads.sample_output(self.features(turns), condition, rng)
@@ -138,7 +142,9 @@ class NeuralConversationModel:
         return cls(meta, load_file(str(weights_path)))
 
 
-def simulated_mean_turns(model: NeuralConversationModel, openers: pd.DataFrame, marks, seed: int) -> np.ndarray:
+def simulated_mean_turns(
+    model: NeuralConversationModel, openers: pd.DataFrame, marks, seed: int
+) -> np.ndarray:
     """Mean turns per conversation of each client row (the last row: the opener-weighted mean over clients).
 
     Simulates the conversations of (up to SIMULATED_OPENERS per client of) the

@@ -26,7 +26,8 @@ class NumpyConversationHeads:
     ):
         w = {k: np.asarray(v) for k, v in weights.items()}
         self.layers = [
-            (w[f"trunk.{i}.weight"].T.astype(np.float64), w[f"trunk.{i}.bias"].astype(np.float64)) for i in (0, 2)
+            (w[f"trunk.{i}.weight"].T.astype(np.float64), w[f"trunk.{i}.bias"].astype(np.float64))
+            for i in (0, 2)
         ]
         self.out = {
             name: (w[f"out_{name}.weight"].T.astype(np.float64), w[f"out_{name}.bias"].astype(np.float64))
@@ -42,7 +43,10 @@ class NumpyConversationHeads:
         for name in ("gap_log_mean", "gap_log_std", "new_mean", "new_std", "output_mean", "output_std"):
             setattr(self, name, float(w[name]))
         self.gap_quantum_s = float(w["gap_quantum_s"])
-        self.jitter_ms, self.jitter_prob = w["jitter_ms"].astype(np.int64), w["jitter_prob"].astype(np.float64)
+        self.jitter_ms, self.jitter_prob = (
+            w["jitter_ms"].astype(np.int64),
+            w["jitter_prob"].astype(np.float64),
+        )
         self.kt, self.km = int(time_components), int(mark_components)
         self.max_new_tokens, self.max_output_tokens = int(max_new_tokens), int(max_output_tokens)
 
@@ -68,10 +72,16 @@ class NumpyConversationHeads:
         logits, comp, loc, log_scale = F.split_params(raw, len(self.output_spikes) + 1, self.km)
         loc, log_scale = F.destandardize(np, loc, log_scale, self.output_mean, self.output_std)
         floor = F.count_floor(self.output_mean, self.output_std)
-        return S.sample_count(self.output_spikes, logits, comp, loc, log_scale, self.max_output_tokens, rng, floor)
+        return S.sample_count(
+            self.output_spikes, logits, comp, loc, log_scale, self.max_output_tokens, rng, floor
+        )
 
     def log_output(self, x: np.ndarray, condition: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
-        return self._count(self.raw_output(x, condition), "output").log_prob(_tensor(output_tokens, np.int64)).numpy()
+        return (
+            self._count(self.raw_output(x, condition), "output")
+            .log_prob(_tensor(output_tokens, np.int64))
+            .numpy()
+        )
 
     def continue_prob(self, x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.head(x, "continue")[:, 0]))
@@ -142,6 +152,9 @@ class _Buffers:
         self.spikes = torch.from_numpy(heads.spikes)
         self.output_spikes = torch.from_numpy(heads.output_spikes)
         self.gap_quantum_s = torch.tensor(heads.gap_quantum_s, dtype=torch.float64)
-        self.jitter_ms, self.jitter_prob = torch.from_numpy(heads.jitter_ms), torch.from_numpy(heads.jitter_prob)
+        self.jitter_ms, self.jitter_prob = (
+            torch.from_numpy(heads.jitter_ms),
+            torch.from_numpy(heads.jitter_prob),
+        )
         for name in ("gap_log_mean", "gap_log_std", "new_mean", "new_std", "output_mean", "output_std"):
             setattr(self, name, torch.tensor(getattr(heads, name), dtype=torch.float64))

@@ -240,7 +240,9 @@ class RatioMixture:
         loc, scale = self.loc.to(d), _scale(self.log_scale.to(d))
         a = (lower.unsqueeze(-1) - loc) / scale
         width = ((upper - lower).clamp(min=1e-300)).unsqueeze(-1) / scale
-        cont = torch.logsumexp(torch.log_softmax(self.comp_logits.to(d), -1) + log_normal_interval(a, width), -1)
+        cont = torch.logsumexp(
+            torch.log_softmax(self.comp_logits.to(d), -1) + log_normal_interval(a, width), -1
+        )
         log_pi = torch.log_softmax(self.logits.to(d), -1)
         minus_inf = torch.full_like(cont, -math.inf)
         at_zero = torch.where(k == 0, log_pi[..., 0], minus_inf)

@@ -110,7 +110,9 @@ def gap_feature(xp, gap_s, gap_mean, gap_std):
     return xp.clip((xp.log(xp.clip(gap_s, TIME_RESOLUTION_S, None)) - gap_mean) / gap_std, -Z_CLIP, Z_CLIP)
 
 
-def condition_features(xp, layout: MarkLayout, gap_s, gap_mean, gap_std, marks: dict, mark_mean, mark_std, fields):
+def condition_features(
+    xp, layout: MarkLayout, gap_s, gap_mean, gap_std, marks: dict, mark_mean, mark_std, fields
+):
     """Condition entries (list of arrays, :func:`condition_names` order) of events with known marks.
 
     gap_mean/gap_std: the client's log-gap normalizer, broadcastable to gap_s;
@@ -130,7 +132,19 @@ def condition_features(xp, layout: MarkLayout, gap_s, gap_mean, gap_std, marks: 
 
 
 def event_features(
-    xp, layout, time_s, gap_s, is_start, gap_mean, gap_std, marks, mark_mean, mark_std, fields, harmonics, activity
+    xp,
+    layout,
+    time_s,
+    gap_s,
+    is_start,
+    gap_mean,
+    gap_std,
+    marks,
+    mark_mean,
+    mark_std,
+    fields,
+    harmonics,
+    activity,
 ):
     """Event entries (list of arrays, :func:`event_feature_names` order); start tokens carry only the flag and time.
 

@@ -80,7 +80,9 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
     train, val = split_segments(store, split_s)
     monitor = "val_nll" if len(val) else "train_nll_epoch"
     torch.manual_seed(seed)
-    module = TPPLightningModule(model, lr=settings["lr"], weight_decay=settings["weight_decay"], monitor=monitor)
+    module = TPPLightningModule(
+        model, lr=settings["lr"], weight_decay=settings["weight_decay"], monitor=monitor
+    )
     module.tpp.set_normalizers(norm)
     module.tpp.init_mixtures(norm)
     # Training sees only the activity before the split: validation times wrap into it like held-out times.
@@ -96,7 +98,10 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         settings["cold_starts_per_hour"],
     )
     fingerprint = _fingerprint(model, settings, store)
-    with _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir, torch_threads(trainer.get("num_threads")):
+    with (
+        _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir,
+        torch_threads(trainer.get("num_threads")),
+    ):
         trainer_obj = _make_trainer(L, trainer, run_dir, monitor)
         ckpt_path = _resume_path(run_dir, trainer)
         trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -121,7 +126,9 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         }
     module.tpp.set_activity(rates, span_s)
     weights = {k: v.detach().cpu().numpy() for k, v in module.tpp.state_dict().items()}
-    return TrainResult(model=model, weights=weights, normalizers=norm, rates=rates, span_s=span_s, summary=summary)
+    return TrainResult(
+        model=model, weights=weights, normalizers=norm, rates=rates, span_s=span_s, summary=summary
+    )
 
 
 def learned_span(store: EventStore) -> float:
@@ -188,7 +195,12 @@ def _make_trainer(L, trainer: dict, run_dir: Path, monitor: str):
         kwargs["enable_progress_bar"] = sys.stderr.isatty()
     kwargs.setdefault("enable_model_summary", False)
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_last=True, save_top_k=1
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="min",
+        save_last=True,
+        save_top_k=1,
     )
     patience = int(trainer.get("early_stopping_patience", 3))
     # strict=False: a run stopped by max_steps mid-epoch may end before any validation.

@@ -116,7 +116,9 @@ def measure_rate_curves(
     while True:
         passes += 1
         for start_s in tqdm(starts, desc=f"model rate curves, pass {passes}", unit="chunk", disable=None):
-            spec = GenerationSpec.from_values(duration_s=min(chunk_s, state.span_s - start_s), start_s=start_s)
+            spec = GenerationSpec.from_values(
+                duration_s=min(chunk_s, state.span_s - start_s), start_s=start_s
+            )
             setup = _setup(state, tpp, spec, rng, segment_events, warmup_events)
             # The sampling step's matrix products are small: one BLAS thread is faster (as in sampling).
             with threadpool_limits(limits=1, user_api="blas"):
@@ -134,9 +136,13 @@ def measure_rate_curves(
 @dataclass
 class _Setup:
     names: list[str]
-    plan: np.ndarray  # (C, cells) req/s the rows are planned on: the empirical rates, at least the active rate
+    plan: (
+        np.ndarray
+    )  # (C, cells) req/s the rows are planned on: the empirical rates, at least the active rate
     stored: np.ndarray | None  # (C, cells) the model's natural req/s from the stored curves (None: not known)
-    cell_bin: np.ndarray  # (cells,) pilot bin of each grid cell: runs of cells in one rate bin of the timeline
+    cell_bin: (
+        np.ndarray
+    )  # (cells,) pilot bin of each grid cell: runs of cells in one rate bin of the timeline
     sampler: _Sampler
 
 
@@ -213,7 +219,15 @@ class _Sampler:
         max_steps = 100 * (self.segment_events + self.warmup_events) + 10_000
         tail_events = self.segment_events
         events = sample_rows(
-            self.tpp, self.table, rows, time_map, rng, max_steps, self.warmup_events, MAX_WARMUP_S, tail_events
+            self.tpp,
+            self.table,
+            rows,
+            time_map,
+            rng,
+            max_steps,
+            self.warmup_events,
+            MAX_WARMUP_S,
+            tail_events,
         )
         return _subset(events, events.t_s < self.edges[-1])
 
@@ -262,7 +276,9 @@ def _subset(events: SampledEvents, keep: np.ndarray) -> SampledEvents:
     items = {}
     for m, tokens in events.items.items():
         items[m] = tokens[np.repeat(keep, events.marks[f"{m}_count"])]
-    return SampledEvents(events.client[keep], events.t_s[keep], {k: v[keep] for k, v in events.marks.items()}, items)
+    return SampledEvents(
+        events.client[keep], events.t_s[keep], {k: v[keep] for k, v in events.marks.items()}, items
+    )
 
 
 def _assemble(events: SampledEvents, names: list[str], state: NeuralState) -> pd.DataFrame:

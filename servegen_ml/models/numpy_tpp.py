@@ -61,7 +61,9 @@ class NumpyTPP:
         emb = emb.astype(np.float32)
         return np.tanh(emb @ self.init_w + self.init_b), emb @ self.w_ih_emb + self.b_ih
 
-    def event_features(self, time_s, gap_s, is_start, gap_mean, gap_std, marks, activity, client) -> np.ndarray:
+    def event_features(
+        self, time_s, gap_s, is_start, gap_mean, gap_std, marks, activity, client
+    ) -> np.ndarray:
         """Encoder inputs of events at learned-timeline positions ``time_s``; ``activity[client]`` their rows."""
         act = F.activity_features(np, activity, client, time_s, self.activity_bin_s, self.activity_span_s)
         feats = F.event_features(
@@ -107,7 +109,9 @@ class NumpyTPP:
 
     def sample_gap(self, projected, gap_mean, gap_std, rng) -> np.ndarray:
         """Next gap in seconds (B,) given the projected history state."""
-        zero, comp, loc, log_scale = F.split_params(self.raw("time", projected, None).astype(np.float64), 1, self.kt)
+        zero, comp, loc, log_scale = F.split_params(
+            self.raw("time", projected, None).astype(np.float64), 1, self.kt
+        )
         loc, log_scale = F.destandardize(np, loc, log_scale, gap_mean[:, None], gap_std[:, None])
         return S.sample_gap(zero[:, 0], comp, loc, log_scale, rng)
 
@@ -136,7 +140,9 @@ class NumpyTPP:
         cond[:, 1] = gap_s <= 0
         marks, items = {}, {}
         for m in self.layout.modalities:
-            marks[f"{m}_count"], items[m], marks[f"{m}_item_log"] = self._sample_items(m, projected, cond, names, rng)
+            marks[f"{m}_count"], items[m], marks[f"{m}_item_log"] = self._sample_items(
+                m, projected, cond, names, rng
+            )
         for f in ("input", "output"):
             marks[f] = self._sample_count(f, self.raw(f, projected, cond), rng)
             i = self.fields.index(f)

@@ -50,7 +50,9 @@ class ClientPopulation:
         return cls(*(np.asarray(d[k], dtype=np.float64) for k in ("weights", "means", "covariances")))
 
 
-def fit_population(vectors: np.ndarray, traffic: np.ndarray, n_components: int, seed: int) -> ClientPopulation:
+def fit_population(
+    vectors: np.ndarray, traffic: np.ndarray, n_components: int, seed: int
+) -> ClientPopulation:
     """Traffic-weighted Gaussian mixture over client vectors (C, D); traffic (C,) events per client."""
     from sklearn.mixture import GaussianMixture
 

@@ -87,7 +87,11 @@ class SampledEvents:
 
 
 def plan_rows(
-    expected: np.ndarray, tau_grid: np.ndarray, segment_events: float, warmup_events: float, max_warmup_s: float
+    expected: np.ndarray,
+    tau_grid: np.ndarray,
+    segment_events: float,
+    warmup_events: float,
+    max_warmup_s: float,
 ) -> Rows:
     """Cut each client's natural-time range into rows of ~``segment_events`` expected events.
 
@@ -129,7 +133,9 @@ class _Recorder:
         cat = np.concatenate
         if not self.clients:
             none = np.zeros(0, dtype=np.int64)
-            return SampledEvents(none, np.zeros(0), {k: none for k in self.mark_names}, {m: none for m in self.items})
+            return SampledEvents(
+                none, np.zeros(0), {k: none for k in self.mark_names}, {m: none for m in self.items}
+            )
         marks = {k: cat([s[k] for s in self.marks]) for k in self.mark_names}
         items = {m: cat(v).astype(np.int64) for m, v in self.items.items()}
         return SampledEvents(cat(self.clients), cat(self.times), marks, items)
@@ -155,7 +161,9 @@ class _Lanes:
     prev_marks: dict
 
     @classmethod
-    def start(cls, tpp: NumpyTPP, clients: ClientTable, client, tau_begin, tau_keep, tau_end, warmup_events) -> _Lanes:
+    def start(
+        cls, tpp: NumpyTPP, clients: ClientTable, client, tau_begin, tau_keep, tau_end, warmup_events
+    ) -> _Lanes:
         h, emb_gates = tpp.client_rows(clients.embedding[client])
         n = len(client)
         marks = tpp.layout.mark_columns()
@@ -204,7 +212,9 @@ def _split_stragglers(
     end = np.where(k == pieces[idx][owner] - 1, lanes.tau_end[idx][owner], keep_from + width[owner])
     warmup = np.minimum(warmup_events / rate[idx][owner], max_warmup_s)
     lanes.tau_end[idx] = start[idx] + width
-    new = _Lanes.start(tpp, clients, lanes.client[idx][owner], keep_from - warmup, keep_from, end, warmup_events)
+    new = _Lanes.start(
+        tpp, clients, lanes.client[idx][owner], keep_from - warmup, keep_from, end, warmup_events
+    )
     return lanes.extend(new)
 
 
@@ -220,7 +230,9 @@ def sample_rows(
     tail_events: int,
 ) -> SampledEvents:
     """Advance all rows one event per step until each passes its end; keep events inside [tau_keep, tau_end)."""
-    lanes = _Lanes.start(tpp, clients, rows.client, rows.tau_begin, rows.tau_keep, rows.tau_end, warmup_events)
+    lanes = _Lanes.start(
+        tpp, clients, rows.client, rows.tau_begin, rows.tau_keep, rows.tau_end, warmup_events
+    )
     recorder = _Recorder(lanes.prev_marks.keys(), tpp.layout.modalities)
     # When few rows remain, slow ones are split so the tail does not run one event per step.
     few_rows = max(8, len(rows.client) // 20)

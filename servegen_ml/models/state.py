@@ -75,7 +75,10 @@ class NeuralState:
     def save(self, directory: Path) -> None:
         # np.array(copy) keeps 0-d buffers 0-d (np.ascontiguousarray would make them 1-d).
         save_file({k: np.array(v, order="C") for k, v in self.weights.items()}, str(directory / MODEL_FILE))
-        clients = {"traffic": self.traffic.astype(np.int64), "rate_curves": self.rate_curves.astype(np.float32)}
+        clients = {
+            "traffic": self.traffic.astype(np.int64),
+            "rate_curves": self.rate_curves.astype(np.float32),
+        }
         if self.model_rate_curves is not None:
             clients["model_rate_curves"] = self.model_rate_curves.astype(np.float32)
         save_file(clients, str(directory / CLIENTS_FILE))

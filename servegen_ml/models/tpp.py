@@ -104,12 +104,17 @@ class MarkedTPP(nn.Module):
                 mid - 0.5 / k, probs, norm.quantiles[spec.name]
             )
             if spec.name in self.fields:
-                q, width = (q - norm.mark_mean[spec.name]) / norm.mark_std[spec.name], width / norm.mark_std[spec.name]
+                q, width = (
+                    (q - norm.mark_mean[spec.name]) / norm.mark_std[spec.name],
+                    width / norm.mark_std[spec.name],
+                )
             with torch.no_grad():
                 bias = self.heads.out[spec.name].bias
                 bias[spec.loc_offset : spec.loc_offset + k] = torch.as_tensor(q, dtype=bias.dtype)
                 log_width = np.log(np.clip(width, 0.05, 2.0))
-                bias[spec.loc_offset + k : spec.loc_offset + 2 * k] = torch.as_tensor(log_width, dtype=bias.dtype)
+                bias[spec.loc_offset + k : spec.loc_offset + 2 * k] = torch.as_tensor(
+                    log_width, dtype=bias.dtype
+                )
 
     def set_activity(self, rates, span_s: float) -> None:
         """Activity table from per-client empirical rates (C, bins) in req/s over the learned span [0, span_s)."""
@@ -182,12 +187,16 @@ class MarkedTPP(nn.Module):
         )
         cond = torch.stack(cond, -1).float()
         proj = self.heads.project(states)
-        parts = {"time": self.gap_dist(self.heads.raw("time", proj, None), gm, gs).log_prob(gap, F.TIME_RESOLUTION_S)}
+        parts = {
+            "time": self.gap_dist(self.heads.raw("time", proj, None), gm, gs).log_prob(
+                gap, F.TIME_RESOLUTION_S
+            )
+        }
         parts["time"] = parts["time"] + self._survival(batch, states, emb, gm, gs, y_marks, activity)
         for m in self.layout.modalities:
-            parts[f"{m}_count"] = self.count_dist(f"{m}_count", self.heads.raw(f"{m}_count", proj, cond)).log_prob(
-                batch[f"y_{m}_count"].long()
-            )
+            parts[f"{m}_count"] = self.count_dist(
+                f"{m}_count", self.heads.raw(f"{m}_count", proj, cond)
+            ).log_prob(batch[f"y_{m}_count"].long())
             parts[f"{m}_tokens"] = self._items_log_prob(m, proj, cond, batch)
         for f in ("input", "output"):
             parts[f] = self.count_dist(f, self.heads.raw(f, proj, cond)).log_prob(batch[f"y_{f}"].long())
@@ -213,7 +222,9 @@ class MarkedTPP(nn.Module):
         # One more GRU step: the state after the last event itself sets the survival's gap distribution.
         _, h_after = self.encoder(x.unsqueeze(1), emb[b_idx], states[sel])
         raw = self.heads.raw("time", self.heads.project(h_after), None)
-        out[sel] = self.gap_dist(raw, gm.squeeze(1)[b_idx], gs.squeeze(1)[b_idx]).log_survival(s[sel]).to(out.dtype)
+        out[sel] = (
+            self.gap_dist(raw, gm.squeeze(1)[b_idx], gs.squeeze(1)[b_idx]).log_survival(s[sel]).to(out.dtype)
+        )
         return out
 
     def _items_log_prob(self, m: str, proj: Tensor, cond: Tensor, batch) -> Tensor:

@@ -248,7 +248,9 @@ def count_by_keys(keys: list[np.ndarray], count: np.ndarray):
         packed = packed * r + inv
     order = np.argsort(packed)
     packed = packed[order]
-    starts = np.flatnonzero(np.r_[True, packed[1:] != packed[:-1]]) if len(packed) else np.zeros(0, dtype=np.int64)
+    starts = (
+        np.flatnonzero(np.r_[True, packed[1:] != packed[:-1]]) if len(packed) else np.zeros(0, dtype=np.int64)
+    )
     sums = np.add.reduceat(np.asarray(count, dtype=np.float64)[order], starts) if len(starts) else np.zeros(0)
     first = order[starts]
     return [u[inv[first]] for u, inv in zip(uniques, codes, strict=True)], sums

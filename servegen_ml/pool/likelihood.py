@@ -66,7 +66,9 @@ def _time_log_prob(pool, tau, stream, code, window_end_s):
     if window_end_s is not None:
         end_given = float(window_end_s) - pool.origin_s
         if end_given < tau.max():
-            raise ValueError(f"window_end_s={window_end_s} is before the last event ({tau.max() + pool.origin_s})")
+            raise ValueError(
+                f"window_end_s={window_end_s} is before the last event ({tau.max() + pool.origin_s})"
+            )
         end = max(end, end_given)
     k0 = int(np.floor(start / w))
     n_seg = int(np.floor((end - 1e-12) / w)) - k0 + 1

@@ -18,12 +18,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from servegen_ml.compose import merge_streams, renewal_arrivals, segment_multipliers, segment_step_s, window_segments
+from servegen_ml.compose import (
+    merge_streams,
+    renewal_arrivals,
+    segment_multipliers,
+    segment_step_s,
+    window_segments,
+)
 from servegen_ml.generators.spec import ClientSpec, GenerationSpec, wrap_time
 from servegen_ml.pool.table import ClientPool
 
 
-def select_clients(pool: ClientPool, clients: ClientSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+def select_clients(
+    pool: ClientPool, clients: ClientSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
     """(pool codes of the source clients, output client ids) for a client spec."""
     if clients.kind == "all":
         return np.arange(pool.n_clients), list(pool.clients)
@@ -44,7 +52,9 @@ def select_clients(pool: ClientPool, clients: ClientSpec, rng: np.random.Generat
 
 def sample_pool(pool: ClientPool, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
     src, names = select_clients(pool, spec.clients, rng)
-    seg_start, seg_end = window_segments(spec.start_s, spec.duration_s, pool.rate_window_s, segment_step_s(spec.rate))
+    seg_start, seg_end = window_segments(
+        spec.start_s, spec.duration_s, pool.rate_window_s, segment_step_s(spec.rate)
+    )
     window = np.floor(wrap_time(seg_start, pool.span_s) / pool.rate_window_s + 1e-9).astype(np.int64)
     window = np.minimum(window, pool.n_rate_windows - 1)
     n_seg = len(seg_start)

@@ -103,7 +103,9 @@ def parse_servegen_pool(directory: Path, files=None) -> ClientPool:
         rates, window_s, end_s = _read_rate_csv(kinds["trace.csv"])
         rate_window_s = rate_window_s or window_s
         span_s = max(span_s, end_s)
-        parts, dw = _read_dataset_json(kinds["dataset.json"], len(clients)) if "dataset.json" in kinds else ([], None)
+        parts, dw = (
+            _read_dataset_json(kinds["dataset.json"], len(clients)) if "dataset.json" in kinds else ([], None)
+        )
         if not parts:
             skipped.append(str(n))
             continue
@@ -117,7 +119,9 @@ def parse_servegen_pool(directory: Path, files=None) -> ClientPool:
         raise ValueError(f"{directory}: no client has both a trace CSV and a non-empty dataset JSON")
     notes = []
     if skipped:
-        msg = f"{directory}: skipped {len(skipped)} clients without length distributions: {', '.join(skipped)}"
+        msg = (
+            f"{directory}: skipped {len(skipped)} clients without length distributions: {', '.join(skipped)}"
+        )
         warnings.warn(msg, stacklevel=3)
         notes.append(msg)
     rates = {k: np.concatenate([r[k] for r in rate_parts]) for k in rate_parts[0]}

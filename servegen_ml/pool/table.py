@@ -183,9 +183,13 @@ class ClientPool:
             rows = _rows_of(cols["field"], FIELDS.index(name))
             n_slots = self.n_data_windows + 1
             window = cols["window"][rows]
-            slot = np.where(window < 0, n_slots - 1, np.floor(window / self.data_window_s + 1e-9)).astype(np.int64)
+            slot = np.where(window < 0, n_slots - 1, np.floor(window / self.data_window_s + 1e-9)).astype(
+                np.int64
+            )
             if (window >= self.span_s).any():
-                raise ValueError(f"client pool: {name} has data windows at or after the learned span ({self.span_s} s)")
+                raise ValueError(
+                    f"client pool: {name} has data windows at or after the learned span ({self.span_s} s)"
+                )
             cache[name] = build_field_table(
                 cols["client"][rows],
                 slot,
@@ -205,7 +209,9 @@ class ClientPool:
         lookup[POPULATION] = self.n_clients
         missing = [c for c in names if c not in lookup]
         if missing:
-            raise ValueError(f"client pool: client ids {missing[:5]} have rows but are not in the client list")
+            raise ValueError(
+                f"client pool: client ids {missing[:5]} have rows but are not in the client list"
+            )
         mapping = np.array([lookup[c] for c in names], dtype=np.int64)
         codes = cat.cat.codes.to_numpy()
         return mapping[codes] if len(mapping) else codes.astype(np.int64)
@@ -232,7 +238,12 @@ class ClientPool:
             "source": self.source,
             "notes": list(self.notes),
             "clients": list(self.clients),
-            "units": {"window_start_s": "s", "rate": "req/s", "scale": "s", "value": "tokens, items or ratio"},
+            "units": {
+                "window_start_s": "s",
+                "rate": "req/s",
+                "scale": "s",
+                "value": "tokens, items or ratio",
+            },
         }
         (directory / "pool.json").write_text(json.dumps(meta, indent=1) + "\n")
         _write_parquet(self.rates[list(RATE_COLUMNS)], directory / "rates.parquet")
@@ -271,9 +282,13 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
         col = df[name]
         if isinstance(col.dtype, pd.CategoricalDtype):
             codes = pa.array(col.cat.codes.to_numpy().astype(np.int32))
-            arrays[name] = pa.DictionaryArray.from_arrays(codes, pa.array([str(c) for c in col.cat.categories]))
+            arrays[name] = pa.DictionaryArray.from_arrays(
+                codes, pa.array([str(c) for c in col.cat.categories])
+            )
         elif col.dtype == object or pd.api.types.is_string_dtype(col):
-            arrays[name] = pa.array(col.astype(str).to_numpy(dtype=object), type=pa.string()).dictionary_encode()
+            arrays[name] = pa.array(
+                col.astype(str).to_numpy(dtype=object), type=pa.string()
+            ).dictionary_encode()
         else:
             arrays[name] = pa.array(col.to_numpy())
     pq.write_table(pa.table(arrays), path, compression="lz4")

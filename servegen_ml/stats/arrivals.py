@@ -200,7 +200,9 @@ class ArrivalAccumulator:
         self.counts = WindowSeries(1.0, ("count",), t0, COUNT_LADDER_S, self.max_bins)
         self.cv_moments = WindowSeries(self.cv_window_s, ("n", "s1", "s2"), t0, max_bins=self.max_bins)
         # absolute hours (t mod 86400 is the time of day) for the daily and weekly views
-        self.hourly = WindowSeries(3600.0, ("count",), math.floor(t0 / 3600) * 3600, (86400.0,), self.max_bins)
+        self.hourly = WindowSeries(
+            3600.0, ("count",), math.floor(t0 / 3600) * 3600, (86400.0,), self.max_bins
+        )
 
     def add(self, t_s: np.ndarray) -> None:
         """Add the next chunk of timestamps (sorted, none before the previous chunk's last)."""
@@ -277,7 +279,9 @@ class ArrivalAccumulator:
         h = self.hourly
         counts = h.sums["count"]
         start = h.anchor_s + np.arange(len(counts)) * h.width_s
-        covered = np.clip(np.minimum(start + h.width_s, self.t_last) - np.maximum(start, self.t_first), 0, None)
+        covered = np.clip(
+            np.minimum(start + h.width_s, self.t_last) - np.maximum(start, self.t_first), 0, None
+        )
         keep = start <= self.t_last
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = np.where(covered >= h.width_s / 6, counts / covered, np.nan)
@@ -297,4 +301,10 @@ def _quantiles_of(values: np.ndarray) -> dict:
     if len(v) == 0:
         return {"windows": 0}
     q = np.quantile(v, [0.1, 0.5, 0.9])
-    return {"windows": int(len(v)), "p10": float(q[0]), "p50": float(q[1]), "p90": float(q[2]), "mean": float(v.mean())}
+    return {
+        "windows": int(len(v)),
+        "p10": float(q[0]),
+        "p50": float(q[1]),
+        "p90": float(q[2]),
+        "mean": float(v.mean()),
+    }

@@ -71,7 +71,16 @@ def client_summary(trace: pd.DataFrame, cv_window_s: float = 600.0, min_gaps: in
     t_all = trace["timestamp"].to_numpy(dtype=np.float64)
     if len(t_all) == 0:
         return pd.DataFrame(
-            columns=["client_id", "requests", "share", "rate_rps", "cv", "cv_overall", "mean_input", "mean_output"]
+            columns=[
+                "client_id",
+                "requests",
+                "share",
+                "rate_rps",
+                "cv",
+                "cv_overall",
+                "mean_input",
+                "mean_output",
+            ]
         )
     order, g, t, prev = _sorted_with_prev(codes, t_all)
     k = len(ids)
@@ -95,7 +104,9 @@ def client_summary(trace: pd.DataFrame, cv_window_s: float = 600.0, min_gaps: in
             "cv_overall": cv_from_moments(*moments),
             "mean_input": np.bincount(codes, weights=trace["input_tokens"].to_numpy(np.float64), minlength=k)
             / requests,
-            "mean_output": np.bincount(codes, weights=trace["output_tokens"].to_numpy(np.float64), minlength=k)
+            "mean_output": np.bincount(
+                codes, weights=trace["output_tokens"].to_numpy(np.float64), minlength=k
+            )
             / requests,
         }
     )
@@ -175,7 +186,11 @@ class ClientAccumulator:
                 arr[:old] = getattr(self, name)[:old]
             setattr(self, name, arr)
         series_cols = self.series.shape[1] if old else 64
-        for name, cols in (("hist_input", _CLIENT_BINS), ("hist_output", _CLIENT_BINS), ("series", series_cols)):
+        for name, cols in (
+            ("hist_input", _CLIENT_BINS),
+            ("hist_output", _CLIENT_BINS),
+            ("series", series_cols),
+        ):
             arr = np.zeros((new, cols), dtype=np.int64)
             if old:
                 arr[:old] = getattr(self, name)[:old]
@@ -199,8 +214,12 @@ class ClientAccumulator:
         self.requests += np.bincount(codes, minlength=k)
         self.sum_input += np.bincount(codes, weights=np.asarray(input_tokens, np.float64), minlength=k)
         self.sum_output += np.bincount(codes, weights=np.asarray(output_tokens, np.float64), minlength=k)
-        np.add.at(self.hist_input, (codes, np.minimum(_CLIENT_HIST.bin_of(input_tokens), _CLIENT_BINS - 1)), 1)
-        np.add.at(self.hist_output, (codes, np.minimum(_CLIENT_HIST.bin_of(output_tokens), _CLIENT_BINS - 1)), 1)
+        np.add.at(
+            self.hist_input, (codes, np.minimum(_CLIENT_HIST.bin_of(input_tokens), _CLIENT_BINS - 1)), 1
+        )
+        np.add.at(
+            self.hist_output, (codes, np.minimum(_CLIENT_HIST.bin_of(output_tokens), _CLIENT_BINS - 1)), 1
+        )
         self._add_series(codes, t)
         _, g, ts, prev = _sorted_with_prev(codes, t, self.last_t)
         has = ~np.isnan(prev)
@@ -225,7 +244,8 @@ class ClientAccumulator:
             idx = idx // factor
         if idx.max() >= self.series.shape[1]:
             grown = np.zeros(
-                (len(self.series), min(_SERIES_MAX, max(int(idx.max()) + 1, 2 * self.series.shape[1]))), np.int64
+                (len(self.series), min(_SERIES_MAX, max(int(idx.max()) + 1, 2 * self.series.shape[1]))),
+                np.int64,
             )
             grown[:, : self.series.shape[1]] = self.series
             self.series = grown
@@ -235,7 +255,9 @@ class ClientAccumulator:
         """Fold (client, window) gap runs into the open windows; close the windows that are over."""
         key = runs["key"].to_numpy()
         win = runs["window"].to_numpy()
-        m = np.stack([runs["n_gaps"].to_numpy(np.float64), runs["sum_s"].to_numpy(), runs["sumsq_s2"].to_numpy()], 1)
+        m = np.stack(
+            [runs["n_gaps"].to_numpy(np.float64), runs["sum_s"].to_numpy(), runs["sumsq_s2"].to_numpy()], 1
+        )
         first = np.r_[True, key[1:] != key[:-1]]
         last = np.r_[key[1:] != key[:-1], True]
         fk = key[first]
@@ -294,7 +316,8 @@ class ClientAccumulator:
                 "rate_width_s": self.series_width_s,
                 "top_rates_rps": {self.index[i]: self._rate_curve(i, span) for i in top_rows},
                 "top_lengths": {
-                    self.index[i]: (self._hist(self.hist_input[i]), self._hist(self.hist_output[i])) for i in top_rows
+                    self.index[i]: (self._hist(self.hist_input[i]), self._hist(self.hist_output[i]))
+                    for i in top_rows
                 },
             },
         }

@@ -32,7 +32,9 @@ def conversation_stats(trace: pd.DataFrame) -> dict:
     """Turns per conversation (array), inter-turn gaps in s (array) and the follow-up share."""
     codes, t, _, singles = _sorted_conversations(trace["timestamp"].to_numpy(), trace["conversation_id"])
     same = np.r_[False, codes[1:] == codes[:-1]] if len(codes) else np.zeros(0, bool)
-    turns = np.concatenate([np.bincount(codes) if len(codes) else np.zeros(0, np.int64), np.ones(singles, np.int64)])
+    turns = np.concatenate(
+        [np.bincount(codes) if len(codes) else np.zeros(0, np.int64), np.ones(singles, np.int64)]
+    )
     gaps = (t - np.r_[np.nan, t[:-1]])[same] if len(t) else np.zeros(0)
     n = len(trace)
     return {
@@ -104,7 +106,11 @@ class ConversationAccumulator:
         self.turns.add(self.open_turns[pos[found & ~cont]])
         keep = np.ones(len(self.keys), bool)
         keep[pos[found]] = False
-        self.keys, self.open_turns, self.open_last_t = self.keys[keep], self.open_turns[keep], self.open_last_t[keep]
+        self.keys, self.open_turns, self.open_last_t = (
+            self.keys[keep],
+            self.open_turns[keep],
+            self.open_last_t[keep],
+        )
         last_seg = np.r_[h[starts[1:]] != h[starts[:-1]], True]
         self.turns.add(seg_turns[~last_seg])
         self._insert(h[starts[last_seg]], seg_turns[last_seg], seg_last_t[last_seg])
@@ -125,7 +131,11 @@ class ConversationAccumulator:
     def _close(self, mask: np.ndarray) -> None:
         self.turns.add(self.open_turns[mask])
         keep = ~mask
-        self.keys, self.open_turns, self.open_last_t = self.keys[keep], self.open_turns[keep], self.open_last_t[keep]
+        self.keys, self.open_turns, self.open_last_t = (
+            self.keys[keep],
+            self.open_turns[keep],
+            self.open_last_t[keep],
+        )
 
     def result(self) -> dict:
         self._close(np.ones(len(self.keys), bool))

@@ -22,14 +22,18 @@ def within_group_spearman(keys: np.ndarray, x: np.ndarray, y: np.ndarray, min_ro
 
     Columns: key, rows, spearman. Ranks are average ranks within the group (ties as scipy does).
     """
-    frame = pd.DataFrame({"key": np.asarray(keys), "x": np.asarray(x, np.float64), "y": np.asarray(y, np.float64)})
+    frame = pd.DataFrame(
+        {"key": np.asarray(keys), "x": np.asarray(x, np.float64), "y": np.asarray(y, np.float64)}
+    )
     frame = frame[frame.groupby("key")["x"].transform("size") >= min_rows]
     if frame.empty:
         return pd.DataFrame({"key": [], "rows": [], "spearman": []})
     grouped = frame.groupby("key")
     rx = grouped["x"].rank(method="average")
     ry = grouped["y"].rank(method="average")
-    ranks = pd.DataFrame({"key": frame["key"], "rx": rx, "ry": ry, "rxy": rx * ry, "rxx": rx * rx, "ryy": ry * ry})
+    ranks = pd.DataFrame(
+        {"key": frame["key"], "rx": rx, "ry": ry, "rxy": rx * ry, "rxx": rx * rx, "ryy": ry * ry}
+    )
     s = ranks.groupby("key").agg(
         rows=("rx", "size"),
         sx=("rx", "sum"),
@@ -45,10 +49,14 @@ def within_group_spearman(keys: np.ndarray, x: np.ndarray, y: np.ndarray, min_ro
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = (cov / np.sqrt(vx * vy)).to_numpy()
     ok = (vx.to_numpy() > 1e-9) & (vy.to_numpy() > 1e-9)
-    return pd.DataFrame({"key": s.index.to_numpy()[ok], "rows": s["rows"].to_numpy()[ok], "spearman": rho[ok]})
+    return pd.DataFrame(
+        {"key": s.index.to_numpy()[ok], "rows": s["rows"].to_numpy()[ok], "spearman": rho[ok]}
+    )
 
 
-def weighted_within_group_spearman(keys: np.ndarray, x: np.ndarray, y: np.ndarray, min_rows: int = 20) -> float:
+def weighted_within_group_spearman(
+    keys: np.ndarray, x: np.ndarray, y: np.ndarray, min_rows: int = 20
+) -> float:
     """Row-weighted mean of the per-group Spearman correlations (NaN when no group qualifies)."""
     per_group = within_group_spearman(keys, x, y, min_rows)
     if per_group.empty:

@@ -52,7 +52,9 @@ class ReasoningAccumulator:
         self.reasoning.add(reason)
         self.answer.add(out - reason)
         self.rows.add(
-            input_tokens=np.asarray(input_tokens, np.int64), reasoning_tokens=reason, answer_tokens=out - reason
+            input_tokens=np.asarray(input_tokens, np.int64),
+            reasoning_tokens=reason,
+            answer_tokens=out - reason,
         )
 
     def result(self) -> dict:

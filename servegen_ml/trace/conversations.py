@@ -44,7 +44,9 @@ def prefix_hashes(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
     starts = np.cumsum(counts) - counts
     pos_in_row = np.arange(len(values), dtype=np.int64) - np.repeat(starts, counts)
     # Mixing (value, position) then summing makes the prefix hash order-sensitive.
-    mixed = splitmix64(np.asarray(values, dtype=np.int64).view(np.uint64) ^ splitmix64(pos_in_row.view(np.uint64)))
+    mixed = splitmix64(
+        np.asarray(values, dtype=np.int64).view(np.uint64) ^ splitmix64(pos_in_row.view(np.uint64))
+    )
     cumulative = np.cumsum(mixed, dtype=np.uint64)
     before_row = np.repeat(np.concatenate([[np.uint64(0)], cumulative])[starts], counts)
     return splitmix64((cumulative - before_row) + (pos_in_row + 1).view(np.uint64))
@@ -90,7 +92,9 @@ class PrefixConversationInferrer:
         self._keys = KeyMap(width=2)  # prefix hash -> (conversation root ordinal, turn)
         self._seen = 0
 
-    def assign(self, hash_ids: pd.Series, input_tokens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def assign(
+        self, hash_ids: pd.Series, input_tokens: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(conversation root ordinal, turn) for each row of the chunk."""
         counts, values = list_lengths(hash_ids), list_values(hash_ids)
         n = len(counts)
@@ -139,7 +143,10 @@ class PrefixConversationInferrer:
 
 
 def infer_conversations(
-    hash_ids: pd.Series, input_tokens: np.ndarray | None = None, block_size: int = 512, min_prefix_blocks: int = 2
+    hash_ids: pd.Series,
+    input_tokens: np.ndarray | None = None,
+    block_size: int = 512,
+    min_prefix_blocks: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(conversation root ordinal, turn) for a whole trace in arrival order; see the module docstring."""
     return PrefixConversationInferrer(block_size, min_prefix_blocks).assign(hash_ids, input_tokens)

@@ -84,7 +84,9 @@ class TraceReader:
         self.path = Path(path)
         self.format = _resolve_format(self.path, format)
         if self.format == "servegen":
-            raise ValueError(f"{self.path}: a ServeGen pool is sampled, not streamed; use read_trace(format='servegen', ...)")
+            raise ValueError(
+                f"{self.path}: a ServeGen pool is sampled, not streamed; use read_trace(format='servegen', ...)"
+            )
         self.container = container_of(self.path)
         self.chunk_rows = int(chunk_rows)
         self.adapter = ADAPTERS[self.format](str(self.path), **adapter_options)
@@ -151,9 +153,14 @@ def read_trace(
     reader = TraceReader(path, fmt, chunk_rows, skip_bad_rows, **adapter_options)
     chunks = list(reader)
     report = reader.finish()
-    trace = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0] if chunks else empty_trace()
+    trace = (
+        pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0] if chunks else empty_trace()
+    )
     if report.globally_unsorted:
-        warnings.warn(f"{path}: rows are not in timestamp order across the file; sorted by timestamp (stable)", stacklevel=2)
+        warnings.warn(
+            f"{path}: rows are not in timestamp order across the file; sorted by timestamp (stable)",
+            stacklevel=2,
+        )
         trace = trace.iloc[np.argsort(trace["timestamp"].to_numpy(), kind="stable")].reset_index(drop=True)
     if report.rows_dropped:
         warnings.warn(report.describe(), stacklevel=2)

@@ -29,7 +29,14 @@ import pyarrow.parquet as pq
 from servegen_ml.trace.schema import LIST_DTYPE, STRING_DTYPE
 
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".xz")
-CONTAINERS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+CONTAINERS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 class TraceReadError(ValueError):
@@ -81,7 +88,9 @@ def peek_columns(path: str | Path, container: str) -> list[str]:
         raise _read_error(path, container, e) from e
 
 
-def read_chunks(path: str | Path, container: str, chunk_rows: int, string_columns=()) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+def read_chunks(
+    path: str | Path, container: str, chunk_rows: int, string_columns=()
+) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     """Yield ``(raw frame, 1-based row numbers)`` chunks of about ``chunk_rows`` rows."""
     readers = {"csv": _csv_chunks, "jsonl": _jsonl_chunks, "parquet": _parquet_chunks}
     path = Path(path)
@@ -142,7 +151,9 @@ def _jsonl_chunks(path: Path, chunk_rows: int, string_columns) -> Iterator[tuple
                 yield _parse_jsonl_block(path, lines, blank, line_numbers), line_numbers
 
 
-def _parse_jsonl_block(path: Path, lines: list[bytes], blank: np.ndarray, line_numbers: np.ndarray) -> pd.DataFrame:
+def _parse_jsonl_block(
+    path: Path, lines: list[bytes], blank: np.ndarray, line_numbers: np.ndarray
+) -> pd.DataFrame:
     data = b"".join(lines)
     if not data.endswith(b"\n"):
         data += b"\n"
@@ -160,8 +171,12 @@ def _parse_jsonl_block(path: Path, lines: list[bytes], blank: np.ndarray, line_n
         try:
             record = json.loads(line)
         except ValueError as e:
-            raise TraceReadError(f"{path}, line {line_no}: not valid JSON, the file may be truncated or corrupt ({e})") from e
+            raise TraceReadError(
+                f"{path}, line {line_no}: not valid JSON, the file may be truncated or corrupt ({e})"
+            ) from e
         if not isinstance(record, dict):
-            raise TraceReadError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
+            raise TraceReadError(
+                f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}"
+            )
         records.append(record)
     return pd.DataFrame.from_records(records).astype(object)

@@ -118,7 +118,9 @@ def make_trace(columns: Mapping[str, object]) -> pd.DataFrame:
             if isinstance(col, pd.Series) and isinstance(col.dtype, pd.ArrowDtype):
                 data[name] = col.reset_index(drop=True)
             else:
-                data[name] = pd.Series(pd.arrays.ArrowExtensionArray(pa.array(list(col), type=LIST_ARROW_TYPE)))
+                data[name] = pd.Series(
+                    pd.arrays.ArrowExtensionArray(pa.array(list(col), type=LIST_ARROW_TYPE))
+                )
     return pd.DataFrame(data)
 
 

@@ -40,7 +40,9 @@ class TraceSummary:
             self._token_sums[col] += int(chunk[col].sum())
         if "conversation_id" in chunk:
             keys = np.unique(hash_strings(chunk["conversation_id"]))
-            self._conversations.update(keys[~self._conversations.contains(keys)])  # keep levels disjoint: len() = distinct
+            self._conversations.update(
+                keys[~self._conversations.contains(keys)]
+            )  # keep levels disjoint: len() = distinct
             self._conversation_rows += len(chunk)
         if "turn" in chunk:
             self._follow_ups += int((chunk["turn"].to_numpy() > 1).sum())
@@ -54,7 +56,10 @@ class TraceSummary:
             "span_s": span_s,
             "mean_rate_per_s": self.rows / span_s if span_s > 0 else float("nan"),
             "fields": [c for c in COLUMN_ORDER if c in self._fields],
-            **{f"mean_{c}": (s / self.rows if self.rows else float("nan")) for c, s in self._token_sums.items()},
+            **{
+                f"mean_{c}": (s / self.rows if self.rows else float("nan"))
+                for c, s in self._token_sums.items()
+            },
         }
         if "conversation_id" in self._fields:
             n_conv = len(self._conversations)
@@ -72,7 +77,9 @@ def summarize(df: pd.DataFrame) -> dict:
 
 def headline(summary: dict) -> str:
     """'12,031 requests from 1 client(s) over 3,537 s'."""
-    return f"{summary['rows']:,} requests from {summary['clients']:,} client(s) over {summary['span_s']:,.0f} s"
+    return (
+        f"{summary['rows']:,} requests from {summary['clients']:,} client(s) over {summary['span_s']:,.0f} s"
+    )
 
 
 def format_summary(summary: dict) -> str:

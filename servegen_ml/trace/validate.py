@@ -113,7 +113,9 @@ def _column_text(column: str | None, labels: Mapping[str, str]) -> str:
     return f"column '{label}'" + (f" ({column})" if label != column else "")
 
 
-def format_problems(source: str, problems: list[Problem], labels: Mapping[str, str], row_label: str = "row") -> str:
+def format_problems(
+    source: str, problems: list[Problem], labels: Mapping[str, str], row_label: str = "row"
+) -> str:
     """Readable error text: one line per listed row, then a count of the rows not listed."""
     total = sum(p.count for p in problems)
     lines = [f"{source}: {total:,} problem(s) found"]
@@ -184,8 +186,14 @@ def _numeric(series: pd.Series) -> tuple[np.ndarray, np.ndarray | None, dict]:
         return values, None, {"missing": np.isnan(values)}
     missing = series.isna().to_numpy(dtype=bool)
     wrong = _object_wrong_type(series, (str, int, float, np.integer, np.floating)) & ~missing
-    values = pd.to_numeric(series.where(~wrong, None), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    return values, None, {"missing": missing, "wrong_type": wrong, "not_number": np.isnan(values) & ~missing & ~wrong}
+    values = pd.to_numeric(series.where(~wrong, None), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    return (
+        values,
+        None,
+        {"missing": missing, "wrong_type": wrong, "not_number": np.isnan(values) & ~missing & ~wrong},
+    )
 
 
 def _check_number(series: pd.Series, rule: str) -> tuple[np.ndarray, dict]:
@@ -253,7 +261,9 @@ def _list_items(items: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return counts, np.zeros(0, dtype=np.int64), np.ones(0, dtype=bool)
     if pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type):
         flat = pc.utf8_trim_whitespace(flat)
-        numeric = pc.fill_null(pc.match_substring_regex(flat, r"^\+?[0-9]+$"), False).to_numpy(zero_copy_only=False)
+        numeric = pc.fill_null(pc.match_substring_regex(flat, r"^\+?[0-9]+$"), False).to_numpy(
+            zero_copy_only=False
+        )
         flat = pc.if_else(pa.array(numeric), flat, "0").cast(pa.int64())
     elif not (pa.types.is_integer(flat.type) or pa.types.is_floating(flat.type)):
         return counts, np.zeros(len(flat), dtype=np.int64), np.zeros(len(flat), dtype=bool)
@@ -267,7 +277,9 @@ def _list_items(items: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _check_object_lists(series: pd.Series) -> tuple[pa.Array, np.ndarray]:
     # Python lists from the JSON fallback parser: checked per value (only bad input takes this path).
     def as_items(v):
-        if isinstance(v, (list, tuple)) and all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v):
+        if isinstance(v, (list, tuple)) and all(
+            isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v
+        ):
             return list(v)
         return None
 
@@ -302,7 +314,11 @@ def _check_list(series: pd.Series) -> tuple[pd.Series, dict]:
     bad = missing | not_list | bad_item_rows
     keep_item = ~bad[row_of_item]
     column = make_list_column(np.where(bad, 0, counts), values[keep_item])
-    return column, {"missing": missing, "not_list": not_list, "bad_list_item": bad_item_rows & ~not_list & ~missing}
+    return column, {
+        "missing": missing,
+        "not_list": not_list,
+        "bad_list_item": bad_item_rows & ~not_list & ~missing,
+    }
 
 
 def check_column(series: pd.Series, rule: str):
@@ -362,7 +378,9 @@ class TraceValidator:
         if self._columns is None:
             self._columns = columns
         elif set(columns) != set(self._columns):
-            detail = f"from {self.row_label} {first_row}: {sorted(columns)} instead of {sorted(self._columns)}"
+            detail = (
+                f"from {self.row_label} {first_row}: {sorted(columns)} instead of {sorted(self._columns)}"
+            )
             raise self._error([Problem("column_set_changed", None, detail=detail)])
         return columns
 

@@ -72,7 +72,10 @@ def jsonl_bytes(df: pd.DataFrame) -> bytes:
         return b""
     parts = []
     for i, name in enumerate(table.column_names):
-        parts += [("{" if i == 0 else ", ") + f'"{name}": ', _json_values(table.column(name).combine_chunks())]
+        parts += [
+            ("{" if i == 0 else ", ") + f'"{name}": ',
+            _json_values(table.column(name).combine_chunks()),
+        ]
     lines = pc.binary_join_element_wise(*parts, "}\n", "").cast(pa.large_string())
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
     return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
@@ -107,7 +110,11 @@ class TraceWriter:
 
     def _open_table_writer(self, schema: pa.Schema):
         if self._sink is None:
-            writer = pq.ParquetWriter(self._tmp, schema) if self.container == "parquet" else pa_csv.CSVWriter(self._tmp, schema)
+            writer = (
+                pq.ParquetWriter(self._tmp, schema)
+                if self.container == "parquet"
+                else pa_csv.CSVWriter(self._tmp, schema)
+            )
             self._sink = self._stack.enter_context(contextlib.closing(writer))
         return self._sink
 

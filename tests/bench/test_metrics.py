@@ -9,7 +9,9 @@ from servegen_ml.trace.schema import make_trace
 from tests.factories import gamma_arrivals, synthetic_trace
 
 
-def stream(seed, cv=1.0, rate=4.0, duration_s=3600.0, n_clients=3, input_mu=6.0, corr=0.7, conversations=False):
+def stream(
+    seed, cv=1.0, rate=4.0, duration_s=3600.0, n_clients=3, input_mu=6.0, corr=0.7, conversations=False
+):
     """Clients with a given inter-arrival CV, log-normal input and an output correlated with it."""
     rng = np.random.default_rng(seed)
     parts = [gamma_arrivals(rng, rate / n_clients, cv, duration_s) for _ in range(n_clients)]
@@ -22,9 +24,9 @@ def stream(seed, cv=1.0, rate=4.0, duration_s=3600.0, n_clients=3, input_mu=6.0,
         "timestamp": t[order],
         "client_id": ids[order],
         "input_tokens": np.round(np.exp(input_mu + 0.8 * z[:, 0])).astype(np.int64),
-        "output_tokens": np.round(np.exp(4.5 + 0.7 * (corr * z[:, 0] + np.sqrt(1 - corr**2) * z[:, 1]))).astype(
-            np.int64
-        )
+        "output_tokens": np.round(
+            np.exp(4.5 + 0.7 * (corr * z[:, 0] + np.sqrt(1 - corr**2) * z[:, 1]))
+        ).astype(np.int64)
         + 1,
     }
     if conversations:
@@ -73,7 +75,8 @@ def test_burstiness_separates_poisson_from_gamma_at_the_same_rate():
     bursty = M.m2_burstiness(stream(2, cv=3.0), real)
     assert bursty["distance"] > 5 * floor
     assert (
-        bursty["stats"]["dispersion_index"]["synthetic"]["60"] > 2 * bursty["stats"]["dispersion_index"]["real"]["60"]
+        bursty["stats"]["dispersion_index"]["synthetic"]["60"]
+        > 2 * bursty["stats"]["dispersion_index"]["real"]["60"]
     )
 
 
@@ -129,7 +132,8 @@ def test_conversations_detect_longer_conversations_and_are_absent_without_ids():
     real = stream(0, conversations=True)
     longer = real.copy()
     longer["conversation_id"] = pd.array(
-        [f"k{i}" for i in np.random.default_rng(5).integers(0, len(real) // 8, len(real))], dtype="string[pyarrow]"
+        [f"k{i}" for i in np.random.default_rng(5).integers(0, len(real) // 8, len(real))],
+        dtype="string[pyarrow]",
     )
     floor = M.m8_conversations(stream(1, conversations=True), real)["distance"]
     assert M.m8_conversations(longer, real)["distance"] > 5 * floor

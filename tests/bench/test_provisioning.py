@@ -24,7 +24,9 @@ def load_trace(seed: int, rate_rps: float, duration_s: float = 300.0) -> pd.Data
 
 @pytest.fixture(scope="module")
 def counts_by_rate():
-    return {rate: smallest_instance_count(load_trace(1, rate), SLO_FIXED).instances for rate in (2.0, 8.0, 20.0)}
+    return {
+        rate: smallest_instance_count(load_trace(1, rate), SLO_FIXED).instances for rate in (2.0, 8.0, 20.0)
+    }
 
 
 def test_more_instances_as_load_rises(counts_by_rate):

@@ -18,13 +18,20 @@ def chunks_of(trace: pd.DataFrame, rows: int):
 
 
 def characterize(trace: pd.DataFrame, rows: int = 5000, **options):
-    return characterize_chunks(chunks_of(trace, rows), np.random.default_rng(0), CharacterizeOptions(**options))[0]
+    return characterize_chunks(
+        chunks_of(trace, rows), np.random.default_rng(0), CharacterizeOptions(**options)
+    )[0]
 
 
 def single_stream(t: np.ndarray, client_id="c0") -> pd.DataFrame:
     n = len(t)
     return make_trace(
-        {"timestamp": t, "client_id": [client_id] * n, "input_tokens": np.full(n, 100), "output_tokens": np.full(n, 10)}
+        {
+            "timestamp": t,
+            "client_id": [client_id] * n,
+            "input_tokens": np.full(n, 100),
+            "output_tokens": np.full(n, 10),
+        }
     )
 
 
@@ -44,11 +51,21 @@ def test_cli_writes_report_stats_and_readable_figures(tmp_path):
     path = tmp_path / "trace.parquet"
     pq.write_table(to_arrow(trace), path)
     out = tmp_path / "report"
-    assert cli.main(["characterize", f"data.path={path}", f"out={out}", "chunk_rows=7000", "fit_sample=5000"]) == 0
+    assert (
+        cli.main(["characterize", f"data.path={path}", f"out={out}", "chunk_rows=7000", "fit_sample=5000"])
+        == 0
+    )
     stats = json.loads((out / "stats.json").read_text())
     assert stats["trace"]["requests"] == len(trace)
     report = (out / "report.md").read_text()
-    for section in ("## Arrivals", "## Lengths", "## Clients", "## Multimodal", "## Reasoning", "## Conversations"):
+    for section in (
+        "## Arrivals",
+        "## Lengths",
+        "## Clients",
+        "## Multimodal",
+        "## Reasoning",
+        "## Conversations",
+    ):
         assert section in report
     assert set(stats["figures"]) >= {
         "arrivals_rate_cv.png",
@@ -70,7 +87,9 @@ def test_cli_writes_report_stats_and_readable_figures(tmp_path):
 
 
 def test_cli_bad_path_is_a_user_error(tmp_path, capsys):
-    assert cli.main(["characterize", f"data.path={tmp_path / 'missing.parquet'}", f"out={tmp_path / 'o'}"]) == 2
+    assert (
+        cli.main(["characterize", f"data.path={tmp_path / 'missing.parquet'}", f"out={tmp_path / 'o'}"]) == 2
+    )
     assert "missing.parquet" in capsys.readouterr().err
 
 
@@ -118,13 +137,17 @@ def test_recovers_a_planted_top_client_share():
 
 
 def test_detects_a_bimodal_reasoning_ratio():
-    trace = synthetic_trace(seed=4, duration_s=3600, n_clients=2, reasoning=True)  # 30 % at 0, rest Beta(5, 2)
+    trace = synthetic_trace(
+        seed=4, duration_s=3600, n_clients=2, reasoning=True
+    )  # 30 % at 0, rest Beta(5, 2)
     stats = characterize(trace)
     assert stats["reasoning"]["bimodal"] is True
     assert stats["reasoning"]["ratio"]["share_zero"] == pytest.approx(0.3, abs=0.03)
     rng = np.random.default_rng(5)
     unimodal = trace.copy()
-    unimodal["reasoning_tokens"] = np.floor(rng.beta(8, 8, len(trace)) * trace["output_tokens"]).astype(np.int64)
+    unimodal["reasoning_tokens"] = np.floor(rng.beta(8, 8, len(trace)) * trace["output_tokens"]).astype(
+        np.int64
+    )
     assert characterize(unimodal)["reasoning"]["bimodal"] is False
 
 

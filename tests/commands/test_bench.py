@@ -42,14 +42,18 @@ def test_compare_mode_writes_metrics_report_and_figures(traces, tmp_path, capsys
     assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["synthetic"]) == {"same", "poisson"}
-    ratio = {n: m["synthetic"][n]["ratio_to_noise_floor"]["M2_burstiness"]["distance"] for n in ("same", "poisson")}
+    ratio = {
+        n: m["synthetic"][n]["ratio_to_noise_floor"]["M2_burstiness"]["distance"] for n in ("same", "poisson")
+    }
     # A Poisson stream is far burstier-wrong than another draw of the same bursty process.
     assert ratio["poisson"] > 1.5 * ratio["same"]
     assert m["noise_floor"]["M3_marginals"]["distance"] > 0
     prov = m["provisioning"]
     assert prov["real_test"]["instances"] >= 1 and "under_provisioning_error" in prov["synthetic"]["poisson"]
     report = (out / "report.md").read_text()
-    assert "| M2_burstiness |" in report and "## Provisioning (M7)" in report and "servegen-ml bench" in report
+    assert (
+        "| M2_burstiness |" in report and "## Provisioning (M7)" in report and "servegen-ml bench" in report
+    )
     assert FIGURES <= {p.name for p in out.glob("*.png")}
     assert "ratio to the noise floor" in capsys.readouterr().out
 
@@ -90,7 +94,13 @@ def test_head_to_head_mode(traces, tmp_path):
 
 
 def test_head_to_head_rejects_unknown_model(traces, tmp_path, capsys):
-    argv = ["bench", f"data.path={traces / 'test.parquet'}", "models=[oracle]", f"out={tmp_path / 'x'}", "quiet=true"]
+    argv = [
+        "bench",
+        f"data.path={traces / 'test.parquet'}",
+        "models=[oracle]",
+        f"out={tmp_path / 'x'}",
+        "quiet=true",
+    ]
     assert main(argv) == 2
     assert "unknown model 'oracle'" in capsys.readouterr().err
 
@@ -140,5 +150,7 @@ def test_reproducing_command_names_the_trainer_and_overrides():
         "out=o",
     ]:
         assert part in command.split()
-    default_trainer = _command(compose("bench", [*overrides[:3], "trainer.default_root_dir=null"]), ["neural"], [])
+    default_trainer = _command(
+        compose("bench", [*overrides[:3], "trainer.default_root_dir=null"]), ["neural"], []
+    )
     assert "trainer.default_root_dir=null" in default_trainer.split() and "trainer=" not in default_trainer

@@ -21,7 +21,12 @@ def test_export_command_writes_file_and_sidecar(tmp_path, capsys):
 
 
 def test_export_command_rejects_unknown_format_and_missing_input(tmp_path, capsys):
-    assert main(["export", f"data.path={tmp_path / 'none.parquet'}", "format=vidur", f"out={tmp_path / 'x.csv'}"]) == 2
+    assert (
+        main(
+            ["export", f"data.path={tmp_path / 'none.parquet'}", "format=vidur", f"out={tmp_path / 'x.csv'}"]
+        )
+        == 2
+    )
     src = tmp_path / "trace.parquet"
     write_trace(synthetic_trace(seed=4, duration_s=60.0, n_clients=1), src)
     assert main(["export", f"data.path={src}", "format=sharegpt", f"out={tmp_path / 'x'}"]) == 2

@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def small_trace(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "small.parquet"
-    write_trace(synthetic_trace(seed=0, duration_s=1800.0, n_clients=3, multimodal=True, reasoning=True), path)
+    write_trace(
+        synthetic_trace(seed=0, duration_s=1800.0, n_clients=3, multimodal=True, reasoning=True), path
+    )
     return path
 
 
@@ -34,7 +36,9 @@ def train(data, out, *extra) -> int:
 
 
 def generate(checkpoint, out, *extra, duration_s=300) -> pd.DataFrame:
-    assert main(["generate", f"checkpoint={checkpoint}", f"duration_s={duration_s}", f"out={out}", *extra]) == 0
+    assert (
+        main(["generate", f"checkpoint={checkpoint}", f"duration_s={duration_s}", f"out={out}", *extra]) == 0
+    )
     return read_trace(out)
 
 
@@ -103,7 +107,15 @@ def test_naive_and_bad_input_exit_2(small_trace, tmp_path, capsys):
     assert "no clients" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
     assert (
-        main(["generate", f"checkpoint={tmp_path / 'nothing'}", "duration_s=60", f"out={tmp_path / 'y.parquet'}"]) == 2
+        main(
+            [
+                "generate",
+                f"checkpoint={tmp_path / 'nothing'}",
+                "duration_s=60",
+                f"out={tmp_path / 'y.parquet'}",
+            ]
+        )
+        == 2
     )
     assert train(small_trace, tmp_path / "bad", "split=1.5") == 2
     assert "split" in capsys.readouterr().err
@@ -152,7 +164,9 @@ def test_deepseek_r1_end_to_end(shared_traces, tmp_path, monkeypatch):
     write_trace(sample_servegen_pool(pool_dir, 36_000.0, 1800.0, np.random.default_rng(0)), trace_path)
     _train_and_generate_variants(trace_path, tmp_path / "fitted", "split=0.67")
     out = read_trace(tmp_path / "fitted" / "out0.parquet")
-    assert (out["reasoning_tokens"] <= out["output_tokens"]).all() and out["reasoning_tokens"].gt(0).mean() > 0.9
+    assert (out["reasoning_tokens"] <= out["output_tokens"]).all() and out["reasoning_tokens"].gt(
+        0
+    ).mean() > 0.9
     # The pool directory itself loads as a ready-made parametric fit.
     _train_and_generate_variants(pool_dir, tmp_path / "pool")
     assert "ready-made" in json.loads((tmp_path / "pool" / "ck" / "metrics.json").read_text())["fit"]

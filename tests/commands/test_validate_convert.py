@@ -51,10 +51,19 @@ def test_convert_unsorted_input_falls_back_to_sorting(tmp_path):
 
 def test_convert_window_and_adapter_option(tmp_path):
     path = tmp_path / "burst.csv"
-    path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
-                    + "".join(f"{t},GPT-4,10,5,15,API log\n" for t in range(10)))
+    path.write_text(
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        + "".join(f"{t},GPT-4,10,5,15,API log\n" for t in range(10))
+    )
     out = tmp_path / "w.jsonl"
-    args = ["convert", f"data.path={path}", f"out={out}", "start_s=3", "duration_s=4", "+data.client_by=model"]
+    args = [
+        "convert",
+        f"data.path={path}",
+        f"out={out}",
+        "start_s=3",
+        "duration_s=4",
+        "+data.client_by=model",
+    ]
     assert main(args) == 0
     back = read_trace(out)
     assert back["timestamp"].tolist() == [3.0, 4.0, 5.0, 6.0] and set(back["client_id"]) == {"GPT-4"}
@@ -79,7 +88,9 @@ def test_convert_skip_bad_rows(tmp_path, capsys):
     df.loc[5, "input_tokens"] = "x"
     df.to_csv(tmp_path / "bad.csv", index=False)
     out = tmp_path / "t.parquet"
-    assert main(["convert", f"data.path={tmp_path / 'bad.csv'}", f"out={out}", "data.skip_bad_rows=true"]) == 0
+    assert (
+        main(["convert", f"data.path={tmp_path / 'bad.csv'}", f"out={out}", "data.skip_bad_rows=true"]) == 0
+    )
     assert "skipped:" in capsys.readouterr().out and len(read_trace(out)) == len(df) - 1
 
 
@@ -88,11 +99,22 @@ def test_help(capsys):
     assert main(["convert", "--help"]) == 0 and "duration_s" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("pool", "field"), [("reason/deepseek-r1", "reasoning_tokens"), ("multimodal/mm-image", "image_tokens")])
+@pytest.mark.parametrize(
+    ("pool", "field"), [("reason/deepseek-r1", "reasoning_tokens"), ("multimodal/mm-image", "image_tokens")]
+)
 def test_convert_servegen_pool(shared_traces, tmp_path, capsys, pool, field):
-    pytest.importorskip("servegen_ml.pool", reason="ServeGen pool sampling (servegen_ml.pool) not available yet")
+    pytest.importorskip(
+        "servegen_ml.pool", reason="ServeGen pool sampling (servegen_ml.pool) not available yet"
+    )
     out = tmp_path / "pool.parquet"
-    args = ["convert", f"data.path={shared_traces / 'servegen' / pool}", "start_s=0", "duration_s=600", "seed=0", f"out={out}"]
+    args = [
+        "convert",
+        f"data.path={shared_traces / 'servegen' / pool}",
+        "start_s=0",
+        "duration_s=600",
+        "seed=0",
+        f"out={out}",
+    ]
     assert main(args) == 0
     trace = read_trace(out)
     assert len(trace) > 1000 and trace["client_id"].nunique() > 5 and field in trace

@@ -184,7 +184,9 @@ def test_sampled_turns_follow_the_hazard():
     turns = np.bincount(follow.conversation, minlength=len(openers)) + 1
     expected = model.mean_turns(["c0"], [1.0])
     assert abs(turns.mean() - expected) < 0.03
-    assert abs(np.mean(turns >= 2) - model.continue_prob(model.client_codes(["c0"]), np.array([1]))[0]) < 0.015
+    assert (
+        abs(np.mean(turns >= 2) - model.continue_prob(model.client_codes(["c0"]), np.array([1]))[0]) < 0.015
+    )
 
 
 # ---------------------------------------------------------------- upsampling plans
@@ -280,7 +282,9 @@ def test_save_load_round_trip_is_readable_and_exact(tmp_path):
     loaded = ConversationModel.load(tmp_path)
     pd.testing.assert_frame_equal(loaded.values_, model.values_)
     end = float(trace["timestamp"].max()) + 1.0
-    np.testing.assert_array_equal(conversation_log_prob(loaded, trace, end), conversation_log_prob(model, trace, end))
+    np.testing.assert_array_equal(
+        conversation_log_prob(loaded, trace, end), conversation_log_prob(model, trace, end)
+    )
     openers = _openers(300, ("c0", "tiny"))
     a = sample_follow_ups(model, openers, 1e4, 0.0, constant_marks(), np.random.default_rng(1))
     b = sample_follow_ups(loaded, openers, 1e4, 0.0, constant_marks(), np.random.default_rng(1))

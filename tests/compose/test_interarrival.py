@@ -36,8 +36,12 @@ def test_equilibrium_distribution_matches_integral_and_sampler(family, shape, sc
     def fe(x):  # forward recurrence CDF: integral of S(u) du / mean
         return integrate.quad(d.sf, 0, x, limit=200)[0] / d.mean()
 
-    np.testing.assert_allclose(np.exp(ia.log_interval_equilibrium(f, k, s, 0.3, 0.4)), fe(0.4) - fe(0.3), rtol=1e-6)
-    np.testing.assert_allclose(np.exp(ia.log_sf_equilibrium(f, k, s, 2.0)), 1 - fe(2.0), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(
+        np.exp(ia.log_interval_equilibrium(f, k, s, 0.3, 0.4)), fe(0.4) - fe(0.3), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.exp(ia.log_sf_equilibrium(f, k, s, 2.0)), 1 - fe(2.0), rtol=1e-6, atol=1e-12
+    )
     n = 100_000
     x = ia.sample_forward_recurrence(
         np.full(n, family, np.int8), np.full(n, shape), np.full(n, scale), np.random.default_rng(0)
@@ -46,12 +50,17 @@ def test_equilibrium_distribution_matches_integral_and_sampler(family, shape, sc
         assert abs(np.mean(x < q) - fe(q)) < 0.006
 
 
-@pytest.mark.parametrize("family,shape", [(ia.GAMMA, 0.25), (ia.GAMMA, 3.0), (ia.WEIBULL, 0.6), (ia.WEIBULL, 1.7)])
+@pytest.mark.parametrize(
+    "family,shape", [(ia.GAMMA, 0.25), (ia.GAMMA, 3.0), (ia.WEIBULL, 0.6), (ia.WEIBULL, 1.7)]
+)
 def test_scale_for_rate_and_cv(family, shape):
     f, k = _arr(family, shape)
     scale = ia.scale_for_rate(f, k, np.array([4.0]))
     g = ia.sample_gaps(
-        np.full(200_000, family, np.int8), np.full(200_000, shape), np.full(200_000, scale[0]), np.random.default_rng(1)
+        np.full(200_000, family, np.int8),
+        np.full(200_000, shape),
+        np.full(200_000, scale[0]),
+        np.random.default_rng(1),
     )
     assert g.mean() == pytest.approx(0.25, rel=0.02)
     assert g.std() / g.mean() == pytest.approx(ia.cv_of(f, k)[0], rel=0.05)

@@ -2,7 +2,14 @@
 
 import numpy as np
 
-from servegen_ml.data.chunks import cold_starts, cut_long, gather_batch, plan_lanes, split_segments, whole_segments
+from servegen_ml.data.chunks import (
+    cold_starts,
+    cut_long,
+    gather_batch,
+    plan_lanes,
+    split_segments,
+    whole_segments,
+)
 from servegen_ml.data.events import store_from_frame
 from tests.factories import synthetic_trace
 

@@ -46,7 +46,9 @@ def test_spikes_are_frequent_exact_values():
     norm = fit_normalizers(store_from_frame(trace), 1e9, max_spikes=32, min_spike_share=0.005)
     assert norm.spikes["output"] == [2000]
     assert norm.spikes["input"] == [77, 1234]
-    assert fit_normalizers(store_from_frame(trace), 1e9, max_spikes=1, min_spike_share=0.005).spikes["input"] == [1234]
+    assert fit_normalizers(store_from_frame(trace), 1e9, max_spikes=1, min_spike_share=0.005).spikes[
+        "input"
+    ] == [1234]
     assert norm.max_count["output"] == out.max()
 
 

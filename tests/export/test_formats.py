@@ -88,7 +88,16 @@ def test_mooncake_fields_units_order_and_hash_ids(tmp_path, trace, sorted_trace)
 
 def test_bailian_fields_units_links_and_hash_ids(tmp_path, trace, sorted_trace):
     rows = read_jsonl(export_trace(trace, tmp_path / "t.jsonl", "bailian"))
-    keys = ["chat_id", "parent_chat_id", "timestamp", "input_length", "output_length", "type", "turn", "hash_ids"]
+    keys = [
+        "chat_id",
+        "parent_chat_id",
+        "timestamp",
+        "input_length",
+        "output_length",
+        "type",
+        "turn",
+        "hash_ids",
+    ]
     assert all(list(r) == keys for r in rows)
     assert [r["chat_id"] for r in rows] == list(range(len(rows)))
     ts = np.array([r["timestamp"] for r in rows], dtype=float)
@@ -153,7 +162,12 @@ def test_sidecar_and_determinism(tmp_path, trace, fmt):
         "azure": ["TIMESTAMP", "ContextTokens", "GeneratedTokens"],
     }[fmt]
     assert sorted(meta["units"]) == sorted(fields)  # every field's unit is stated, no other
-    time_unit = {"mooncake": "ms since", "bailian": "s since", "vidur": "s since", "azure": "%Y-%m-%d %H:%M:%S.%f"}[fmt]
+    time_unit = {
+        "mooncake": "ms since",
+        "bailian": "s since",
+        "vidur": "s since",
+        "azure": "%Y-%m-%d %H:%M:%S.%f",
+    }[fmt]
     assert time_unit in meta["units"][fields[0] if fmt != "bailian" else "timestamp"]
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -250,4 +264,6 @@ def test_ties_in_time_keep_turn_order(tmp_path):
         (1, -1, 1200),
         (2, 1, 2000),
     ]
-    assert rows[2]["hash_ids"][:75] == rows[1]["hash_ids"][:75] and rows[2]["hash_ids"][75] > max(rows[1]["hash_ids"])
+    assert rows[2]["hash_ids"][:75] == rows[1]["hash_ids"][:75] and rows[2]["hash_ids"][75] > max(
+        rows[1]["hash_ids"]
+    )

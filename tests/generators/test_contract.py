@@ -31,12 +31,17 @@ GENERATOR_FACTORIES = [
 ]
 
 
-
 def make_neural():
     """A tiny, fast-training neural generator (seconds on 2 cores)."""
     from servegen_ml.generators.neural import NeuralGenerator
 
-    trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": 3, "default_root_dir": None, "num_threads": 1}
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 3,
+        "default_root_dir": None,
+        "num_threads": 1,
+    }
     small = {"hidden": 16, "embedding": 4, "head_hidden": 16, "time_components": 3, "mark_components": 3}
     return NeuralGenerator(**small, chunk_len=32, lanes=16, trainer=trainer), _fixture_trace()
 

@@ -47,7 +47,13 @@ from tests.factories import conversational_trace, multimodal_conversational_trac
 DURATION_S = 14_400.0
 KS_LEVEL = 0.01
 NEURAL_SIZES = {"hidden": 16, "embedding": 4, "head_hidden": 16, "time_components": 3, "mark_components": 3}
-NEURAL_TRAINER = {"accelerator": "cpu", "devices": 1, "max_epochs": 10, "default_root_dir": None, "num_threads": 1}
+NEURAL_TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "max_epochs": 10,
+    "default_root_dir": None,
+    "num_threads": 1,
+}
 FACTORIES = {
     "parametric": lambda: ParametricGenerator(rate_window_s=600.0, data_window_s=3600.0),
     "naive": lambda: NaiveGenerator(),

@@ -42,7 +42,11 @@ def test_checkpoint_is_readable_loads_fast_and_without_torch(fitted, tmp_path):
     names = {p.name for p in ck.iterdir()}
     assert names == {"manifest.json", "model.safetensors", "clients.safetensors", "neural.json"}
     meta = json.loads((ck / "neural.json").read_text())
-    assert meta["client_ids"] == ["c0", "c1", "c2"] and set(meta["population"]) == {"weights", "means", "covariances"}
+    assert meta["client_ids"] == ["c0", "c1", "c2"] and set(meta["population"]) == {
+        "weights",
+        "means",
+        "covariances",
+    }
     assert set(meta["normalizers"]) == {"mark_mean", "mark_std", "spikes", "max_count", "quantiles"}
     weights = load_file(str(ck / "model.safetensors"))
     for k, v in weights.items():
@@ -70,7 +74,8 @@ def test_rate_control_scales_counts_and_keeps_burstiness(fitted):
     # Burstiness kept: log gaps shift by log 3, their spread stays (the CV itself is too noisy to compare).
     for cid in ("c0", "c1"):
         logs = [
-            np.log(np.diff(tr.loc[tr.client_id == cid, "timestamp"].to_numpy()) + 1e-6) for tr in (natural, tripled)
+            np.log(np.diff(tr.loc[tr.client_id == cid, "timestamp"].to_numpy()) + 1e-6)
+            for tr in (natural, tripled)
         ]
         q = [np.quantile(x, [0.25, 0.5, 0.75]) for x in logs]
         assert abs((q[0][1] - q[1][1]) - np.log(3.0)) < 0.35
@@ -82,7 +87,9 @@ def test_rate_control_scales_counts_and_keeps_burstiness(fitted):
 
 
 def test_new_clients_come_from_the_population(fitted):
-    out = fitted.sample(GenerationSpec.from_values(duration_s=600.0, clients="new:4", rate=5), np.random.default_rng(0))
+    out = fitted.sample(
+        GenerationSpec.from_values(duration_s=600.0, clients="new:4", rate=5), np.random.default_rng(0)
+    )
     assert set(out["client_id"].unique()) <= {f"new-{i}" for i in range(4)} and len(out) > 500
     with pytest.raises(ValueError, match="unknown client"):
         fitted.sample(GenerationSpec.from_values(duration_s=60.0, clients="nope"), np.random.default_rng(0))

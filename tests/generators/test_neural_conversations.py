@@ -102,6 +102,7 @@ def test_censored_likelihood_matches_scipy():
     log_new = np_heads.log_new_tokens(x, new)
     log_output = np_heads.log_output(x, condition, output)
     for i in range(len(x)):
+
         def cdf(g, i=i):
             return (w[i] * stats.norm.cdf((np.log(g) - loc[i]) / scale[i])).sum()
 
@@ -157,7 +158,9 @@ def test_numpy_samplers_follow_the_heads_distributions():
     output = np_heads.sample_output(x, condition, rng)
     rows = np.repeat(x[:1], len(values), axis=0)
     pmf = np.exp(np_heads.log_output(rows, condition[:1].repeat(len(values), 0), values))
-    assert pmf.sum() == pytest.approx(1.0, abs=2e-3) and np.mean(output == 100) == pytest.approx(pmf[100], abs=0.012)
+    assert pmf.sum() == pytest.approx(1.0, abs=2e-3) and np.mean(output == 100) == pytest.approx(
+        pmf[100], abs=0.012
+    )
     for q in np.quantile(output, [0.2, 0.5, 0.8]):
         assert np.mean(output <= q) == pytest.approx(pmf[: int(q) + 1].sum(), abs=0.012)
 
@@ -224,7 +227,9 @@ def test_multimodal_and_reasoning_follow_ups(fitted):
     inp, outp = out["input_tokens"].to_numpy(), out["output_tokens"].to_numpy()
     assert len(f) > 50 and (inp[f] >= inp[p] + outp[p]).all()
     lp = gen.log_prob(trace)
-    assert np.isfinite(lp.to_numpy()).all() and {"conversation", "image_tokens", "reasoning_tokens"} <= set(lp.columns)
+    assert np.isfinite(lp.to_numpy()).all() and {"conversation", "image_tokens", "reasoning_tokens"} <= set(
+        lp.columns
+    )
     follow = ~conversation_roles(trace).is_opener
     assert (lp.loc[follow, ["time", "input_tokens"]].to_numpy() == 0).all()
 
@@ -279,7 +284,9 @@ def test_unseen_clients_use_the_population_mean_client(fitted):
     assert (client[follow] == client[roles.predecessor[follow]]).all()
     model = gen.conversations_
     assert model.client_codes(["new-0", "c0"]).tolist() == [model.population, 0]
-    turns = Turns(np.array([model.population]), np.array([1]), np.array([500]), np.array([100]), np.array([60.0]))
+    turns = Turns(
+        np.array([model.population]), np.array([1]), np.array([500]), np.array([100]), np.array([60.0])
+    )
     assert 0.0 < model.continue_prob_after(turns)[0] < 1.0
 
 
@@ -295,7 +302,9 @@ def test_checkpoint_holds_the_conversation_heads_readably(fitted, tmp_path):
     for k, v in gen.conversations_.weights.items():
         np.testing.assert_array_equal(loaded.conversations_.weights[k], v)
     spec = GenerationSpec.from_values(duration_s=1800.0, rate="scale:2")
-    pd.testing.assert_frame_equal(loaded.sample(spec, np.random.default_rng(4)), gen.sample(spec, np.random.default_rng(4)))
+    pd.testing.assert_frame_equal(
+        loaded.sample(spec, np.random.default_rng(4)), gen.sample(spec, np.random.default_rng(4))
+    )
     pd.testing.assert_frame_equal(loaded.log_prob(trace), gen.log_prob(trace))
     (ck / "conversation.json").write_text("{}")
     with pytest.raises(ValueError, match="not a version"):

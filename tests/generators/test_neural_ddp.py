@@ -28,7 +28,9 @@ def test_ddp_two_cpu_processes_write_a_loadable_checkpoint(tmp_path):
         "model.head_hidden=16", "model.chunk_len=32", "model.lanes=8",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     gen = load_generator(out)
     assert gen.state_.training["world_size"] == 2

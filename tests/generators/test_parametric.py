@@ -84,7 +84,9 @@ def test_generated_counts_keep_the_fitted_burstiness():
         counts = np.bincount((ts // 60).astype(int), minlength=120)
         return counts.var() / counts.mean()
 
-    fitted_cv2 = np.mean(ia.cv_of(ia.family_code(gen.pool_.rates["family"].astype(str)), gen.pool_.rates["shape"]) ** 2)
+    fitted_cv2 = np.mean(
+        ia.cv_of(ia.family_code(gen.pool_.rates["family"].astype(str)), gen.pool_.rates["shape"]) ** 2
+    )
     generated = dispersion(out["timestamp"].to_numpy())
     assert generated == pytest.approx(fitted_cv2, rel=0.35)
     assert generated == pytest.approx(dispersion(trace["timestamp"].to_numpy()), rel=0.45)
@@ -103,8 +105,13 @@ def mixture_trace(seed=0, n_clients=6, duration_s=3600.0):
                 {
                     "timestamp": t,
                     "client_id": f"c{c}",
-                    "input_tokens": np.round(np.exp(5.0 + 0.5 * c + 0.6 * rng.standard_normal(n))).astype(int),
-                    "output_tokens": np.round(np.exp(3.0 + 0.4 * c + 0.6 * rng.standard_normal(n))).astype(int) + 1,
+                    "input_tokens": np.round(np.exp(5.0 + 0.5 * c + 0.6 * rng.standard_normal(n))).astype(
+                        int
+                    ),
+                    "output_tokens": np.round(np.exp(3.0 + 0.4 * c + 0.6 * rng.standard_normal(n))).astype(
+                        int
+                    )
+                    + 1,
                 }
             )
         )
@@ -133,7 +140,10 @@ def fitted_mixture():
 @pytest.mark.parametrize("rate,expected", [("20", 20.0), ("scale:2", None)])
 def test_rate_control_reaches_the_target(fitted_mixture, rate, expected):
     spec = GenerationSpec.from_values(duration_s=3600.0, rate=rate)
-    natural = len(fitted_mixture.sample(GenerationSpec.from_values(duration_s=3600.0), np.random.default_rng(7))) / 3600
+    natural = (
+        len(fitted_mixture.sample(GenerationSpec.from_values(duration_s=3600.0), np.random.default_rng(7)))
+        / 3600
+    )
     out = fitted_mixture.sample(spec, np.random.default_rng(8))
     target = expected if expected is not None else 2 * natural
     assert len(out) / 3600 == pytest.approx(target, rel=0.1)
@@ -155,7 +165,9 @@ def test_client_selection(fitted_mixture):
     out = fitted_mixture.sample(spec, np.random.default_rng(0))
     assert set(out["client_id"]) == {"c1", "c4"}
     with pytest.raises(ValueError, match="unknown client ids"):
-        fitted_mixture.sample(GenerationSpec.from_values(duration_s=60.0, clients=["zz"]), np.random.default_rng(0))
+        fitted_mixture.sample(
+            GenerationSpec.from_values(duration_s=60.0, clients=["zz"]), np.random.default_rng(0)
+        )
     new = fitted_mixture.sample(
         GenerationSpec.from_values(duration_s=1800.0, clients="new:20"), np.random.default_rng(0)
     )
@@ -199,7 +211,9 @@ def test_poisson_time_likelihood_has_the_closed_form():
     gen.pool_ = pool
     # Events with a long silence spanning empty windows, and the window end after the last event.
     t = np.array([12.0, 13.5, 40.0, 350.0, 351.0, 620.0])
-    trace = make_trace({"timestamp": t, "client_id": ["a"] * 6, "input_tokens": [5] * 6, "output_tokens": [6] * 6})
+    trace = make_trace(
+        {"timestamp": t, "client_id": ["a"] * 6, "input_tokens": [5] * 6, "output_tokens": [6] * 6}
+    )
     lp = gen.log_prob(trace, window_end_s=900.0)
     expected = len(t) * np.log1p(-np.exp(-lam * TIME_RESOLUTION_S)) - lam * (900.0 - 12.0)
     assert lp["time"].sum() == pytest.approx(expected, rel=1e-9)

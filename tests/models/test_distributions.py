@@ -72,7 +72,9 @@ def test_gap_sample_moments_match_analytic():
     d = gap_dist()
     rng = np.random.default_rng(0)
     n = 200_000
-    rep = GapMixture(*(x[:1].expand(n, *x.shape[1:]) for x in (d.zero_logit, d.comp_logits, d.loc, d.log_scale)))
+    rep = GapMixture(
+        *(x[:1].expand(n, *x.shape[1:]) for x in (d.zero_logit, d.comp_logits, d.loc, d.log_scale))
+    )
     g = rep.sample(rng)
     p0 = expit(float(d.zero_logit[0]))
     w = torch.softmax(d.comp_logits[0], -1).numpy()
@@ -120,7 +122,9 @@ def test_count_log_prob_matches_scipy_and_sums_to_one():
 def test_count_sampler_matches_pmf():
     d = count_dist()
     n = 200_000
-    rep = CountMixture(d.spike_values, *(x.expand(n, -1) for x in (d.logits, d.comp_logits, d.loc, d.log_scale)))
+    rep = CountMixture(
+        d.spike_values, *(x.expand(n, -1) for x in (d.logits, d.comp_logits, d.loc, d.log_scale))
+    )
     s = rep.sample(np.random.default_rng(1), max_count=10**7)
     for k in (0, 100, 512, 20):
         p = math.exp(float(d.log_prob(torch.tensor([k]))[0]))
@@ -153,7 +157,9 @@ def test_ratio_log_prob_sums_to_one_and_matches_scipy(total):
     mu, sd = d.loc[0].numpy(), np.exp(d.log_scale[0].numpy())
     j = total // 3
     lo, hi = logit(max((j - 0.5) / total, 0)), logit(min((j + 0.5) / total, 1))
-    cont = sum(w[c] * (stats.norm.cdf((hi - mu[c]) / sd[c]) - stats.norm.cdf((lo - mu[c]) / sd[c])) for c in range(2))
+    cont = sum(
+        w[c] * (stats.norm.cdf((hi - mu[c]) / sd[c]) - stats.norm.cdf((lo - mu[c]) / sd[c])) for c in range(2)
+    )
     want = pi[2] * cont + (pi[0] if j == 0 else 0) + (pi[1] if j == total else 0)
     assert lp[j] == pytest.approx(np.log(want), rel=1e-5)
 
@@ -164,7 +170,9 @@ def test_ratio_zero_total_and_sampler():
     n, total = 100_000, 50
     rep = RatioMixture(*(x.expand(n, -1) for x in (d.logits, d.comp_logits, d.loc, d.log_scale)))
     s = rep.sample(np.full(n, total), np.random.default_rng(2))
-    lp = np.exp(d.log_prob(torch.arange(total + 1).unsqueeze(0), torch.full((1, total + 1), total)).numpy()[0])
+    lp = np.exp(
+        d.log_prob(torch.arange(total + 1).unsqueeze(0), torch.full((1, total + 1), total)).numpy()[0]
+    )
     freq = np.bincount(s, minlength=total + 1) / n
     assert np.abs(freq - lp).max() < 0.006
     assert 0.5 * np.abs(freq - lp).sum() < 0.02
@@ -174,7 +182,8 @@ def test_ratio_zero_total_and_sampler():
 def test_gradients_finite_at_extremes(dtype):
     # one sane component and one far-off, very narrow one (its terms underflow)
     params = [
-        torch.tensor(v, dtype=torch.float32, requires_grad=True) for v in ([[0.0, 0.0]], [[-9.0, 9.0]], [[2.0, -9.0]])
+        torch.tensor(v, dtype=torch.float32, requires_grad=True)
+        for v in ([[0.0, 0.0]], [[-9.0, 9.0]], [[2.0, -9.0]])
     ]
     logits = torch.tensor([[0.0, 0.0, 0.0]], requires_grad=True)
     zl = torch.tensor([0.0], requires_grad=True)
@@ -197,7 +206,14 @@ def test_gradients_finite_at_extremes(dtype):
 def test_count_floor_mixes_in_a_broad_normal():
     d = count_dist()
     floored = CountMixture(
-        d.spike_values, d.logits, d.comp_logits, d.loc, d.log_scale, floor=0.01, base_loc=4.0, base_log_scale=0.5
+        d.spike_values,
+        d.logits,
+        d.comp_logits,
+        d.loc,
+        d.log_scale,
+        floor=0.01,
+        base_loc=4.0,
+        base_log_scale=0.5,
     )
     n = torch.arange(0, 200_000).unsqueeze(0)
     lp, lp0 = floored.log_prob(n).numpy()[0], d.log_prob(n).numpy()[0]

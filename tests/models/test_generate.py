@@ -71,7 +71,9 @@ def with_fields(state, **fields):
 def distorted(model, factors):
     """The model with its empirical rate curves multiplied per bin (the model itself unchanged)."""
     state, tpp = model
-    return with_fields(state, rate_curves=state.rate_curves * np.asarray(factors, dtype=np.float32)[None, :]), tpp
+    return with_fields(
+        state, rate_curves=state.rate_curves * np.asarray(factors, dtype=np.float32)[None, :]
+    ), tpp
 
 
 def natural_rate(model, seeds=range(1, 7)):
@@ -157,7 +159,9 @@ def test_without_stored_curves_a_pilot_reaches_the_target(model, sampler_runs):
     assert len(sampler_runs) == 4  # a pilot and the result each
 
 
-@pytest.mark.parametrize(("rate", "runs"), [("natural", 1), ("scale:2", 1), ("3", 2), ("curve:0=1,1200=3", 2)])
+@pytest.mark.parametrize(
+    ("rate", "runs"), [("natural", 1), ("scale:2", 1), ("3", 2), ("curve:0=1,1200=3", 2)]
+)
 def test_only_constant_and_curve_targets_need_a_pilot(model, sampler_runs, rate, runs):
     # natural and scale:K multiply the model's own rate: nothing to measure.
     sample(model, rate=rate)

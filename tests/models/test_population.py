@@ -23,7 +23,9 @@ def test_draws_follow_traffic_not_client_count():
 def test_json_round_trip_and_determinism():
     pop = fit_population(np.random.default_rng(2).normal(size=(5, 3)), np.ones(5), n_components=4, seed=0)
     again = ClientPopulation.from_json(json.loads(json.dumps(pop.to_json())))
-    np.testing.assert_array_equal(again.sample(10, np.random.default_rng(3)), pop.sample(10, np.random.default_rng(3)))
+    np.testing.assert_array_equal(
+        again.sample(10, np.random.default_rng(3)), pop.sample(10, np.random.default_rng(3))
+    )
     assert pop.mean().shape == (3,)
 
 

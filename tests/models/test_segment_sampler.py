@@ -14,7 +14,9 @@ def _covers(keep, end, lo, hi):
 
 def test_rows_partition_each_clients_time_by_expected_events():
     tau = np.linspace(0.0, 100.0, 101)
-    expected = np.stack([np.linspace(0, 1000, 101), np.zeros(101), np.r_[np.zeros(50), np.linspace(0, 300, 51)]])
+    expected = np.stack(
+        [np.linspace(0, 1000, 101), np.zeros(101), np.r_[np.zeros(50), np.linspace(0, 300, 51)]]
+    )
     rows = plan_rows(expected, tau, segment_events=100, warmup_events=10, max_warmup_s=50.0)
     for c, n_rows in ((0, 10), (1, 1), (2, 3)):
         mine = rows.client == c
@@ -37,7 +39,13 @@ def test_straggler_split_keeps_the_partition():
 
     clients = ClientTable(np.zeros((2, 3)), np.zeros(2), np.ones(2), np.zeros((2, 1)))
     lanes = _Lanes.start(
-        _StubTPP(), clients, np.array([0, 1]), np.array([-5.0, -5.0]), np.zeros(2), np.array([100.0, 100.0]), 8
+        _StubTPP(),
+        clients,
+        np.array([0, 1]),
+        np.array([-5.0, -5.0]),
+        np.zeros(2),
+        np.array([100.0, 100.0]),
+        8,
     )
     lanes.tau = np.array([20.0, 50.0])
     lanes.recent_gap = np.array([0.01, 100.0])  # row 0 in a burst, row 1 slow

@@ -31,6 +31,8 @@ def test_model_rate_curves_of_the_wrong_shape_are_refused(model, tmp_path):  # n
     state, _ = model
     state.save(tmp_path)
     clients = load_file(str(tmp_path / CLIENTS_FILE))
-    save_file({**clients, "model_rate_curves": np.zeros((1, 2), dtype=np.float32)}, str(tmp_path / CLIENTS_FILE))
+    save_file(
+        {**clients, "model_rate_curves": np.zeros((1, 2), dtype=np.float32)}, str(tmp_path / CLIENTS_FILE)
+    )
     with pytest.raises(ValueError, match="model_rate_curves"):
         NeuralState.load(tmp_path)

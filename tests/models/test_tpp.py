@@ -28,7 +28,9 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    store = store_from_frame(synthetic_trace(seed=5, duration_s=900.0, n_clients=3, multimodal=True, reasoning=True))
+    store = store_from_frame(
+        synthetic_trace(seed=5, duration_s=900.0, n_clients=3, multimodal=True, reasoning=True)
+    )
     norm = fit_normalizers(store, 1e9)
     kwargs = tpp_kwargs(store, norm)
     tpp = MarkedTPP(**kwargs, hidden=12, embedding=4, head_hidden=10)
@@ -119,7 +121,9 @@ def test_sampler_conditions_on_marks_like_training(setup, monkeypatch):
     gap = ntpp.sample_gap(ntpp.project(h), gm, gs, np.random.default_rng(3))
     marks, items = ntpp.sample_marks(ntpp.project(h), gap, gm, gs, np.random.default_rng(4))
     assert len(items["image"]) == marks["image_count"].sum()
-    want = F.condition_features(np, store.layout, gap, gm, gs, marks, ntpp.mark_mean, ntpp.mark_std, ntpp.fields)
+    want = F.condition_features(
+        np, store.layout, gap, gm, gs, marks, ntpp.mark_mean, ntpp.mark_std, ntpp.fields
+    )
     np.testing.assert_allclose(seen["cond"], np.stack(want, -1), atol=1e-5)
     assert (marks["reasoning"] <= marks["output"]).all() and (marks["reasoning"] >= 0).all()
 

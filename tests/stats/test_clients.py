@@ -2,7 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from servegen_ml.stats.clients import ClientAccumulator, client_summary, top_share, weighted_cdf, weighted_quantiles
+from servegen_ml.stats.clients import (
+    ClientAccumulator,
+    client_summary,
+    top_share,
+    weighted_cdf,
+    weighted_quantiles,
+)
 from servegen_ml.trace.schema import make_trace
 from tests.factories import gamma_arrivals, synthetic_trace
 
@@ -43,7 +49,12 @@ def test_streaming_matches_in_memory():
     acc = ClientAccumulator(float(trace["timestamp"].iloc[0]))
     for idx in np.array_split(np.arange(len(trace)), 9):
         c = trace.iloc[idx]
-        acc.add(c["timestamp"].to_numpy(), c["client_id"], c["input_tokens"].to_numpy(), c["output_tokens"].to_numpy())
+        acc.add(
+            c["timestamp"].to_numpy(),
+            c["client_id"],
+            c["input_tokens"].to_numpy(),
+            c["output_tokens"].to_numpy(),
+        )
     got = acc.result(top=3)
     want = client_summary(trace)
     table = got["series"]["table"]

@@ -16,7 +16,9 @@ def test_media_tokens_per_request_sums_items():
 def test_multimodal_accumulator_counts_items_and_tokens():
     trace = synthetic_trace(seed=1, duration_s=1800, n_clients=2, multimodal=True)
     t = trace["timestamp"].to_numpy()
-    acc = MultimodalAccumulator(["image_tokens"], float(t[0]), np.random.default_rng(0), has_text=True, sample=500)
+    acc = MultimodalAccumulator(
+        ["image_tokens"], float(t[0]), np.random.default_rng(0), has_text=True, sample=500
+    )
     for part in np.array_split(np.arange(len(trace)), 4):
         acc.add(t[part], trace.iloc[part].reset_index(drop=True))
     r = acc.result()
@@ -34,5 +36,7 @@ def test_within_group_spearman_matches_scipy_with_ties():
     per = within_group_spearman(keys, x, y).set_index("key")
     for k in range(4):
         assert per.loc[k, "spearman"] == pytest.approx(sps.spearmanr(x[keys == k], y[keys == k]).statistic)
-    assert weighted_within_group_spearman(keys, x, y) == pytest.approx(np.average(per["spearman"], weights=per["rows"]))
+    assert weighted_within_group_spearman(keys, x, y) == pytest.approx(
+        np.average(per["spearman"], weights=per["rows"])
+    )
     assert np.isnan(spearman(np.ones(10), np.arange(10)))

@@ -20,7 +20,13 @@ def mooncake_records():
     return [
         {"timestamp": 0, "input_length": 1100, "output_length": 7, "hash_ids": [0, 1, 2]},
         {"timestamp": 1500, "input_length": 900, "output_length": 0, "hash_ids": [0, 3]},
-        {"timestamp": 2250, "input_length": 1600, "output_length": 9, "hash_ids": [0, 1, 4, 5], "extra": "ignored"},
+        {
+            "timestamp": 2250,
+            "input_length": 1600,
+            "output_length": 9,
+            "hash_ids": [0, 1, 4, 5],
+            "extra": "ignored",
+        },
         {"timestamp": 4000, "input_length": 2100, "output_length": 9, "hash_ids": [0, 1, 4, 6, 7]},
     ]
 
@@ -30,7 +36,12 @@ def test_mooncake_units_client_and_conversations(tmp_path):
     assert detect_format(path) == "mooncake"
     df = read_trace(path)
     assert df["timestamp"].tolist() == [0.0, 1.5, 2.25, 4.0]
-    assert df["input_tokens"].tolist() == [1100, 900, 1600, 2100] and df["output_tokens"].tolist() == [7, 0, 9, 9]
+    assert df["input_tokens"].tolist() == [1100, 900, 1600, 2100] and df["output_tokens"].tolist() == [
+        7,
+        0,
+        9,
+        9,
+    ]
     assert set(df["client_id"]) == {"mooncake"} and "hash_ids" not in df
     assert df["turn"].tolist() == [1, 1, 2, 3]
     assert df["conversation_id"].tolist() == ["0", "1", "0", "0"]
@@ -72,10 +83,14 @@ def test_azure_timestamps_become_seconds_since_first_row(tmp_path):
 
 def test_azure_2024_offsets_and_bad_datetime(tmp_path):
     path = tmp_path / "az.csv"
-    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,1,2\n2024-05-10 02:00:01.009930+02:00,3,4\n")
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,1,2\n2024-05-10 02:00:01.009930+02:00,3,4\n"
+    )
     np.testing.assert_allclose(read_trace(path, client_id="code")["timestamp"], [0.0, 1.0])
     path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00,1,2\nyesterday,3,4\n")
-    with pytest.raises(TraceValidationError, match=r"row 2, column 'TIMESTAMP' \(timestamp\): not a date-time"):
+    with pytest.raises(
+        TraceValidationError, match=r"row 2, column 'TIMESTAMP' \(timestamp\): not a date-time"
+    ):
         read_trace(path)
 
 
@@ -102,7 +117,10 @@ def test_burstgpt_clients_and_failed_requests(tmp_path):
 def test_burstgpt_sessions_number_turns_across_chunks(tmp_path):
     path = tmp_path / "burst.csv"
     rows = [(1, "s1"), (2, "s2"), (3, "s1"), (4, ""), (5, "s1"), (6, "s2")]
-    path.write_text(f"{BURST_HEADER},Session ID\n" + "".join(f"{t},ChatGPT,10,5,15,Conversation log,{s}\n" for t, s in rows))
+    path.write_text(
+        f"{BURST_HEADER},Session ID\n"
+        + "".join(f"{t},ChatGPT,10,5,15,Conversation log,{s}\n" for t, s in rows)
+    )
     df = read_trace(path, chunk_rows=2)
     assert df["conversation_id"].tolist() == ["s1", "s2", "s1", "row-4", "s1", "s2"]
     assert df["turn"].tolist() == [1, 1, 2, 1, 3, 2]
@@ -113,11 +131,25 @@ def test_burstgpt_sessions_number_turns_across_chunks(tmp_path):
 
 def bailian_records():
     rows = [  # chat_id, parent, turn, t
-        (10, -1, 1, 0.5), (11, -1, 1, 1.0), (12, 10, 2, 2.0), (13, 99, 3, 2.5), (14, 12, 3, 3.0), (15, 13, 4, 4.0), (16, 14, 4, 5.0),
+        (10, -1, 1, 0.5),
+        (11, -1, 1, 1.0),
+        (12, 10, 2, 2.0),
+        (13, 99, 3, 2.5),
+        (14, 12, 3, 3.0),
+        (15, 13, 4, 4.0),
+        (16, 14, 4, 5.0),
     ]
     return [
-        {"chat_id": c, "parent_chat_id": p, "timestamp": t, "input_length": 100 * k, "output_length": 10, "type": "text" if c % 2 else "search",
-         "turn": k, "hash_ids": [1, 2]}
+        {
+            "chat_id": c,
+            "parent_chat_id": p,
+            "timestamp": t,
+            "input_length": 100 * k,
+            "output_length": 10,
+            "type": "text" if c % 2 else "search",
+            "turn": k,
+            "hash_ids": [1, 2],
+        }
         for c, p, k, t in rows
     ]
 
@@ -147,8 +179,13 @@ def test_bailian_duplicate_chat_id(tmp_path):
 
 def test_native_single_client_option_and_ignored_columns(tmp_path):
     path = tmp_path / "t.csv"
-    pd.DataFrame({"timestamp": [0.0, 1.0], "input_tokens": [1, 2], "output_tokens": [3, 4], "note": ["a", "b"]}).to_csv(path, index=False)
-    with pytest.raises(TraceValidationError, match="column 'client_id': missing required column"), pytest.warns(UserWarning):
+    pd.DataFrame(
+        {"timestamp": [0.0, 1.0], "input_tokens": [1, 2], "output_tokens": [3, 4], "note": ["a", "b"]}
+    ).to_csv(path, index=False)
+    with (
+        pytest.raises(TraceValidationError, match="column 'client_id': missing required column"),
+        pytest.warns(UserWarning),
+    ):
         read_trace(path)
     with pytest.warns(UserWarning, match=r"ignoring columns .*'note'"):
         df = read_trace(path, client_id="me")
@@ -157,7 +194,9 @@ def test_native_single_client_option_and_ignored_columns(tmp_path):
 
 def test_native_ids_stay_strings(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("timestamp,client_id,request_id,input_tokens,output_tokens\n0,007,None,1,1\n1,NA,0042,1,1\n")
+    path.write_text(
+        "timestamp,client_id,request_id,input_tokens,output_tokens\n0,007,None,1,1\n1,NA,0042,1,1\n"
+    )
     df = read_trace(path)
     assert df["client_id"].tolist() == ["007", "NA"] and df["request_id"].tolist() == ["None", "0042"]
 
@@ -175,13 +214,19 @@ def write_tiny_pool(directory):
 
 
 def test_servegen_pool_is_sampled(tmp_path):
-    pytest.importorskip("servegen_ml.pool", reason="ServeGen pool sampling (servegen_ml.pool) not available yet")
+    pytest.importorskip(
+        "servegen_ml.pool", reason="ServeGen pool sampling (servegen_ml.pool) not available yet"
+    )
     pool = tmp_path / "pool"
     write_tiny_pool(pool)
     assert detect_format(pool) == "servegen"
     df = read_trace(pool, start_s=0, duration_s=1200, seed=3)
     counts = df["client_id"].value_counts()
-    assert len(counts) == 2 and abs(counts.max() - 2400) < 5 * np.sqrt(2400) and abs(counts.min() - 600) < 5 * np.sqrt(600)
+    assert (
+        len(counts) == 2
+        and abs(counts.max() - 2400) < 5 * np.sqrt(2400)
+        and abs(counts.min() - 600) < 5 * np.sqrt(600)
+    )
     assert set(df["input_tokens"]) <= {100, 300} and df["timestamp"].is_monotonic_increasing
     pd.testing.assert_frame_equal(df, read_trace(pool, start_s=0, duration_s=1200, seed=3))
     with pytest.raises(ValueError, match="duration_s"):

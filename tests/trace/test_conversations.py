@@ -27,7 +27,9 @@ def planted_conversations(seed: int = 0, n_conversations: int = 80):
         tokens = BLOCK  # the shared system block
         first_len = [1024, 1024 + int(rng.integers(1, 511)), 2048 + int(rng.integers(1, 3000))][conv % 3]
         for turn in range(1, int(rng.integers(1, 7)) + 1):
-            tokens = first_len if turn == 1 else tokens + int(rng.integers(50, 800)) + int(rng.integers(100, 3000))
+            tokens = (
+                first_len if turn == 1 else tokens + int(rng.integers(50, 800)) + int(rng.integers(100, 3000))
+            )
             n_blocks = -(-tokens // BLOCK)
             kept = prefix if turn > 1 else [0]
             ids = kept + list(range(next_block, next_block + n_blocks - len(kept)))
@@ -67,7 +69,10 @@ def test_chunked_inference_equals_whole():
     hashes, tokens = _hash_column(rows), np.array([r[4] for r in rows])
     whole = infer_conversations(hashes, tokens)
     inferrer = PrefixConversationInferrer()
-    parts = [inferrer.assign(hashes.iloc[i : i + 37].reset_index(drop=True), tokens[i : i + 37]) for i in range(0, len(rows), 37)]
+    parts = [
+        inferrer.assign(hashes.iloc[i : i + 37].reset_index(drop=True), tokens[i : i + 37])
+        for i in range(0, len(rows), 37)
+    ]
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
 
@@ -88,9 +93,19 @@ def test_mooncake_adapter_recovers_planted_conversations(tmp_path):
     path = tmp_path / "planted.jsonl"
     with open(path, "w") as f:
         for t, _, _, ids, tokens in rows:
-            f.write(json.dumps({"timestamp": int(t * 1000), "input_length": tokens, "output_length": 10, "hash_ids": ids}) + "\n")
+            f.write(
+                json.dumps(
+                    {"timestamp": int(t * 1000), "input_length": tokens, "output_length": 10, "hash_ids": ids}
+                )
+                + "\n"
+            )
     trace = read_trace(path, chunk_rows=50)
-    assert_same_conversations([r[1] for r in rows], np.array([r[2] for r in rows]), trace["conversation_id"], trace["turn"].to_numpy())
+    assert_same_conversations(
+        [r[1] for r in rows],
+        np.array([r[2] for r in rows]),
+        trace["conversation_id"],
+        trace["turn"].to_numpy(),
+    )
 
 
 def test_shared_mooncake_follow_up_share(shared_traces):

@@ -19,15 +19,33 @@ def full_trace(seed: int = 0) -> pd.DataFrame:
     counts = rng.choice([0, 1, 2, 4], size=n)
     images = rng.choice([256, 576, 1024], size=int(counts.sum()))
     df["text_tokens"] = df["input_tokens"]
-    df["input_tokens"] += np.bincount(np.repeat(np.arange(n), counts), weights=images, minlength=n).astype(np.int64)
+    df["input_tokens"] += np.bincount(np.repeat(np.arange(n), counts), weights=images, minlength=n).astype(
+        np.int64
+    )
     df["image_tokens"] = make_list_column(counts, images)
     df.insert(2, "request_id", pd.array([f"req-{i}" for i in range(n)], dtype=STRING_DTYPE))
     df["audio_tokens"] = make_list_column(np.zeros(n, dtype=int), np.zeros(0, dtype=int))
-    df["conversation_id"] = pd.array([f"conv {i // 3}, \"q\"" for i in range(n)], dtype=STRING_DTYPE)
+    df["conversation_id"] = pd.array([f'conv {i // 3}, "q"' for i in range(n)], dtype=STRING_DTYPE)
     df["turn"] = np.arange(n) % 3 + 1
     df["timestamp"] += 1.7e9  # epoch seconds keep their microseconds
-    return df[[c for c in ["timestamp", "client_id", "request_id", "input_tokens", "output_tokens", "text_tokens", "image_tokens",
-                          "audio_tokens", "reasoning_tokens", "conversation_id", "turn"]]]
+    return df[
+        [
+            c
+            for c in [
+                "timestamp",
+                "client_id",
+                "request_id",
+                "input_tokens",
+                "output_tokens",
+                "text_tokens",
+                "image_tokens",
+                "audio_tokens",
+                "reasoning_tokens",
+                "conversation_id",
+                "turn",
+            ]
+        ]
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl", ".csv.gz"])
@@ -79,7 +97,9 @@ def test_truncated_file_is_an_error_naming_the_file(tmp_path, suffix):
     path = tmp_path / f"t{suffix}"
     write_trace(full_trace(), path)
     data = path.read_bytes()
-    cut = len(data) - 30 if suffix != ".csv" else data.rindex(b'"conv') + 3  # CSV: inside the last quoted cell
+    cut = (
+        len(data) - 30 if suffix != ".csv" else data.rindex(b'"conv') + 3
+    )  # CSV: inside the last quoted cell
     path.write_bytes(data[:cut])
     with pytest.raises(TraceReadError, match=str(path)):
         read_trace(path)
@@ -87,7 +107,9 @@ def test_truncated_file_is_an_error_naming_the_file(tmp_path, suffix):
 
 def test_truncated_csv_row_is_reported_with_its_row(tmp_path):
     path = tmp_path / "t.csv"
-    pd.DataFrame({"timestamp": [0.0, 1.0], "client_id": ["a", "b"], "input_tokens": [1, 2], "output_tokens": [3, 4]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {"timestamp": [0.0, 1.0], "client_id": ["a", "b"], "input_tokens": [1, 2], "output_tokens": [3, 4]}
+    ).to_csv(path, index=False)
     path.write_bytes(path.read_bytes().rstrip()[:-2])  # the last row loses its output_tokens
     with pytest.raises(ValueError, match=rf"{path}, row 2, column 'output_tokens': missing value"):
         read_trace(path)
@@ -95,7 +117,9 @@ def test_truncated_csv_row_is_reported_with_its_row(tmp_path):
 
 def test_corrupt_jsonl_line_is_named(tmp_path):
     path = tmp_path / "t.jsonl"
-    path.write_text('{"timestamp": 0, "client_id": "a", "input_tokens": 1, "output_tokens": 1}\n{"timestamp": 1, "client_id\n')
+    path.write_text(
+        '{"timestamp": 0, "client_id": "a", "input_tokens": 1, "output_tokens": 1}\n{"timestamp": 1, "client_id\n'
+    )
     with pytest.raises(TraceReadError, match=rf"{path}, line 2: not valid JSON"):
         read_trace(path)
 

@@ -15,7 +15,9 @@ def test_keymap_matches_a_dict_with_later_updates_winning():
     probe = np.arange(600, dtype=np.uint64)
     found, values = table.lookup(probe)
     assert found.tolist() == [k in reference for k in range(600)]
-    assert [v.tolist() for v, f in zip(values, found) if f] == [reference[k] for k in range(600) if k in reference]
+    assert [v.tolist() for v, f in zip(values, found) if f] == [
+        reference[k] for k in range(600) if k in reference
+    ]
     assert len(table._levels) <= 8  # levels are merged as they grow
 
 
@@ -23,4 +25,7 @@ def test_key_set_does_not_modify_the_callers_array():
     keys = np.array([5, 1, 3], dtype=np.uint64)
     table = KeyMap()
     table.update(keys)
-    assert keys.tolist() == [5, 1, 3] and table.contains(np.array([1, 2], dtype=np.uint64)).tolist() == [True, False]
+    assert keys.tolist() == [5, 1, 3] and table.contains(np.array([1, 2], dtype=np.uint64)).tolist() == [
+        True,
+        False,
+    ]

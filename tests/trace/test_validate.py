@@ -80,7 +80,14 @@ def test_bad_csv_cell_names_file_row_column_and_writes_nothing(tmp_path, capsys,
 def test_bad_jsonl_value_names_line_and_column(tmp_path, capsys, record_patch, column, text):
     src, out = tmp_path / "bad.jsonl", tmp_path / "t.csv"
     records = [
-        {"timestamp": float(i), "client_id": "a", "input_tokens": 5, "output_tokens": 6, "image_tokens": [576]} for i in range(6)
+        {
+            "timestamp": float(i),
+            "client_id": "a",
+            "input_tokens": 5,
+            "output_tokens": 6,
+            "image_tokens": [576],
+        }
+        for i in range(6)
     ]
     records[3].update(record_patch)
     lines = [json.dumps(r) for r in records]
@@ -104,8 +111,12 @@ def test_missing_required_column(tmp_path, capsys):
 
 def test_adapter_errors_use_the_files_column_names(tmp_path):
     src = tmp_path / "moon.jsonl"
-    src.write_text('{"timestamp": 0, "input_length": 10, "output_length": 5}\n{"timestamp": 5, "input_length": -1, "output_length": 5}\n')
-    with pytest.raises(TraceValidationError, match=r"line 2, column 'input_length' \(input_tokens\): negative value"):
+    src.write_text(
+        '{"timestamp": 0, "input_length": 10, "output_length": 5}\n{"timestamp": 5, "input_length": -1, "output_length": 5}\n'
+    )
+    with pytest.raises(
+        TraceValidationError, match=r"line 2, column 'input_length' \(input_tokens\): negative value"
+    ):
         read_trace(src)
 
 
@@ -152,7 +163,9 @@ def test_unsorted_rows_are_sorted_stably_with_a_warning():
         out, report = validate_trace(shuffled)
     assert report.resorted_rows > 0
     np.testing.assert_array_equal(out["timestamp"], np.sort(df["timestamp"]))
-    ties = pd.DataFrame({"timestamp": [2.0, 1.0, 1.0, 1.0], "client_id": list("abcd"), "input_tokens": 1, "output_tokens": 1})
+    ties = pd.DataFrame(
+        {"timestamp": [2.0, 1.0, 1.0, 1.0], "client_id": list("abcd"), "input_tokens": 1, "output_tokens": 1}
+    )
     with pytest.warns(UserWarning):
         out, _ = validate_trace(ties)
     assert list(out["client_id"]) == ["b", "c", "d", "a"]
@@ -160,7 +173,9 @@ def test_unsorted_rows_are_sorted_stably_with_a_warning():
 
 def test_valid_trace_passes_unchanged():
     df = synthetic_trace(2, 600, reasoning=True)
-    df["image_tokens"] = make_list_column(np.arange(len(df)) % 3, np.full((np.arange(len(df)) % 3).sum(), 576))
+    df["image_tokens"] = make_list_column(
+        np.arange(len(df)) % 3, np.full((np.arange(len(df)) % 3).sum(), 576)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out, report = validate_trace(df)

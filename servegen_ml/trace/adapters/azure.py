@@ -22,7 +22,11 @@ from servegen_ml.trace.adapters.base import Adapter, constant_strings
 
 class AzureAdapter(Adapter):
     name = "azure"
-    column_map = {"TIMESTAMP": "timestamp", "ContextTokens": "input_tokens", "GeneratedTokens": "output_tokens"}
+    column_map = {
+        "TIMESTAMP": "timestamp",
+        "ContextTokens": "input_tokens",
+        "GeneratedTokens": "output_tokens",
+    }
     string_columns = ("TIMESTAMP",)
     options = {"client_id": "azure"}
 

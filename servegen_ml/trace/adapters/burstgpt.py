@@ -26,7 +26,12 @@ from servegen_ml.trace.adapters.base import Adapter, constant_strings, ids_as_st
 from servegen_ml.trace.keymap import KeyMap, hash_strings
 from servegen_ml.trace.schema import STRING_DTYPE
 
-CLIENT_BY = {"model_log_type": ("Model", "Log Type"), "model": ("Model",), "log_type": ("Log Type",), "none": ()}
+CLIENT_BY = {
+    "model_log_type": ("Model", "Log Type"),
+    "model": ("Model",),
+    "log_type": ("Log Type",),
+    "none": (),
+}
 
 
 class BurstGPTAdapter(Adapter):

@@ -29,9 +29,19 @@ from servegen_ml.trace.conversations import PrefixConversationInferrer
 
 class MooncakeAdapter(Adapter):
     name = "mooncake"
-    column_map = {"timestamp": "timestamp", "input_length": "input_tokens", "output_length": "output_tokens", "hash_ids": "hash_ids"}
+    column_map = {
+        "timestamp": "timestamp",
+        "input_length": "input_tokens",
+        "output_length": "output_tokens",
+        "hash_ids": "hash_ids",
+    }
     extra_rules = {"hash_ids": "list"}
-    options = {"client_id": "mooncake", "infer_conversations": True, "block_size": 512, "min_prefix_blocks": 2}
+    options = {
+        "client_id": "mooncake",
+        "infer_conversations": True,
+        "block_size": 512,
+        "min_prefix_blocks": 2,
+    }
 
     @classmethod
     def matches(cls, columns: set[str]) -> bool:
@@ -39,7 +49,9 @@ class MooncakeAdapter(Adapter):
 
     def __init__(self, source: str, **options):
         super().__init__(source, **options)
-        self._inferrer = PrefixConversationInferrer(int(self.opts["block_size"]), int(self.opts["min_prefix_blocks"]))
+        self._inferrer = PrefixConversationInferrer(
+            int(self.opts["block_size"]), int(self.opts["min_prefix_blocks"])
+        )
 
     def map_chunk(self, raw: pd.DataFrame, row_numbers: np.ndarray):
         df = self._renamed(raw)

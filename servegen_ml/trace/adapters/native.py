@@ -35,7 +35,9 @@ class NativeAdapter(Adapter):
     def map_chunk(self, raw: pd.DataFrame, row_numbers: np.ndarray):
         ignored = [c for c in raw.columns if c not in self.column_map]
         if ignored and not self._warned:
-            warnings.warn(f"{self.source}: ignoring columns outside the trace schema: {ignored}", stacklevel=2)
+            warnings.warn(
+                f"{self.source}: ignoring columns outside the trace schema: {ignored}", stacklevel=2
+            )
             self._warned = True
         df = self._renamed(raw)
         if "client_id" not in df.columns and self.opts["client_id"] is not None:

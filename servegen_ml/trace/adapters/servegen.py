@@ -18,7 +18,9 @@ def is_pool_directory(path: Path) -> bool:
     return path.is_dir() and any(path.glob("chunk-*-trace.csv"))
 
 
-def sample_pool(path: Path, start_s: float | None, duration_s: float | None, seed: int | None) -> pd.DataFrame:
+def sample_pool(
+    path: Path, start_s: float | None, duration_s: float | None, seed: int | None
+) -> pd.DataFrame:
     if duration_s is None:
         raise ValueError(f"{path}: a ServeGen pool is sampled, not read: give duration_s (and start_s, seed)")
     from servegen_ml.pool import sample_servegen_pool
