@@ -2,7 +2,10 @@
 
 Each subcommand is a module in ``servegen_ml.commands`` with a docstring (its
 ``--help``) and ``run(cfg) -> int``; its config is ``configs/<subcommand>.yaml``.
-Exit codes: 0 success, 2 bad input (the message says which file/row/field), 1 a bug.
+Exit codes: 0 success; 2 bad input or an output that cannot be written (the
+message names the file, row and field, or the key); 1 a bug (a short line, the
+traceback in a log file whose path is printed, or on stderr with ``--verbose``);
+130 interrupted (SIGINT), 143 terminated (SIGTERM), with no partial output left.
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
+
+from servegen_ml.errors import UserError
+from servegen_ml.interrupt import Terminated, terminate_as_interrupt
 
 COMMANDS = {
     "validate": "check a trace against the canonical schema and summarize it",
@@ -21,10 +29,6 @@ COMMANDS = {
     "characterize": "the ServeGen paper's analyses of a trace, with figures",
     "bench": "fidelity metrics of synthetic traces against real ones, with the noise floor",
 }
-
-
-class UserError(Exception):
-    """Bad input from the user: printed without a traceback, exit code 2."""
 
 
 def config_dir() -> Path:
@@ -54,7 +58,7 @@ def compose(command: str, overrides: list[str]):
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: servegen-ml SUBCOMMAND [key=value ...] [--help]", "", "subcommands:"]
+    lines = ["usage: servegen-ml SUBCOMMAND [key=value ...] [--help] [--verbose]", "", "subcommands:"]
     lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
     lines += ["", "'servegen-ml SUBCOMMAND --help' shows its options and defaults."]
     return "\n".join(lines)
@@ -84,21 +88,60 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(_command_help(command, module))
         return 0
+    verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
     bad = [a for a in args if "=" not in a]
     if bad:
         print(f"error: arguments are key=value overrides, got {bad}", file=sys.stderr)
         return 2
     try:
-        cfg = compose(command, args)
-        return int(module.run(cfg) or 0)
-    except (UserError, ValueError, FileNotFoundError, KeyError) as e:
-        # Library errors name the file, row and field; print them plainly.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+        with terminate_as_interrupt():
+            cfg = compose(command, args)
+            return int(module.run(cfg) or 0)
+    except UserError as e:
+        # The project's input errors name the file, row and field (or the key); print them plainly.
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The environment, not the code: permission denied, disk full, a directory where a file goes, ...
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            "error: ran out of memory; ask for less (a shorter duration_s, a lower rate, fewer clients)",
+            file=sys.stderr,
+        )
+        return 2
+    except Terminated:
+        print("terminated; no partial output was left behind", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted; no partial output was left behind", file=sys.stderr)
         return 130
+    except Exception as e:
+        return _report_bug(command, e, verbose)
+
+
+def describe_os_error(e: OSError) -> str:
+    """'PATH: reason' for an operating-system error (both paths of a rename)."""
+    where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    reason = e.strerror or str(e)
+    return f"{where}: {reason}" if where else reason
+
+
+def _report_bug(command: str, e: Exception, verbose: bool) -> int:
+    text = traceback.format_exc()
+    print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+    if verbose:
+        print(text, file=sys.stderr, end="")
+        where = "the traceback above"
+    else:
+        fd, log = tempfile.mkstemp(prefix=f"servegen-ml-{command}-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        where = f"the traceback in {log} (or rerun with --verbose)"
+    print(f"this is a bug in servegen-ml, please report it with {where}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from servegen_ml.atomic import write_text
+from servegen_ml.errors import UserError
 from servegen_ml.generators.base import Generator, summarize_log_prob
 from servegen_ml.pool import is_servegen_pool
 
@@ -44,14 +45,14 @@ def build_generator(cfg: DictConfig) -> Generator:
 def time_split(trace: pd.DataFrame, split: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(earlier ``split`` fraction of the time span, the rest); ``split=0`` keeps everything for training."""
     if not 0.0 <= split < 1.0:
-        raise ValueError(f"split={split}: the training fraction of the time span must be in [0, 1)")
+        raise UserError(f"split={split}: the training fraction of the time span must be in [0, 1)")
     if split == 0.0:
         return trace, trace.iloc[:0]
     t = trace["timestamp"].to_numpy(np.float64)
     cut_s = t.min() + split * (t.max() - t.min())
     train = t < cut_s
     if train.sum() < 2 or (~train).sum() < 1:
-        raise ValueError(
+        raise UserError(
             f"split={split} leaves {int(train.sum())} training and {int((~train).sum())} held-out requests"
         )
     return trace[train].reset_index(drop=True), trace[~train].reset_index(drop=True)
@@ -72,7 +73,7 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
     metrics: dict[str, Any] = {"generator": gen.kind, "data": str(path), "split": split}
     if _loads_pool_directly(gen, path, cfg.data.format, options):
         if split:
-            raise ValueError(
+            raise UserError(
                 f"split={split}: a ServeGen pool holds no requests to hold out; sample one with +data.duration_s"
             )
         step("load ServeGen pool")

@@ -20,6 +20,7 @@ from servegen_ml.bench import metrics
 from servegen_ml.bench.progress import progress
 from servegen_ml.bench.provisioning import SLO, smallest_instance_count, under_provisioning_error
 from servegen_ml.bench.serving_model import ServingModel
+from servegen_ml.errors import UserError
 
 
 @dataclass
@@ -93,7 +94,7 @@ def compare(
     settings = settings or ProvisioningSettings()
     names = [test.name, reference.name, *(w.name for w in workloads)]
     if len(set(names)) != len(names):
-        raise ValueError(f"workload names must be unique, got {names}")
+        raise UserError(f"workload names must be unique, got {names}")
     floor = metrics.compute_all(reference.trace, test.trace)
     results, ratios = {}, {}
     for w in progress(workloads, "metrics", quiet):

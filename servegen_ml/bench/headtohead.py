@@ -31,6 +31,7 @@ from servegen_ml.bench.compare import Comparison, ProvisioningSettings, Workload
 from servegen_ml.bench.progress import progress
 from servegen_ml.bench.report import fmt, table
 from servegen_ml.cli import config_dir
+from servegen_ml.errors import UserError
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.training import build_generator, time_split
@@ -59,7 +60,7 @@ def model_config(name: str, overrides: dict | None, trainer: dict | None):
     path = config_dir() / "model" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
-        raise ValueError(f"models: unknown model {name!r}; known: {', '.join(known)}")
+        raise UserError(f"models: unknown model {name!r}; known: {', '.join(known)}")
     model = OmegaConf.merge(OmegaConf.load(path), OmegaConf.create(overrides or {}))
     return OmegaConf.create({"model": model, "trainer": trainer})
 
@@ -103,7 +104,7 @@ def run_head_to_head(
                 f"head-to-head: model {name!r} failed at seed {seed}: {entry['error']}", stacklevel=2
             )
     if not workloads:
-        raise ValueError(
+        raise UserError(
             "head-to-head: every model failed: "
             + "; ".join(f"{n}: {e['error']}" for n, e in per_model.items())
         )

@@ -33,6 +33,7 @@ import pandas as pd
 
 from servegen_ml.bench.serving_model import ServingModel
 from servegen_ml.bench.simulator import SimulationResult, simulate
+from servegen_ml.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class SLO:
     def __post_init__(self):
         bounds = [self.tbt_p99_s, self.ttft_excess_p99_s, self.ttft_p99_s]
         if any(b is not None and not b > 0 for b in bounds):
-            raise ValueError(f"SLO bounds must be positive seconds, got {self}")
+            raise UserError(f"SLO bounds must be positive seconds, got {self}")
 
     def measure(self, result: SimulationResult, isolated_ttft_s: np.ndarray) -> dict[str, float]:
         """The p99 latencies this SLO bounds, of one simulation."""

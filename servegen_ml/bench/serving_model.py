@@ -38,6 +38,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from servegen_ml.errors import UserError
+
 
 @dataclass(frozen=True)
 class ServingModel:
@@ -55,7 +57,7 @@ class ServingModel:
 
     def __post_init__(self):
         if self.token_budget <= self.max_running:
-            raise ValueError(
+            raise UserError(
                 f"token_budget={self.token_budget} must exceed max_running={self.max_running} "
                 "so that prefill always gets part of a step"
             )
@@ -63,7 +65,7 @@ class ServingModel:
     def faster(self, speedup: float) -> ServingModel:
         """The same instance with every step cost divided by ``speedup`` (limits unchanged)."""
         if speedup <= 0:
-            raise ValueError(f"speedup={speedup}: must be positive")
+            raise UserError(f"speedup={speedup}: must be positive")
         return replace(
             self,
             linear_floor_s=self.linear_floor_s / speedup,

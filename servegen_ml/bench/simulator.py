@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.bench.serving_model import ServingModel
+from servegen_ml.errors import UserError
 
 
 @dataclass
@@ -278,7 +279,7 @@ def simulate(
 ) -> SimulationResult:
     """Serve ``trace`` (timestamp s, input_tokens, output_tokens) on ``n_instances`` instances."""
     if n_instances < 1:
-        raise ValueError(f"n_instances={n_instances}: need at least one instance")
+        raise UserError(f"n_instances={n_instances}: need at least one instance")
     model = model or ServingModel()
     arrival_s = trace["timestamp"].to_numpy(dtype=np.float64)
     order = np.argsort(arrival_s, kind="stable")

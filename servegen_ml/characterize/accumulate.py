@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from servegen_ml.errors import UserError
 from servegen_ml.stats.arrivals import ArrivalAccumulator
 from servegen_ml.stats.clients import ClientAccumulator
 from servegen_ml.stats.conversations import ConversationAccumulator
@@ -101,7 +102,7 @@ class TraceCharacterizer:
         if self.columns is None:
             self._start(chunk)
         elif set(chunk.columns) != set(self.columns):
-            raise ValueError(
+            raise UserError(
                 f"{self.source}: from row {self.rows + 1:,} the columns are {sorted(chunk.columns)} "
                 f"instead of {sorted(self.columns)}"
             )
@@ -110,7 +111,7 @@ class TraceCharacterizer:
             order = np.argsort(t, kind="stable")
             chunk, t = chunk.iloc[order].reset_index(drop=True), t[order]
         if t[0] < self.t_last:
-            raise ValueError(
+            raise UserError(
                 f"{self.source}: row {self.rows + 1:,} (timestamp {t[0]}) is earlier than a previous chunk's "
                 f"last timestamp {self.t_last}; characterize streams and needs a trace sorted by timestamp "
                 "(write a sorted copy with `servegen-ml convert`)"
@@ -133,7 +134,7 @@ class TraceCharacterizer:
     def result(self) -> tuple[dict, dict]:
         """(JSON-ready stats, arrays for figures), one entry per section the trace has."""
         if self.columns is None:
-            raise ValueError(f"{self.source}: the trace has no rows")
+            raise UserError(f"{self.source}: the trace has no rows")
         stats, series = {}, {}
         arrivals = self.arrivals.result()
         series["arrivals"] = arrivals.pop("series")

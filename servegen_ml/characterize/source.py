@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from servegen_ml.errors import InputNotFoundError, UserError
+
 
 def iter_chunks(
     path: str | Path, format: str = "auto", chunk_rows: int = 1_000_000, skip_bad_rows: bool = False
 ) -> Iterator[pd.DataFrame]:
     """Validated canonical chunks of the trace at ``path``, in file order."""
     if Path(path).is_dir():
-        raise ValueError(
+        raise UserError(
             f"{path}: a directory; characterize streams a trace file. Sample a ServeGen pool into one first: "
             f"servegen-ml convert data.path={path} start_s=0 duration_s=86400 out=trace.parquet"
         )
@@ -43,9 +45,9 @@ def _parquet_chunks(path: Path, chunk_rows: int, skip_bad_rows: bool) -> Iterato
     from servegen_ml.trace.validate import TraceValidator
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such trace file")
+        raise InputNotFoundError(f"{path}: no such trace file")
     if path.suffix.lower() != ".parquet":
-        raise ValueError(
+        raise UserError(
             f"{path}: only Parquet traces can be streamed until servegen_ml.trace.io is installed"
         )
     validator = TraceValidator(str(path), skip_bad_rows)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from servegen_ml.cli import UserError
 from servegen_ml.commands.validate import adapter_options
+from servegen_ml.errors import UserError
 from servegen_ml.trace.io import read_trace
 
 

@@ -21,8 +21,8 @@ ServeGen pool needs ``+data.duration_s=S`` (and optionally ``+data.start_s``,
 
 from __future__ import annotations
 
-from servegen_ml.cli import UserError
 from servegen_ml.commands.validate import adapter_options
+from servegen_ml.errors import UserError
 from servegen_ml.export import FORMATS, export_trace, meta_path
 from servegen_ml.trace.io import read_trace
 

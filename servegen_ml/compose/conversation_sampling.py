@@ -60,6 +60,7 @@ import pandas as pd
 from servegen_ml.compose.conversation_turns import TurnModel, Turns
 from servegen_ml.compose.merge import merge_streams
 from servegen_ml.compose.rate_control import curve_integral
+from servegen_ml.errors import UserError
 from servegen_ml.generators.spec import GenerationSpec, RateSpec, wrap_period
 from servegen_ml.trace.schema import (
     INT_COLUMNS,
@@ -137,12 +138,12 @@ def upsample_plan(
         factor = rate.value
     elif spec.upsample == "compress" and absolute:
         if not natural_rate_s or natural_rate_s <= 0:
-            raise ValueError(
+            raise UserError(
                 f"upsample=compress with rate={rate.to_str()}: the generator has no natural traffic to compress"
             )
         factor = mean_target_rate(rate, spec.duration_s, None) / natural_rate_s
     if factor <= 0:
-        raise ValueError(f"rate={rate.to_str()}: a compressed workload needs a positive mean target rate")
+        raise UserError(f"rate={rate.to_str()}: a compressed workload needs a positive mean target rate")
     horizon_s = spec.duration_s * factor
     if absolute:
         # Openers carry the target divided by the follow-ups each brings; compress also stretches time by K.

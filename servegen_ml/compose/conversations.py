@@ -77,6 +77,7 @@ import pyarrow.parquet as pq
 from scipy import special
 
 from servegen_ml.compose.conversation_turns import Turns
+from servegen_ml.errors import InputNotFoundError, UserError
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
@@ -141,7 +142,7 @@ class ConversationModel:
 
     def __init__(self, gap_buckets: int = 4, min_conversations: int = 30, min_follow_ups: int = 20):
         if int(gap_buckets) < 1 or int(min_conversations) < 1 or int(min_follow_ups) < 1:
-            raise ValueError("gap_buckets, min_conversations and min_follow_ups must be positive integers")
+            raise UserError("gap_buckets, min_conversations and min_follow_ups must be positive integers")
         self.gap_buckets = int(gap_buckets)
         self.min_conversations = int(min_conversations)
         self.min_follow_ups = int(min_follow_ups)
@@ -164,7 +165,7 @@ class ConversationModel:
         roles = roles if roles is not None else conversation_roles(trace)
         follow = np.flatnonzero(roles.predecessor >= 0)
         if len(follow) == 0:
-            raise ValueError("cannot fit a conversation model: the trace has no follow-up turns")
+            raise UserError("cannot fit a conversation model: the trace has no follow-up turns")
         labels = _labels(trace, client_ids)[roles.opener_row]
         clients, code = np.unique(labels, return_inverse=True)
         self.clients_ = tuple(str(c) for c in clients)
@@ -524,7 +525,7 @@ def _empirical_sf(table: FieldTable, group: np.ndarray, steps: np.ndarray) -> np
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"conversation model file {path} is missing")
+        raise InputNotFoundError(f"conversation model file {path} is missing")
     return pq.read_table(path).to_pandas()
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servegen_ml.errors import UserError
 from servegen_ml.trace.schema import LIST_COLUMNS, list_lengths, list_values
 
 # Timestamps above this are read as epoch seconds: the timeline then starts at that day's midnight (UTC).
@@ -91,12 +92,12 @@ class _LayoutScan:
         if self.columns is None:
             self.columns = cols
         elif cols != self.columns:
-            raise ValueError(f"trace chunks disagree on columns: {sorted(cols ^ self.columns)}")
+            raise UserError(f"trace chunks disagree on columns: {sorted(cols ^ self.columns)}")
         if len(chunk) == 0:
             return
         ts = chunk["timestamp"].to_numpy(np.float64)
         if ts.min() < self.last_s:
-            raise ValueError(
+            raise UserError(
                 "trace is not sorted by timestamp across chunks; sort it (e.g. servegen-ml convert) before streaming"
             )
         self.first_s, self.last_s = min(self.first_s, ts.min()), max(self.last_s, ts.max())
@@ -192,7 +193,7 @@ def build_store(
     for chunk in chunks():
         scan.add(chunk)
     if not scan.client_counts:
-        raise ValueError("trace has no events")
+        raise UserError("trace has no events")
     layout = layout or scan.layout()
     origin_s = timeline_origin(scan.first_s) if origin_s is None else origin_s
     known = list(client_ids or [])

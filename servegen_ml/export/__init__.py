@@ -17,6 +17,7 @@ import pandas as pd
 
 from servegen_ml import __version__
 from servegen_ml.atomic import write_text
+from servegen_ml.errors import UserError
 from servegen_ml.export.formats import FORMATS
 from servegen_ml.trace.schema import REQUIRED_COLUMNS
 
@@ -34,10 +35,10 @@ def export_trace(
 ) -> Path:
     """Write ``df`` (a canonical trace) to ``path`` in ``format``; returns ``path``."""
     if format not in FORMATS:
-        raise ValueError(f"format={format!r}: choose one of {', '.join(FORMATS)}")
+        raise UserError(f"format={format!r}: choose one of {', '.join(FORMATS)}")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"cannot export: the trace has no {', '.join(missing)} column(s)")
+        raise UserError(f"cannot export: the trace has no {', '.join(missing)} column(s)")
     path = Path(path)
     trace, start_offset_s = _from_zero(df)
     format_meta = FORMATS[format].write(trace, path)
@@ -62,7 +63,7 @@ def _from_zero(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """Sorted by arrival with the first request at 0 s, and the shift that was subtracted (s)."""
     ts = df["timestamp"].to_numpy(dtype=np.float64)
     if not np.isfinite(ts).all():
-        raise ValueError(
+        raise UserError(
             f"cannot export: timestamp has {int((~np.isfinite(ts)).sum())} missing or infinite value(s)"
         )
     # Ties in time keep turn order, so a follow-up never precedes its predecessor in the file.

@@ -42,6 +42,7 @@ import pandas as pd
 
 from servegen_ml import __version__
 from servegen_ml.atomic import atomic_dir
+from servegen_ml.errors import CheckpointError
 from servegen_ml.generators.spec import GenerationSpec
 
 TIME_RESOLUTION_S = 1e-3
@@ -58,10 +59,6 @@ REGISTRY = {
 
 class NotFittedError(RuntimeError):
     """Raised when a generator is sampled or scored before ``fit``/``load``."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing, corrupt or of an unknown kind."""
 
 
 class Generator(ABC):

@@ -33,6 +33,7 @@ from servegen_ml.compose import interarrival as ia
 from servegen_ml.compose.conversation_likelihood import log_prob_with_conversations
 from servegen_ml.compose.conversation_pool import sample_pool_conversations
 from servegen_ml.compose.conversations import ConversationModel, fit_conversations
+from servegen_ml.errors import InputNotFoundError, UserError
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.pool import ClientPool, fit_client_pool, sample_pool
@@ -49,7 +50,7 @@ class NaiveGenerator(Generator):
 
     def __init__(self, arrival: str = "poisson", rate_window_s: float = 600.0):
         if arrival not in ARRIVALS:
-            raise ValueError(f"arrival={arrival!r}: choose one of {ARRIVALS}")
+            raise UserError(f"arrival={arrival!r}: choose one of {ARRIVALS}")
         self.arrival = arrival
         self.rate_window_s = float(rate_window_s)
         self.pool_: ClientPool | None = None
@@ -58,7 +59,7 @@ class NaiveGenerator(Generator):
 
     def fit(self, trace: pd.DataFrame) -> NaiveGenerator:
         if len(trace) == 0:
-            raise ValueError("cannot fit a generator to an empty trace")
+            raise UserError("cannot fit a generator to an empty trace")
         # With conversations, everything below describes the openers.
         trace, self.conversations_ = fit_conversations(
             trace, client_ids=np.full(len(trace), CLIENT_ID, dtype=object)
@@ -105,7 +106,7 @@ class NaiveGenerator(Generator):
     def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
         self._require_fitted()
         if spec.clients.kind != "all":
-            raise ValueError(
+            raise UserError(
                 f"clients={spec.clients.to_str()}: the naive generator has no clients; use clients=all"
             )
         if self.conversations_ is not None:
@@ -154,7 +155,7 @@ class NaiveGenerator(Generator):
         self.pool_ = ClientPool.load(directory)
         path = directory / SHARES_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{directory}: naive checkpoint lacks {SHARES_FILE}")
+            raise InputNotFoundError(f"{directory}: naive checkpoint lacks {SHARES_FILE}")
         self.shares_ = pq.read_table(path).to_pandas()
         self.conversations_ = (
             ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None

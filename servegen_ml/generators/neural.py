@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from servegen_ml.errors import UserError
 from servegen_ml.generators.base import TIME_RESOLUTION_S, Generator
 from servegen_ml.generators.spec import GenerationSpec
 
@@ -86,7 +87,7 @@ class NeuralGenerator(Generator):
         trainer: dict | None = None,
     ):
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
+            raise UserError(f"val_fraction={val_fraction}: must be in [0, 1)")
         if (
             min(
                 hidden,
@@ -100,7 +101,7 @@ class NeuralGenerator(Generator):
             )
             < 1
         ):
-            raise ValueError(
+            raise UserError(
                 "sizes (hidden, embedding, head_hidden, components, chunk_len, lanes, segment_events) must be >= 1"
             )
         self.settings = {
@@ -262,7 +263,7 @@ class NeuralGenerator(Generator):
         self._check_fields(trace)
         ts = trace["timestamp"].to_numpy(np.float64)
         if window_end_s is not None and len(ts) and window_end_s < ts.max():
-            raise ValueError(f"window_end_s={window_end_s} is before the last event ({ts.max()})")
+            raise UserError(f"window_end_s={window_end_s} is before the last event ({ts.max()})")
         if self.conversations_ is None:
             return self._log_prob_requests(trace, window_end_s)
         from servegen_ml.compose.conversation_likelihood import (
@@ -342,7 +343,7 @@ class NeuralGenerator(Generator):
         )
         missing = [c for c in need if c not in trace.columns]
         if missing:
-            raise ValueError(f"trace lacks {missing}, which this neural model was trained with and scores")
+            raise UserError(f"trace lacks {missing}, which this neural model was trained with and scores")
 
     def _client_inputs(self, n_clients: int):
         """Embedding, gap normalizer and activity rows per store client.

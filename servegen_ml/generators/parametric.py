@@ -34,6 +34,7 @@ import pandas as pd
 from servegen_ml.compose.conversation_likelihood import log_prob_with_conversations
 from servegen_ml.compose.conversation_pool import sample_pool_conversations
 from servegen_ml.compose.conversations import ConversationModel, fit_conversations
+from servegen_ml.errors import UserError
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.pool import ClientPool, fit_client_pool, load_servegen_pool, sample_pool
@@ -45,9 +46,9 @@ class ParametricGenerator(Generator):
 
     def __init__(self, rate_window_s: float = 600.0, data_window_s: float = 21_600.0, min_events: int = 20):
         if not (rate_window_s > 0 and data_window_s > 0):
-            raise ValueError("rate_window_s and data_window_s must be positive seconds")
+            raise UserError("rate_window_s and data_window_s must be positive seconds")
         if int(min_events) < 2:
-            raise ValueError("min_events must be at least 2 (a fit needs gaps)")
+            raise UserError("min_events must be at least 2 (a fit needs gaps)")
         self.rate_window_s = float(rate_window_s)
         self.data_window_s = float(data_window_s)
         self.min_events = int(min_events)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from servegen_ml.errors import InputNotFoundError, UserError
+
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
 
@@ -76,33 +78,33 @@ class RateSpec:
             try:
                 pts = [tuple(float(x) for x in p.split("=")) for p in pairs]
             except ValueError:
-                raise ValueError(f"rate={s!r}: a curve is 'curve:T=R,T=R,...' (seconds=req/s)") from None
+                raise UserError(f"rate={s!r}: a curve is 'curve:T=R,T=R,...' (seconds=req/s)") from None
             return cls._curve(pts, f"rate={s!r}")
         if s.endswith(".csv"):
             return cls._curve(_read_curve_csv(Path(s)), f"rate file {s}")
         try:
             return cls._constant(float(s))
         except ValueError:
-            raise ValueError(
+            raise UserError(
                 f"rate={s!r} is not one of: natural, scale:K, a number of req/s, curve:T=R,..., a .csv of t_s,rate"
             ) from None
 
     @classmethod
     def _constant(cls, r: float) -> RateSpec:
         if not (r > 0 and math.isfinite(r)):
-            raise ValueError(f"rate={r}: a constant rate must be a positive number of req/s")
+            raise UserError(f"rate={r}: a constant rate must be a positive number of req/s")
         return cls(kind="constant", value=r)
 
     @classmethod
     def _curve(cls, pts, where: str) -> RateSpec:
         if not pts or any(len(p) != 2 for p in pts):
-            raise ValueError(f"{where}: a curve needs at least one T=R point")
+            raise UserError(f"{where}: a curve needs at least one T=R point")
         pts = sorted(pts)
         t, r = zip(*pts)
         if any(not (x >= 0 and math.isfinite(x)) for x in r):
-            raise ValueError(f"{where}: curve rates must be finite and >= 0")
+            raise UserError(f"{where}: curve rates must be finite and >= 0")
         if len(set(t)) != len(t):
-            raise ValueError(f"{where}: curve times must be distinct")
+            raise UserError(f"{where}: curve times must be distinct")
         return cls(kind="curve", curve_t_s=tuple(t), curve_rate=tuple(r))
 
     def target_rate(self, t_rel_s: np.ndarray, natural_rate: np.ndarray) -> np.ndarray:
@@ -140,25 +142,25 @@ def _positive_float(s: str, what: str) -> float:
     try:
         v = float(s)
     except ValueError:
-        raise ValueError(f"{what} must be a number, got {s!r}") from None
+        raise UserError(f"{what} must be a number, got {s!r}") from None
     if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{what} must be positive, got {s!r}")
+        raise UserError(f"{what} must be positive, got {s!r}")
     return v
 
 
 def _read_curve_csv(path: Path) -> list[tuple[float, float]]:
     if not path.is_file():
-        raise FileNotFoundError(f"rate curve file {path} does not exist")
+        raise InputNotFoundError(f"rate curve file {path} does not exist")
     pts = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"t_s", "rate"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a rate curve CSV needs the header 't_s,rate'")
+            raise UserError(f"{path}: a rate curve CSV needs the header 't_s,rate'")
         for i, row in enumerate(reader, start=2):
             try:
                 pts.append((float(row["t_s"]), float(row["rate"])))
             except (TypeError, ValueError):
-                raise ValueError(f"{path}, line {i}: t_s and rate must be numbers, got {row}") from None
+                raise UserError(f"{path}, line {i}: t_s and rate must be numbers, got {row}") from None
     return pts
 
 
@@ -177,7 +179,7 @@ class ClientSpec:
         if isinstance(value, (list, tuple)):
             ids = tuple(str(v) for v in value)
             if not ids:
-                raise ValueError("clients=[]: name at least one client id")
+                raise UserError("clients=[]: name at least one client id")
             return cls(kind="list", ids=ids)
         s = str(value).strip()
         if s in ("", "all"):
@@ -188,7 +190,7 @@ class ClientSpec:
             except ValueError:
                 n = 0
             if n <= 0:
-                raise ValueError(f"clients={s!r}: use new:N with N a positive integer")
+                raise UserError(f"clients={s!r}: use new:N with N a positive integer")
             return cls(kind="new", n=n)
         ids = tuple(x.strip() for x in s.strip("[]").split(",") if x.strip())
         return cls(kind="list", ids=ids)
@@ -217,11 +219,11 @@ class GenerationSpec:
 
     def __post_init__(self):
         if not (self.duration_s > 0 and math.isfinite(self.duration_s)):
-            raise ValueError(f"duration_s={self.duration_s}: must be a positive number of seconds")
+            raise UserError(f"duration_s={self.duration_s}: must be a positive number of seconds")
         if not (self.start_s >= 0 and math.isfinite(self.start_s)):
-            raise ValueError(f"start_s={self.start_s}: must be >= 0 seconds")
+            raise UserError(f"start_s={self.start_s}: must be >= 0 seconds")
         if self.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample={self.upsample!r}: choose one of {UPSAMPLE_MODES}")
+            raise UserError(f"upsample={self.upsample!r}: choose one of {UPSAMPLE_MODES}")
 
     @classmethod
     def from_values(

@@ -32,6 +32,7 @@ import pandas as pd
 from safetensors.numpy import load_file, save_file
 
 from servegen_ml.compose.conversation_turns import Turns
+from servegen_ml.errors import InputNotFoundError
 from servegen_ml.metafile import read_meta
 from servegen_ml.models.conversation_features import output_condition, turn_features
 from servegen_ml.models.conversation_numpy import NumpyConversationHeads
@@ -138,7 +139,7 @@ class NeuralConversationModel:
         meta = read_meta(directory / META_FILE, FORMAT, VERSION, "neural conversation model")
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
-            raise FileNotFoundError(f"neural conversation weights {weights_path} are missing")
+            raise InputNotFoundError(f"neural conversation weights {weights_path} are missing")
         return cls(meta, load_file(str(weights_path)))
 
 

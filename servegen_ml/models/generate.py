@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from servegen_ml.compose import merge_streams, segment_multipliers
+from servegen_ml.errors import UserError
 from servegen_ml.generators.spec import ClientSpec, GenerationSpec, RateSpec
 from servegen_ml.models.numpy_tpp import NumpyTPP
 from servegen_ml.models.segment_sampler import ClientTable, SampledEvents, TimeMap, plan_rows, sample_rows
@@ -242,7 +243,7 @@ def _select_clients(state: NeuralState, clients: ClientSpec, rng):
             index = {c: i for i, c in enumerate(state.client_ids)}
             unknown = [c for c in clients.ids if c not in index]
             if unknown:
-                raise ValueError(
+                raise UserError(
                     f"clients: unknown client ids {unknown[:5]}; this model has {len(index)} clients "
                     f"(e.g. {', '.join(state.client_ids[:5])})"
                 )

@@ -27,6 +27,7 @@ from safetensors.numpy import load_file, save_file
 
 from servegen_ml.data.events import MarkLayout
 from servegen_ml.data.normalizers import flat_activity
+from servegen_ml.errors import CheckpointError
 from servegen_ml.models.population import ClientPopulation
 
 MODEL_FILE, CLIENTS_FILE, META_FILE = "model.safetensors", "clients.safetensors", "neural.json"
@@ -101,7 +102,7 @@ class NeuralState:
         clients = load_file(str(directory / CLIENTS_FILE))
         model_curves = clients.get("model_rate_curves")
         if model_curves is not None and model_curves.shape != clients["rate_curves"].shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"{directory / CLIENTS_FILE}: model_rate_curves {model_curves.shape} do not match "
                 f"rate_curves {clients['rate_curves'].shape}"
             )

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.errors import UserError
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.pool.empirical import count_by_keys
 from servegen_ml.pool.table import FIELDS, MODALITIES, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
@@ -42,7 +43,7 @@ def fit_client_pool(
 ) -> ClientPool:
     """A ClientPool fitted to a canonical, sorted trace."""
     if len(trace) == 0:
-        raise ValueError("cannot fit a generator to an empty trace")
+        raise UserError("cannot fit a generator to an empty trace")
     t = trace["timestamp"].to_numpy(np.float64)
     origin_s = float(t.min())
     tau = t - origin_s

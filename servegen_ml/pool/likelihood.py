@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.errors import UserError
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.generators.spec import wrap_time
 from servegen_ml.pool.table import ClientPool
@@ -66,7 +67,7 @@ def _time_log_prob(pool, tau, stream, code, window_end_s):
     if window_end_s is not None:
         end_given = float(window_end_s) - pool.origin_s
         if end_given < tau.max():
-            raise ValueError(
+            raise UserError(
                 f"window_end_s={window_end_s} is before the last event ({tau.max() + pool.origin_s})"
             )
         end = max(end, end_given)

@@ -25,6 +25,7 @@ from servegen_ml.compose import (
     segment_step_s,
     window_segments,
 )
+from servegen_ml.errors import UserError
 from servegen_ml.generators.spec import ClientSpec, GenerationSpec, wrap_time
 from servegen_ml.pool.table import ClientPool
 
@@ -39,7 +40,7 @@ def select_clients(
         codes = pool.client_codes(clients.ids)
         unknown = [c for c, code in zip(clients.ids, codes, strict=True) if code == pool.n_clients]
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"clients: unknown client ids {unknown[:5]}; this model has {pool.n_clients} clients "
                 f"(e.g. {', '.join(pool.clients[:5])})"
             )

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.errors import InputNotFoundError, UserError
 from servegen_ml.pool.empirical import count_by_keys
 from servegen_ml.pool.table import FIELDS, POPULATION, WHOLE_TRACE, ClientPool
 
@@ -72,14 +73,14 @@ def load_servegen_pool(directory: str | os.PathLike, cache: bool = True) -> Clie
 
 def _chunk_files(directory: Path) -> dict[int, dict[str, Path]]:
     if not directory.is_dir():
-        raise FileNotFoundError(f"ServeGen pool directory {directory} does not exist")
+        raise InputNotFoundError(f"ServeGen pool directory {directory} does not exist")
     files: dict[int, dict[str, Path]] = {}
     for p in directory.iterdir():
         m = _CHUNK.match(p.name)
         if m:
             files.setdefault(int(m.group(1)), {})[m.group(2)] = p
     if not any("trace.csv" in f for f in files.values()):
-        raise FileNotFoundError(f"{directory}: no chunk-N-trace.csv files; not a ServeGen client pool")
+        raise InputNotFoundError(f"{directory}: no chunk-N-trace.csv files; not a ServeGen client pool")
     return dict(sorted(files.items()))
 
 
@@ -116,7 +117,7 @@ def parse_servegen_pool(directory: Path, files=None) -> ClientPool:
         pmf_parts.extend(parts)
         clients.append(str(n))
     if not clients:
-        raise ValueError(f"{directory}: no client has both a trace CSV and a non-empty dataset JSON")
+        raise UserError(f"{directory}: no client has both a trace CSV and a non-empty dataset JSON")
     notes = []
     if skipped:
         msg = (
@@ -166,7 +167,7 @@ def _read_rate_csv(path: Path) -> tuple[dict[str, np.ndarray], float, float]:
             ),
         )
     except (pa.ArrowInvalid, OSError) as e:
-        raise ValueError(f"{path}: cannot parse ServeGen trace CSV ({e})") from None
+        raise UserError(f"{path}: cannot parse ServeGen trace CSV ({e})") from None
     cols = {n: table[n].to_numpy() for n in names}
     starts = cols["window_start_s"]
     window_s = float(np.min(np.diff(starts))) if len(starts) > 1 else 600.0
@@ -178,7 +179,7 @@ def _read_rate_csv(path: Path) -> tuple[dict[str, np.ndarray], float, float]:
     valid = (family >= 0) & (cols["rate"] > 0) & (cols["shape"] > 0) & (cols["scale"] > 0)
     bad = np.flatnonzero(active & ~valid)
     if len(bad):
-        raise ValueError(
+        raise UserError(
             f"{path}, line {bad[0] + 1}: expected pattern Gamma|Weibull with positive rate, shape and scale"
         )
     out = {k: v[active] for k, v in cols.items()}
@@ -190,7 +191,7 @@ def _parse_pmf(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Values and probabilities of a ``"{value: prob, ...}"`` string (fast path, literal_eval fallback)."""
     s = text.strip()
     if not (s.startswith("{") and s.endswith("}")):
-        raise ValueError(f"{where}: expected a dict literal, got {s[:40]!r}")
+        raise UserError(f"{where}: expected a dict literal, got {s[:40]!r}")
     inner = s[1:-1].strip()
     if not inner:
         return np.zeros(0), np.zeros(0)
@@ -206,7 +207,7 @@ def _parse_pmf(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
             d = ast.literal_eval(s)
             flat = np.array([x for kv in d.items() for x in kv], dtype=np.float64)
         except (ValueError, SyntaxError, TypeError) as e:
-            raise ValueError(f"{where}: malformed distribution ({e})") from None
+            raise UserError(f"{where}: malformed distribution ({e})") from None
     return flat[0::2], flat[1::2]
 
 
@@ -215,17 +216,17 @@ def _read_dataset_json(path: Path, client: int):
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt JSON ({e})") from None
+        raise UserError(f"{path}: corrupt JSON ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object keyed by window start")
+        raise UserError(f"{path}: expected an object keyed by window start")
     parts = []
     try:
         starts = sorted(int(k) for k in data)
     except ValueError:
-        raise ValueError(f"{path}: window keys must be integer seconds, got {list(data)[:3]}") from None
+        raise UserError(f"{path}: window keys must be integer seconds, got {list(data)[:3]}") from None
     for key, fields in data.items():
         if not isinstance(fields, dict):
-            raise ValueError(f"{path}, window {key}: expected an object of fields")
+            raise UserError(f"{path}, window {key}: expected an object of fields")
         for name, text in fields.items():
             if name not in _FIELD_CODE:
                 continue

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from servegen_ml.atomic import atomic_dir
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.errors import InputNotFoundError, UserError
 from servegen_ml.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
 
@@ -120,7 +121,7 @@ class ClientPool:
         known = {name: i for i, name in enumerate(FIELDS)}
         unknown = [str(c) for c in field.cat.categories if str(c) not in known]
         if unknown:
-            raise ValueError(f"client pool: unknown fields {unknown}; expected some of {FIELDS}")
+            raise UserError(f"client pool: unknown fields {unknown}; expected some of {FIELDS}")
         mapping = np.array([known[str(c)] for c in field.cat.categories], dtype=np.int64)
         return {
             "field": mapping[field.cat.codes.to_numpy()] if len(mapping) else np.zeros(0, dtype=np.int64),
@@ -187,7 +188,7 @@ class ClientPool:
                 np.int64
             )
             if (window >= self.span_s).any():
-                raise ValueError(
+                raise UserError(
                     f"client pool: {name} has data windows at or after the learned span ({self.span_s} s)"
                 )
             cache[name] = build_field_table(
@@ -209,9 +210,7 @@ class ClientPool:
         lookup[POPULATION] = self.n_clients
         missing = [c for c in names if c not in lookup]
         if missing:
-            raise ValueError(
-                f"client pool: client ids {missing[:5]} have rows but are not in the client list"
-            )
+            raise UserError(f"client pool: client ids {missing[:5]} have rows but are not in the client list")
         mapping = np.array([lookup[c] for c in names], dtype=np.int64)
         codes = cat.cat.codes.to_numpy()
         return mapping[codes] if len(mapping) else codes.astype(np.int64)
@@ -296,12 +295,12 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 def _read_parquet(path: Path, columns) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"client pool file {path} is missing")
+        raise InputNotFoundError(f"client pool file {path} is missing")
     try:
         table = pq.read_table(path, read_dictionary=["client_id", "field", "family"])
     except (pa.ArrowInvalid, OSError) as e:
-        raise ValueError(f"{path}: corrupt Parquet ({e})") from None
+        raise UserError(f"{path}: corrupt Parquet ({e})") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
+        raise UserError(f"{path}: missing columns {missing}")
     return table.select(list(columns)).to_pandas()

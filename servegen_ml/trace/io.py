@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servegen_ml.errors import InputNotFoundError, UserError
 from servegen_ml.trace.adapters import ADAPTERS, FORMATS
 from servegen_ml.trace.adapters.servegen import is_pool_directory, sample_pool
 from servegen_ml.trace.readers import container_of, peek_columns, read_chunks
@@ -37,16 +38,16 @@ def detect_format(path: str | Path) -> str:
     """The adapter name for a file (or 'servegen' for a pool directory)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise InputNotFoundError(f"{path}: no such file or directory")
     if path.is_dir():
         if is_pool_directory(path):
             return "servegen"
-        raise ValueError(f"{path}: a directory, but not a ServeGen client pool (no chunk-*-trace.csv)")
+        raise UserError(f"{path}: a directory, but not a ServeGen client pool (no chunk-*-trace.csv)")
     columns = set(peek_columns(path, container_of(path)))
     for name, adapter in ADAPTERS.items():
         if adapter.matches(columns):
             return name
-    raise ValueError(
+    raise UserError(
         f"{path}: cannot tell the trace format from its columns {sorted(columns)}; "
         f"pass format= (data.format=) one of {', '.join(FORMATS)}"
     )
@@ -56,9 +57,9 @@ def _resolve_format(path: Path, format: str) -> str:
     if format == "auto":
         return detect_format(path)
     if format not in FORMATS:
-        raise ValueError(f"unknown trace format {format!r}; use auto or one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown trace format {format!r}; use auto or one of {', '.join(FORMATS)}")
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise InputNotFoundError(f"{path}: no such file or directory")
     return format
 
 
@@ -84,7 +85,7 @@ class TraceReader:
         self.path = Path(path)
         self.format = _resolve_format(self.path, format)
         if self.format == "servegen":
-            raise ValueError(
+            raise UserError(
                 f"{self.path}: a ServeGen pool is sampled, not streamed; use read_trace(format='servegen', ...)"
             )
         self.container = container_of(self.path)
@@ -147,7 +148,7 @@ def read_trace(
     if fmt == "servegen":
         options = {k: adapter_options.pop(k, None) for k in ("start_s", "duration_s", "seed")}
         if adapter_options:
-            raise ValueError(f"unknown option(s) {sorted(adapter_options)} for format 'servegen'")
+            raise UserError(f"unknown option(s) {sorted(adapter_options)} for format 'servegen'")
         trace, _ = validate_trace(sample_pool(path, **options), str(path), skip_bad_rows)
         return trace
     reader = TraceReader(path, fmt, chunk_rows, skip_bad_rows, **adapter_options)

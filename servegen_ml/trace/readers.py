@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from servegen_ml.errors import UserError
 from servegen_ml.trace.schema import LIST_DTYPE, STRING_DTYPE
 
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".xz")
@@ -81,7 +82,7 @@ def peek_columns(path: str | Path, container: str) -> list[str]:
                 if line.strip():
                     record = json.loads(line)
                     if not isinstance(record, dict):
-                        raise ValueError(f"line {line_no} is not a JSON object")
+                        raise UserError(f"line {line_no} is not a JSON object")
                     return list(record)
         return []
     except (OSError, ValueError, pa.ArrowException, pd.errors.ParserError, EOFError) as e:

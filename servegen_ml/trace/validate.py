@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from servegen_ml.errors import UserError
 from servegen_ml.trace.keymap import KeyMap, hash_strings, splitmix64
 from servegen_ml.trace.schema import (
     COLUMN_ORDER,
@@ -97,7 +98,7 @@ def _short_repr(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class TraceValidationError(ValueError):
+class TraceValidationError(UserError):
     """A trace failed validation; ``problems`` lists them (file, rows, column, kind)."""
 
     def __init__(self, source: str, problems: list[Problem], column_labels=None, row_label: str = "row"):

@@ -22,6 +22,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from servegen_ml.atomic import atomic_path
+from servegen_ml.errors import UserError
 from servegen_ml.trace.readers import CONTAINERS
 from servegen_ml.trace.schema import empty_trace, to_arrow
 
@@ -30,7 +31,7 @@ def output_container(path: str | Path) -> str:
     """'parquet', 'csv' or 'jsonl' from the output file's extension."""
     suffix = Path(path).suffix.lower()
     if suffix not in CONTAINERS:
-        raise ValueError(f"{path}: unknown output format; use a .parquet, .csv or .jsonl file name")
+        raise UserError(f"{path}: unknown output format; use a .parquet, .csv or .jsonl file name")
     return CONTAINERS[suffix]
 
 

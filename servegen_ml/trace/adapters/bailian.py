@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from servegen_ml.errors import UserError
 from servegen_ml.trace.adapters.base import Adapter, constant_strings, ids_as_strings
 from servegen_ml.trace.conversations import _follow_chains
 from servegen_ml.trace.keymap import KeyMap
@@ -47,7 +48,7 @@ class BailianAdapter(Adapter):
     def __init__(self, source: str, **options):
         super().__init__(source, **options)
         if self.opts["client_by"] not in ("none", "type"):
-            raise ValueError(f"client_by must be 'none' or 'type', got {self.opts['client_by']!r}")
+            raise UserError(f"client_by must be 'none' or 'type', got {self.opts['client_by']!r}")
         self._roots = KeyMap(width=1)  # chat_id -> root chat_id
 
     @property

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from servegen_ml.errors import UserError
 from servegen_ml.trace.schema import REQUIRED_COLUMNS, STRING_DTYPE
 
 
@@ -43,7 +44,7 @@ class Adapter:
         unknown = set(options) - set(self.options)
         if unknown:
             known = ", ".join(sorted(self.options)) or "none"
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for format '{self.name}' (known: {known})")
+            raise UserError(f"unknown option(s) {sorted(unknown)} for format '{self.name}' (known: {known})")
         self.source = source
         self.opts = {**self.options, **options}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from servegen_ml.errors import UserError
 from servegen_ml.trace.adapters.base import Adapter, constant_strings, ids_as_strings, joined_strings
 from servegen_ml.trace.keymap import KeyMap, hash_strings
 from servegen_ml.trace.schema import STRING_DTYPE
@@ -52,7 +53,7 @@ class BurstGPTAdapter(Adapter):
     def __init__(self, source: str, **options):
         super().__init__(source, **options)
         if self.opts["client_by"] not in CLIENT_BY:
-            raise ValueError(f"client_by must be one of {sorted(CLIENT_BY)}, got {self.opts['client_by']!r}")
+            raise UserError(f"client_by must be one of {sorted(CLIENT_BY)}, got {self.opts['client_by']!r}")
         self._session_turns = KeyMap(width=1)  # session hash -> requests seen so far
 
     @property

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servegen_ml.errors import UserError
+
 
 def is_pool_directory(path: Path) -> bool:
     return path.is_dir() and any(path.glob("chunk-*-trace.csv"))
@@ -22,7 +24,7 @@ def sample_pool(
     path: Path, start_s: float | None, duration_s: float | None, seed: int | None
 ) -> pd.DataFrame:
     if duration_s is None:
-        raise ValueError(f"{path}: a ServeGen pool is sampled, not read: give duration_s (and start_s, seed)")
+        raise UserError(f"{path}: a ServeGen pool is sampled, not read: give duration_s (and start_s, seed)")
     from servegen_ml.pool import sample_servegen_pool
 
     rng = np.random.default_rng(0 if seed is None else int(seed))

@@ -1,0 +1,33 @@
+"""SIGTERM handled like SIGINT: the running command unwinds, so atomic writes remove their temporary files.
+
+``timeout``, Kubernetes and CI stop a job with SIGTERM, whose default action
+kills the process at once and leaves ``.tmp`` files behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (a KeyboardInterrupt, so every cleanup path that handles ^C runs)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"terminated by signal {signum}")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only; a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
