@@ -17,7 +17,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from servegen_ml.errors import UserError
+from servegen_ml.errors import UserError, WorkerFinished
 from servegen_ml.interrupt import Terminated, terminate_as_interrupt
 
 COMMANDS = {
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         with terminate_as_interrupt():
             cfg = compose(command, args)
             return int(module.run(cfg) or 0)
+    except WorkerFinished:
+        return 0
     except UserError as e:
         # The project's input errors name the file, row and field (or the key); print them plainly.
         print(f"error: {e}", file=sys.stderr)

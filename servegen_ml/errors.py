@@ -24,3 +24,11 @@ class CheckpointError(UserError):
 
 class OutputError(UserError):
     """An output cannot be written (not writable, no space, would replace something that is not ours)."""
+
+
+class WorkerFinished(Exception):
+    """A distributed training worker (not global rank 0) is done: only rank 0 writes the checkpoint.
+
+    Raised instead of exiting the process so that library code never calls ``sys.exit``;
+    the CLI (and ``train/train.py``) end such a worker with exit code 0.
+    """

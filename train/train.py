@@ -10,12 +10,16 @@ import json
 
 import hydra
 
+from servegen_ml.errors import WorkerFinished
 from servegen_ml.training import fit_from_config
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg) -> dict:
-    metrics = fit_from_config(cfg)
+    try:
+        metrics = fit_from_config(cfg)
+    except WorkerFinished:
+        return {}  # a DDP worker process; rank 0 prints and writes
     print(json.dumps(metrics, indent=2))
     return metrics
 

@@ -11,7 +11,8 @@ Trainer settings are Lightning ``Trainer`` arguments plus three of ours:
 ``early_stopping_patience``, ``resume`` and ``num_threads`` (torch CPU
 threads while training and scoring; null keeps torch's default — one thread
 is much faster on a CPU shared with other busy processes). Under a subprocess-launched DDP
-strategy (``strategy: ddp``) the extra processes exit once training is done;
+strategy (``strategy: ddp``) the extra processes raise :class:`WorkerFinished` once
+training is done (their entry point exits 0);
 only global rank 0 returns and writes the checkpoint.
 """
 
@@ -32,6 +33,7 @@ import torch
 from servegen_ml.data.chunks import split_segments
 from servegen_ml.data.events import EventStore
 from servegen_ml.data.normalizers import Normalizers, fit_normalizers, rate_curves
+from servegen_ml.errors import WorkerFinished
 
 # Settings that shape the network (the rest of the settings are training options).
 ARCHITECTURE_KEYS = (
@@ -106,8 +108,8 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         ckpt_path = _resume_path(run_dir, trainer)
         trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
         if trainer_obj.global_rank != 0:
-            # A subprocess-launched DDP worker: training is its only job.
-            sys.exit(0)
+            # A subprocess-launched DDP worker: training is its only job; its entry point exits 0.
+            raise WorkerFinished(f"rank {trainer_obj.global_rank} finished training")
         best = trainer_obj.checkpoint_callback.best_model_path
         if best:
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
