@@ -76,7 +76,7 @@ stage_data() {
 
 stage_parametric() {
     for name in $NAMES; do
-        run servegen-ml train data.path="$WORK/$name.parquet" model=parametric quiet=true \
+        run servegen-ml train data.path="$WORK/$name.parquet" model=parametric quiet=true overwrite=true \
             out="checkpoints/$name/parametric"
     done
 }
@@ -84,7 +84,7 @@ stage_parametric() {
 stage_neural() {
     for name in $NAMES; do
         # shellcheck disable=SC2046
-        run servegen-ml train data.path="$WORK/$name.parquet" $(neural_args "$name") quiet=true \
+        run servegen-ml train data.path="$WORK/$name.parquet" $(neural_args "$name") quiet=true overwrite=true \
             out="checkpoints/$name/neural"
     done
 }
@@ -96,11 +96,11 @@ stage_eval() {
     for name in $NAMES; do
         for model in naive parametric; do
             evaluated "$name" $model || run servegen-ml train data.path="$WORK/$name.parquet" model=$model \
-                split=$SPLIT quiet=true out="$WORK/eval/$name/$model"
+                split=$SPLIT quiet=true overwrite=true out="$WORK/eval/$name/$model"
         done
         # shellcheck disable=SC2046
         evaluated "$name" neural || run servegen-ml train data.path="$WORK/$name.parquet" $(neural_args "$name") \
-            split=$SPLIT quiet=true out="$WORK/eval/$name/neural"
+            split=$SPLIT quiet=true overwrite=true out="$WORK/eval/$name/neural"
         if [[ $name == conversational ]]; then
             for model in naive parametric; do
                 evaluated conversational-arrivals $model || run servegen-ml train \

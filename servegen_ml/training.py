@@ -25,9 +25,9 @@ import pandas as pd
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from servegen_ml.atomic import write_text
 from servegen_ml.errors import UserError
 from servegen_ml.generators.base import Generator, summarize_log_prob
+from servegen_ml.outputs import check_checkpoint_dir
 from servegen_ml.pool import is_servegen_pool
 
 METRICS_FILE = "metrics.json"
@@ -65,6 +65,8 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
     """
     from servegen_ml.trace.io import read_trace
 
+    # Before any work: out= must be new, empty or (with overwrite=true) a checkpoint.
+    out = check_checkpoint_dir(str(cfg.out), bool(cfg.get("overwrite", False)))
     gen = build_generator(cfg)
     path = Path(str(cfg.data.path))
     options = {k: v for k, v in cfg.data.items() if k not in ("path", "format", "skip_bad_rows")}
@@ -94,10 +96,8 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
             metrics["held_out_start_s"] = float(held_out["timestamp"].iloc[0])
             metrics["held_out"] = summarize_log_prob(gen.log_prob(held_out))
     metrics["fit_seconds"] = round(time.perf_counter() - started, 3)
-    out = Path(str(cfg.out))
     step("save")
-    gen.save(out)
-    write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    gen.save(out, {METRICS_FILE: json.dumps(metrics, indent=2, sort_keys=True) + "\n"})
     return metrics
 
 

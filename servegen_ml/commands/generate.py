@@ -12,6 +12,8 @@ clients: all | [id1,id2] | new:N (N new clients drawn from the learned populatio
 start_s: position in the learned timeline (s); spans past its end wrap by week/day.
 format:  native (.parquet or .jsonl) | mooncake | bailian | vidur | azure
 plot:    true also writes FILE.png: arrival rate over time and input/output length CDFs.
+max_requests, max_new_clients: limits checked before sampling (the expected request count is
+         duration x rate; sampling holds the workload in memory); raise them on a big machine.
 quiet:   true hides the progress bar (it is shown only when stderr is a terminal).
 """
 
@@ -22,16 +24,22 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from servegen_ml.errors import UserError
 from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest
+from servegen_ml.generators.size import FILE_BYTES_PER_REQUEST, check_size
 from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.outputs import check_free_space, check_output_file
 from servegen_ml.progress import StepBar
 from servegen_ml.trace.schema import UNITS
 
 
 def run(cfg) -> int:
-    from servegen_ml.export import export_trace
+    from servegen_ml.export import FORMATS, export_trace
 
     plot = bool(cfg.plot)
+    if str(cfg.format) not in FORMATS:
+        raise UserError(f"format={cfg.format!r}: choose one of {', '.join(FORMATS)}")
+    out = check_output_file(str(cfg.out))
     with StepBar("generate", 4 if plot else 3, bool(cfg.quiet)) as bar:
         bar.step("load checkpoint")
         checkpoint = Path(str(cfg.checkpoint))
@@ -48,6 +56,10 @@ def run(cfg) -> int:
             upsample=cfg.upsample,
             seed=cfg.seed,
         )
+        # Refuse what cannot be produced before the work, not after it.
+        expected = check_size(gen, spec, int(cfg.max_requests), int(cfg.max_new_clients))
+        if expected is not None:
+            check_free_space(out, expected * FILE_BYTES_PER_REQUEST)
         bar.step(f"sample {spec.duration_s:g} s")
         trace = gen.sample(spec, np.random.default_rng(spec.seed))
         meta = {

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml import __version__
-from servegen_ml.atomic import write_text
+from servegen_ml.atomic import atomic_paths
 from servegen_ml.errors import UserError
 from servegen_ml.export.formats import FORMATS
 from servegen_ml.trace.schema import REQUIRED_COLUMNS
@@ -41,7 +41,16 @@ def export_trace(
         raise UserError(f"cannot export: the trace has no {', '.join(missing)} column(s)")
     path = Path(path)
     trace, start_offset_s = _from_zero(df)
-    format_meta = FORMATS[format].write(trace, path)
+    # The file and its sidecar are replaced as one unit: never one run's data with another's sidecar.
+    with atomic_paths(path, meta_path(path)) as (data_tmp, meta_tmp):
+        format_meta = FORMATS[format].write(trace, data_tmp)
+        _write_sidecar(meta_tmp, path, format, trace, start_offset_s, meta, format_meta)
+    return path
+
+
+def _write_sidecar(
+    target: Path, path: Path, format: str, trace: pd.DataFrame, start_offset_s: float, meta, format_meta
+) -> None:
     sidecar = {
         **(meta or {}),
         "format": format,
@@ -55,8 +64,7 @@ def export_trace(
         "package_version": __version__,
         **format_meta,
     }
-    write_text(meta_path(path), json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
-    return path
+    target.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _from_zero(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:

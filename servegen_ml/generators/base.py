@@ -44,6 +44,7 @@ from servegen_ml import __version__
 from servegen_ml.atomic import atomic_dir
 from servegen_ml.errors import CheckpointError
 from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.outputs import check_checkpoint_dir
 
 TIME_RESOLUTION_S = 1e-3
 MANIFEST = "manifest.json"
@@ -98,12 +99,18 @@ class Generator(ABC):
         if not self.is_fitted:
             raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(trace) or load a checkpoint")
 
-    def save(self, directory: str | Path) -> Path:
-        """Write a self-describing checkpoint directory atomically."""
+    def save(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Write a self-describing checkpoint directory atomically (with ``extra_files``: name -> text).
+
+        An existing checkpoint is replaced; a directory holding anything else is refused, never deleted.
+        """
         self._require_fitted()
         directory = Path(directory)
+        check_checkpoint_dir(directory, overwrite=True, key="directory")
         with atomic_dir(directory) as tmp:
             self._save_state(tmp)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             manifest = {
                 "generator": self.kind,
                 "package": "servegen-ml",

@@ -152,15 +152,18 @@ def _read_curve_csv(path: Path) -> list[tuple[float, float]]:
     if not path.is_file():
         raise InputNotFoundError(f"rate curve file {path} does not exist")
     pts = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"t_s", "rate"} <= set(reader.fieldnames):
-            raise UserError(f"{path}: a rate curve CSV needs the header 't_s,rate'")
-        for i, row in enumerate(reader, start=2):
-            try:
-                pts.append((float(row["t_s"]), float(row["rate"])))
-            except (TypeError, ValueError):
-                raise UserError(f"{path}, line {i}: t_s and rate must be numbers, got {row}") from None
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"t_s", "rate"} <= set(reader.fieldnames):
+                raise UserError(f"{path}: a rate curve CSV needs the header 't_s,rate'")
+            for i, row in enumerate(reader, start=2):
+                try:
+                    pts.append((float(row["t_s"]), float(row["rate"])))
+                except (TypeError, ValueError):
+                    raise UserError(f"{path}, line {i}: t_s and rate must be numbers, got {row}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable UTF-8 CSV of t_s,rate ({e})") from None
     return pts
 
 
@@ -206,6 +209,23 @@ class ClientSpec:
 UPSAMPLE_MODES = ("conversations", "compress")
 
 
+def _number(value, key: str) -> float:
+    if isinstance(value, bool):
+        raise UserError(f"{key}={value!r}: must be a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{key}={value!r}: must be a number") from None
+
+
+def _seed(value) -> int:
+    """A seed is a non-negative integer (numpy's rule); 1.5 is refused rather than used as 1."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.lstrip("+").isdigit():
+        raise UserError(f"seed={value!r}: must be a non-negative integer")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class GenerationSpec:
     """What to generate. Output timestamps run from 0 to ``duration_s`` (seconds since the spec's start)."""
@@ -222,6 +242,8 @@ class GenerationSpec:
             raise UserError(f"duration_s={self.duration_s}: must be a positive number of seconds")
         if not (self.start_s >= 0 and math.isfinite(self.start_s)):
             raise UserError(f"start_s={self.start_s}: must be >= 0 seconds")
+        if not (isinstance(self.seed, (int, np.integer)) and self.seed >= 0):
+            raise UserError(f"seed={self.seed!r}: must be a non-negative integer")
         if self.upsample not in UPSAMPLE_MODES:
             raise UserError(f"upsample={self.upsample!r}: choose one of {UPSAMPLE_MODES}")
 
@@ -235,14 +257,14 @@ class GenerationSpec:
         upsample="conversations",
         seed=0,
     ) -> GenerationSpec:
-        """Build a spec from CLI/config values (strings or numbers)."""
+        """Build a spec from CLI/config values (strings or numbers); a bad value names its key."""
         return cls(
-            duration_s=float(duration_s),
-            start_s=float(start_s),
+            duration_s=_number(duration_s, "duration_s"),
+            start_s=_number(start_s, "start_s"),
             rate=RateSpec.parse(rate),
             clients=ClientSpec.parse(clients),
             upsample=str(upsample),
-            seed=int(seed),
+            seed=_seed(seed),
         )
 
     def to_dict(self) -> dict:
