@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 from servegen_ml.errors import UserError, WorkerFinished
@@ -94,12 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: arguments are key=value overrides, got {bad}", file=sys.stderr)
         return 2
+    from omegaconf.errors import OmegaConfBaseException
+
+    warnings.formatwarning = _format_warning
     try:
         with terminate_as_interrupt():
             cfg = compose(command, args)
             return int(module.run(cfg) or 0)
     except WorkerFinished:
         return 0
+    except OmegaConfBaseException as e:
+        # A missing mandatory option (???) read by the command, or a value of the wrong type.
+        key = getattr(e, "full_key", None)
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        if key:
+            print(
+                f"pass it as {key}=VALUE ('servegen-ml {command} --help' lists the options)", file=sys.stderr
+            )
+        return 2
     except UserError as e:
         # The project's input errors name the file, row and field (or the key); print them plainly.
         print(f"error: {e}", file=sys.stderr)
@@ -122,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         return _report_bug(command, e, verbose)
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def describe_os_error(e: OSError) -> str:

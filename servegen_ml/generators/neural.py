@@ -143,7 +143,9 @@ class NeuralGenerator(Generator):
 
         if isinstance(trace, pd.DataFrame):
             from servegen_ml.compose.conversations import fit_conversation_roles
+            from servegen_ml.trace.validate import require_time_span
 
+            require_time_span(trace)
             roles = fit_conversation_roles(trace)
             if roles is None:
                 self.conversations_ = None

@@ -30,6 +30,7 @@ from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.pool.empirical import count_by_keys
 from servegen_ml.pool.table import FIELDS, MODALITIES, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
 from servegen_ml.trace.schema import list_lengths, list_values
+from servegen_ml.trace.validate import require_time_span
 
 RATIO_DECIMALS = 4
 
@@ -44,6 +45,7 @@ def fit_client_pool(
     """A ClientPool fitted to a canonical, sorted trace."""
     if len(trace) == 0:
         raise UserError("cannot fit a generator to an empty trace")
+    require_time_span(trace, source or "the trace")
     t = trace["timestamp"].to_numpy(np.float64)
     origin_s = float(t.min())
     tau = t - origin_s

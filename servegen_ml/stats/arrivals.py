@@ -233,7 +233,7 @@ class ArrivalAccumulator:
         if self.t_first is None:
             return {"requests": 0}
         span = self.t_last - self.t_first
-        fits = fit_inter_arrivals(self.gap_sample.sample()["gap_s"])
+        fits = fit_inter_arrivals(self.gap_sample.sample().get("gap_s", np.zeros(0)))
         fits["zero_share"] = self.zero_gaps / max(self.gap_moments[0], 1)
         fits["sampled"] = self.gap_sample.seen > self.gap_sample.size
         n, s1, s2 = self.gap_moments
@@ -265,7 +265,7 @@ class ArrivalAccumulator:
                 "rate_rps": rate,
                 "cv": cv_series,
                 "hourly": self._hourly_rates(),
-                "gap_sample_s": self.gap_sample.sample()["gap_s"],
+                "gap_sample_s": self.gap_sample.sample().get("gap_s", np.zeros(0)),
             },
         }
 

@@ -26,7 +26,7 @@ from servegen_ml.trace.adapters import ADAPTERS, FORMATS
 from servegen_ml.trace.adapters.servegen import is_pool_directory, sample_pool
 from servegen_ml.trace.readers import container_of, peek_columns, read_chunks
 from servegen_ml.trace.schema import empty_trace
-from servegen_ml.trace.validate import TraceValidator, ValidationReport, validate_trace
+from servegen_ml.trace.validate import DEFAULT_MAX_TOKENS, TraceValidator, ValidationReport, validate_trace
 from servegen_ml.trace.writers import TraceWriter, write_trace
 
 __all__ = ["TraceReader", "TraceWriter", "detect_format", "iter_trace_chunks", "read_trace", "write_trace"]
@@ -48,9 +48,21 @@ def detect_format(path: str | Path) -> str:
         if adapter.matches(columns):
             return name
     raise UserError(
-        f"{path}: cannot tell the trace format from its columns {sorted(columns)}; "
+        f"{path}: cannot tell the trace format from its columns {sorted(columns)}{_closest(columns)}; "
         f"pass format= (data.format=) one of {', '.join(FORMATS)}"
     )
+
+
+def _closest(columns: set) -> str:
+    """', closest: FORMAT, which also needs COLUMNS' for the format missing the fewest required columns."""
+    missing = {
+        name: [c for c in adapter.required_source_columns() if c not in columns]
+        for name, adapter in ADAPTERS.items()
+    }
+    name = min(missing, key=lambda n: len(missing[n]))
+    if not missing[name] or len(missing[name]) >= len(ADAPTERS[name].required_source_columns()):
+        return ""
+    return f" (closest: {name}, which also needs column(s) {', '.join(missing[name])})"
 
 
 def _resolve_format(path: Path, format: str) -> str:
@@ -83,6 +95,7 @@ class TraceReader:
         **adapter_options,
     ):
         self.path = Path(path)
+        max_tokens = adapter_options.pop("max_tokens", None)
         self.format = _resolve_format(self.path, format)
         if self.format == "servegen":
             raise UserError(
@@ -100,6 +113,7 @@ class TraceReader:
             row_label="line" if self.container == "jsonl" else "row",
             collect=collect,
             unique_column=self.adapter.unique_column,
+            max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else float(max_tokens),
         )
 
     @property
@@ -108,9 +122,19 @@ class TraceReader:
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
         chunks = read_chunks(self.path, self.container, self.chunk_rows, self.adapter.string_columns)
+        seen = False
         for raw, row_numbers in chunks:
+            seen = True
             mapped, problems = self.adapter.map_chunk(raw, row_numbers)
             valid, _ = self.validator.check(mapped, row_numbers, problems, raw)
+            yield self.adapter.finish_chunk(valid)
+        if not seen:
+            # A file with a header (or schema) and no rows: its columns are still checked.
+            raw = pd.DataFrame(
+                {c: pd.Series([], dtype=object) for c in peek_columns(self.path, self.container)}
+            )
+            mapped, problems = self.adapter.map_chunk(raw, np.zeros(0, dtype=np.int64))
+            valid, _ = self.validator.check(mapped, np.zeros(0, dtype=np.int64), problems, raw)
             yield self.adapter.finish_chunk(valid)
 
     def finish(self) -> ValidationReport:
@@ -147,6 +171,7 @@ def read_trace(
     fmt = _resolve_format(path, format)
     if fmt == "servegen":
         options = {k: adapter_options.pop(k, None) for k in ("start_s", "duration_s", "seed")}
+        adapter_options.pop("max_tokens", None)
         if adapter_options:
             raise UserError(f"unknown option(s) {sorted(adapter_options)} for format 'servegen'")
         trace, _ = validate_trace(sample_pool(path, **options), str(path), skip_bad_rows)

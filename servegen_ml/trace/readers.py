@@ -40,7 +40,7 @@ CONTAINERS = {
 }
 
 
-class TraceReadError(ValueError):
+class TraceReadError(UserError):
     """A trace file could not be parsed (truncated, corrupt or not the expected container)."""
 
 

@@ -41,6 +41,13 @@ from servegen_ml.trace.schema import (
 )
 
 MAX_LISTED_ROWS = 20
+# Token counts above this are refused as implausible (configurable: data.max_tokens). Far above
+# any model's context today; the point is to stop 10**12 or an overflowed id from flowing on.
+DEFAULT_MAX_TOKENS = 1_000_000_000
+# Integers must fit int64 exactly (float64 loses integers from 2**53; 2**63 overflows).
+INT64_LIMIT = 2.0**63
+# Timestamps that are whole numbers with a median gap this long (s) look like milliseconds.
+MS_SUSPECT_MEDIAN_GAP_S = 50.0
 
 # Column rule kinds: time (finite number), count (int >= 0), turn (int >= 1), int, string, list.
 CANONICAL_RULES = {
@@ -64,9 +71,11 @@ DESCRIPTIONS = {
     "not_finite": "not a finite number",
     "not_integer": "not an integer",
     "negative": "negative value",
+    "too_large": "too large for a 64-bit integer",
+    "implausible": "implausible token count",
     "turn_below_1": "turn must be >= 1",
     "not_list": "not a list of integers like [256, 576]",
-    "bad_list_item": "list item is not a non-negative integer",
+    "bad_list_item": "list item is not a non-negative integer up to data.max_tokens",
     "reasoning_gt_output": "reasoning_tokens > output_tokens",
     "duplicate_id": "duplicate id (an earlier row has it)",
     "column_set_changed": "columns differ from the first rows of the file",
@@ -118,7 +127,7 @@ def format_problems(
     source: str, problems: list[Problem], labels: Mapping[str, str], row_label: str = "row"
 ) -> str:
     """Readable error text: one line per listed row, then a count of the rows not listed."""
-    total = sum(p.count for p in problems)
+    total = sum(max(p.count, 1) for p in problems)
     lines = [f"{source}: {total:,} problem(s) found"]
     for p in problems:
         what = DESCRIPTIONS[p.kind] + (f" ({p.detail})" if p.detail else "")
@@ -143,6 +152,8 @@ class ValidationReport:
     dropped_by_kind: dict = field(default_factory=dict)
     resorted_rows: int = 0
     globally_unsorted: bool = False
+    # Plausibility warnings about the whole file (units), shown by validate and warned by readers.
+    notes: list = field(default_factory=list)
 
     @property
     def rows_dropped(self) -> int:
@@ -197,7 +208,9 @@ def _numeric(series: pd.Series) -> tuple[np.ndarray, np.ndarray | None, dict]:
     )
 
 
-def _check_number(series: pd.Series, rule: str) -> tuple[np.ndarray, dict]:
+def _check_number(
+    series: pd.Series, rule: str, max_tokens: float = DEFAULT_MAX_TOKENS
+) -> tuple[np.ndarray, dict]:
     values, exact, masks = _numeric(series)
     usable = ~np.logical_or.reduce(list(masks.values()))
     if rule == "time":
@@ -206,11 +219,13 @@ def _check_number(series: pd.Series, rule: str) -> tuple[np.ndarray, dict]:
     finite = usable & np.isfinite(values)
     masks["not_finite"] = usable & ~finite
     masks["not_integer"] = finite & (np.floor(values) != values)
+    masks["too_large"] = finite & (np.abs(values) >= INT64_LIMIT) & (exact is None)
     if rule == "count":
         masks["negative"] = finite & (values < 0)
+        masks["implausible"] = finite & (values > max_tokens) & ~masks["too_large"]
     elif rule == "turn":
         masks["turn_below_1"] = finite & (values < 1)
-    ok = finite & ~masks["not_integer"]
+    ok = finite & ~masks["not_integer"] & ~masks["too_large"]
     out = exact if exact is not None else np.where(ok, values, 0).astype(np.int64)
     return np.where(ok, out, 0), masks
 
@@ -253,7 +268,9 @@ def _parse_list_strings(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return items, ~bracketed.to_numpy(zero_copy_only=False)
 
 
-def _list_items(items: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _list_items(
+    items: pa.Array, max_tokens: float = DEFAULT_MAX_TOKENS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(items per row, item values as int64, item-is-valid mask) of a list array of any item type."""
     counts = pc.list_value_length(items).to_numpy(zero_copy_only=False)
     counts = np.nan_to_num(counts.astype(np.float64)).astype(np.int64)  # null rows have no items
@@ -265,6 +282,8 @@ def _list_items(items: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         numeric = pc.fill_null(pc.match_substring_regex(flat, r"^\+?[0-9]+$"), False).to_numpy(
             zero_copy_only=False
         )
+        # Digits beyond int64 would make the cast fail: keep at most 18 (still far above max_tokens).
+        numeric &= pc.utf8_length(flat).to_numpy(zero_copy_only=False) <= 18
         flat = pc.if_else(pa.array(numeric), flat, "0").cast(pa.int64())
     elif not (pa.types.is_integer(flat.type) or pa.types.is_floating(flat.type)):
         return counts, np.zeros(len(flat), dtype=np.int64), np.zeros(len(flat), dtype=bool)
@@ -272,6 +291,7 @@ def _list_items(items: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         numeric = np.ones(len(flat), dtype=bool)
     values = flat.to_numpy(zero_copy_only=False).astype(np.float64)
     valid = numeric & np.isfinite(values) & (values >= 0) & (np.floor(values) == values)
+    valid &= values <= max_tokens
     return counts, np.where(valid, values, 0).astype(np.int64), valid
 
 
@@ -289,7 +309,7 @@ def _check_object_lists(series: pd.Series) -> tuple[pa.Array, np.ndarray]:
     return pa.array([p or [] for p in parsed], type=pa.list_(pa.int64())), not_list
 
 
-def _check_list(series: pd.Series) -> tuple[pd.Series, dict]:
+def _check_list(series: pd.Series, max_tokens: float = DEFAULT_MAX_TOKENS) -> tuple[pd.Series, dict]:
     missing = series.isna().to_numpy(dtype=bool) if not _is_arrow_nested(series.dtype) else None
     not_list = np.zeros(len(series), dtype=bool)
     if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) not in ("string", "empty"):
@@ -308,7 +328,7 @@ def _check_list(series: pd.Series) -> tuple[pd.Series, dict]:
         else:
             items = pa.array([[]] * len(arr), type=pa.list_(pa.int64()))
             not_list = ~missing
-    counts, values, item_ok = _list_items(items)
+    counts, values, item_ok = _list_items(items, max_tokens)
     row_of_item = np.repeat(np.arange(len(counts)), counts)
     bad_item_rows = np.zeros(len(counts), dtype=bool)
     bad_item_rows[row_of_item[~item_ok]] = True
@@ -322,13 +342,13 @@ def _check_list(series: pd.Series) -> tuple[pd.Series, dict]:
     }
 
 
-def check_column(series: pd.Series, rule: str):
+def check_column(series: pd.Series, rule: str, max_tokens: float = DEFAULT_MAX_TOKENS):
     """Canonical values of one column and the masks of its bad rows, by kind."""
     if rule in ("time", "count", "turn", "int"):
-        return _check_number(series, rule)
+        return _check_number(series, rule, max_tokens)
     if rule == "string":
         return _check_string(series)
-    return _check_list(series)
+    return _check_list(series, max_tokens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,8 +373,10 @@ class TraceValidator:
         row_label: str = "row",
         collect: bool = False,
         unique_column: str = "request_id",
+        max_tokens: float = DEFAULT_MAX_TOKENS,
     ):
         self.source = source
+        self.max_tokens = float(max_tokens)
         self.skip_bad_rows = skip_bad_rows
         self.labels = dict(column_labels or {})
         self.rules = {**CANONICAL_RULES, **(extra_rules or {})}
@@ -367,6 +389,10 @@ class TraceValidator:
         self._columns: list[str] | None = None
         self._request_ids = KeyMap()
         self._last_timestamp = -np.inf
+        self._first_timestamp = np.inf
+        self._whole_seconds = True
+        self._gaps = 0
+        self._long_gaps = 0
 
     def _error(self, problems: list[Problem]) -> TraceValidationError:
         return TraceValidationError(self.source, problems, self.labels, self.row_label)
@@ -414,7 +440,9 @@ class TraceValidator:
         columns = self._check_columns(df, int(row_numbers[0]) if n else self.report.rows_read + 1)
         out, masks = {}, list(extra_problems or [])
         for col in columns:
-            out[col], col_masks = check_column(df[col].reset_index(drop=True), self.rules[col])
+            out[col], col_masks = check_column(
+                df[col].reset_index(drop=True), self.rules[col], self.max_tokens
+            )
             masks += [(kind, col, m) for kind, m in col_masks.items()]
         bad_cells = np.logical_or.reduce([m for _, _, m in masks]) if masks else np.zeros(n, bool)
         if "reasoning_tokens" in out and "output_tokens" in out:
@@ -436,7 +464,8 @@ class TraceValidator:
             if not mask.any():
                 continue
             rows = np.flatnonzero(mask)
-            problem = self.problems.setdefault((kind, col), Problem(kind, col))
+            detail = f"above data.max_tokens={self.max_tokens:,.0f}" if kind == "implausible" else ""
+            problem = self.problems.setdefault((kind, col), Problem(kind, col, detail=detail))
             listed = rows[: max(MAX_LISTED_ROWS - len(problem.rows), 0)]
             name = self.labels.get(col, col) if self.labels.get(col, col) in shown else col
             values = shown[name].iloc[listed].to_numpy(dtype=object) if name in shown else [""] * len(listed)
@@ -471,12 +500,41 @@ class TraceValidator:
         if t.min() < self._last_timestamp:
             self.report.globally_unsorted = True
         self._last_timestamp = max(self._last_timestamp, float(t.max()))
+        self._first_timestamp = min(self._first_timestamp, float(t.min()))
+        self._whole_seconds &= bool(np.all(t == np.floor(t)))
+        gaps = np.diff(np.sort(t))
+        gaps = gaps[gaps > 0]
+        self._gaps += len(gaps)
+        self._long_gaps += int(np.count_nonzero(gaps >= MS_SUSPECT_MEDIAN_GAP_S))
         return chunk
+
+    def _unit_notes(self) -> list[str]:
+        """Warnings for timestamps that look like milliseconds, or a trace with no time span."""
+        notes = []
+        rows = self.report.rows_kept
+        if rows > 1 and self._gaps == 0:
+            notes.append(
+                f"{self.source}: all {rows:,} requests have the same timestamp ({self._first_timestamp:g}); "
+                "there is no arrival process to learn, and rates computed from it are meaningless"
+            )
+        elif self._whole_seconds and self._gaps >= 10 and self._long_gaps * 2 > self._gaps:
+            span = self._last_timestamp - self._first_timestamp
+            notes.append(
+                f"{self.source}: timestamps are whole numbers with a typical gap of at least "
+                f"{MS_SUSPECT_MEDIAN_GAP_S:g} s ({rows:,} requests over {span:,.0f} s = {rows / span:.4f} req/s); "
+                "they look like milliseconds, but this format's timestamp is in seconds. "
+                "If they are ms, divide the column by 1000 (or use data.format=mooncake, whose timestamps are ms)"
+            )
+        return notes
 
     def finish(self) -> ValidationReport:
         """End of the stream: in collect mode, raise the error for the whole file if anything was wrong."""
         if self.problems and not self.skip_bad_rows:
             raise self._error(list(self.problems.values()))
+        if not self.report.notes:
+            self.report.notes = self._unit_notes()
+            for note in self.report.notes:
+                warnings.warn(note, stacklevel=2)
         return self.report
 
 
@@ -497,3 +555,14 @@ def validate_trace(
     rows = row_offset + 1 + np.arange(len(df), dtype=np.int64)
     clean, report = validator.check(df, rows)
     return clean, report
+
+
+def require_time_span(trace: pd.DataFrame, source: str = "the trace") -> None:
+    """Refuse to learn arrivals from a trace whose requests all share one timestamp (no rate to learn)."""
+    if len(trace) > 1:
+        t = trace["timestamp"].to_numpy(np.float64)
+        if t.max() == t.min():
+            raise UserError(
+                f"{source}: all {len(trace):,} requests have the same timestamp ({t[0]:g}); a generator "
+                "learns arrival rates from the gaps between requests and there are none"
+            )

@@ -53,6 +53,13 @@ class Adapter:
         """Whether a file with these column names looks like this format."""
         raise NotImplementedError
 
+    @classmethod
+    def required_source_columns(cls) -> list[str]:
+        """The file's names of the required columns (for "which column is missing" hints)."""
+        labels = {canonical: raw for raw, canonical in cls.column_map.items()}
+        required = cls.required if isinstance(cls.required, tuple) else REQUIRED_COLUMNS  # may be a property
+        return [labels.get(c, c) for c in required]
+
     @property
     def column_labels(self) -> dict[str, str]:
         """canonical column -> the file's column name, for error messages."""
