@@ -17,7 +17,11 @@ from servegen_ml.errors import InputNotFoundError, UserError
 
 
 def iter_chunks(
-    path: str | Path, format: str = "auto", chunk_rows: int = 1_000_000, skip_bad_rows: bool = False
+    path: str | Path,
+    format: str = "auto",
+    chunk_rows: int = 1_000_000,
+    skip_bad_rows: bool = False,
+    **reader_options,
 ) -> Iterator[pd.DataFrame]:
     """Validated canonical chunks of the trace at ``path``, in file order."""
     if Path(path).is_dir():
@@ -34,7 +38,7 @@ def iter_chunks(
         if "skip_bad_rows" in inspect.signature(iter_trace_chunks).parameters
         else {}
     )
-    return iter_trace_chunks(path, format=format, chunk_rows=chunk_rows, **options)
+    return iter_trace_chunks(path, format=format, chunk_rows=chunk_rows, **options, **reader_options)
 
 
 def _parquet_chunks(path: Path, chunk_rows: int, skip_bad_rows: bool) -> Iterator[pd.DataFrame]:

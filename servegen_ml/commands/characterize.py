@@ -16,6 +16,7 @@ import numpy as np
 from servegen_ml.characterize.accumulate import CharacterizeOptions
 from servegen_ml.characterize.run import characterize_chunks, write_characterization
 from servegen_ml.characterize.source import iter_chunks
+from servegen_ml.commands.validate import adapter_options
 
 
 def run(cfg) -> int:
@@ -29,7 +30,13 @@ def run(cfg) -> int:
         conversation_idle_s=float(cfg.conversation_idle_s),
         media_window_s=float(cfg.media_window_s),
     )
-    chunks = iter_chunks(cfg.data.path, cfg.data.format, int(cfg.chunk_rows), bool(cfg.data.skip_bad_rows))
+    chunks = iter_chunks(
+        cfg.data.path,
+        cfg.data.format,
+        int(cfg.chunk_rows),
+        bool(cfg.data.skip_bad_rows),
+        **adapter_options(cfg.data),
+    )
     stats, series = characterize_chunks(
         chunks, np.random.default_rng(int(cfg.seed)), options, str(cfg.data.path)
     )

@@ -23,11 +23,24 @@ from servegen_ml.trace.summary import TraceSummary, format_summary
 
 
 def adapter_options(data_cfg) -> dict:
-    """Format options: the keys added under ``data`` (``+data.KEY=``) beyond the data group's own keys."""
+    """Reader options: the format's (keys added under ``data`` with ``+data.KEY=``) and ``max_tokens``."""
     from omegaconf import OmegaConf
 
     group_keys = set(OmegaConf.load(config_dir() / "data" / "default.yaml"))
-    return {k: v for k, v in data_cfg.items() if k not in group_keys}
+    options = {k: v for k, v in data_cfg.items() if k not in group_keys}
+    if data_cfg.get("max_tokens") is not None:
+        options["max_tokens"] = _positive_number(data_cfg.max_tokens, "data.max_tokens")
+    return options
+
+
+def _positive_number(value, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0:
+        raise UserError(f"{key}={value!r}: must be a positive number")
+    return number
 
 
 def run(cfg) -> int:
