@@ -13,7 +13,7 @@ from pathlib import Path
 from servegen_ml.errors import OutputError
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -28,7 +28,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     # mkstemp creates 0600; give the result the permissions a plain open() would.
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         yield tmp
         os.replace(tmp, path)
@@ -45,7 +45,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise OutputError(f"{path}: is a file, not a directory; name a new directory (nothing was written)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
         if path.exists():
@@ -82,7 +82,7 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
             os.close(fd)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~current_umask())
             tmps.append(Path(tmp))
         yield list(tmps)
         with _locked_directories({p.parent for p in targets}):

@@ -76,8 +76,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import special
 
+from servegen_ml.checkpoint_checks import check_array
 from servegen_ml.compose.conversation_turns import Turns
-from servegen_ml.errors import InputNotFoundError, UserError
+from servegen_ml.errors import CheckpointError, UserError
 from servegen_ml.generators.base import TIME_RESOLUTION_S
 from servegen_ml.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
@@ -525,8 +526,15 @@ def _empirical_sf(table: FieldTable, group: np.ndarray, steps: np.ndarray) -> np
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise InputNotFoundError(f"conversation model file {path} is missing")
-    return pq.read_table(path).to_pandas()
+        raise CheckpointError(f"conversation model file {path} is missing")
+    try:
+        table = pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as e:
+        raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None
+    for name in table.columns:
+        if pd.api.types.is_float_dtype(table[name]):
+            check_array(table[name].to_numpy(), path, f"column {name}")
+    return table
 
 
 def fit_conversation_roles(trace: pd.DataFrame) -> ConversationRoles | None:

@@ -33,6 +33,7 @@ import hashlib
 import importlib
 import json
 import math
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,7 +42,8 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml import __version__
-from servegen_ml.atomic import atomic_dir
+from servegen_ml.atomic import atomic_dir, current_umask
+from servegen_ml.checkpoint_checks import meta_field, read_json_object
 from servegen_ml.errors import CheckpointError
 from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.outputs import check_checkpoint_dir
@@ -111,6 +113,10 @@ class Generator(ABC):
             self._save_state(tmp)
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
+            # Some writers (safetensors) create files 0600; give every file a plain open()'s mode.
+            for file in tmp.rglob("*"):
+                if file.is_file():
+                    os.chmod(file, 0o666 & ~current_umask())
             manifest = {
                 "generator": self.kind,
                 "package": "servegen-ml",
@@ -130,8 +136,22 @@ class Generator(ABC):
             raise CheckpointError(
                 f"{directory}: holds a {manifest['generator']!r} generator, not {cls.kind!r}"
             )
-        gen = target(**manifest.get("config", {}))
-        gen._load_state(Path(directory))
+        path = Path(directory) / MANIFEST
+        try:
+            gen = target(**manifest.get("config", {}))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{path}: field 'config' does not fit a {manifest['generator']} generator ({e})"
+            ) from None
+        try:
+            gen._load_state(Path(directory))
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError, AttributeError, OSError) as e:
+            # The loaders check what they read; this names the checkpoint for damage they do not foresee.
+            raise CheckpointError(
+                f"{directory}: damaged {manifest['generator']} checkpoint ({type(e).__name__}: {e})"
+            ) from None
         return gen
 
 
@@ -143,19 +163,24 @@ def generator_class(kind: str) -> type[Generator]:
 
 
 def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST
+    """The checked manifest of a checkpoint directory (kind, format version, config)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a checkpoint directory (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: corrupt manifest ({e})") from None
-    if not isinstance(manifest, dict) or "generator" not in manifest:
-        raise CheckpointError(f"{path}: manifest has no 'generator' field")
-    if manifest.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {manifest['format_version']} is newer than this servegen-ml supports"
-        )
+    manifest = read_json_object(path, "manifest")
+    kind = meta_field(manifest, "generator", path, str)
+    if kind not in REGISTRY:
+        raise CheckpointError(f"{path}: field 'generator' is {kind!r}; known kinds: {sorted(REGISTRY)}")
+    version = manifest.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: field 'format_version' must be an integer, got {version!r:.40}")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this servegen-ml supports")
+    if not isinstance(manifest.get("config", {}), dict):
+        raise CheckpointError(f"{path}: field 'config' must be an object")
     return manifest
 
 

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
+from servegen_ml.checkpoint_checks import check_array, check_ids, meta_field, read_safetensors
 from servegen_ml.compose.conversation_turns import Turns
-from servegen_ml.errors import InputNotFoundError
+from servegen_ml.errors import CheckpointError
 from servegen_ml.metafile import read_meta
 from servegen_ml.models.conversation_features import output_condition, turn_features
 from servegen_ml.models.conversation_numpy import NumpyConversationHeads
@@ -138,9 +139,18 @@ class NeuralConversationModel:
         directory = Path(directory)
         meta = read_meta(directory / META_FILE, FORMAT, VERSION, "neural conversation model")
         weights_path = directory / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise InputNotFoundError(f"neural conversation weights {weights_path} are missing")
-        return cls(meta, load_file(str(weights_path)))
+        weights = read_safetensors(weights_path)
+        for name, array in weights.items():
+            check_array(array, weights_path, name, kind="i" if array.dtype.kind in "iu" else "f")
+        clients = check_ids(
+            meta_field(meta, "clients", directory / META_FILE, list), directory / META_FILE, "clients"
+        )
+        if "client_rows" in weights and weights["client_rows"].shape[0] != len(clients) + 1:
+            raise CheckpointError(
+                f"{weights_path}: 'client_rows' has {weights['client_rows'].shape[0]} rows, expected "
+                f"{len(clients) + 1} (the clients of {META_FILE} and the population)"
+            )
+        return cls(meta, weights)
 
 
 def simulated_mean_turns(

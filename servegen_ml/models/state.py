@@ -23,8 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
+from servegen_ml.checkpoint_checks import (
+    check_array,
+    check_ids,
+    check_number,
+    meta_field,
+    read_json_object,
+    read_safetensors,
+)
 from servegen_ml.data.events import MarkLayout
 from servegen_ml.data.normalizers import flat_activity
 from servegen_ml.errors import CheckpointError
@@ -98,17 +106,15 @@ class NeuralState:
 
     @classmethod
     def load(cls, directory: Path) -> NeuralState:
-        meta = json.loads((directory / META_FILE).read_text())
-        clients = load_file(str(directory / CLIENTS_FILE))
-        model_curves = clients.get("model_rate_curves")
-        if model_curves is not None and model_curves.shape != clients["rate_curves"].shape:
-            raise CheckpointError(
-                f"{directory / CLIENTS_FILE}: model_rate_curves {model_curves.shape} do not match "
-                f"rate_curves {clients['rate_curves'].shape}"
-            )
+        """Read and check the three files (kinds, shapes, dtypes, finiteness, ranges, their agreement)."""
+        meta_path = directory / META_FILE
+        meta = read_json_object(meta_path, "neural model description")
+        weights = read_safetensors(directory / MODEL_FILE)
+        clients = read_safetensors(directory / CLIENTS_FILE)
+        _check_state(directory, meta, weights, clients)
         return cls(
             model=meta["model"],
-            weights=load_file(str(directory / MODEL_FILE)),
+            weights=weights,
             max_count={k: int(v) for k, v in meta["max_count"].items()},
             normalizers=meta["normalizers"],
             client_ids=list(meta["client_ids"]),
@@ -119,5 +125,68 @@ class NeuralState:
             span_s=float(meta["span_s"]),
             population=ClientPopulation.from_json(meta["population"]),
             training=meta["training"],
-            model_rate_curves=model_curves,
+            model_rate_curves=clients.get("model_rate_curves"),
+        )
+
+
+def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> None:
+    meta_path, weights_path, clients_path = (
+        directory / META_FILE,
+        directory / MODEL_FILE,
+        directory / CLIENTS_FILE,
+    )
+    model = meta_field(meta, "model", meta_path, dict)
+    ids = check_ids(meta_field(meta, "client_ids", meta_path, list), meta_path, "client_ids")
+    n = len(ids)
+    for key in ("span_s", "rate_bin_s"):
+        check_number(meta_field(meta, key, meta_path, (int, float)), meta_path, key, positive=True)
+    check_number(meta_field(meta, "origin_s", meta_path, (int, float)), meta_path, "origin_s")
+    for key in ("normalizers", "population", "training", "max_count"):
+        meta_field(meta, key, meta_path, dict)
+    for name, value in meta["max_count"].items():
+        check_number(value, meta_path, f"max_count.{name}", minimum=1)
+    dims = {}
+    for key in ("hidden", "embedding", "activity_bins", "n_clients"):
+        dims[key] = int(
+            check_number(meta_field(model, key, meta_path, int), meta_path, f"model.{key}", minimum=1)
+        )
+    if dims["n_clients"] != n:
+        raise CheckpointError(
+            f"{meta_path}: model.n_clients={dims['n_clients']} but client_ids lists {n} clients"
+        )
+    for name, array in weights.items():
+        check_array(array, weights_path, name, kind="i" if name.startswith("spikes_") else "f")
+    hidden, embedding = dims["hidden"], dims["embedding"]
+    expected = {
+        "embedding.weight": (n, embedding),
+        "activity": (n, dims["activity_bins"]),
+        "gap_log_mean": (n,),
+        "gap_log_std": (n,),
+        "activity_span_s": (),
+        "activity_log_mean": (),
+        "activity_log_std": (),
+        "encoder.initial.weight": (hidden, embedding),
+        "encoder.gru.weight_hh_l0": (3 * hidden, hidden),
+        "encoder.gru.weight_ih_l0": (3 * hidden, None),
+        "encoder.gru.bias_hh_l0": (3 * hidden,),
+        "encoder.gru.bias_ih_l0": (3 * hidden,),
+    }
+    for name, shape in expected.items():
+        if name not in weights:
+            raise CheckpointError(f"{weights_path}: tensor '{name}' is missing")
+        check_array(weights[name], weights_path, name, shape=shape)
+    for name, array in weights.items():
+        # Every linear layer's bias matches its weight's output size.
+        if name.endswith(".weight") and name[: -len("weight")] + "bias" in weights:
+            bias = name[: -len("weight")] + "bias"
+            check_array(weights[bias], weights_path, bias, shape=(array.shape[0],))
+    check_array(weights["gap_log_std"], weights_path, "gap_log_std", minimum=0.0)
+    for key in ("traffic", "rate_curves"):
+        if key not in clients:
+            raise CheckpointError(f"{clients_path}: tensor '{key}' is missing")
+    check_array(clients["traffic"], clients_path, "traffic", shape=(n,), kind="i", minimum=0)
+    curves = check_array(clients["rate_curves"], clients_path, "rate_curves", shape=(n, None), minimum=0.0)
+    if "model_rate_curves" in clients:
+        check_array(
+            clients["model_rate_curves"], clients_path, "model_rate_curves", shape=curves.shape, minimum=0.0
         )

@@ -37,8 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from servegen_ml.atomic import atomic_dir
+from servegen_ml.checkpoint_checks import check_ids, check_number, check_table, meta_field
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.errors import InputNotFoundError, UserError
+from servegen_ml.errors import CheckpointError, UserError
 from servegen_ml.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
 
@@ -250,22 +251,88 @@ class ClientPool:
 
     @classmethod
     def load(cls, directory: str | Path) -> ClientPool:
+        """Read a pool written by :meth:`save`, checking every field (damage is a CheckpointError)."""
         directory = Path(directory)
-        meta = read_meta(directory / "pool.json", POOL_FORMAT, POOL_VERSION, "client pool")
+        path = directory / "pool.json"
+        meta = read_meta(path, POOL_FORMAT, POOL_VERSION, "client pool")
+        clients = check_ids(meta_field(meta, "clients", path, list), path, "clients")
+        rate_window_s = check_number(
+            meta_field(meta, "rate_window_s", path, (int, float)), path, "rate_window_s", positive=True
+        )
+        data_window_s = check_number(
+            meta_field(meta, "data_window_s", path, (int, float)), path, "data_window_s", positive=True
+        )
+        span_s = check_number(meta_field(meta, "span_s", path, (int, float)), path, "span_s", positive=True)
+        origin_s = check_number(meta.get("origin_s", 0.0), path, "origin_s")
+        population_rate = check_number(meta.get("population_rate", 0.0), path, "population_rate", minimum=0)
         rates = _read_parquet(directory / "rates.parquet", RATE_COLUMNS)
         pmfs = _read_parquet(directory / "pmfs.parquet", PMF_COLUMNS)
+        _check_rates(rates, directory / "rates.parquet", set(clients), span_s)
+        _check_pmfs(pmfs, directory / "pmfs.parquet", set(clients), span_s)
         return cls(
-            clients=tuple(meta["clients"]),
+            clients=tuple(clients),
             rates=rates,
             pmfs=pmfs,
-            rate_window_s=float(meta["rate_window_s"]),
-            data_window_s=float(meta["data_window_s"]),
-            span_s=float(meta["span_s"]),
-            origin_s=float(meta.get("origin_s", 0.0)),
-            population_rate=float(meta.get("population_rate", 0.0)),
+            rate_window_s=rate_window_s,
+            data_window_s=data_window_s,
+            span_s=span_s,
+            origin_s=origin_s,
+            population_rate=population_rate,
             source=str(meta.get("source", "")),
             notes=list(meta.get("notes", [])),
         )
+
+
+def _distinct(column: pd.Series, path: Path) -> set[str]:
+    """Distinct values of a string column (read as categories: no string per row)."""
+    if column.isna().any():
+        raise CheckpointError(f"{path}: column '{column.name}' has missing values")
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = np.unique(column.cat.codes.to_numpy())
+        return {str(c) for c in column.cat.categories[codes]}
+    return {str(c) for c in pd.unique(column)}
+
+
+def _check_ids_column(column: pd.Series, path: Path, known: set[str], what: str) -> None:
+    unknown = sorted(_distinct(column, path) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: column 'client_id' has ids {unknown[:5]} that are not {what}")
+
+
+def _check_rates(rates: pd.DataFrame, path: Path, clients: set[str], span_s: float) -> None:
+    check_table(
+        rates,
+        path,
+        {"window_start_s": ("f", 0.0, span_s), "rate": ("f", 0.0, None), "shape": ("f", 0.0, None)},
+    )
+    if (rates["window_start_s"].to_numpy(np.float64) >= span_s).any():
+        raise CheckpointError(f"{path}: column 'window_start_s' has windows at or after span_s={span_s:g}")
+    families = _distinct(rates["family"], path)
+    if not families <= set(ia.FAMILIES):
+        raise CheckpointError(
+            f"{path}: column 'family' has {sorted(families - set(ia.FAMILIES))}; expected {ia.FAMILIES}"
+        )
+    _check_ids_column(rates["client_id"], path, clients, "in pool.json's clients")
+
+
+def _check_pmfs(pmfs: pd.DataFrame, path: Path, clients: set[str], span_s: float) -> None:
+    check_table(
+        pmfs,
+        path,
+        {
+            "window_start_s": ("f", WHOLE_TRACE, None),
+            "value": ("f", 0.0, None),
+            "prob": ("f", 0.0, 1.0),
+            "count": ("f", 0.0, None),
+        },
+    )
+    window = pmfs["window_start_s"].to_numpy(np.float64)
+    if ((window != WHOLE_TRACE) & ((window < 0) | (window >= span_s))).any():
+        raise CheckpointError(f"{path}: column 'window_start_s' must be -1 or in [0, span_s={span_s:g})")
+    fields = _distinct(pmfs["field"], path)
+    if not fields <= set(FIELDS):
+        raise CheckpointError(f"{path}: column 'field' has unknown fields {sorted(fields - set(FIELDS))}")
+    _check_ids_column(pmfs["client_id"], path, clients | {POPULATION}, "in pool.json's clients")
 
 
 def _rows_of(codes: np.ndarray, code: int):
@@ -295,12 +362,12 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 def _read_parquet(path: Path, columns) -> pd.DataFrame:
     if not path.is_file():
-        raise InputNotFoundError(f"client pool file {path} is missing")
+        raise CheckpointError(f"client pool file {path} is missing")
     try:
         table = pq.read_table(path, read_dictionary=["client_id", "field", "family"])
-    except (pa.ArrowInvalid, OSError) as e:
-        raise UserError(f"{path}: corrupt Parquet ({e})") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise UserError(f"{path}: missing columns {missing}")
-    return table.select(list(columns)).to_pandas()
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise CheckpointError(f"{path}: missing columns {missing}")
+        return table.select(list(columns)).to_pandas()
+    except (pa.ArrowException, OSError) as e:
+        raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None
