@@ -29,6 +29,7 @@ COMMANDS = {
     "export": "write a trace in a load generator's or simulator's format",
     "characterize": "the ServeGen paper's analyses of a trace, with figures",
     "bench": "fidelity metrics of synthetic traces against real ones, with the noise floor",
+    "inspect": "show what a checkpoint holds and check every file of it",
 }
 
 

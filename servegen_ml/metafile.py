@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from servegen_ml.errors import CheckpointError, InputNotFoundError
+from servegen_ml.errors import CheckpointError
 
 
 def read_meta(path: str | Path, fmt: str, version: int, what: str) -> dict:
     """The JSON object at ``path``, which must be a ``fmt`` file of at most ``version`` (``what``: for errors)."""
     path = Path(path)
     if not path.is_file():
-        raise InputNotFoundError(f"{path}: no {what} here")
+        raise CheckpointError(f"{path}: no {what} here")
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
