@@ -80,11 +80,18 @@ def peek_columns(path: str | Path, container: str) -> list[str]:
         with _open_text_stream(path) as f:
             for line_no, line in enumerate(f, start=1):
                 if line.strip():
-                    record = json.loads(line)
+                    try:
+                        record = json.loads(line)
+                    except ValueError as e:
+                        raise TraceReadError(
+                            f"{path}, line {line_no}: not valid JSON or not UTF-8 ({e})"
+                        ) from e
                     if not isinstance(record, dict):
-                        raise UserError(f"line {line_no} is not a JSON object")
+                        raise TraceReadError(f"{path}, line {line_no}: expected a JSON object")
                     return list(record)
         return []
+    except TraceReadError:
+        raise
     except (OSError, ValueError, pa.ArrowException, pd.errors.ParserError, EOFError) as e:
         raise _read_error(path, container, e) from e
 
