@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from servegen_ml.core.progress import StepBar
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest
-from servegen_ml.generators.spec import GenerationSpec
-from servegen_ml.progress import StepBar
 from servegen_ml.trace.schema import UNITS
 
 

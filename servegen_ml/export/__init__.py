@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servegen_ml import __version__
-from servegen_ml.atomic import write_text
+from servegen_ml.core.atomic import write_text
+from servegen_ml.core.version import __version__
 from servegen_ml.export.formats import FORMATS
 from servegen_ml.trace.schema import REQUIRED_COLUMNS
 
