@@ -1,3 +1,5 @@
 """servegen_ml: learn LLM-serving workloads from request traces and generate synthetic ones."""
 
-__version__ = "0.1.0"
+from servegen_ml.core.version import __version__
+
+__all__ = ["__version__"]

@@ -16,10 +16,10 @@ import sys
 import tempfile
 import traceback
 import warnings
-from pathlib import Path
 
-from servegen_ml.errors import UserError, WorkerFinished
-from servegen_ml.interrupt import Terminated, terminate_as_interrupt
+from servegen_ml.core.config import compose
+from servegen_ml.core.errors import UserError, WorkerFinished
+from servegen_ml.core.interrupt import Terminated, terminate_as_interrupt
 
 COMMANDS = {
     "validate": "check a trace against the canonical schema and summarize it",
@@ -31,31 +31,6 @@ COMMANDS = {
     "bench": "fidelity metrics of synthetic traces against real ones, with the noise floor",
     "inspect": "show what a checkpoint holds and check every file of it",
 }
-
-
-def config_dir() -> Path:
-    """``configs/`` of the source tree (editable install) or ``$SERVEGEN_ML_CONFIG_DIR``."""
-    env = os.environ.get("SERVEGEN_ML_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
-    if not path.is_dir():
-        raise UserError(
-            f"config directory {path} not found; set SERVEGEN_ML_CONFIG_DIR to servegen-ml's configs/"
-        )
-    return path
-
-
-def compose(command: str, overrides: list[str]):
-    """The resolved config of ``command`` with ``key=value`` overrides applied."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return hydra_compose(config_name=command, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(f"bad arguments for '{command}': {e}") from None
 
 
 def _usage() -> str:

@@ -1,7 +1,7 @@
 """Thin Hydra entry point: ``python train/train.py data.path=... model=parametric out=DIR [split=0.67]``.
 
 Builds the generator from ``configs/train.yaml`` and calls
-:func:`servegen_ml.training.fit_from_config`; ``servegen-ml train`` runs the same code.
+:func:`servegen_ml.generators.training.fit_from_config`; ``servegen-ml train`` runs the same code.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 
 import hydra
 
-from servegen_ml.errors import WorkerFinished
-from servegen_ml.training import fit_from_config
+from servegen_ml.core.errors import WorkerFinished
+from servegen_ml.generators.training import fit_from_config
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

@@ -20,7 +20,7 @@ from servegen_ml.bench import metrics
 from servegen_ml.bench.progress import progress
 from servegen_ml.bench.provisioning import SLO, smallest_instance_count, under_provisioning_error
 from servegen_ml.bench.serving_model import ServingModel
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 
 
 @dataclass

@@ -33,7 +33,7 @@ import pandas as pd
 
 from servegen_ml.bench.serving_model import ServingModel
 from servegen_ml.bench.simulator import SimulationResult, simulate
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 
 
 @dataclass(frozen=True)

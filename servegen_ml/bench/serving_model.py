@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 
 
 @dataclass(frozen=True)

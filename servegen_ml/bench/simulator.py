@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.bench.serving_model import ServingModel
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 from servegen_ml.stats.arrivals import ArrivalAccumulator
 from servegen_ml.stats.clients import ClientAccumulator
 from servegen_ml.stats.conversations import ConversationAccumulator

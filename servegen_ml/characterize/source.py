@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from servegen_ml.errors import InputNotFoundError, UserError
+from servegen_ml.core.errors import InputNotFoundError, UserError
 
 
 def iter_chunks(

@@ -22,15 +22,15 @@ ServeGen pool needs ``+data.duration_s=S`` (and optionally ``+data.start_s``,
 from __future__ import annotations
 
 from servegen_ml.commands.validate import adapter_options
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 from servegen_ml.export import FORMATS, export_trace, meta_path
-from servegen_ml.trace.io import read_trace
+from servegen_ml.pool import read_source
 
 
 def run(cfg) -> int:
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format!r}: choose one of {', '.join(FORMATS)}")
-    trace = read_trace(
+    trace = read_source(
         cfg.data.path, cfg.data.format, bool(cfg.data.skip_bad_rows), **adapter_options(cfg.data)
     )
     meta = {"source": str(cfg.data.path), "source_format": str(cfg.data.format)}

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
+from servegen_ml.core.outputs import check_free_space, check_output_file
+from servegen_ml.core.progress import StepBar
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest
 from servegen_ml.generators.size import FILE_BYTES_PER_REQUEST, check_size
-from servegen_ml.generators.spec import GenerationSpec
-from servegen_ml.outputs import check_free_space, check_output_file
-from servegen_ml.progress import StepBar
 from servegen_ml.trace.schema import UNITS
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest
 from servegen_ml.generators.size import natural_rate_s
-from servegen_ml.generators.spec import GenerationSpec
 
 
 def run(cfg) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from servegen_ml.generators.spec import RateSpec
+from servegen_ml.core.spec import RateSpec
 
 CURVE_STEP_S = 60.0
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servegen_ml import __version__
-from servegen_ml.atomic import atomic_paths
-from servegen_ml.errors import UserError
+from servegen_ml.core.atomic import atomic_paths
+from servegen_ml.core.errors import UserError
+from servegen_ml.core.version import __version__
 from servegen_ml.export.formats import FORMATS
 from servegen_ml.trace.schema import REQUIRED_COLUMNS
 

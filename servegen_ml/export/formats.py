@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from servegen_ml.atomic import atomic_path
+from servegen_ml.core.atomic import atomic_path
 from servegen_ml.export import jsonl
 from servegen_ml.export.hash_ids import PrefixBlocks, conversation_chains
 from servegen_ml.trace.schema import MODALITIES, UNITS, list_lengths

@@ -12,7 +12,7 @@ Likelihood convention (M1), shared by all generators so numbers compare:
   ... , ``conversation``), plus ``total``; values in nats.
 * ``time`` is the log-probability of the event's client-labelled arrival: the
   gap since the previous event of the same client stream, discretized at
-  :data:`TIME_RESOLUTION_S` (``log P(gap in [g, g + resolution))``), so ties and
+  :data:`~servegen_ml.core.spec.TIME_RESOLUTION_S` (``log P(gap in [g, g + resolution))``), so ties and
   zero gaps have finite, comparable likelihood. The survival term from each
   client's last event to the end of the evaluation window is added to that
   last event's ``time``. A generator without clients (naive) adds
@@ -24,7 +24,7 @@ Likelihood convention (M1), shared by all generators so numbers compare:
   (the conversation went on, its inter-turn gap, its new tokens) with ``time``
   and ``input_tokens`` 0, and each conversation's last turn adds the
   probability that it stopped or continued past the window
-  (:mod:`servegen_ml.compose.conversation_likelihood`).
+  (:mod:`servegen_ml.conversations.likelihood`).
 """
 
 from __future__ import annotations
@@ -41,14 +41,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from servegen_ml import __version__
-from servegen_ml.atomic import atomic_dir, current_umask
-from servegen_ml.checkpoint_checks import meta_field, read_json_object
-from servegen_ml.errors import CheckpointError
-from servegen_ml.generators.spec import GenerationSpec
-from servegen_ml.outputs import check_checkpoint_dir
+from servegen_ml.core.atomic import atomic_dir, current_umask
+from servegen_ml.core.checkpoint_checks import meta_field, read_json_object
+from servegen_ml.core.errors import CheckpointError
+from servegen_ml.core.outputs import check_checkpoint_dir
+from servegen_ml.core.spec import GenerationSpec
+from servegen_ml.core.version import __version__
 
-TIME_RESOLUTION_S = 1e-3
 MANIFEST = "manifest.json"
 CHECKPOINT_FORMAT_VERSION = 1
 

@@ -5,19 +5,19 @@ client embedding and time-of-day / day-of-week features; its heads give the
 gap to the client's next request (log-normal mixture plus a point mass for
 simultaneous arrivals) and then, in order, the item counts and tokens per
 item, the input (text) tokens, the output tokens and the reasoning part
-(:mod:`servegen_ml.models.tpp`). Training runs with Lightning on chunks of
-each client's stream (:mod:`servegen_ml.models.fit`); sampling runs the
+(:mod:`servegen_ml.neural.model.tpp`). Training runs with Lightning on chunks of
+each client's stream (:mod:`servegen_ml.neural.training.fit`); sampling runs the
 trained step in numpy over many stream segments at once
-(:mod:`servegen_ml.models.segment_sampler`); ``clients=new:N`` draws from a
+(:mod:`servegen_ml.neural.sampling.segment_sampler`); ``clients=new:N`` draws from a
 traffic-weighted Gaussian mixture over the client embeddings.
 
 Conversations (a DataFrame with ``conversation_id`` and follow-ups): the
 point process learns the conversation openers, and conversation heads
-(:mod:`servegen_ml.models.conversation_heads`) learn whether a turn is
+(:mod:`servegen_ml.conversations.neural.heads`) learn whether a turn is
 followed, after what gap, with how many new prompt tokens and what output;
 sampling, upsampling modes and the ``conversation`` likelihood part follow
-:mod:`servegen_ml.compose.conversation_sampling` and
-:mod:`servegen_ml.compose.conversation_likelihood` (docs/conversations.md).
+:mod:`servegen_ml.conversations.sampling` and
+:mod:`servegen_ml.conversations.likelihood` (docs/conversations.md).
 
 ``fit`` takes a canonical DataFrame, or a path to a trace file, which is
 streamed chunk by chunk into memory-mapped columns (``store_dir``, default a
@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from servegen_ml.errors import UserError
-from servegen_ml.generators.base import TIME_RESOLUTION_S, Generator
-from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.core.errors import UserError
+from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
+from servegen_ml.generators.base import Generator
 
 # Trace columns of each model part in log_prob's output.
 PART_COLUMNS = {
@@ -139,10 +139,10 @@ class NeuralGenerator(Generator):
 
     def fit(self, trace: pd.DataFrame | str | os.PathLike) -> NeuralGenerator:
         """Train on a canonical trace (DataFrame) or stream one from a trace file (path)."""
-        from servegen_ml.data.events import build_store, store_from_frame
+        from servegen_ml.neural.data.events import build_store, store_from_frame
 
         if isinstance(trace, pd.DataFrame):
-            from servegen_ml.compose.conversations import fit_conversation_roles
+            from servegen_ml.conversations.empirical import fit_conversation_roles
             from servegen_ml.trace.validate import require_time_span
 
             require_time_span(trace)
@@ -165,17 +165,17 @@ class NeuralGenerator(Generator):
             return self._fit_store(store)
 
     def _fit_conversations(self, trace: pd.DataFrame, roles) -> None:
-        from servegen_ml.models.conversation_fit import fit_neural_conversations
+        from servegen_ml.conversations.neural.fit import fit_neural_conversations
 
         self.conversations_ = fit_neural_conversations(
             trace, roles, self.state_, self._follow_up_marks, self.settings, self.trainer
         )
 
     def _fit_store(self, store) -> NeuralGenerator:
-        from servegen_ml.models.fit import train_tpp
-        from servegen_ml.models.generate import measure_rate_curves
-        from servegen_ml.models.population import fit_population
-        from servegen_ml.models.state import NeuralState
+        from servegen_ml.neural.population import fit_population
+        from servegen_ml.neural.sampling.generate import measure_rate_curves
+        from servegen_ml.neural.state import NeuralState
+        from servegen_ml.neural.training.fit import train_tpp
 
         result = train_tpp(store, self.settings, self.trainer, self.settings["seed"])
         state = NeuralState(
@@ -209,8 +209,8 @@ class NeuralGenerator(Generator):
 
     def _follow_up_marks(self, conversations=None):
         """Marks of follow-up turns (models.conversation_marks); ``conversations`` defaults to the fitted model."""
-        from servegen_ml.models.conversation_marks import FollowUpMarks
-        from servegen_ml.models.segment_sampler import ClientTable
+        from servegen_ml.conversations.neural.marks import FollowUpMarks
+        from servegen_ml.neural.sampling.segment_sampler import ClientTable
 
         state = self.state_
         table = ClientTable(*self._client_inputs(len(state.client_ids) + 1))
@@ -218,7 +218,7 @@ class NeuralGenerator(Generator):
         return FollowUpMarks(self._numpy_tpp, table, state.span_s, model)
 
     def _set_state(self, state) -> None:
-        from servegen_ml.models.numpy_tpp import NumpyTPP
+        from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
 
         self.state_ = state
         self._numpy_tpp = NumpyTPP(state.model, state.weights, state.max_count)
@@ -230,7 +230,7 @@ class NeuralGenerator(Generator):
         self._require_fitted()
         from threadpoolctl import threadpool_limits
 
-        from servegen_ml.models.generate import sample_trace
+        from servegen_ml.neural.sampling.generate import sample_trace
 
         s, state = self.settings, self.state_
 
@@ -243,10 +243,10 @@ class NeuralGenerator(Generator):
         with threadpool_limits(limits=1, user_api="blas"):
             if self.conversations_ is None:
                 return sample_openers(spec)
-            from servegen_ml.compose.conversation_sampling import (
+            from servegen_ml.conversations.sampling import (
                 sample_with_conversations,
             )
-            from servegen_ml.models.generate import natural_rates
+            from servegen_ml.neural.sampling.generate import natural_rates
 
             rates = None
             if spec.rate.kind in ("constant", "curve"):
@@ -268,7 +268,7 @@ class NeuralGenerator(Generator):
             raise UserError(f"window_end_s={window_end_s} is before the last event ({ts.max()})")
         if self.conversations_ is None:
             return self._log_prob_requests(trace, window_end_s)
-        from servegen_ml.compose.conversation_likelihood import (
+        from servegen_ml.conversations.likelihood import (
             log_prob_with_conversations,
         )
 
@@ -283,9 +283,9 @@ class NeuralGenerator(Generator):
 
     def _log_prob_requests(self, trace: pd.DataFrame, window_end_s: float | None) -> pd.DataFrame:
         """Every request scored as an event of its client's stream (M1; module docstring)."""
-        from servegen_ml.data.events import store_from_frame
-        from servegen_ml.models.fit import torch_threads
-        from servegen_ml.models.scoring import score_store
+        from servegen_ml.neural.data.events import store_from_frame
+        from servegen_ml.neural.training.fit import torch_threads
+        from servegen_ml.neural.training.scoring import score_store
 
         state = self.state_
         ts = trace["timestamp"].to_numpy(np.float64)
@@ -307,9 +307,9 @@ class NeuralGenerator(Generator):
     def _log_prob_follow_ups(self, trace: pd.DataFrame, rows: np.ndarray, before, end_s: float):
         """Marks of follow-up rows (models.conversation_marks); ``before``: the turns they follow. Time and
         input are replaced by the conversation layer."""
-        from servegen_ml.data.events import store_from_frame
-        from servegen_ml.models.conversation_marks import follow_up_log_prob
-        from servegen_ml.models.fit import torch_threads
+        from servegen_ml.conversations.neural.marks import follow_up_log_prob
+        from servegen_ml.neural.data.events import store_from_frame
+        from servegen_ml.neural.training.fit import torch_threads
 
         state = self.state_
         sub = trace.iloc[rows].reset_index(drop=True)
@@ -364,7 +364,7 @@ class NeuralGenerator(Generator):
         if self._torch_tpp is None:
             import torch
 
-            from servegen_ml.models.tpp import MarkedTPP
+            from servegen_ml.neural.model.tpp import MarkedTPP
 
             model = MarkedTPP(**self.state_.model)
             model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state_.weights.items()})
@@ -382,8 +382,8 @@ class NeuralGenerator(Generator):
             self.conversations_.save(directory)
 
     def _load_state(self, directory: Path) -> None:
-        from servegen_ml.models.conversation_model import NeuralConversationModel
-        from servegen_ml.models.state import NeuralState
+        from servegen_ml.conversations.neural.model import NeuralConversationModel
+        from servegen_ml.neural.state import NeuralState
 
         self._set_state(NeuralState.load(Path(directory)))
         saved = NeuralConversationModel.saved_in(directory)

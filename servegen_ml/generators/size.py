@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from servegen_ml.errors import UserError
-from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.core.errors import UserError
+from servegen_ml.core.spec import GenerationSpec
 
 # Peak memory per generated request while sampling and writing (columns, sort keys, Arrow copies).
 BYTES_PER_REQUEST = 400

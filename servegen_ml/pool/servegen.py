@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.errors import InputNotFoundError, UserError
+from servegen_ml.core.errors import InputNotFoundError, UserError
 from servegen_ml.pool.empirical import count_by_keys
 from servegen_ml.pool.table import FIELDS, POPULATION, WHOLE_TRACE, ClientPool
 

@@ -36,11 +36,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from servegen_ml.atomic import atomic_dir
-from servegen_ml.checkpoint_checks import check_ids, check_number, check_table, meta_field
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.errors import CheckpointError, UserError
-from servegen_ml.metafile import read_meta
+from servegen_ml.core.atomic import atomic_dir
+from servegen_ml.core.checkpoint_checks import check_ids, check_number, check_table, meta_field
+from servegen_ml.core.clients import client_codes
+from servegen_ml.core.errors import CheckpointError, UserError
+from servegen_ml.core.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
 
 RATE_COLUMNS = ("client_id", "window_start_s", "rate", "cv", "family", "shape", "scale")
@@ -150,9 +151,7 @@ class ClientPool:
 
     def client_codes(self, ids) -> np.ndarray:
         """Codes of client ids; unknown ids get the population code ``n_clients``."""
-        index = pd.Index(self.clients)
-        codes = index.get_indexer(pd.Index(np.asarray(ids, dtype=object).astype(str)))
-        return np.where(codes < 0, self.n_clients, codes).astype(np.int64)
+        return client_codes(self.clients, ids)
 
     @cached_property
     def rate_lookup(self) -> RateLookup:

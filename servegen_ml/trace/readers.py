@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 from servegen_ml.trace.schema import LIST_DTYPE, STRING_DTYPE
 
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".xz")

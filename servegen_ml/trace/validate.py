@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 from servegen_ml.trace.keymap import KeyMap, hash_strings, splitmix64
 from servegen_ml.trace.schema import (
     COLUMN_ORDER,

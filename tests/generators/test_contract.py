@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import NotFittedError, load_generator
 from servegen_ml.generators.naive import NaiveGenerator
 from servegen_ml.generators.parametric import ParametricGenerator
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.trace.schema import REQUIRED_COLUMNS
 from servegen_ml.trace.validate import validate_trace
 from tests.factories import synthetic_trace

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from servegen_ml.cli import main
-from servegen_ml.errors import CheckpointError
+from servegen_ml.core.errors import CheckpointError
 from servegen_ml.generators.base import load_generator
 from tests.reliability.damage import DAMAGES
 

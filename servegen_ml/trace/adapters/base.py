@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 from servegen_ml.trace.schema import REQUIRED_COLUMNS, STRING_DTYPE
 
 

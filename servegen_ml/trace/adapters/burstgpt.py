@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from servegen_ml.errors import UserError
+from servegen_ml.core.errors import UserError
 from servegen_ml.trace.adapters.base import Adapter, constant_strings, ids_as_strings, joined_strings
 from servegen_ml.trace.keymap import KeyMap, hash_strings
 from servegen_ml.trace.schema import STRING_DTYPE

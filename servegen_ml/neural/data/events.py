@@ -1,0 +1,373 @@
+"""Canonical trace -> per-client event streams: client-major numpy columns, in memory or memory-mapped.
+
+An :class:`EventStore` holds every event of a trace grouped by client (client
+``c`` owns rows ``offsets[c]:offsets[c + 1]``, sorted by time). It is built in
+two passes over an iterable of canonical chunks, so a trace larger than memory
+is streamed from Parquet into memory-mapped column files (one ``.npy`` each);
+an in-memory trace is the one-chunk case.
+
+Columns (N events): ``time_s`` float64 timeline position; ``input`` int32 base
+prompt tokens (input minus the items' tokens when items are part of the input);
+``output`` int32; ``reasoning`` int32 (if present); per modality ``m`` with
+items: ``{m}_count`` int32 and ``{m}_item_log`` float32 (mean log1p of its
+items' tokens, 0 without items), plus the flat items in ``items[m]`` as
+``(item_offsets (N + 1,) int64, item_tokens (M,) int32)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from servegen_ml.core.errors import UserError
+from servegen_ml.trace.schema import LIST_COLUMNS, list_lengths, list_values
+
+# Timestamps above this are read as epoch seconds: the timeline then starts at that day's midnight (UTC).
+EPOCH_THRESHOLD_S = 1e8
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class MarkLayout:
+    """Which marks a trace has, hence which heads a model has (heads for absent fields are absent)."""
+
+    modalities: tuple[str, ...] = ()
+    empty_modalities: tuple[str, ...] = ()
+    items_in_input: bool = False
+    has_text_tokens: bool = False
+    has_reasoning: bool = False
+
+    def count_fields(self) -> list[str]:
+        """Integer marks scored by a count head, in conditioning order (items before the text part)."""
+        fields = []
+        for m in self.modalities:
+            fields += [f"{m}_count", f"{m}_tokens"]
+        return fields + ["input", "output"]
+
+    def mark_columns(self) -> list[str]:
+        """Per-event mark columns of a store (and of a sampled event's marks), items as count and mean log."""
+        cols = ["input", "output"] + (["reasoning"] if self.has_reasoning else [])
+        return cols + [f"{m}_{k}" for m in self.modalities for k in ("count", "item_log")]
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MarkLayout:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def timeline_origin(first_timestamp_s: float) -> float:
+    """Where the learned timeline starts: 0 for relative timestamps, else the first day's midnight."""
+    if first_timestamp_s < EPOCH_THRESHOLD_S:
+        return 0.0
+    return float(np.floor(first_timestamp_s / DAY_S) * DAY_S)
+
+
+def item_arrays(chunk: pd.DataFrame, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """(items per row, flat item tokens) of a modality's list column."""
+    col = chunk[f"{modality}_tokens"]
+    return list_lengths(col), list_values(col)
+
+
+@dataclass
+class _LayoutScan:
+    """Pass-1 accumulator: clients, counts, span and which marks exist."""
+
+    columns: set[str] | None = None
+    client_counts: dict[str, int] = field(default_factory=dict)
+    first_s: float = np.inf
+    last_s: float = -np.inf
+    items_seen: dict[str, int] = field(default_factory=dict)
+    item_totals: dict[str, dict[str, int]] = field(default_factory=dict)
+    items_within_input: bool = True
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        cols = set(chunk.columns)
+        if self.columns is None:
+            self.columns = cols
+        elif cols != self.columns:
+            raise UserError(f"trace chunks disagree on columns: {sorted(cols ^ self.columns)}")
+        if len(chunk) == 0:
+            return
+        ts = chunk["timestamp"].to_numpy(np.float64)
+        if ts.min() < self.last_s:
+            raise UserError(
+                "trace is not sorted by timestamp across chunks; sort it (e.g. servegen-ml convert) before streaming"
+            )
+        self.first_s, self.last_s = min(self.first_s, ts.min()), max(self.last_s, ts.max())
+        ids = chunk["client_id"].astype(str)
+        for cid, n in ids.value_counts(sort=False).items():
+            self.client_counts[cid] = self.client_counts.get(cid, 0) + int(n)
+        item_sum = np.zeros(len(chunk), dtype=np.int64)
+        for m in (c.split("_")[0] for c in LIST_COLUMNS if c in cols):
+            counts, values = item_arrays(chunk, m)
+            self.items_seen[m] = self.items_seen.get(m, 0) + int(counts.sum())
+            per_client = pd.Series(counts).groupby(ids.to_numpy()).sum()
+            totals = self.item_totals.setdefault(m, {})
+            for cid, n in per_client.items():
+                totals[cid] = totals.get(cid, 0) + int(n)
+            item_sum += _row_sums(counts, values)
+        if (item_sum > chunk["input_tokens"].to_numpy(np.int64)).any():
+            self.items_within_input = False
+
+    def layout(self) -> MarkLayout:
+        present = [c.split("_")[0] for c in LIST_COLUMNS if c in (self.columns or set())]
+        with_items = tuple(m for m in present if self.items_seen.get(m, 0) > 0)
+        return MarkLayout(
+            modalities=with_items,
+            empty_modalities=tuple(m for m in present if m not in with_items),
+            items_in_input=bool(with_items) and self.items_within_input,
+            has_text_tokens="text_tokens" in (self.columns or set()),
+            has_reasoning="reasoning_tokens" in (self.columns or set()),
+        )
+
+
+def _row_sums(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Sum of each row's items given per-row counts and the flat values."""
+    ends = np.cumsum(counts)
+    csum = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return csum[ends] - csum[ends - counts]
+
+
+@dataclass
+class EventStore:
+    """Client-major event columns of one trace (see module docstring)."""
+
+    client_ids: list[str]
+    offsets: np.ndarray
+    layout: MarkLayout
+    origin_s: float
+    window_start_s: float
+    window_end_s: float
+    columns: dict[str, np.ndarray]
+    items: dict[str, tuple[np.ndarray, np.ndarray]]
+    directory: Path | None = None
+
+    @property
+    def n_events(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def client_of(self, idx: np.ndarray) -> np.ndarray:
+        """Client index of each event index."""
+        return np.searchsorted(self.offsets, idx, side="right") - 1
+
+    def __getstate__(self):
+        # Memory-mapped stores travel to DDP workers as file names, not copies of the data.
+        state = dict(self.__dict__)
+        if self.directory is not None:
+            state["columns"], state["items"] = None, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.columns is None:
+            self.columns, self.items = _open_columns(self.directory, self.layout)
+
+
+def build_store(
+    chunks: Callable[[], Iterable[pd.DataFrame]],
+    client_ids: list[str] | None = None,
+    layout: MarkLayout | None = None,
+    origin_s: float | None = None,
+    window: tuple[float | None, float | None] = (None, None),
+    directory: str | Path | None = None,
+) -> EventStore:
+    """Two passes over ``chunks()`` (canonical, time-sorted) -> :class:`EventStore`.
+
+    ``client_ids`` fixes the client index (ids not in it are appended in sorted
+    order); ``layout``/``origin_s`` default to those detected from the trace.
+    ``window`` is the observation window in trace timestamps (default: first and
+    last timestamp). With ``directory`` the columns are memory-mapped files there.
+    """
+    scan = _LayoutScan()
+    for chunk in chunks():
+        scan.add(chunk)
+    if not scan.client_counts:
+        raise UserError("trace has no events")
+    layout = layout or scan.layout()
+    origin_s = timeline_origin(scan.first_s) if origin_s is None else origin_s
+    known = list(client_ids or [])
+    ids = known + sorted(set(scan.client_counts) - set(known))
+    counts = np.array([scan.client_counts.get(c, 0) for c in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    item_offsets = {
+        m: np.concatenate([[0], np.cumsum([scan.item_totals[m].get(c, 0) for c in ids])]).astype(np.int64)
+        for m in layout.modalities
+    }
+    alloc = _allocator(directory)
+    columns, items = _allocate(alloc, int(offsets[-1]), layout, item_offsets)
+    writer = _Scatter(ids, offsets, item_offsets, layout, origin_s, columns, items)
+    for chunk in chunks():
+        writer.add(chunk)
+    writer.finish()
+    start = scan.first_s if window[0] is None else float(window[0])
+    end = scan.last_s if window[1] is None else float(window[1])
+    if directory is not None:
+        _write_meta(Path(directory), layout)
+    return EventStore(
+        client_ids=ids,
+        offsets=offsets,
+        layout=layout,
+        origin_s=origin_s,
+        window_start_s=start - origin_s,
+        window_end_s=end - origin_s,
+        columns=columns,
+        items=items,
+        directory=None if directory is None else Path(directory),
+    )
+
+
+def store_from_frame(trace: pd.DataFrame, **kwargs) -> EventStore:
+    """:func:`build_store` of an in-memory canonical trace."""
+    return build_store(lambda: [trace], **kwargs)
+
+
+def _allocator(directory: str | Path | None):
+    if directory is None:
+        return lambda name, n, dtype: np.zeros(n, dtype=dtype)
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    return lambda name, n, dtype: np.lib.format.open_memmap(
+        root / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,)
+    )
+
+
+def _column_dtypes(layout: MarkLayout) -> dict[str, type]:
+    dtypes = {"time_s": np.float64, "input": np.int32, "output": np.int32}
+    if layout.has_reasoning:
+        dtypes["reasoning"] = np.int32
+    for m in layout.modalities:
+        dtypes[f"{m}_count"] = np.int32
+        dtypes[f"{m}_item_log"] = np.float32
+    return dtypes
+
+
+def _allocate(alloc, n: int, layout: MarkLayout, item_offsets: dict[str, np.ndarray]):
+    columns = {name: alloc(name, n, dt) for name, dt in _column_dtypes(layout).items()}
+    items = {
+        m: (
+            alloc(f"{m}_item_offsets", n + 1, np.int64),
+            alloc(f"{m}_item_tokens", int(item_offsets[m][-1]), np.int32),
+        )
+        for m in layout.modalities
+    }
+    return columns, items
+
+
+def _write_meta(root: Path, layout: MarkLayout) -> None:
+    (root / "layout.json").write_text(json.dumps(layout.to_dict()))
+
+
+def _open_columns(directory: Path, layout: MarkLayout):
+    def load(name):
+        return np.load(directory / f"{name}.npy", mmap_mode="r")
+
+    columns = {name: load(name) for name in _column_dtypes(layout)}
+    items = {m: (load(f"{m}_item_offsets"), load(f"{m}_item_tokens")) for m in layout.modalities}
+    return columns, items
+
+
+class _Scatter:
+    """Pass 2: write each chunk's events to their client-major positions."""
+
+    def __init__(self, ids, offsets, item_offsets, layout, origin_s, columns, items):
+        self.code = {cid: i for i, cid in enumerate(ids)}
+        self.offsets, self.item_offsets = offsets, item_offsets
+        self.layout, self.origin_s = layout, origin_s
+        self.columns, self.items = columns, items
+        self.filled = np.zeros(len(ids), dtype=np.int64)
+        self.items_filled = {m: np.zeros(len(ids), dtype=np.int64) for m in layout.modalities}
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        if len(chunk) == 0:
+            return
+        codes = chunk["client_id"].astype(str).map(self.code).to_numpy(np.int64)
+        order = np.lexsort((chunk["timestamp"].to_numpy(), codes))
+        c = codes[order]
+        rank = _rank_within(c)
+        pos = self.offsets[c] + self.filled[c] + rank
+        item_sum = self._write_items(chunk, order, c, pos)
+        inputs = chunk["input_tokens"].to_numpy(np.int64)[order]
+        self.columns["time_s"][pos] = chunk["timestamp"].to_numpy(np.float64)[order] - self.origin_s
+        # A scored trace may break the training trace's input = text + items rule; its text part is then 0.
+        self.columns["input"][pos] = (
+            np.maximum(inputs - item_sum, 0) if self.layout.items_in_input else inputs
+        )
+        self.columns["output"][pos] = chunk["output_tokens"].to_numpy(np.int64)[order]
+        if self.layout.has_reasoning:
+            self.columns["reasoning"][pos] = chunk["reasoning_tokens"].to_numpy(np.int64)[order]
+        self.filled += np.bincount(c, minlength=len(self.filled))
+
+    def _write_items(self, chunk, order, c, pos) -> np.ndarray:
+        total = np.zeros(len(order), dtype=np.int64)
+        for m in self.layout.modalities:
+            counts, values = item_arrays(chunk, m)
+            row_start = np.concatenate([[0], np.cumsum(counts)])[:-1]
+            counts = counts[order]
+            # Flat item positions: each row's items keep their order, rows go to their client-major slots.
+            rank_items = _cumsum_within(c, counts)
+            first = self.item_offsets[m][c] + self.items_filled[m][c] + rank_items
+            src = np.repeat(row_start[order], counts) + _arange_within(counts)
+            dst = np.repeat(first, counts) + _arange_within(counts)
+            tokens = values[src]
+            self.items[m][1][dst] = tokens
+            self.items[m][0][pos] = first
+            self.columns[f"{m}_count"][pos] = counts
+            sums = _row_sums(counts, tokens)
+            log_sums = _row_sums_float(counts, np.log1p(tokens.astype(np.float64)))
+            self.columns[f"{m}_item_log"][pos] = np.where(counts > 0, log_sums / np.maximum(counts, 1), 0.0)
+            total += sums
+            self.items_filled[m] += np.bincount(c, weights=counts, minlength=len(self.filled)).astype(
+                np.int64
+            )
+        return total
+
+    def finish(self) -> None:
+        n = int(self.offsets[-1])
+        for m in self.layout.modalities:
+            self.items[m][0][n] = self.item_offsets[m][-1]
+
+
+def _rank_within(sorted_codes: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal codes (codes sorted)."""
+    idx = np.arange(len(sorted_codes))
+    starts = np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]])
+    return idx - np.maximum.accumulate(np.where(starts, idx, 0))
+
+
+def _cumsum_within(sorted_codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Exclusive cumulative sum of ``values`` within each run of equal codes."""
+    csum = np.cumsum(values) - values
+    idx = np.arange(len(sorted_codes))
+    starts = np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]])
+    run_start = np.maximum.accumulate(np.where(starts, idx, 0))
+    return csum - csum[run_start]
+
+
+def _arange_within(counts: np.ndarray) -> np.ndarray:
+    """Concatenated aranges: [0..counts[0]), [0..counts[1]), ..."""
+    total = int(counts.sum())
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total) - starts
+
+
+def _row_sums_float(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    ends = np.cumsum(counts)
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    return csum[ends] - csum[ends - counts]
+
+
+def iter_blocks(n: int, block: int = 4_000_000) -> Iterator[tuple[int, int]]:
+    """(lo, hi) ranges covering [0, n) in blocks, for passes over memory-mapped columns."""
+    for lo in range(0, n, block):
+        yield lo, min(n, lo + block)
