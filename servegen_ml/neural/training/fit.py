@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from servegen_ml.core.errors import WorkerFinished
+from servegen_ml.core.interrupt import Terminated
 from servegen_ml.neural.data.chunks import split_segments
 from servegen_ml.neural.data.events import EventStore
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
@@ -106,7 +107,14 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
     ):
         trainer_obj = _make_trainer(L, trainer, run_dir, monitor)
         ckpt_path = _resume_path(run_dir, trainer)
-        trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        try:
+            trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        except SystemExit:
+            # Lightning turns ^C and SIGTERM into sys.exit(1); give the caller the interrupt back.
+            if not trainer_obj.interrupted:
+                raise
+            sigterm = getattr(getattr(trainer_obj, "_signal_connector", None), "received_sigterm", False)
+            raise (Terminated if sigterm else KeyboardInterrupt)("training interrupted") from None
         if trainer_obj.global_rank != 0:
             # A subprocess-launched DDP worker: training is its only job; its entry point exits 0.
             raise WorkerFinished(f"rank {trainer_obj.global_rank} finished training")
