@@ -110,7 +110,7 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         try:
             trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
         except SystemExit:
-            # Lightning turns ^C and SIGTERM into sys.exit(1); give the caller the interrupt back.
+            # Lightning turns ^C and SIGTERM into SystemExit(1); give the caller the interrupt back.
             if not trainer_obj.interrupted:
                 raise
             sigterm = getattr(getattr(trainer_obj, "_signal_connector", None), "received_sigterm", False)
