@@ -57,6 +57,8 @@ FIELDS = (
     *(f"{m}_tokens" for m in MODALITIES),
     "reason_ratio",
 )
+# More windows than this is damage (a week at 1 s windows is 604,800); tables are sized by it.
+MAX_WINDOWS = 10_000_000
 POOL_FORMAT = "servegen_ml.client_pool"
 POOL_VERSION = 1
 
@@ -263,6 +265,11 @@ class ClientPool:
         )
         span_s = check_number(meta_field(meta, "span_s", path, (int, float)), path, "span_s", positive=True)
         origin_s = check_number(meta.get("origin_s", 0.0), path, "origin_s")
+        for key, width in (("rate_window_s", rate_window_s), ("data_window_s", data_window_s)):
+            if span_s / width > MAX_WINDOWS:
+                raise CheckpointError(
+                    f"{path}: field '{key}'={width:g} cuts span_s={span_s:g} into more than {MAX_WINDOWS:,} windows"
+                )
         population_rate = check_number(meta.get("population_rate", 0.0), path, "population_rate", minimum=0)
         rates = _read_parquet(directory / "rates.parquet", RATE_COLUMNS)
         pmfs = _read_parquet(directory / "pmfs.parquet", PMF_COLUMNS)

@@ -236,6 +236,8 @@ def _check_string(series: pd.Series) -> tuple[pd.arrays.ArrowStringArray, dict]:
     wrong = np.zeros(len(series), dtype=bool)
     if pd.api.types.is_bool_dtype(dtype) or _is_arrow_nested(dtype):
         wrong = ~missing
+        # No value of a list or bool column is usable as an id (and pandas cannot put "" into a list column).
+        series = pd.Series(np.full(len(series), "", dtype=object))
     elif pd.api.types.is_float_dtype(dtype):
         # Integer ids read as floats (a JSON column with nulls) print as "7", not "7.0".
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
