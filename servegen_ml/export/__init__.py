@@ -17,6 +17,7 @@ import pandas as pd
 
 from servegen_ml.core.atomic import atomic_paths
 from servegen_ml.core.errors import UserError
+from servegen_ml.core.outputs import check_free_space, check_output_file
 from servegen_ml.core.version import __version__
 from servegen_ml.export.formats import FORMATS
 from servegen_ml.trace.schema import REQUIRED_COLUMNS
@@ -39,13 +40,24 @@ def export_trace(
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"cannot export: the trace has no {', '.join(missing)} column(s)")
-    path = Path(path)
+    path = check_output_file(path)
+    check_free_space(path, estimated_bytes(df, format))
     trace, start_offset_s = _from_zero(df)
     # The file and its sidecar are replaced as one unit: never one run's data with another's sidecar.
     with atomic_paths(path, meta_path(path)) as (data_tmp, meta_tmp):
         format_meta = FORMATS[format].write(trace, data_tmp)
         _write_sidecar(meta_tmp, path, format, trace, start_offset_s, meta, format_meta)
     return path
+
+
+def estimated_bytes(df: pd.DataFrame, format: str) -> float:
+    """A rough upper estimate of the file's size: a row's fields plus, for block formats, its block ids."""
+    size = 100.0 * len(df)
+    block_tokens = getattr(FORMATS[format], "block_tokens", None)
+    if block_tokens:
+        tokens = df["input_tokens"].to_numpy(dtype=np.float64)
+        size += float(np.ceil(tokens / block_tokens).sum()) * 12  # digits, comma, space per id
+    return size
 
 
 def _write_sidecar(

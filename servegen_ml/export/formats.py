@@ -45,6 +45,7 @@ class ExportFormat:
     name: str
     write: Callable[[pd.DataFrame, Path], dict]
     used_by: str
+    block_tokens: int = 0  # tokens per prompt block id (formats that list hash_ids)
 
 
 def _ints(df: pd.DataFrame, column: str) -> np.ndarray:
@@ -202,9 +203,12 @@ FORMATS = {
     for f in (
         ExportFormat("native", write_native, "this project, pandas (Parquet, JSONL or CSV by extension)"),
         ExportFormat(
-            "mooncake", write_mooncake, "vLLM bench serve timed_trace, aiperf mooncake_trace, guidellm"
+            "mooncake",
+            write_mooncake,
+            "vLLM bench serve timed_trace, aiperf mooncake_trace, guidellm",
+            MOONCAKE_BLOCK_TOKENS,
         ),
-        ExportFormat("bailian", write_bailian, "aiperf bailian_trace"),
+        ExportFormat("bailian", write_bailian, "aiperf bailian_trace", BAILIAN_BLOCK_TOKENS),
         ExportFormat("vidur", write_vidur, "Vidur trace replay"),
         ExportFormat("azure", write_azure, "inference-perf trace replay"),
     )

@@ -41,9 +41,9 @@ from servegen_ml.trace.schema import (
 )
 
 MAX_LISTED_ROWS = 20
-# Token counts above this are refused as implausible (configurable: data.max_tokens). Far above
-# any model's context today; the point is to stop 10**12 or an overflowed id from flowing on.
-DEFAULT_MAX_TOKENS = 1_000_000_000
+# Token counts above this are refused as implausible (configurable: data.max_tokens): ten times the
+# longest context offered today (10M tokens); it stops 10**12 or an overflowed id from flowing on.
+DEFAULT_MAX_TOKENS = 100_000_000
 # Integers must fit int64 exactly (float64 loses integers from 2**53; 2**63 overflows).
 INT64_LIMIT = 2.0**63
 # Timestamps that are whole numbers with a median gap this long (s) look like milliseconds.

@@ -177,3 +177,15 @@ def test_failed_export_touches_neither_file(tmp_path):
         export_trace(bad, out)
     assert (out.read_bytes(), meta_path(out).read_bytes()) == before
     assert len(pd.read_parquet(out)) == len(good_frame()) and _no_temp_files(tmp_path)
+
+
+def test_export_checks_free_space_for_its_block_ids(tmp_path, monkeypatch, capsys):
+    frame = good_frame().assign(input_tokens=90_000_000)  # valid, but 175,782 block ids per row
+    trace = tmp_path / "t.csv"
+    frame.to_csv(trace, index=False)
+    monkeypatch.setattr(
+        "servegen_ml.core.outputs.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 0, 10**8)
+    )
+    out = tmp_path / "o.jsonl"
+    assert main(["export", f"data.path={trace}", "format=mooncake", f"out={out}"]) == 2
+    assert "GB free" in capsys.readouterr().err and not out.exists()
