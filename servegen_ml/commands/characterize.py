@@ -17,9 +17,11 @@ from servegen_ml.characterize.accumulate import CharacterizeOptions
 from servegen_ml.characterize.run import characterize_chunks, write_characterization
 from servegen_ml.characterize.source import iter_chunks
 from servegen_ml.commands.validate import adapter_options
+from servegen_ml.core.outputs import check_output_dir
 
 
 def run(cfg) -> int:
+    check_output_dir(str(cfg.out))
     started = time.perf_counter()
     options = CharacterizeOptions(
         cv_window_s=float(cfg.cv_window_s),

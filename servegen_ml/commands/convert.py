@@ -16,11 +16,13 @@ leading ``+``, e.g. ``+data.client_by=model``.
 from __future__ import annotations
 
 from servegen_ml.commands.validate import adapter_options
+from servegen_ml.core.outputs import check_output_file
 from servegen_ml.pool import convert_source
 from servegen_ml.trace.summary import format_summary
 
 
 def run(cfg) -> int:
+    check_output_file(str(cfg.out))
     summary, report = convert_source(
         cfg.data.path,
         cfg.out,

@@ -42,6 +42,16 @@ def check_output_file(path: str | os.PathLike, key: str = "out") -> Path:
     return path
 
 
+def check_output_dir(path: str | os.PathLike, key: str = "out") -> Path:
+    """``path`` after checking files can be written into it (it may exist); raises :class:`OutputError`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{key}={path}: is a file; name a directory for the outputs")
+    # An existing directory must itself be writable; a new one, its nearest existing ancestor.
+    _check_parent(path / "file" if path.is_dir() else path, key)
+    return path
+
+
 def check_checkpoint_dir(path: str | os.PathLike, overwrite: bool, key: str = "out") -> Path:
     """``path`` (absolute) after checking a checkpoint may be written there; raises :class:`OutputError`."""
     path = Path(os.path.abspath(path))
