@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,40 @@ def test_readme_python_example_runs(shared_traces, tmp_path):
     out = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert "nll_total" in out.stdout and (tmp_path / "my-checkpoint" / "manifest.json").is_file()
+
+
+def test_a_shipped_checkpoint_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    from servegen_ml.generators import resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    shipped = REPO / "checkpoints" / "multimodal" / "parametric"
+    assert resolve_checkpoint("multimodal/parametric") == shipped
+    assert resolve_checkpoint("checkpoints/multimodal/parametric") == shipped
+    local = tmp_path / "multimodal" / "parametric"
+    local.mkdir(parents=True)
+    assert resolve_checkpoint("multimodal/parametric") == Path("multimodal/parametric")  # a local path wins
+    assert resolve_checkpoint("nowhere/parametric") == Path("nowhere/parametric")  # reported by the loader
+
+
+def test_the_wheel_carries_the_configs_and_the_shipped_checkpoints(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("servegen_ml-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml")}
+    checkpoints = {p.relative_to(REPO).as_posix() for p in (REPO / "checkpoints").rglob("*") if p.is_file()}
+    assert configs and checkpoints
+    assert {f"servegen_ml/_bundled/{name}" for name in configs | checkpoints} <= names

@@ -12,6 +12,7 @@ from servegen_ml.generators.base import (
     checkpoint_digest,
     load_generator,
     read_manifest,
+    resolve_checkpoint,
     summarize_log_prob,
 )
 from servegen_ml.generators.naive import NaiveGenerator
@@ -28,5 +29,6 @@ __all__ = [
     "checkpoint_digest",
     "load_generator",
     "read_manifest",
+    "resolve_checkpoint",
     "summarize_log_prob",
 ]
