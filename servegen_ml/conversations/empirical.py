@@ -1,4 +1,4 @@
-"""The conversation model shared by the generators: openers, turns, inter-turn gaps, input growth (DESIGN §5).
+"""The conversation model shared by the generators: openers, turns, inter-turn gaps, input growth (docs/conversations.md).
 
 Roles (:func:`conversation_roles`). Rows sharing a ``conversation_id`` form a
 conversation, ordered by arrival: the first row *opens* it, every later row

@@ -1,4 +1,4 @@
-"""The interface every generator implements (DESIGN §3), and checkpoint directories.
+"""The interface every generator implements (docs/architecture.md), and checkpoint directories.
 
 A checkpoint is a directory with ``manifest.json`` (generator kind, package
 version, format version, config) and the generator's own readable files (JSON,

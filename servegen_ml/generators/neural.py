@@ -1,4 +1,4 @@
-"""The neural generator (DESIGN §4): a marked temporal point process per client stream.
+"""The neural generator (docs/neural.md): a marked temporal point process per client stream.
 
 One GRU-based model is shared by all clients and conditioned on a learned
 client embedding and time-of-day / day-of-week features; its heads give the
