@@ -1,9 +1,11 @@
-"""servegen-ml generate checkpoint=DIR duration_s=S out=FILE [start_s=0] [rate=natural] [clients=all]
+"""servegen-ml generate checkpoint=DIR|NAME duration_s=S out=FILE [start_s=0] [rate=natural] [clients=all]
                     [upsample=conversations] [seed=0] [format=native] [plot=false] [quiet=false]
 
 Sample a synthetic workload from a checkpoint and write it with a
 ``FILE.meta.json`` sidecar (spec, seed, checkpoint digest, package version,
-units). The same arguments and seed give the same bytes.
+units). The same arguments and seed give the same bytes. ``checkpoint`` is a
+directory, or a shipped checkpoint's name (``multimodal/parametric``) when no
+such directory exists here.
 
 rate:    natural | scale:K | a constant req/s (rate=50) | a curve, quoted for the
          override parser: "rate='curve:0=10,1800=50'" (piecewise-linear t_s=req/s)
@@ -28,7 +30,7 @@ from servegen_ml.core.errors import UserError
 from servegen_ml.core.outputs import check_free_space, check_output_file
 from servegen_ml.core.progress import StepBar
 from servegen_ml.core.spec import GenerationSpec
-from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest
+from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest, resolve_checkpoint
 from servegen_ml.generators.size import FILE_BYTES_PER_REQUEST, check_size
 from servegen_ml.trace.schema import UNITS
 
@@ -42,7 +44,7 @@ def run(cfg) -> int:
     out = check_output_file(str(cfg.out))
     with StepBar("generate", 4 if plot else 3, bool(cfg.quiet)) as bar:
         bar.step("load checkpoint")
-        checkpoint = Path(str(cfg.checkpoint))
+        checkpoint = resolve_checkpoint(str(cfg.checkpoint))
         manifest = read_manifest(checkpoint)
         gen = load_generator(checkpoint)
         clients = cfg.clients
@@ -57,7 +59,7 @@ def run(cfg) -> int:
             seed=cfg.seed,
         )
         # Refuse what cannot be produced before the work, not after it.
-        expected = check_size(gen, spec, int(cfg.max_requests), int(cfg.max_new_clients))
+        expected = check_size(gen, spec, _limit(cfg, "max_requests"), _limit(cfg, "max_new_clients"))
         if expected is not None:
             check_free_space(out, expected * FILE_BYTES_PER_REQUEST)
         bar.step(f"sample {spec.duration_s:g} s")
@@ -80,6 +82,13 @@ def run(cfg) -> int:
     if plot:
         print(f"wrote {figure}")
     return 0
+
+
+def _limit(cfg, key: str) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key}={value!r}: must be a positive integer")
+    return value
 
 
 def _plot(trace, spec: GenerationSpec, cfg) -> Path:

@@ -8,17 +8,15 @@ checkpoint is sound, 2 with the damaged file and field when it is not.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from servegen_ml.core.spec import GenerationSpec
-from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest
+from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest, resolve_checkpoint
 from servegen_ml.generators.size import natural_rate_s
 
 
 def run(cfg) -> int:
-    directory = Path(str(cfg.checkpoint))
+    directory = resolve_checkpoint(str(cfg.checkpoint))
     manifest = read_manifest(directory)
     print(f"checkpoint: {directory}")
     print(

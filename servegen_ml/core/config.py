@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 from servegen_ml.core.errors import UserError
+from servegen_ml.core.resources import resource_dir
 
 
 def config_dir() -> Path:
-    """``configs/`` of the source tree (editable install) or ``$SERVEGEN_ML_CONFIG_DIR``."""
+    """``$SERVEGEN_ML_CONFIG_DIR``, else the configs shipped in the wheel or the checkout's ``configs/``."""
     env = os.environ.get("SERVEGEN_ML_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+    path = Path(env) if env else resource_dir("configs")
     if not path.is_dir():
         raise UserError(
             f"config directory {path} not found; set SERVEGEN_ML_CONFIG_DIR to servegen-ml's configs/"
