@@ -10,6 +10,7 @@ traceback in a log file whose path is printed, or on stderr with ``--verbose``);
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -73,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from omegaconf.errors import OmegaConfBaseException
 
-    warnings.formatwarning = _format_warning
     try:
-        with terminate_as_interrupt():
+        with _plain_warnings(), terminate_as_interrupt():
             cfg = compose(command, args)
             return int(module.run(cfg) or 0)
     except WorkerFinished:
@@ -113,8 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         return _report_bug(command, e, verbose)
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+@contextlib.contextmanager
+def _plain_warnings():
+    """Warnings print as 'warning: MESSAGE' (no source line) while a command runs."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 def describe_os_error(e: OSError) -> str:

@@ -16,14 +16,23 @@ GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONFIGS.iter
 
 
 def test_the_config_tree_is_what_the_tests_cover():
-    assert COMMANDS == ["bench", "characterize", "convert", "export", "generate", "train", "validate"]
+    assert COMMANDS == [
+        "bench",
+        "characterize",
+        "convert",
+        "export",
+        "generate",
+        "inspect",
+        "train",
+        "validate",
+    ]
     assert set(GROUPS) == {"data", "experiment", "model", "trainer"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_config_composes(command):
     cfg = compose(command, [])
-    assert ("out" in cfg.keys()) == (command != "validate")  # every other command writes a file
+    assert ("out" in cfg.keys()) == (command not in ("validate", "inspect"))  # the others write files
     OmegaConf.to_yaml(cfg)  # every interpolation resolves
 
 
