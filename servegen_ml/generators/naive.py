@@ -33,7 +33,7 @@ from servegen_ml.compose import interarrival as ia
 from servegen_ml.conversations.empirical import ConversationModel, fit_conversations
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.conversations.pool import sample_pool_conversations
-from servegen_ml.core.errors import InputNotFoundError, UserError
+from servegen_ml.core.errors import CheckpointError, UserError
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.pool import ClientPool, fit_client_pool, sample_pool
@@ -155,7 +155,7 @@ class NaiveGenerator(Generator):
         self.pool_ = ClientPool.load(directory)
         path = directory / SHARES_FILE
         if not path.is_file():
-            raise InputNotFoundError(f"{directory}: naive checkpoint lacks {SHARES_FILE}")
+            raise CheckpointError(f"{directory}: naive checkpoint lacks {SHARES_FILE}")
         self.shares_ = pq.read_table(path).to_pandas()
         self.conversations_ = (
             ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None

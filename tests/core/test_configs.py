@@ -67,3 +67,31 @@ def test_bench_composes_with_every_trainer():
             "cpu",
             "gpu",
         )
+
+
+def test_model_keys_and_types_are_checked_when_the_config_composes():
+    from servegen_ml.core.errors import UserError
+
+    with pytest.raises(UserError, match="model.hidden"):
+        compose("train", ["model=neural", "model.hidden=many"])
+    with pytest.raises(UserError, match="hiden"):
+        compose("train", ["model=neural", "model.hiden=3"])
+    cfg = compose("train", ["model=parametric", "model.rate_window_s=300"])
+    assert cfg.model.rate_window_s == 300.0 and isinstance(cfg.model.rate_window_s, float)
+
+
+def test_neural_config_is_the_one_definition_of_the_neural_hyperparameters():
+    import dataclasses
+
+    from servegen_ml.core.configs import NeuralConfig
+    from servegen_ml.generators.neural import NeuralGenerator
+
+    yaml_keys = set(compose("train", ["model=neural"]).model) - {"_target_"}
+    assert yaml_keys == {f.name for f in dataclasses.fields(NeuralConfig)}
+    gen = NeuralGenerator(hidden="32", rate_bin_s=300, trainer={"max_epochs": 1})
+    assert gen.config_.hidden == 32 and isinstance(gen.config_.rate_bin_s, float)
+    assert NeuralGenerator(**gen.config()).config() == gen.config()  # a manifest's config rebuilds it
+    with pytest.raises(ValueError, match="val_fraction"):
+        NeuralConfig(val_fraction=1.0)
+    with pytest.raises(TypeError, match="hiden"):
+        NeuralGenerator(hiden=3)
