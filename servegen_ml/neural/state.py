@@ -175,6 +175,26 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
         if name not in weights:
             raise CheckpointError(f"{weights_path}: tensor '{name}' is missing")
         check_array(weights[name], weights_path, name, shape=shape)
+    head_hidden = int(
+        check_number(
+            meta_field(model, "head_hidden", meta_path, int), meta_path, "model.head_hidden", minimum=1
+        )
+    )
+    if "heads.from_history.weight" not in weights:
+        raise CheckpointError(f"{weights_path}: tensor 'heads.from_history.weight' is missing")
+    history = check_array(
+        weights["heads.from_history.weight"], weights_path, "heads.from_history.weight", shape=(None, hidden)
+    )
+    if history.shape[0] % head_hidden:
+        raise CheckpointError(
+            f"{weights_path}: 'heads.from_history.weight' has {history.shape[0]} rows, not a multiple of head_hidden={head_hidden}"
+        )
+    for name, array in weights.items():
+        # The heads read head_hidden features: from_condition writes them, out.* reads them.
+        if name.startswith("heads.out.") and name.endswith(".weight"):
+            check_array(array, weights_path, name, shape=(None, head_hidden))
+        elif name.startswith("heads.from_condition.") and name.endswith(".weight"):
+            check_array(array, weights_path, name, shape=(head_hidden, None))
     for name, array in weights.items():
         # Every linear layer's bias matches its weight's output size.
         if name.endswith(".weight") and name[: -len("weight")] + "bias" in weights:

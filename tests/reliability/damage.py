@@ -150,6 +150,14 @@ DAMAGES: dict[str, tuple[Path, Callable[[Path], None], str]] = {
         ),
         "model.safetensors",
     ),
+    "output head reads the wrong width": (
+        NEURAL,
+        lambda d: _edit_tensors(
+            d / "model.safetensors",
+            lambda w: w.update({"heads.out.time.weight": w["heads.out.time.weight"][:, :10].copy()}),
+        ),
+        "model.safetensors",
+    ),
     "weights as integers": (
         NEURAL,
         lambda d: _edit_tensors(
