@@ -63,7 +63,8 @@ def test_a_plain_value_error_is_a_bug_not_bad_input(monkeypatch, capsys):
     import servegen_ml.commands.validate as validate
 
     monkeypatch.setattr(validate, "run", lambda cfg: int("x"))
-    assert main(["validate", "data.path=x"]) == 1
+    assert main(["validate", "data.path=x", "--verbose"]) == 1  # --verbose: no log file left behind
+    assert "ValueError: invalid literal" in capsys.readouterr().err
 
 
 def test_no_sys_exit_outside_the_cli():
