@@ -10,7 +10,7 @@ rate:    natural | scale:K | a constant req/s (rate=50) | a curve, quoted for th
          | a CSV file with columns t_s,rate
 clients: all | [id1,id2] | new:N (N new clients drawn from the learned population)
 start_s: position in the learned timeline (s); spans past its end wrap by week/day.
-format:  native (.parquet or .jsonl) | mooncake | bailian | vidur | azure
+format:  native (.parquet or .jsonl) | mooncake | bailian | aiperf_bailian | vidur | azure
 plot:    true also writes FILE.png: arrival rate over time and input/output length CDFs.
 quiet:   true hides the progress bar (it is shown only when stderr is a terminal).
 """

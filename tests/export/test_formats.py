@@ -201,7 +201,7 @@ def test_bad_format_and_missing_columns(tmp_path, trace):
         export_trace(trace, tmp_path / "x", "sharegpt")
     with pytest.raises(ValueError, match="output_tokens"):
         export_trace(trace.drop(columns=["output_tokens"]), tmp_path / "x", "vidur")
-    assert set(FORMATS) == {"native", "mooncake", "bailian", "vidur", "azure"}
+    assert set(FORMATS) == {"native", "mooncake", "bailian", "aiperf_bailian", "vidur", "azure"}
 
 
 def same_partition(a, b) -> bool:
