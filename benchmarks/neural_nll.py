@@ -42,15 +42,15 @@ PARTS = ["time", "input_tokens", "output_tokens", "reasoning_tokens", "image_cou
 
 
 def load_split(name: str, args) -> tuple:
-    from servegen_ml.trace.io import read_trace
+    from servegen_ml.pool import read_source
 
     if name == "mooncake":
-        trace = read_trace(TRACES / "mooncake-fast25" / "conversation_trace.jsonl")
+        trace = read_source(TRACES / "mooncake-fast25" / "conversation_trace.jsonl")
         trace = trace.drop(columns=[c for c in ("conversation_id", "turn") if c in trace.columns])
         cut_s = trace["timestamp"].min() + 40 * 60.0
     else:
         start, hours = args.pool_start_s, args.pool_hours
-        trace = read_trace(POOLS[name], format="servegen", start_s=start, duration_s=hours * 3600.0, seed=0)
+        trace = read_source(POOLS[name], format="servegen", start_s=start, duration_s=hours * 3600.0, seed=0)
         cut_s = trace["timestamp"].min() + (hours - args.test_hours) * 3600.0
     t = trace["timestamp"].to_numpy()
     train = trace[t < cut_s].reset_index(drop=True)

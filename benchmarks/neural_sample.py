@@ -82,8 +82,8 @@ def main() -> None:
     ap.add_argument("--rate", default="100", help="target: a constant req/s (default 100) or natural")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    from servegen_ml.core.spec import GenerationSpec
     from servegen_ml.generators.base import load_generator
-    from servegen_ml.generators.spec import GenerationSpec
 
     ck = checkpoint(args.train_hours, args.max_steps)
     in_process, fresh = load_seconds(ck)

@@ -39,13 +39,13 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int, max_spikes: i
     import lightning as L
     import torch
 
-    from servegen_ml.data.chunks import split_segments
-    from servegen_ml.data.datamodule import EventDataModule
-    from servegen_ml.data.events import store_from_frame
-    from servegen_ml.data.normalizers import fit_normalizers
     from servegen_ml.generators.neural import NeuralGenerator
-    from servegen_ml.models.fit import ARCHITECTURE_KEYS
-    from servegen_ml.models.lightning_module import TPPLightningModule
+    from servegen_ml.neural.data.chunks import split_segments
+    from servegen_ml.neural.data.datamodule import EventDataModule
+    from servegen_ml.neural.data.events import store_from_frame
+    from servegen_ml.neural.data.normalizers import fit_normalizers
+    from servegen_ml.neural.training.fit import ARCHITECTURE_KEYS
+    from servegen_ml.neural.training.lightning_module import TPPLightningModule
     from servegen_ml.trace.io import read_trace
 
     torch.set_num_threads(threads)

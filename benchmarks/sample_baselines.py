@@ -61,9 +61,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
+    from servegen_ml.core.spec import GenerationSpec
     from servegen_ml.generators.base import load_generator
     from servegen_ml.generators.parametric import ParametricGenerator
-    from servegen_ml.generators.spec import GenerationSpec
 
     figures: dict[str, float | int | str] = {"pool": str(args.pool)}
     if args.cold:

@@ -4,7 +4,7 @@
 
 Checkpoints written before ``model_rate_curves`` existed calibrate constant and
 curve rate targets with a pilot run at every sample call. This measures the
-curves once (:func:`servegen_ml.models.generate.measure_rate_curves`, as
+curves once (:func:`servegen_ml.neural.sampling.generate.measure_rate_curves`, as
 ``NeuralGenerator.fit`` now does, with the same seed) and rewrites the
 checkpoint atomically through the generator's ``save``; files of the directory
 that ``save`` does not write (``metrics.json``) are carried over. A checkpoint
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from servegen_ml.atomic import atomic_dir
+from servegen_ml.core.atomic import atomic_dir
 from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.neural import NeuralGenerator
-from servegen_ml.models.generate import measure_rate_curves
-from servegen_ml.models.state import MODEL_FILE
+from servegen_ml.neural.sampling.generate import measure_rate_curves
+from servegen_ml.neural.state import MODEL_FILE
 
 
 def calibrate(directory: Path, force: bool = False) -> dict:

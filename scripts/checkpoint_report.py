@@ -83,8 +83,8 @@ def nll_table(name: str, work: Path) -> list[str]:
 
 
 def sample_table(name: str, work: Path, start_s: float, duration_s: float = 3600.0) -> list[str]:
+    from servegen_ml.core.spec import GenerationSpec
     from servegen_ml.generators.base import load_generator
-    from servegen_ml.generators.spec import GenerationSpec
     from servegen_ml.trace.io import read_trace
 
     real = read_trace(work / f"{name}.parquet")
@@ -122,8 +122,8 @@ def rate_table(
     ``duration_s`` from each hour of the learned first day (seed 0), beside the same window of the
     training trace ``<work>/<name>.parquet``; with ``tokens`` also mean input / output tokens.
     """
+    from servegen_ml.core.spec import GenerationSpec
     from servegen_ml.generators.base import load_generator
-    from servegen_ml.generators.spec import GenerationSpec
     from servegen_ml.trace.io import read_trace
 
     real = read_trace(work / f"{name}.parquet")

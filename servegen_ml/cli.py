@@ -8,9 +8,10 @@ Exit codes: 0 success, 2 bad input (the message says which file/row/field), 1 a 
 from __future__ import annotations
 
 import importlib
-import os
 import sys
-from pathlib import Path
+
+from servegen_ml.core.config import compose
+from servegen_ml.core.errors import UserError
 
 COMMANDS = {
     "validate": "check a trace against the canonical schema and summarize it",
@@ -21,35 +22,6 @@ COMMANDS = {
     "characterize": "the ServeGen paper's analyses of a trace, with figures",
     "bench": "fidelity metrics of synthetic traces against real ones, with the noise floor",
 }
-
-
-class UserError(Exception):
-    """Bad input from the user: printed without a traceback, exit code 2."""
-
-
-def config_dir() -> Path:
-    """``configs/`` of the source tree (editable install) or ``$SERVEGEN_ML_CONFIG_DIR``."""
-    env = os.environ.get("SERVEGEN_ML_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
-    if not path.is_dir():
-        raise UserError(
-            f"config directory {path} not found; set SERVEGEN_ML_CONFIG_DIR to servegen-ml's configs/"
-        )
-    return path
-
-
-def compose(command: str, overrides: list[str]):
-    """The resolved config of ``command`` with ``key=value`` overrides applied."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return hydra_compose(config_name=command, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(f"bad arguments for '{command}': {e}") from None
 
 
 def _usage() -> str:

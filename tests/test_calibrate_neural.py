@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.neural import NeuralGenerator
-from servegen_ml.generators.spec import GenerationSpec
-from tests.models.test_generate import SEGMENT_EVENTS, WARMUP_EVENTS, model  # noqa: F401 (fixture)
+from tests.neural.test_generate import SEGMENT_EVENTS, WARMUP_EVENTS, model  # noqa: F401 (fixture)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_neural.py"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.pool import ClientPool, load_servegen_pool, sample_pool, sample_servegen_pool, servegen
 from servegen_ml.trace.schema import list_lengths, list_values
 

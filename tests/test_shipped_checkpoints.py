@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator, read_manifest
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.trace.validate import validate_trace
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from servegen_ml.atomic import atomic_path
 from servegen_ml.bench.compare import Comparison
+from servegen_ml.core.atomic import atomic_path
 from servegen_ml.stats.arrivals import dispersion_index
 from servegen_ml.stats.clients import client_summary, weighted_cdf
 from servegen_ml.stats.windows import window_counts

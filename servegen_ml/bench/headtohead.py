@@ -1,7 +1,7 @@
 """Head-to-head runs: fit each generator on the earlier part of a trace, sample the later part, compare.
 
 For a trace spanning ``[t0, t1]`` and ``split = f``, the cut is
-``t0 + f (t1 - t0)`` (:func:`servegen_ml.training.time_split`). Each model
+``t0 + f (t1 - t0)`` (:func:`servegen_ml.generators.training.time_split`). Each model
 (a ``configs/model/<name>.yaml``, plus ``model_args[name]`` overrides) is
 fitted on the requests before the cut; for every seed it samples
 ``t1 - cut`` seconds starting at ``cut - t0`` in its learned timeline (the
@@ -30,10 +30,10 @@ from servegen_ml.bench import metrics
 from servegen_ml.bench.compare import Comparison, ProvisioningSettings, Workload, compare
 from servegen_ml.bench.progress import progress
 from servegen_ml.bench.report import fmt, table
-from servegen_ml.cli import config_dir
+from servegen_ml.core.config import config_dir
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
-from servegen_ml.generators.spec import GenerationSpec
-from servegen_ml.training import build_generator, time_split
+from servegen_ml.generators.training import build_generator, time_split
 
 
 @dataclass

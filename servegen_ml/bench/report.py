@@ -6,9 +6,9 @@ import json
 import math
 from pathlib import Path
 
-from servegen_ml.atomic import write_text
 from servegen_ml.bench.compare import Comparison
 from servegen_ml.bench.figures import write_figures
+from servegen_ml.core.atomic import write_text
 
 RATIO_NOTE = (
     "Ratio = (d(workload, real test) + 0.001) / (d(reference, real test) + 0.001): 1.0 means as close to the "

@@ -18,7 +18,7 @@ import matplotlib.ticker
 import numpy as np
 from scipy import stats as sps
 
-from servegen_ml.atomic import atomic_path
+from servegen_ml.core.atomic import atomic_path
 from servegen_ml.stats.clients import weighted_cdf
 
 DPI = 90

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servegen_ml.atomic import write_text
 from servegen_ml.characterize import figures as figs
 from servegen_ml.characterize.accumulate import CharacterizeOptions, TraceCharacterizer
 from servegen_ml.characterize.report import jsonable, render
+from servegen_ml.core.atomic import write_text
 
 
 def characterize_chunks(

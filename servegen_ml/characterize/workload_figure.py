@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from servegen_ml.atomic import atomic_path
+from servegen_ml.core.atomic import atomic_path
 from servegen_ml.stats.windows import window_index
 
 DPI = 90

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from servegen_ml.cli import UserError
 from servegen_ml.commands.validate import adapter_options
-from servegen_ml.trace.io import read_trace
+from servegen_ml.core.errors import UserError
+from servegen_ml.pool import read_source
 
 
 def _as_list(value) -> list:
@@ -77,7 +77,7 @@ def _override_value(v) -> str:
 
 def _trainer_overrides(cfg) -> list[str]:
     """``trainer=NAME`` for the trainer group file that matches cfg.trainer, then any keys that differ from it."""
-    from servegen_ml.cli import compose, config_dir
+    from servegen_ml.core.config import compose, config_dir
 
     mine = OmegaConf.to_container(cfg.trainer, resolve=True)
     best: tuple[int, str, list[str]] | None = None
@@ -127,7 +127,7 @@ def run(cfg) -> int:
 
     models = [str(m) for m in _as_list(cfg.models)]
     synthetic = [str(s) for s in _as_list(cfg.synthetic)]
-    trace = read_trace(
+    trace = read_source(
         cfg.data.path, cfg.data.format, bool(cfg.data.skip_bad_rows), **adapter_options(cfg.data)
     )
     settings = _settings(cfg)
@@ -165,9 +165,9 @@ def run(cfg) -> int:
                 "(head-to-head mode)"
             )
         test = Workload("real_test", trace, {"path": str(cfg.data.path)})
-        reference = Workload("reference", read_trace(cfg.reference), {"path": str(cfg.reference)})
+        reference = Workload("reference", read_source(cfg.reference), {"path": str(cfg.reference)})
         workloads = [
-            Workload(_name(p, i, synthetic), read_trace(p), {"path": p}) for i, p in enumerate(synthetic)
+            Workload(_name(p, i, synthetic), read_source(p), {"path": p}) for i, p in enumerate(synthetic)
         ]
         comp = compare(test, reference, workloads, settings, bool(cfg.quiet))
         written = write_outputs(

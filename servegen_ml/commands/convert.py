@@ -16,12 +16,12 @@ leading ``+``, e.g. ``+data.client_by=model``.
 from __future__ import annotations
 
 from servegen_ml.commands.validate import adapter_options
-from servegen_ml.trace.convert import convert_trace
+from servegen_ml.pool import convert_source
 from servegen_ml.trace.summary import format_summary
 
 
 def run(cfg) -> int:
-    summary, report = convert_trace(
+    summary, report = convert_source(
         cfg.data.path,
         cfg.out,
         cfg.data.format,

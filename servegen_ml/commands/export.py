@@ -1,6 +1,6 @@
 """servegen-ml export data.path=TRACE format=FMT out=FILE
 
-Write a trace in the format of a load generator or simulator (DESIGN §7),
+Write a trace in the format of a load generator or simulator (docs/exports.md),
 sorted by arrival with the first request at 0, plus ``FILE.meta.json`` (source,
 format, field units, row count, package version, rules used):
 
@@ -25,16 +25,16 @@ ServeGen pool needs ``+data.duration_s=S`` (and optionally ``+data.start_s``,
 
 from __future__ import annotations
 
-from servegen_ml.cli import UserError
 from servegen_ml.commands.validate import adapter_options
+from servegen_ml.core.errors import UserError
 from servegen_ml.export import FORMATS, export_trace, meta_path
-from servegen_ml.trace.io import read_trace
+from servegen_ml.pool import read_source
 
 
 def run(cfg) -> int:
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format!r}: choose one of {', '.join(FORMATS)}")
-    trace = read_trace(
+    trace = read_source(
         cfg.data.path, cfg.data.format, bool(cfg.data.skip_bad_rows), **adapter_options(cfg.data)
     )
     meta = {"source": str(cfg.data.path), "source_format": str(cfg.data.format)}

@@ -23,8 +23,8 @@ import json
 from hydra.utils import get_class
 from omegaconf import open_dict
 
-from servegen_ml.progress import StepBar
-from servegen_ml.training import fit_from_config
+from servegen_ml.core.progress import StepBar
+from servegen_ml.generators.training import fit_from_config
 
 
 def run(cfg) -> int:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servegen_ml.cli import UserError, config_dir
+from servegen_ml.core.config import config_dir
+from servegen_ml.core.errors import UserError
 from servegen_ml.trace.io import TraceReader
 from servegen_ml.trace.summary import TraceSummary, format_summary
 

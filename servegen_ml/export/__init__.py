@@ -1,4 +1,4 @@
-"""Exports for load generators and simulators (DESIGN §7), each with a ``<file>.meta.json`` sidecar.
+"""Exports for load generators and simulators (docs/exports.md), each with a ``<file>.meta.json`` sidecar.
 
 ``export_trace(df, path, format)`` sorts the trace by arrival (stable), moves
 its first request to 0 s, writes the file atomically in the chosen format and
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servegen_ml import __version__
-from servegen_ml.atomic import write_text
+from servegen_ml.core.atomic import write_text
+from servegen_ml.core.version import __version__
 from servegen_ml.export.formats import FORMATS
 from servegen_ml.trace.schema import REQUIRED_COLUMNS
 

@@ -1,4 +1,4 @@
-"""The export formats of DESIGN §7, each a writer from a canonical trace to a file.
+"""The export formats of docs/exports.md, each a writer from a canonical trace to a file.
 
 Every writer gets a trace already sorted by arrival with its first request at
 0 s, writes ``path`` atomically and returns the format's part of the sidecar
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from servegen_ml.atomic import atomic_path
+from servegen_ml.core.atomic import atomic_path
 from servegen_ml.export import jsonl
 from servegen_ml.export.hash_ids import PrefixBlocks, conversation_chains
 from servegen_ml.trace.schema import MODALITIES, UNITS, list_lengths

@@ -1,4 +1,4 @@
-"""The interface every generator implements (DESIGN §3), and checkpoint directories.
+"""The interface every generator implements (docs/architecture.md), and checkpoint directories.
 
 A checkpoint is a directory with ``manifest.json`` (generator kind, package
 version, format version, config) and the generator's own readable files (JSON,
@@ -12,7 +12,7 @@ Likelihood convention (M1), shared by all generators so numbers compare:
   ... , ``conversation``), plus ``total``; values in nats.
 * ``time`` is the log-probability of the event's client-labelled arrival: the
   gap since the previous event of the same client stream, discretized at
-  :data:`TIME_RESOLUTION_S` (``log P(gap in [g, g + resolution))``), so ties and
+  :data:`~servegen_ml.core.spec.TIME_RESOLUTION_S` (``log P(gap in [g, g + resolution))``), so ties and
   zero gaps have finite, comparable likelihood. The survival term from each
   client's last event to the end of the evaluation window is added to that
   last event's ``time``. A generator without clients (naive) adds
@@ -24,7 +24,7 @@ Likelihood convention (M1), shared by all generators so numbers compare:
   (the conversation went on, its inter-turn gap, its new tokens) with ``time``
   and ``input_tokens`` 0, and each conversation's last turn adds the
   probability that it stopped or continued past the window
-  (:mod:`servegen_ml.compose.conversation_likelihood`).
+  (:mod:`servegen_ml.conversations.likelihood`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from servegen_ml import __version__
-from servegen_ml.atomic import atomic_dir
-from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.core.atomic import atomic_dir
+from servegen_ml.core.resources import resource_dir
+from servegen_ml.core.spec import GenerationSpec
+from servegen_ml.core.version import __version__
 
-TIME_RESOLUTION_S = 1e-3
 MANIFEST = "manifest.json"
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -156,8 +156,23 @@ def read_manifest(directory: str | Path) -> dict:
 
 
 def load_generator(directory: str | Path) -> Generator:
-    """Load any generator checkpoint by its manifest."""
-    return Generator.load(directory)
+    """Load any generator checkpoint by its manifest (a path, or a shipped checkpoint's name)."""
+    return Generator.load(resolve_checkpoint(directory))
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A checkpoint directory: the local path if it exists, else the shipped checkpoint of that name.
+
+    Shipped names are ``<family>/<kind>`` (``multimodal/parametric``), with or
+    without the repository's ``checkpoints/`` prefix, so the README's commands
+    also run from an installed package in any directory.
+    """
+    path = Path(checkpoint)
+    if path.exists() or path.is_absolute():
+        return path
+    name = path.as_posix().removeprefix("checkpoints/")
+    shipped = resource_dir("checkpoints") / name
+    return shipped if (shipped / MANIFEST).is_file() else path
 
 
 def checkpoint_digest(directory: str | Path) -> str:

@@ -1,4 +1,4 @@
-"""The naive generator: the ServeGen paper's strawman (DESIGN §3).
+"""The naive generator: the ServeGen paper's strawman (docs/baselines.md).
 
 One stream at the aggregate rate of the training trace, constant over time:
 Poisson (``arrival="poisson"``) or Gamma gaps with the aggregate gap CV
@@ -15,7 +15,7 @@ mass of half a request).
 
 Conversations: when the training trace has ``conversation_id`` with
 follow-ups, the stream is fitted on conversation openers only and one
-aggregate :class:`~servegen_ml.compose.conversations.ConversationModel` (all
+aggregate :class:`~servegen_ml.conversations.empirical.ConversationModel` (all
 clients as one) describes the follow-ups, as in the parametric generator.
 """
 
@@ -30,11 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.compose.conversation_likelihood import log_prob_with_conversations
-from servegen_ml.compose.conversation_pool import sample_pool_conversations
-from servegen_ml.compose.conversations import ConversationModel, fit_conversations
+from servegen_ml.conversations.empirical import ConversationModel, fit_conversations
+from servegen_ml.conversations.likelihood import log_prob_with_conversations
+from servegen_ml.conversations.pool import sample_pool_conversations
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.pool import ClientPool, fit_client_pool, sample_pool
 from servegen_ml.pool.likelihood import pool_log_prob
 from servegen_ml.trace.schema import make_trace

@@ -1,23 +1,23 @@
-"""The neural generator (DESIGN §4): a marked temporal point process per client stream.
+"""The neural generator (docs/neural.md): a marked temporal point process per client stream.
 
 One GRU-based model is shared by all clients and conditioned on a learned
 client embedding and time-of-day / day-of-week features; its heads give the
 gap to the client's next request (log-normal mixture plus a point mass for
 simultaneous arrivals) and then, in order, the item counts and tokens per
 item, the input (text) tokens, the output tokens and the reasoning part
-(:mod:`servegen_ml.models.tpp`). Training runs with Lightning on chunks of
-each client's stream (:mod:`servegen_ml.models.fit`); sampling runs the
+(:mod:`servegen_ml.neural.model.tpp`). Training runs with Lightning on chunks of
+each client's stream (:mod:`servegen_ml.neural.training.fit`); sampling runs the
 trained step in numpy over many stream segments at once
-(:mod:`servegen_ml.models.segment_sampler`); ``clients=new:N`` draws from a
+(:mod:`servegen_ml.neural.sampling.segment_sampler`); ``clients=new:N`` draws from a
 traffic-weighted Gaussian mixture over the client embeddings.
 
 Conversations (a DataFrame with ``conversation_id`` and follow-ups): the
 point process learns the conversation openers, and conversation heads
-(:mod:`servegen_ml.models.conversation_heads`) learn whether a turn is
+(:mod:`servegen_ml.conversations.neural.heads`) learn whether a turn is
 followed, after what gap, with how many new prompt tokens and what output;
 sampling, upsampling modes and the ``conversation`` likelihood part follow
-:mod:`servegen_ml.compose.conversation_sampling` and
-:mod:`servegen_ml.compose.conversation_likelihood` (docs/conversations.md).
+:mod:`servegen_ml.conversations.sampling` and
+:mod:`servegen_ml.conversations.likelihood` (docs/conversations.md).
 
 ``fit`` takes a canonical DataFrame, or a path to a trace file, which is
 streamed chunk by chunk into memory-mapped columns (``store_dir``, default a
@@ -42,9 +42,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from servegen_ml.generators.base import TIME_RESOLUTION_S, Generator
-from servegen_ml.generators.spec import GenerationSpec
+from servegen_ml.conversations.empirical import fit_conversation_roles
+from servegen_ml.conversations.likelihood import log_prob_with_conversations
+from servegen_ml.conversations.neural.marks import FollowUpMarks, follow_up_log_prob
+from servegen_ml.conversations.neural.model import NeuralConversationModel
+from servegen_ml.conversations.sampling import sample_with_conversations
+from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
+from servegen_ml.generators.base import Generator
+from servegen_ml.neural.data.events import build_store, store_from_frame
+from servegen_ml.neural.population import fit_population
+from servegen_ml.neural.sampling import (
+    ClientTable,
+    NumpyTPP,
+    measure_rate_curves,
+    natural_rates,
+    sample_trace,
+)
+from servegen_ml.neural.state import NeuralState
+from servegen_ml.trace.io import iter_trace_chunks
 
 # Trace columns of each model part in log_prob's output.
 PART_COLUMNS = {
@@ -138,11 +155,7 @@ class NeuralGenerator(Generator):
 
     def fit(self, trace: pd.DataFrame | str | os.PathLike) -> NeuralGenerator:
         """Train on a canonical trace (DataFrame) or stream one from a trace file (path)."""
-        from servegen_ml.data.events import build_store, store_from_frame
-
         if isinstance(trace, pd.DataFrame):
-            from servegen_ml.compose.conversations import fit_conversation_roles
-
             roles = fit_conversation_roles(trace)
             if roles is None:
                 self.conversations_ = None
@@ -153,8 +166,6 @@ class NeuralGenerator(Generator):
             )
             self._fit_conversations(trace, roles)
             return self
-        from servegen_ml.trace.io import iter_trace_chunks
-
         path = Path(trace)
         self.conversations_ = None
         with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.settings["store_dir"]) as tmp:
@@ -162,17 +173,15 @@ class NeuralGenerator(Generator):
             return self._fit_store(store)
 
     def _fit_conversations(self, trace: pd.DataFrame, roles) -> None:
-        from servegen_ml.models.conversation_fit import fit_neural_conversations
+        # torch (fitting and scoring only) loads on first use, so loading and sampling never import it.
+        from servegen_ml.conversations.neural.fit import fit_neural_conversations
 
         self.conversations_ = fit_neural_conversations(
             trace, roles, self.state_, self._follow_up_marks, self.settings, self.trainer
         )
 
     def _fit_store(self, store) -> NeuralGenerator:
-        from servegen_ml.models.fit import train_tpp
-        from servegen_ml.models.generate import measure_rate_curves
-        from servegen_ml.models.population import fit_population
-        from servegen_ml.models.state import NeuralState
+        from servegen_ml.neural.training.fit import train_tpp  # torch
 
         result = train_tpp(store, self.settings, self.trainer, self.settings["seed"])
         state = NeuralState(
@@ -205,18 +214,13 @@ class NeuralGenerator(Generator):
         return self
 
     def _follow_up_marks(self, conversations=None):
-        """Marks of follow-up turns (models.conversation_marks); ``conversations`` defaults to the fitted model."""
-        from servegen_ml.models.conversation_marks import FollowUpMarks
-        from servegen_ml.models.segment_sampler import ClientTable
-
+        """Marks of follow-up turns (conversations.neural.marks); ``conversations`` defaults to the fitted model."""
         state = self.state_
         table = ClientTable(*self._client_inputs(len(state.client_ids) + 1))
         model = conversations if conversations is not None else self.conversations_
         return FollowUpMarks(self._numpy_tpp, table, state.span_s, model)
 
     def _set_state(self, state) -> None:
-        from servegen_ml.models.numpy_tpp import NumpyTPP
-
         self.state_ = state
         self._numpy_tpp = NumpyTPP(state.model, state.weights, state.max_count)
         self._torch_tpp = None
@@ -225,10 +229,6 @@ class NeuralGenerator(Generator):
 
     def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
         self._require_fitted()
-        from threadpoolctl import threadpool_limits
-
-        from servegen_ml.models.generate import sample_trace
-
         s, state = self.settings, self.state_
 
         def sample_openers(opener_spec: GenerationSpec) -> pd.DataFrame:
@@ -240,11 +240,6 @@ class NeuralGenerator(Generator):
         with threadpool_limits(limits=1, user_api="blas"):
             if self.conversations_ is None:
                 return sample_openers(spec)
-            from servegen_ml.compose.conversation_sampling import (
-                sample_with_conversations,
-            )
-            from servegen_ml.models.generate import natural_rates
-
             rates = None
             if spec.rate.kind in ("constant", "curve"):
                 # The model's own opener rates (stored curves, or a pilot run for new clients).
@@ -265,10 +260,6 @@ class NeuralGenerator(Generator):
             raise ValueError(f"window_end_s={window_end_s} is before the last event ({ts.max()})")
         if self.conversations_ is None:
             return self._log_prob_requests(trace, window_end_s)
-        from servegen_ml.compose.conversation_likelihood import (
-            log_prob_with_conversations,
-        )
-
         return log_prob_with_conversations(
             self.conversations_,
             trace,
@@ -280,9 +271,8 @@ class NeuralGenerator(Generator):
 
     def _log_prob_requests(self, trace: pd.DataFrame, window_end_s: float | None) -> pd.DataFrame:
         """Every request scored as an event of its client's stream (M1; module docstring)."""
-        from servegen_ml.data.events import store_from_frame
-        from servegen_ml.models.fit import torch_threads
-        from servegen_ml.models.scoring import score_store
+        from servegen_ml.neural.training.fit import torch_threads
+        from servegen_ml.neural.training.scoring import score_store
 
         state = self.state_
         ts = trace["timestamp"].to_numpy(np.float64)
@@ -302,11 +292,9 @@ class NeuralGenerator(Generator):
         return _parts_frame(parts, _store_order(store, trace))
 
     def _log_prob_follow_ups(self, trace: pd.DataFrame, rows: np.ndarray, before, end_s: float):
-        """Marks of follow-up rows (models.conversation_marks); ``before``: the turns they follow. Time and
+        """Marks of follow-up rows (conversations.neural.marks); ``before``: the turns they follow. Time and
         input are replaced by the conversation layer."""
-        from servegen_ml.data.events import store_from_frame
-        from servegen_ml.models.conversation_marks import follow_up_log_prob
-        from servegen_ml.models.fit import torch_threads
+        from servegen_ml.neural.training.fit import torch_threads
 
         state = self.state_
         sub = trace.iloc[rows].reset_index(drop=True)
@@ -361,7 +349,7 @@ class NeuralGenerator(Generator):
         if self._torch_tpp is None:
             import torch
 
-            from servegen_ml.models.tpp import MarkedTPP
+            from servegen_ml.neural.model.tpp import MarkedTPP
 
             model = MarkedTPP(**self.state_.model)
             model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state_.weights.items()})
@@ -379,9 +367,6 @@ class NeuralGenerator(Generator):
             self.conversations_.save(directory)
 
     def _load_state(self, directory: Path) -> None:
-        from servegen_ml.models.conversation_model import NeuralConversationModel
-        from servegen_ml.models.state import NeuralState
-
         self._set_state(NeuralState.load(Path(directory)))
         saved = NeuralConversationModel.saved_in(directory)
         self.conversations_ = NeuralConversationModel.load(Path(directory)) if saved else None

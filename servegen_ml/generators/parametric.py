@@ -1,4 +1,4 @@
-"""The parametric per-client generator: ServeGen's method, fitted from raw traces (DESIGN §3).
+"""The parametric per-client generator: ServeGen's method, fitted from raw traces (docs/baselines.md).
 
 Per client and rate window (600 s by default) the rate, the gap CV and the
 better of a Gamma or Weibull fit by likelihood; per client and data window
@@ -15,10 +15,10 @@ rate x window). Sparse windows fall back to the client's whole-trace fit
 
 Conversations: when the training trace has ``conversation_id`` with
 follow-ups, the pool is fitted on conversation openers only and a per-client
-:class:`~servegen_ml.compose.conversations.ConversationModel` describes the
+:class:`~servegen_ml.conversations.empirical.ConversationModel` describes the
 follow-ups (turns, inter-turn gaps given the previous output, input growth);
-sampling and ``spec.upsample`` follow :mod:`servegen_ml.compose.conversation_sampling`,
-the likelihood :mod:`servegen_ml.compose.conversation_likelihood`.
+sampling and ``spec.upsample`` follow :mod:`servegen_ml.conversations.sampling`,
+the likelihood :mod:`servegen_ml.conversations.likelihood`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from servegen_ml.compose.conversation_likelihood import log_prob_with_conversations
-from servegen_ml.compose.conversation_pool import sample_pool_conversations
-from servegen_ml.compose.conversations import ConversationModel, fit_conversations
+from servegen_ml.conversations.empirical import ConversationModel, fit_conversations
+from servegen_ml.conversations.likelihood import log_prob_with_conversations
+from servegen_ml.conversations.pool import sample_pool_conversations
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.pool import ClientPool, fit_client_pool, load_servegen_pool, sample_pool
 from servegen_ml.pool.likelihood import pool_log_prob
 

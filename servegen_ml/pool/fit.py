@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.generators.base import TIME_RESOLUTION_S
+from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.pool.empirical import count_by_keys
 from servegen_ml.pool.table import FIELDS, MODALITIES, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
 from servegen_ml.trace.schema import list_lengths, list_values

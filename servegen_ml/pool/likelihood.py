@@ -16,7 +16,7 @@ pool's typical client rate with the population's field distributions. Marks
 are smoothed as :mod:`servegen_ml.pool.empirical` describes.
 
 Timestamps are in the training trace's clock: ``t - origin_s`` is wrapped into
-the learned span (:func:`servegen_ml.generators.spec.wrap_time`); the window
+the learned span (:func:`servegen_ml.core.spec.wrap_time`); the window
 grid must divide the wrap period (e.g. 600 s windows and whole days).
 """
 
@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.generators.base import TIME_RESOLUTION_S
-from servegen_ml.generators.spec import wrap_time
+from servegen_ml.core.spec import TIME_RESOLUTION_S, wrap_time
 from servegen_ml.pool.table import ClientPool
 from servegen_ml.trace.schema import list_lengths, list_values
 

@@ -9,7 +9,7 @@ item; ``input_tokens = text_tokens + sum(item tokens)``. Reasoning tokens are
 ``round(ratio * output_tokens)``.
 
 Timeline: the spec's ``start_s + t`` is mapped into the learned span with
-:func:`servegen_ml.generators.spec.wrap_time`. Conversations are not modelled:
+:func:`servegen_ml.core.spec.wrap_time`. Conversations are not modelled:
 ``spec.upsample`` has no effect and no conversation ids are produced.
 """
 
@@ -25,7 +25,7 @@ from servegen_ml.compose import (
     segment_step_s,
     window_segments,
 )
-from servegen_ml.generators.spec import ClientSpec, GenerationSpec, wrap_time
+from servegen_ml.core.spec import ClientSpec, GenerationSpec, wrap_time
 from servegen_ml.pool.table import ClientPool
 
 

@@ -36,9 +36,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from servegen_ml.atomic import atomic_dir
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.metafile import read_meta
+from servegen_ml.core.atomic import atomic_dir
+from servegen_ml.core.clients import client_codes
+from servegen_ml.core.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
 
 RATE_COLUMNS = ("client_id", "window_start_s", "rate", "cv", "family", "shape", "scale")
@@ -148,9 +149,7 @@ class ClientPool:
 
     def client_codes(self, ids) -> np.ndarray:
         """Codes of client ids; unknown ids get the population code ``n_clients``."""
-        index = pd.Index(self.clients)
-        codes = index.get_indexer(pd.Index(np.asarray(ids, dtype=object).astype(str)))
-        return np.where(codes < 0, self.n_clients, codes).astype(np.int64)
+        return client_codes(self.clients, ids)
 
     @cached_property
     def rate_lookup(self) -> RateLookup:

@@ -1,4 +1,4 @@
-"""Convert any supported trace (or a sampled ServeGen pool) into a canonical trace file.
+"""Convert any supported trace file into a canonical trace file (ServeGen pools: :mod:`servegen_ml.pool.source`).
 
 Files are streamed: each validated chunk is appended to the output's
 temporary file, so memory stays bounded by the chunk size. Only a file whose
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servegen_ml.trace.io import DEFAULT_CHUNK_ROWS, TraceReader, _resolve_format, read_trace
+from servegen_ml.trace.io import DEFAULT_CHUNK_ROWS, TraceReader, read_trace, resolve_format
 from servegen_ml.trace.summary import TraceSummary
 from servegen_ml.trace.validate import ValidationReport
 from servegen_ml.trace.writers import TraceWriter, output_container, write_trace
@@ -43,23 +43,17 @@ def convert_trace(
     skip_bad_rows: bool = False,
     start_s: float | None = None,
     duration_s: float | None = None,
-    seed: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     **adapter_options,
 ) -> tuple[dict, ValidationReport | None]:
     """Write ``path`` as a canonical trace at ``out``; returns (summary of what was written, report).
 
-    For a ServeGen pool, ``start_s``/``duration_s``/``seed`` choose the sampled
-    span; for a file they keep only rows with ``start_s <= timestamp < start_s + duration_s``.
+    ``start_s``/``duration_s`` keep only rows with ``start_s <= timestamp < start_s + duration_s``.
     """
     path, out = Path(path), Path(out)
     output_container(out)
-    fmt = _resolve_format(path, format)
+    fmt = resolve_format(path, format)
     summary = TraceSummary()
-    if fmt == "servegen":
-        trace = read_trace(path, "servegen", skip_bad_rows, start_s=start_s, duration_s=duration_s, seed=seed)
-        write_trace(trace, out)
-        return summary.add(trace).result(), None
     reader = TraceReader(path, fmt, chunk_rows, skip_bad_rows, **adapter_options)
     try:
         with TraceWriter(out) as writer:

@@ -5,8 +5,9 @@
 and sorted; rows are not reordered across chunks, see :class:`TraceReader`);
 ``write_trace`` writes one atomically. Formats: ``native``, ``mooncake``,
 ``azure``, ``burstgpt``, ``bailian`` (adapters in
-:mod:`servegen_ml.trace.adapters`, mappings in their docstrings) and
-``servegen`` (a client-pool directory, sampled). ``format="auto"`` picks the
+:mod:`servegen_ml.trace.adapters`, mappings in their docstrings). A
+``servegen`` client-pool directory is recognized here but sampled, not read:
+:func:`servegen_ml.pool.read_source` reads either. ``format="auto"`` picks the
 adapter from the columns of the file (CSV header, first JSON record, Parquet
 schema); the container (CSV, JSON Lines, Parquet) comes from the extension or
 the first bytes.
@@ -22,15 +23,20 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.trace.adapters import ADAPTERS, FORMATS
-from servegen_ml.trace.adapters.servegen import is_pool_directory, sample_pool
 from servegen_ml.trace.readers import container_of, peek_columns, read_chunks
 from servegen_ml.trace.schema import empty_trace
-from servegen_ml.trace.validate import TraceValidator, ValidationReport, validate_trace
+from servegen_ml.trace.validate import TraceValidator, ValidationReport
 from servegen_ml.trace.writers import TraceWriter, write_trace
 
 __all__ = ["TraceReader", "TraceWriter", "detect_format", "iter_trace_chunks", "read_trace", "write_trace"]
 
 DEFAULT_CHUNK_ROWS = 1_000_000
+POOL_SAMPLED = "a ServeGen pool is sampled, not read: use servegen_ml.pool.read_source"
+
+
+def is_pool_directory(path: Path) -> bool:
+    """A ServeGen client-pool directory (``chunk-N-trace.csv`` + ``chunk-N-dataset.json``)."""
+    return path.is_dir() and any(path.glob("chunk-*-trace.csv"))
 
 
 def detect_format(path: str | Path) -> str:
@@ -52,7 +58,7 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def _resolve_format(path: Path, format: str) -> str:
+def resolve_format(path: Path, format: str) -> str:
     if format == "auto":
         return detect_format(path)
     if format not in FORMATS:
@@ -82,11 +88,9 @@ class TraceReader:
         **adapter_options,
     ):
         self.path = Path(path)
-        self.format = _resolve_format(self.path, format)
+        self.format = resolve_format(self.path, format)
         if self.format == "servegen":
-            raise ValueError(
-                f"{self.path}: a ServeGen pool is sampled, not streamed; use read_trace(format='servegen', ...)"
-            )
+            raise ValueError(f"{self.path}: {POOL_SAMPLED}")
         self.container = container_of(self.path)
         self.chunk_rows = int(chunk_rows)
         self.adapter = ADAPTERS[self.format](str(self.path), **adapter_options)
@@ -138,18 +142,11 @@ def read_trace(
 ) -> pd.DataFrame:
     """The whole trace, validated and sorted by time (stable).
 
-    ``format="servegen"`` samples a client pool and takes ``start_s``,
-    ``duration_s`` and ``seed``. With ``skip_bad_rows`` the dropped rows are
-    reported in a warning.
+    With ``skip_bad_rows`` the dropped rows are reported in a warning. A
+    ServeGen pool is sampled by :func:`servegen_ml.pool.read_source` instead.
     """
     path = Path(path)
-    fmt = _resolve_format(path, format)
-    if fmt == "servegen":
-        options = {k: adapter_options.pop(k, None) for k in ("start_s", "duration_s", "seed")}
-        if adapter_options:
-            raise ValueError(f"unknown option(s) {sorted(adapter_options)} for format 'servegen'")
-        trace, _ = validate_trace(sample_pool(path, **options), str(path), skip_bad_rows)
-        return trace
+    fmt = resolve_format(path, format)
     reader = TraceReader(path, fmt, chunk_rows, skip_bad_rows, **adapter_options)
     chunks = list(reader)
     report = reader.finish()

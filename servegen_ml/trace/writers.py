@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from servegen_ml.atomic import atomic_path
+from servegen_ml.core.atomic import atomic_path
 from servegen_ml.trace.readers import CONTAINERS
 from servegen_ml.trace.schema import empty_trace, to_arrow
 

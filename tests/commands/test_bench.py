@@ -125,8 +125,8 @@ def test_head_to_head_keeps_other_models_when_one_fails(traces, tmp_path):
 
 
 def test_reproducing_command_names_the_trainer_and_overrides():
-    from servegen_ml.cli import compose
     from servegen_ml.commands.bench import _command
+    from servegen_ml.core.config import compose
 
     overrides = [
         "data.path=t.parquet",

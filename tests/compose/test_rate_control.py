@@ -3,7 +3,7 @@ import pandas as pd
 
 from servegen_ml.compose import merge_streams, segment_multipliers, window_segments
 from servegen_ml.compose.rate_control import curve_integral
-from servegen_ml.generators.spec import RateSpec
+from servegen_ml.core.spec import RateSpec
 from servegen_ml.trace.schema import list_lengths, list_values
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from servegen_ml import __version__
+from servegen_ml.core.version import __version__
 from servegen_ml.export import FORMATS, export_trace, formats, meta_path
 from servegen_ml.trace.io import read_trace
 from servegen_ml.trace.schema import list_lengths, make_trace

@@ -1,4 +1,4 @@
-"""The contract every generator passes (DESIGN §9).
+"""The contract every generator passes (docs/architecture.md, "The generator interface").
 
 ``GENERATOR_FACTORIES`` is a list of ``(name, factory)``; a factory returns an
 unfitted generator and the fixture trace to fit it on. Other generators join
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import NotFittedError, load_generator
 from servegen_ml.generators.naive import NaiveGenerator
 from servegen_ml.generators.parametric import ParametricGenerator
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.trace.schema import REQUIRED_COLUMNS
 from servegen_ml.trace.validate import validate_trace
 from tests.factories import synthetic_trace

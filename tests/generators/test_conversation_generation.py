@@ -34,12 +34,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from servegen_ml.compose.conversations import conversation_roles
+from servegen_ml.conversations.empirical import conversation_roles
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.naive import NaiveGenerator
 from servegen_ml.generators.neural import NeuralGenerator
 from servegen_ml.generators.parametric import ParametricGenerator
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.stats.conversations import conversation_stats
 from servegen_ml.trace.validate import validate_trace
 from tests.factories import conversational_trace, multimodal_conversational_trace

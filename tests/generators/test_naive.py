@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.naive import NaiveGenerator
-from servegen_ml.generators.spec import GenerationSpec
 from tests.factories import synthetic_trace
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.neural import NeuralGenerator
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.trace.io import write_trace
 from tests.factories import conversational_trace, synthetic_trace
 
@@ -57,7 +57,7 @@ def test_checkpoint_is_readable_loads_fast_and_without_torch(fitted, tmp_path):
     assert loaded.config() == fitted.config()
     code = (
         "import sys; from servegen_ml.generators.base import load_generator; import numpy as np;"
-        "from servegen_ml.generators.spec import GenerationSpec;"
+        "from servegen_ml.core.spec import GenerationSpec;"
         f"g = load_generator({str(ck)!r}); g.sample(GenerationSpec(duration_s=60.0), np.random.default_rng(0));"
         "assert 'torch' not in sys.modules, 'loading and sampling imported torch'"
     )

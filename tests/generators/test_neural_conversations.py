@@ -17,17 +17,17 @@ import pytest
 import torch
 from scipy import stats
 
-from servegen_ml.compose.conversation_sampling import FollowUpContext
-from servegen_ml.compose.conversation_turns import Turns
-from servegen_ml.compose.conversations import conversation_roles
-from servegen_ml.generators.base import TIME_RESOLUTION_S, load_generator
+from servegen_ml.conversations.empirical import conversation_roles
+from servegen_ml.conversations.neural.fit import timestamp_quantum
+from servegen_ml.conversations.neural.heads import ConversationHeads
+from servegen_ml.conversations.neural.model import NeuralConversationModel
+from servegen_ml.conversations.neural.numpy_heads import NumpyConversationHeads
+from servegen_ml.conversations.sampling import FollowUpContext
+from servegen_ml.conversations.turns import Turns
+from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
+from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.neural import NeuralGenerator
-from servegen_ml.generators.spec import GenerationSpec
-from servegen_ml.models import features as F
-from servegen_ml.models.conversation_fit import timestamp_quantum
-from servegen_ml.models.conversation_heads import ConversationHeads
-from servegen_ml.models.conversation_model import NeuralConversationModel
-from servegen_ml.models.conversation_numpy import NumpyConversationHeads
+from servegen_ml.neural import features as F
 from servegen_ml.trace.schema import make_list_column
 from servegen_ml.trace.validate import validate_trace
 from tests.factories import conversational_trace, multimodal_conversational_trace

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.trace.io import write_trace
 from tests.factories import synthetic_trace
 

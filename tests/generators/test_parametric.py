@@ -8,9 +8,8 @@ import pytest
 from scipy import stats
 
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.generators.base import TIME_RESOLUTION_S
+from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.parametric import ParametricGenerator
-from servegen_ml.generators.spec import GenerationSpec
 from servegen_ml.pool import ClientPool
 from servegen_ml.trace.schema import make_trace
 from tests.factories import gamma_arrivals, synthetic_trace

@@ -214,13 +214,14 @@ def write_tiny_pool(directory):
 
 
 def test_servegen_pool_is_sampled(tmp_path):
-    pytest.importorskip(
-        "servegen_ml.pool", reason="ServeGen pool sampling (servegen_ml.pool) not available yet"
-    )
+    from servegen_ml.pool import read_source
+
     pool = tmp_path / "pool"
     write_tiny_pool(pool)
     assert detect_format(pool) == "servegen"
-    df = read_trace(pool, start_s=0, duration_s=1200, seed=3)
+    with pytest.raises(ValueError, match="sampled, not read"):
+        read_trace(pool, start_s=0, duration_s=1200, seed=3)
+    df = read_source(pool, start_s=0, duration_s=1200, seed=3)
     counts = df["client_id"].value_counts()
     assert (
         len(counts) == 2
@@ -228,6 +229,6 @@ def test_servegen_pool_is_sampled(tmp_path):
         and abs(counts.min() - 600) < 5 * np.sqrt(600)
     )
     assert set(df["input_tokens"]) <= {100, 300} and df["timestamp"].is_monotonic_increasing
-    pd.testing.assert_frame_equal(df, read_trace(pool, start_s=0, duration_s=1200, seed=3))
+    pd.testing.assert_frame_equal(df, read_source(pool, start_s=0, duration_s=1200, seed=3))
     with pytest.raises(ValueError, match="duration_s"):
-        read_trace(pool)
+        read_source(pool)

@@ -1,0 +1,105 @@
+"""Fit a generator from a resolved ``train`` config (``servegen-ml train``; the library route for the same).
+
+``cfg.model`` is instantiated with Hydra (``_target_`` in ``configs/model/*.yaml``);
+a generator whose constructor takes ``trainer`` also receives ``cfg.trainer``
+as a plain dict. With ``split`` in (0, 1) the generator is fitted on the
+earliest ``split`` fraction of the trace's time span and the per-event NLL of
+each part on the rest (held out) goes to ``OUT/metrics.json``. A ServeGen
+pool directory with ``model=parametric`` loads as a ready-made fit unless
+``+data.duration_s`` asks for a sampled trace. Otherwise the trace is read
+into memory (a trace larger than memory trains through the library:
+``NeuralGenerator(...).fit(path)`` streams the file).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from servegen_ml.core.atomic import write_text
+from servegen_ml.generators.base import Generator, summarize_log_prob
+from servegen_ml.pool import is_servegen_pool
+
+METRICS_FILE = "metrics.json"
+
+
+def build_generator(cfg: DictConfig) -> Generator:
+    """The unfitted generator of ``cfg.model`` (plus ``cfg.trainer`` where it takes one)."""
+    target = get_class(cfg.model._target_)
+    extra = {}
+    if "trainer" in inspect.signature(target).parameters and cfg.get("trainer") is not None:
+        extra["trainer"] = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return instantiate(cfg.model, **extra, _convert_="all")
+
+
+def time_split(trace: pd.DataFrame, split: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(earlier ``split`` fraction of the time span, the rest); ``split=0`` keeps everything for training."""
+    if not 0.0 <= split < 1.0:
+        raise ValueError(f"split={split}: the training fraction of the time span must be in [0, 1)")
+    if split == 0.0:
+        return trace, trace.iloc[:0]
+    t = trace["timestamp"].to_numpy(np.float64)
+    cut_s = t.min() + split * (t.max() - t.min())
+    train = t < cut_s
+    if train.sum() < 2 or (~train).sum() < 1:
+        raise ValueError(
+            f"split={split} leaves {int(train.sum())} training and {int((~train).sum())} held-out requests"
+        )
+    return trace[train].reset_index(drop=True), trace[~train].reset_index(drop=True)
+
+
+def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: None) -> dict[str, Any]:
+    """Fit, save the checkpoint to ``cfg.out`` and return the metrics (held-out NLL when split > 0).
+
+    ``step(name)`` is called as each long step starts (a progress bar's hook).
+    """
+    from servegen_ml.pool import read_source
+
+    gen = build_generator(cfg)
+    path = Path(str(cfg.data.path))
+    options = {k: v for k, v in cfg.data.items() if k not in ("path", "format", "skip_bad_rows")}
+    split = float(cfg.get("split", 0.0) or 0.0)
+    started = time.perf_counter()
+    metrics: dict[str, Any] = {"generator": gen.kind, "data": str(path), "split": split}
+    if _loads_pool_directly(gen, path, cfg.data.format, options):
+        if split:
+            raise ValueError(
+                f"split={split}: a ServeGen pool holds no requests to hold out; sample one with +data.duration_s"
+            )
+        step("load ServeGen pool")
+        gen = type(gen).from_pool(path)
+        metrics["fit"] = "ServeGen client pool loaded as a ready-made fit"
+    else:
+        step("read trace")
+        trace = read_source(
+            path, format=str(cfg.data.format), skip_bad_rows=bool(cfg.data.skip_bad_rows), **options
+        )
+        train, held_out = time_split(trace, split)
+        step(f"fit on {len(train):,} requests")
+        gen.fit(train)
+        metrics["train_events"] = int(len(train))
+        if len(held_out):
+            step(f"score {len(held_out):,} held-out requests")
+            metrics["held_out_events"] = int(len(held_out))
+            metrics["held_out_start_s"] = float(held_out["timestamp"].iloc[0])
+            metrics["held_out"] = summarize_log_prob(gen.log_prob(held_out))
+    metrics["fit_seconds"] = round(time.perf_counter() - started, 3)
+    out = Path(str(cfg.out))
+    step("save")
+    gen.save(out)
+    write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def _loads_pool_directly(gen: Generator, path: Path, data_format: str, options: dict) -> bool:
+    pool_input = data_format == "servegen" or (data_format == "auto" and is_servegen_pool(path))
+    return pool_input and hasattr(type(gen), "from_pool") and options.get("duration_s") is None

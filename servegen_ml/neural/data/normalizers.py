@@ -1,0 +1,208 @@
+"""Statistics the model is normalized with, computed from the training part of an :class:`EventStore`.
+
+* per client: mean and std of log inter-arrival (positive gaps), shrunk toward
+  the all-client values for clients with few gaps;
+* per count field: mean and std of log1p(count), the frequent exact values
+  ("spikes") for the categorical head, and the largest value seen;
+* per client: the empirical rate curve over the learned timeline (rate control).
+
+All passes run block by block, so memory-mapped stores are never loaded whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from servegen_ml.neural.data.events import EventStore, iter_blocks
+
+# Gaps a client needs before its own log-gap statistics outweigh the all-client ones.
+SHRINK_GAPS = 5.0
+# Smallest log-gap std a client gets: quantized timestamps (Mooncake's 3 s slots) leave almost no
+# spread, and standardizing by ~0 would blow the features up.
+MIN_GAP_LOG_STD = 0.5
+# Counts >= this are never spikes (keeps the value histogram small).
+SPIKE_VALUE_LIMIT = 1 << 20
+# The quantile functions stored for initializing the heads' mixtures, and the ratio histogram's bins.
+QUANTILE_PROBS = np.linspace(0.0, 1.0, 33)
+RATIO_BINS = 1000
+
+
+@dataclass
+class Normalizers:
+    gap_log_mean: np.ndarray  # (C,) mean log(gap_s), positive gaps
+    gap_log_std: np.ndarray  # (C,)
+    mark_mean: dict[str, float]  # field -> mean log1p(count)
+    mark_std: dict[str, float]
+    spikes: dict[str, list[int]]  # field -> sorted frequent exact values
+    max_count: dict[str, int]  # field -> largest value seen in training
+    train_events: np.ndarray  # (C,) events per client before the split
+    # field -> log1p(count) at probabilities 0, 1/32, ..., 1 ("reasoning": logit of 0 < ratio < 1)
+    quantiles: dict[str, list[float]]
+
+    def to_json(self) -> dict:
+        return {
+            "mark_mean": self.mark_mean,
+            "mark_std": self.mark_std,
+            "spikes": self.spikes,
+            "max_count": self.max_count,
+            "quantiles": self.quantiles,
+        }
+
+
+class _Moments:
+    """Running count, sum and sum of squares, optionally per group."""
+
+    def __init__(self, groups: int = 1):
+        self.n = np.zeros(groups)
+        self.s = np.zeros(groups)
+        self.ss = np.zeros(groups)
+
+    def add(self, x: np.ndarray, group: np.ndarray | None = None) -> None:
+        g = np.zeros(len(x), dtype=np.int64) if group is None else group
+        k = len(self.n)
+        self.n += np.bincount(g, minlength=k)
+        self.s += np.bincount(g, weights=x, minlength=k)
+        self.ss += np.bincount(g, weights=x * x, minlength=k)
+
+    def mean_std(self, prior_mean=0.0, prior_var=1.0, shrink=0.0):
+        mean = (self.s + shrink * prior_mean) / np.maximum(self.n + shrink, 1e-12)
+        second = (self.ss + shrink * (prior_var + prior_mean**2)) / np.maximum(self.n + shrink, 1e-12)
+        return mean, np.sqrt(np.maximum(second - mean**2, 1e-4))
+
+
+def fit_normalizers(
+    store: EventStore, split_s: float, max_spikes: int = 32, min_spike_share: float = 0.005
+) -> Normalizers:
+    """Normalizers from the events of ``store`` before timeline position ``split_s``."""
+    n_clients = len(store.client_ids)
+    gaps = _Moments(n_clients)
+    fields = store.layout.count_fields()
+    marks = {f: _Moments() for f in fields}
+    hist = {f: np.zeros(SPIKE_VALUE_LIMIT, dtype=np.int64) for f in fields}
+    max_count = dict.fromkeys(fields, 0)
+    ratio_hist = np.zeros(RATIO_BINS, dtype=np.int64)
+    train_events = np.zeros(n_clients, dtype=np.int64)
+    time = store.columns["time_s"]
+    first_of_client = np.zeros(store.n_events + 1, dtype=bool)
+    first_of_client[store.offsets[:-1]] = True
+    for lo, hi in iter_blocks(store.n_events):
+        t = np.asarray(time[lo:hi])
+        train = t < split_s
+        client = store.client_of(np.arange(lo, hi))
+        train_events += np.bincount(client[train], minlength=n_clients)
+        prev = np.asarray(time[max(lo - 1, 0) : hi - 1]) if lo > 0 else np.concatenate([[np.nan], t[:-1]])
+        gap = t - prev
+        ok = train & ~first_of_client[lo:hi] & (gap > 0)
+        gaps.add(np.log(gap[ok]), client[ok])
+        for f, values in _field_values(store, lo, hi, train):
+            marks[f].add(np.log1p(values.astype(np.float64)))
+            small = values[values < SPIKE_VALUE_LIMIT]
+            hist[f] += np.bincount(small, minlength=SPIKE_VALUE_LIMIT)
+            max_count[f] = max(max_count[f], int(values.max(initial=0)))
+        if store.layout.has_reasoning:
+            ratio_hist += _ratio_hist(store, lo, hi, train)
+    all_gaps = _Moments()
+    all_gaps.n, all_gaps.s, all_gaps.ss = (
+        gaps.n.sum(keepdims=True),
+        gaps.s.sum(keepdims=True),
+        gaps.ss.sum(keepdims=True),
+    )
+    g_mean, g_std = all_gaps.mean_std()
+    c_mean, c_std = gaps.mean_std(g_mean[0], g_std[0] ** 2, SHRINK_GAPS)
+    c_std = np.maximum(c_std, MIN_GAP_LOG_STD)
+    mark_stats = {f: marks[f].mean_std() for f in fields}
+    return Normalizers(
+        gap_log_mean=c_mean.astype(np.float32),
+        gap_log_std=c_std.astype(np.float32),
+        mark_mean={f: float(m[0]) for f, (m, _) in mark_stats.items()},
+        mark_std={f: float(s[0]) for f, (_, s) in mark_stats.items()},
+        spikes={f: frequent_values(hist[f], max_spikes, min_spike_share) for f in fields},
+        max_count=max_count,
+        train_events=train_events,
+        quantiles=_quantiles(hist, ratio_hist if store.layout.has_reasoning else None),
+    )
+
+
+def _ratio_hist(store: EventStore, lo: int, hi: int, train: np.ndarray) -> np.ndarray:
+    """Histogram of reasoning / output over (0, 1) in RATIO_BINS equal bins."""
+    r = np.asarray(store.columns["reasoning"][lo:hi])[train].astype(np.float64)
+    o = np.asarray(store.columns["output"][lo:hi])[train].astype(np.float64)
+    inside = (r > 0) & (r < o)
+    return np.bincount((r[inside] / o[inside] * RATIO_BINS).astype(np.int64), minlength=RATIO_BINS)[
+        :RATIO_BINS
+    ]
+
+
+def _quantiles(hist: dict[str, np.ndarray], ratio_hist: np.ndarray | None) -> dict[str, list[float]]:
+    """Quantile functions (at QUANTILE_PROBS) of log1p(count) per field and of logit(ratio)."""
+    out = {}
+    for f, h in hist.items():
+        cdf = np.cumsum(h) / max(h.sum(), 1)
+        values = np.searchsorted(cdf, QUANTILE_PROBS.clip(1e-9, 1 - 1e-9))
+        out[f] = np.log1p(values.astype(np.float64)).tolist()
+    if ratio_hist is not None:
+        cdf = np.cumsum(ratio_hist) / max(ratio_hist.sum(), 1)
+        x = (np.searchsorted(cdf, QUANTILE_PROBS.clip(1e-9, 1 - 1e-9)) + 0.5) / RATIO_BINS
+        out["reasoning"] = np.log(x / (1 - x)).tolist()
+    return out
+
+
+def _field_values(store: EventStore, lo: int, hi: int, train: np.ndarray):
+    """(field, training values) of every count field in events [lo, hi)."""
+    for m in store.layout.modalities:
+        yield f"{m}_count", np.asarray(store.columns[f"{m}_count"][lo:hi])[train]
+        offsets, tokens = store.items[m]
+        first, last = np.asarray(offsets[lo:hi]), np.asarray(offsets[lo + 1 : hi + 1])
+        counts = (last - first)[train]
+        idx = np.repeat(first[train], counts) + (
+            np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        )
+        yield f"{m}_tokens", np.asarray(tokens)[idx] if len(idx) else np.zeros(0, dtype=np.int32)
+    yield "input", np.asarray(store.columns["input"][lo:hi])[train]
+    yield "output", np.asarray(store.columns["output"][lo:hi])[train]
+
+
+def frequent_values(hist: np.ndarray, max_spikes: int, min_share: float) -> list[int]:
+    """The most frequent exact values (templates, caps, a finite support), each at least ``min_share``."""
+    total = hist.sum()
+    if total == 0 or max_spikes == 0:
+        return []
+    candidates = np.nonzero((hist >= min_share * total) & (hist >= 5))[0]
+    top = candidates[np.argsort(-hist[candidates], kind="stable")[:max_spikes]]
+    return sorted(int(v) for v in top)
+
+
+def rate_curves(store: EventStore, bin_s: float, span_s: float, until_s: float | None = None) -> np.ndarray:
+    """(C, bins) events per second of each client in bins of ``bin_s`` over [0, span_s) of the timeline.
+
+    With ``until_s`` only events before it count and bins past it stay 0.
+    """
+    n_bins = max(1, int(np.ceil(span_s / bin_s)))
+    n_clients = len(store.client_ids)
+    end = span_s if until_s is None else min(until_s, span_s)
+    counts = np.zeros(n_clients * n_bins)
+    for lo, hi in iter_blocks(store.n_events):
+        t = np.asarray(store.columns["time_s"][lo:hi])
+        ok = t < end if until_s is not None else np.ones(len(t), dtype=bool)
+        b = np.clip((t[ok] // bin_s).astype(np.int64), 0, n_bins - 1)
+        counts += np.bincount(store.client_of(np.arange(lo, hi))[ok] * n_bins + b, minlength=len(counts))
+    width = np.clip(end - np.arange(n_bins) * bin_s, 1e-9, bin_s)
+    return (counts.reshape(n_clients, n_bins) / width).astype(np.float32)
+
+
+def activity_table(rates: np.ndarray, span_s: float) -> tuple[np.ndarray, float, float]:
+    """Standardized log rates (the model's activity features), their mean and std.
+
+    A floor of one request per learned span keeps idle bins finite.
+    """
+    log_rate = np.log(np.asarray(rates, dtype=np.float64) + 1.0 / max(span_s, 1.0))
+    mean, std = float(log_rate.mean()), float(log_rate.std() + 1e-6)
+    return ((log_rate - mean) / std).astype(np.float32), mean, std
+
+
+def flat_activity(log_rate: np.ndarray, n_bins: int, mean: float, std: float, span_s: float) -> np.ndarray:
+    """(N, bins) activity rows of clients known only by a mean log rate (new or unknown clients)."""
+    value = (np.log(np.exp(np.asarray(log_rate, dtype=np.float64)) + 1.0 / max(span_s, 1.0)) - mean) / std
+    return np.repeat(value[:, None], n_bins, axis=1).astype(np.float32)

@@ -1,0 +1,237 @@
+"""The marked temporal point process: one model for every client stream, conditioned on a client embedding.
+
+For each event the model scores, in order: the gap since the client's previous
+event (:class:`GapMixture`), then per modality the item count and each item's
+tokens, then the input (text) tokens, the output tokens and the reasoning part
+of the output. Each head reads the GRU history state and the marks of the
+current event drawn before it, so real dependence (input -> output, ...) is
+learned rather than assumed away. A new mark (e.g. a conversation's
+opens/follows flag) is one more head in :meth:`MarkedTPP._head_specs` and one
+more condition entry.
+
+Normalizers are registered buffers, so they travel in the state dict.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from servegen_ml.neural import features as F
+from servegen_ml.neural.data.events import MarkLayout
+from servegen_ml.neural.data.normalizers import Normalizers, activity_table
+from servegen_ml.neural.model.distributions import CountMixture, GapMixture, RatioMixture
+from servegen_ml.neural.model.encoder import EventEncoder
+from servegen_ml.neural.model.heads import HeadSpec, HeadStack
+
+
+class MarkedTPP(nn.Module):
+    def __init__(
+        self,
+        n_clients: int,
+        layout: dict,
+        spikes: dict[str, list[int]],
+        hidden: int = 64,
+        embedding: int = 16,
+        head_hidden: int = 64,
+        time_components: int = 8,
+        mark_components: int = 6,
+        day_harmonics: int = 3,
+        week_harmonics: int = 2,
+        activity_bins: int = 1,
+        activity_bin_s: float = 600.0,
+    ):
+        super().__init__()
+        self.layout = MarkLayout.from_dict(layout)
+        self.fields = self.layout.count_fields()
+        self.harmonics = (day_harmonics, week_harmonics)
+        self.time_components, self.mark_components = time_components, mark_components
+        self.register_buffer("gap_log_mean", torch.zeros(n_clients))
+        self.register_buffer("gap_log_std", torch.ones(n_clients))
+        self.register_buffer("mark_mean", torch.zeros(len(self.fields)))
+        self.register_buffer("mark_std", torch.ones(len(self.fields)))
+        for f in self.fields:
+            self.register_buffer(f"spikes_{f}", torch.tensor(sorted(spikes.get(f, [])), dtype=torch.long))
+        # Per client, the standardized log empirical rate per time bin of the learned timeline (see features).
+        self.activity_bin_s = float(activity_bin_s)
+        self.register_buffer("activity", torch.zeros(n_clients, activity_bins))
+        self.register_buffer("activity_span_s", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("activity_log_mean", torch.tensor(0.0))
+        self.register_buffer("activity_log_std", torch.tensor(1.0))
+        # Likelihood precision: float64 to score; training switches to float32 for speed.
+        self.compute_dtype = torch.float64
+        self.embedding = nn.Embedding(n_clients, embedding)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        n_event = len(F.event_feature_names(self.layout, day_harmonics, week_harmonics))
+        self.encoder = EventEncoder(n_event, embedding, hidden)
+        self.heads = HeadStack(hidden, head_hidden, self._head_specs())
+
+    def _head_specs(self) -> list[HeadSpec]:
+        visible = F.visible_prefix(self.layout)
+        kt, km = self.time_components, self.mark_components
+        specs = [HeadSpec("time", 1 + 3 * kt, 0, 1 + kt, kt)]
+        for f in self.fields:
+            v = len(self.spikes(f)) + 1
+            specs.append(HeadSpec(f, v + 3 * km, visible[f], v + km, km))
+        if self.layout.has_reasoning:
+            specs.append(HeadSpec("reasoning", 3 + 3 * km, visible["reasoning"], 3 + km, km))
+        return specs
+
+    def spikes(self, field: str) -> Tensor:
+        return getattr(self, f"spikes_{field}")
+
+    def set_normalizers(self, norm: Normalizers) -> None:
+        with torch.no_grad():
+            self.gap_log_mean.copy_(torch.as_tensor(norm.gap_log_mean))
+            self.gap_log_std.copy_(torch.as_tensor(norm.gap_log_std))
+            self.mark_mean.copy_(torch.tensor([norm.mark_mean[f] for f in self.fields]))
+            self.mark_std.copy_(torch.tensor([norm.mark_std[f] for f in self.fields]))
+
+    def init_mixtures(self, norm: Normalizers) -> None:
+        """Start each mark head's mixture at the training marginal: component k centred on quantile (k + 1/2) / K.
+
+        Only the output biases change; a head still starts near this marginal for every history.
+        """
+        probs = np.linspace(0.0, 1.0, len(next(iter(norm.quantiles.values()))))
+        for spec in self.heads.specs:
+            if spec.name not in norm.quantiles:
+                continue
+            k = spec.n_components
+            mid = (np.arange(k) + 0.5) / k
+            q = np.interp(mid, probs, norm.quantiles[spec.name])
+            width = np.interp(mid + 0.5 / k, probs, norm.quantiles[spec.name]) - np.interp(
+                mid - 0.5 / k, probs, norm.quantiles[spec.name]
+            )
+            if spec.name in self.fields:
+                q, width = (
+                    (q - norm.mark_mean[spec.name]) / norm.mark_std[spec.name],
+                    width / norm.mark_std[spec.name],
+                )
+            with torch.no_grad():
+                bias = self.heads.out[spec.name].bias
+                bias[spec.loc_offset : spec.loc_offset + k] = torch.as_tensor(q, dtype=bias.dtype)
+                log_width = np.log(np.clip(width, 0.05, 2.0))
+                bias[spec.loc_offset + k : spec.loc_offset + 2 * k] = torch.as_tensor(
+                    log_width, dtype=bias.dtype
+                )
+
+    def set_activity(self, rates, span_s: float) -> None:
+        """Activity table from per-client empirical rates (C, bins) in req/s over the learned span [0, span_s)."""
+        table, mean, std = activity_table(rates, span_s)
+        with torch.no_grad():
+            self.activity.copy_(torch.as_tensor(table))
+            self.activity_span_s.fill_(float(span_s))
+            self.activity_log_mean.fill_(mean)
+            self.activity_log_std.fill_(std)
+
+    def client_inputs(self, client: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Embedding (B, E) and log-gap normalizer (B,), (B,) of client indices (B,)."""
+        return self.embedding(client), self.gap_log_mean[client], self.gap_log_std[client]
+
+    # -- distributions from raw head outputs -------------------------------------------------
+
+    def gap_dist(self, raw: Tensor, gap_mean: Tensor, gap_std: Tensor) -> GapMixture:
+        zero, comp, loc, log_scale = F.split_params(raw, 1, self.time_components)
+        loc, log_scale = F.destandardize(torch, loc, log_scale, gap_mean.unsqueeze(-1), gap_std.unsqueeze(-1))
+        return GapMixture(zero[..., 0], comp, loc, log_scale, self.compute_dtype)
+
+    def count_dist(self, field: str, raw: Tensor) -> CountMixture:
+        spikes = self.spikes(field)
+        logits, comp, loc, log_scale = F.split_params(raw, len(spikes) + 1, self.mark_components)
+        i = self.fields.index(field)
+        loc, log_scale = F.destandardize(torch, loc, log_scale, self.mark_mean[i], self.mark_std[i])
+        floor = F.count_floor(float(self.mark_mean[i]), float(self.mark_std[i]))
+        return CountMixture(spikes, logits, comp, loc, log_scale, self.compute_dtype, *floor)
+
+    def ratio_dist(self, raw: Tensor) -> RatioMixture:
+        return RatioMixture(*F.split_params(raw, 3, self.mark_components), self.compute_dtype)
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def event_features(self, time_s, gap_s, is_start, gap_mean, gap_std, marks, client, activity) -> Tensor:
+        """Encoder inputs; ``activity[client]`` is each event's client row of an activity table."""
+        span = float(self.activity_span_s)
+        act = F.activity_features(torch, activity, client, time_s, self.activity_bin_s, span)
+        feats = F.event_features(
+            torch, self.layout, time_s, gap_s, is_start, gap_mean, gap_std, marks,
+            self.mark_mean, self.mark_std, self.fields, self.harmonics, act,
+        )  # fmt: skip
+        return torch.stack(feats, -1).float()
+
+    def forward(
+        self,
+        batch: dict[str, Tensor],
+        emb: Tensor,
+        gap_mean: Tensor,
+        gap_std: Tensor,
+        h0: Tensor,
+        activity: Tensor | None = None,
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Per-event log-likelihood parts (B, T) in ``compute_dtype`` of a batch (see data.chunks.gather_batch), and h_last.
+
+        ``activity`` is the table ``batch["client"]`` indexes (default: the model's own clients).
+        """
+        activity = self.activity if activity is None else activity
+        client = batch["client"].unsqueeze(1)
+        gm, gs = gap_mean.unsqueeze(1), gap_std.unsqueeze(1)
+        x_marks = {name: batch[f"x_{name}"] for name in self.layout.mark_columns()}
+        x = self.event_features(
+            batch["x_time_s"], batch["x_gap_s"], batch["x_start"], gm, gs, x_marks, client, activity
+        )
+        states, h_last = self.encoder(x, emb, h0)
+        y_marks = {name: batch[f"y_{name}"] for name in self.layout.mark_columns()}
+        gap = batch["gap_s"]
+        cond = F.condition_features(
+            torch, self.layout, gap, gm, gs, y_marks, self.mark_mean, self.mark_std, self.fields
+        )
+        cond = torch.stack(cond, -1).float()
+        proj = self.heads.project(states)
+        parts = {
+            "time": self.gap_dist(self.heads.raw("time", proj, None), gm, gs).log_prob(
+                gap, F.TIME_RESOLUTION_S
+            )
+        }
+        parts["time"] = parts["time"] + self._survival(batch, states, emb, gm, gs, y_marks, activity)
+        for m in self.layout.modalities:
+            parts[f"{m}_count"] = self.count_dist(
+                f"{m}_count", self.heads.raw(f"{m}_count", proj, cond)
+            ).log_prob(batch[f"y_{m}_count"].long())
+            parts[f"{m}_tokens"] = self._items_log_prob(m, proj, cond, batch)
+        for f in ("input", "output"):
+            parts[f] = self.count_dist(f, self.heads.raw(f, proj, cond)).log_prob(batch[f"y_{f}"].long())
+        if self.layout.has_reasoning:
+            dist = self.ratio_dist(self.heads.raw("reasoning", proj, cond))
+            parts["reasoning"] = dist.log_prob(batch["y_reasoning"].long(), batch["y_output"].long())
+        mask = batch["mask"]
+        return {k: torch.where(mask, v, torch.zeros_like(v)) for k, v in parts.items()}, h_last
+
+    def _survival(self, batch, states, emb, gm, gs, y_marks, activity) -> Tensor:
+        """log P(no event before the window end) after each segment's last event; 0 elsewhere."""
+        s = batch["survival_s"]
+        out = torch.zeros_like(s)
+        sel = ~torch.isnan(s)
+        if not bool(sel.any()):
+            return out
+        b_idx = sel.nonzero()[:, 0]
+        marks = {k: v[sel] for k, v in y_marks.items()}
+        x = self.event_features(
+            batch["time_s"][sel], batch["gap_s"][sel], torch.zeros_like(s[sel], dtype=torch.bool),
+            gm.squeeze(1)[b_idx], gs.squeeze(1)[b_idx], marks, batch["client"][b_idx], activity,
+        )  # fmt: skip
+        # One more GRU step: the state after the last event itself sets the survival's gap distribution.
+        _, h_after = self.encoder(x.unsqueeze(1), emb[b_idx], states[sel])
+        raw = self.heads.raw("time", self.heads.project(h_after), None)
+        out[sel] = (
+            self.gap_dist(raw, gm.squeeze(1)[b_idx], gs.squeeze(1)[b_idx]).log_survival(s[sel]).to(out.dtype)
+        )
+        return out
+
+    def _items_log_prob(self, m: str, proj: Tensor, cond: Tensor, batch) -> Tensor:
+        """Sum over each event's items of log P(item tokens); items are i.i.d. given the event's context."""
+        b, t = batch["mask"].shape
+        owner = batch[f"items_{m}_owner"]
+        raw = self.heads.raw(f"{m}_tokens", proj, cond).reshape(b * t, -1)[owner]
+        lp = self.count_dist(f"{m}_tokens", raw).log_prob(batch[f"items_{m}"].long())
+        total = torch.zeros(b * t, dtype=lp.dtype, device=lp.device).index_add_(0, owner, lp)
+        return total.reshape(b, t)

@@ -1,0 +1,113 @@
+"""Exact samplers of the heads' distributions, in numpy (no torch).
+
+The torch distributions in :mod:`servegen_ml.neural.model.distributions` and the
+numpy sampling step share these functions, so a distribution is sampled one
+way only. Parameters arrive already in data units (see each function); every
+function takes an explicit ``np.random.Generator`` and draws in a fixed order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Log-scale bounds of every mixture component, shared with the torch side.
+LOG_SCALE_MIN = -7.0
+LOG_SCALE_MAX = 3.0
+
+
+def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Index drawn from softmax(logits) per row (inverse CDF); logits (B, K) -> (B,) int64.
+
+    The CDF is left unnormalized (the uniform is scaled by its total instead) and
+    kept in the logits' dtype: with a few hundred spike values per field this is
+    the sampling step's widest array.
+    """
+    cdf = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(cdf, out=cdf)
+    np.cumsum(cdf, axis=-1, out=cdf)
+    u = (rng.random((logits.shape[0], 1)) * cdf[:, -1:]).astype(cdf.dtype)
+    return np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
+
+
+def sample_mixture_normal(
+    comp_logits: np.ndarray, loc: np.ndarray, log_scale: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """One draw per row of a normal mixture; all (B, K) -> (B,)."""
+    k = sample_categorical(comp_logits, rng)
+    rows = np.arange(len(k))
+    z = rng.standard_normal(len(k))
+    scale = np.exp(np.clip(log_scale[rows, k], LOG_SCALE_MIN, LOG_SCALE_MAX))
+    return loc[rows, k] + scale * z
+
+
+def sample_gap(
+    zero_logit: np.ndarray,
+    comp_logits: np.ndarray,
+    loc: np.ndarray,
+    log_scale: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Inter-arrival gaps in seconds: exactly 0 with prob sigmoid(zero_logit), else log-normal mixture.
+
+    zero_logit (B,); comp_logits, loc, log_scale (B, K) with loc/scale of log(gap_s).
+    """
+    is_zero = rng.random(len(zero_logit)) < 1.0 / (1.0 + np.exp(-zero_logit))
+    log_gap = sample_mixture_normal(comp_logits, loc, log_scale, rng)
+    return np.where(is_zero, 0.0, np.exp(np.minimum(log_gap, 700.0)))
+
+
+def sample_count(
+    spike_values: np.ndarray,
+    logits: np.ndarray,
+    comp_logits: np.ndarray,
+    loc: np.ndarray,
+    log_scale: np.ndarray,
+    max_count: int,
+    rng: np.random.Generator,
+    floor: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """Integer counts >= 0: a spike value or the discretized mixture on log(n + 1).
+
+    logits (B, V + 1): V spike values then the continuous part; comp_logits, loc,
+    log_scale (B, K) of log(n + 1). n = floor(exp(y) - 0.5) is exact for bins
+    [log(n + 0.5), log(n + 1.5)). ``floor`` = (weight, loc, log_scale) of the
+    broad normal mixed in (see CountMixture). Draws beyond ``max_count`` are capped there.
+    """
+    cat = sample_categorical(logits, rng)
+    y = sample_mixture_normal(comp_logits, loc, log_scale, rng)
+    out = _log_count(y, max_count)
+    if len(spike_values):
+        spikes = np.asarray(spike_values, dtype=np.int64)[np.minimum(cat, len(spike_values) - 1)]
+        out = np.where(cat < len(spike_values), spikes, out)
+    weight, base_loc, base_log_scale = floor
+    if weight <= 0:
+        return out
+    use_base = rng.random(len(out)) < weight
+    base = _log_count(base_loc + np.exp(base_log_scale) * rng.standard_normal(len(out)), max_count)
+    return np.where(use_base, base, out)
+
+
+def _log_count(y: np.ndarray, max_count: int) -> np.ndarray:
+    """The integer whose bin [log(n + 0.5), log(n + 1.5)) holds y, capped at max_count."""
+    n = np.floor(np.exp(np.clip(y, -50.0, np.log(max_count + 1.0))) - 0.5)
+    return np.clip(n, 0, max_count).astype(np.int64)
+
+
+def sample_ratio_tokens(
+    logits: np.ndarray,
+    comp_logits: np.ndarray,
+    loc: np.ndarray,
+    log_scale: np.ndarray,
+    total: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Part of ``total`` (e.g. reasoning of output tokens): ratio 0, ratio 1, or a logit-normal mixture.
+
+    logits (B, 3): [ratio = 0, ratio = 1, continuous]; comp_logits, loc, log_scale
+    (B, K) of logit(ratio). The continuous ratio x gives round(x * total).
+    """
+    cat = sample_categorical(logits, rng)
+    x = 1.0 / (1.0 + np.exp(-sample_mixture_normal(comp_logits, loc, log_scale, rng)))
+    total = np.asarray(total, dtype=np.int64)
+    cont = np.clip(np.floor(x * total + 0.5), 0, total).astype(np.int64)
+    return np.where(cat == 0, 0, np.where(cat == 1, total, cont))

@@ -1,0 +1,213 @@
+"""Train a :class:`MarkedTPP` on an :class:`EventStore` with Lightning.
+
+Time-based split: every client's events before ``split_s`` train, the later
+ones validate (early stopping on validation NLL per event). Checkpoints,
+CSV logs and resumption live under ``<default_root_dir>/<fingerprint>/``, where
+the fingerprint hashes the model settings and the data, so re-running the same
+command resumes from ``last.ckpt`` while a different run starts fresh. With
+``default_root_dir: null`` a temporary directory is used and removed.
+
+Trainer settings are Lightning ``Trainer`` arguments plus three of ours:
+``early_stopping_patience``, ``resume`` and ``num_threads`` (torch CPU
+threads while training and scoring; null keeps torch's default — one thread
+is much faster on a CPU shared with other busy processes). Under a subprocess-launched DDP
+strategy (``strategy: ddp``) the extra processes exit once training is done;
+only global rank 0 returns and writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from servegen_ml.neural.data.chunks import split_segments
+from servegen_ml.neural.data.events import EventStore
+from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
+
+# Settings that shape the network (the rest of the settings are training options).
+ARCHITECTURE_KEYS = (
+    "hidden",
+    "embedding",
+    "head_hidden",
+    "time_components",
+    "mark_components",
+    "day_harmonics",
+    "week_harmonics",
+)
+
+OUR_TRAINER_KEYS = ("early_stopping_patience", "resume", "num_threads")
+
+
+@dataclass
+class TrainResult:
+    model: dict  # MarkedTPP constructor arguments
+    weights: dict[str, np.ndarray]  # its state dict (float32; spikes int64)
+    normalizers: Normalizers
+    rates: np.ndarray  # (C, bins) empirical req/s per client over the learned timeline
+    span_s: float
+    summary: dict  # epochs, best validation NLL, where logs went, ...
+
+
+def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> TrainResult:
+    """Fit on ``store``. settings: architecture + data keys of NeuralGenerator; trainer: see module docstring."""
+    import lightning as L
+
+    from servegen_ml.neural.data.datamodule import EventDataModule
+    from servegen_ml.neural.training.lightning_module import TPPLightningModule
+
+    span = store.window_end_s - store.window_start_s
+    split_s = store.window_start_s + (1.0 - settings["val_fraction"]) * span
+    norm = fit_normalizers(store, split_s, settings["max_spikes"], settings["min_spike_share"])
+    span_s, bin_s = learned_span(store), settings["rate_bin_s"]
+    rates = rate_curves(store, bin_s, span_s)
+    model = {
+        "n_clients": len(store.client_ids),
+        "layout": store.layout.to_dict(),
+        "spikes": norm.spikes,
+        "activity_bins": rates.shape[1],
+        "activity_bin_s": bin_s,
+        **{k: settings[k] for k in ARCHITECTURE_KEYS},
+    }
+    train, val = split_segments(store, split_s)
+    monitor = "val_nll" if len(val) else "train_nll_epoch"
+    torch.manual_seed(seed)
+    module = TPPLightningModule(
+        model, lr=settings["lr"], weight_decay=settings["weight_decay"], monitor=monitor
+    )
+    module.tpp.set_normalizers(norm)
+    module.tpp.init_mixtures(norm)
+    # Training sees only the activity before the split: validation times wrap into it like held-out times.
+    module.tpp.set_activity(rate_curves(store, bin_s, span_s, until_s=split_s), split_s)
+    data = EventDataModule(
+        store,
+        train,
+        val if len(val) else None,
+        settings["lanes"],
+        settings["chunk_len"],
+        seed,
+        settings["cold_starts_per_client"],
+        settings["cold_starts_per_hour"],
+    )
+    fingerprint = _fingerprint(model, settings, store)
+    with (
+        _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir,
+        torch_threads(trainer.get("num_threads")),
+    ):
+        trainer_obj = _make_trainer(L, trainer, run_dir, monitor)
+        ckpt_path = _resume_path(run_dir, trainer)
+        trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        if trainer_obj.global_rank != 0:
+            # A subprocess-launched DDP worker: training is its only job.
+            sys.exit(0)
+        best = trainer_obj.checkpoint_callback.best_model_path
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+        summary = {
+            "epochs": int(trainer_obj.current_epoch),
+            "world_size": int(trainer_obj.world_size),
+            "global_steps": int(trainer_obj.global_step),
+            "monitor": monitor,
+            "best_score": _float(trainer_obj.checkpoint_callback.best_model_score),
+            "train_events": int(norm.train_events.sum()),
+            "val_events": int(store.n_events - norm.train_events.sum()),
+            "split_s": float(split_s),
+            "run_dir": str(run_dir) if trainer.get("default_root_dir") else None,
+            "resumed_from": str(ckpt_path) if ckpt_path else None,
+        }
+    module.tpp.set_activity(rates, span_s)
+    weights = {k: v.detach().cpu().numpy() for k, v in module.tpp.state_dict().items()}
+    return TrainResult(
+        model=model, weights=weights, normalizers=norm, rates=rates, span_s=span_s, summary=summary
+    )
+
+
+def learned_span(store: EventStore) -> float:
+    """The learned timeline is [0, span_s): up to the last event of the training trace."""
+    return max(float(store.window_end_s), 1e-3)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (None: unchanged), restoring the previous count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def _fingerprint(model: dict, settings: dict, store: EventStore) -> str:
+    ids = hashlib.sha256("\n".join(store.client_ids).encode()).hexdigest()
+    data = [
+        store.n_events,
+        store.window_start_s,
+        store.window_end_s,
+        ids,
+        float(np.asarray(store.columns["time_s"][-1:]).sum()),
+    ]
+    blob = json.dumps([model, settings, data], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _run_dir:
+    """The run directory: ``root/fingerprint`` (kept), or a temporary one (removed) when root is None."""
+
+    def __init__(self, root, fingerprint: str):
+        self.root, self.fingerprint, self.tmp = root, fingerprint, None
+
+    def __enter__(self) -> Path:
+        if self.root is None:
+            self.tmp = tempfile.TemporaryDirectory(prefix="servegen-neural-")
+            return Path(self.tmp.name)
+        path = Path(self.root) / self.fingerprint
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def __exit__(self, *exc):
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def _make_trainer(L, trainer: dict, run_dir: Path, monitor: str):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    kwargs = {k: v for k, v in trainer.items() if k not in OUR_TRAINER_KEYS}
+    kwargs["default_root_dir"] = str(run_dir)
+    if kwargs.get("enable_progress_bar") is None:
+        # A progress bar only where someone watches: a terminal, not a log file.
+        kwargs["enable_progress_bar"] = sys.stderr.isatty()
+    kwargs.setdefault("enable_model_summary", False)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="min",
+        save_last=True,
+        save_top_k=1,
+    )
+    patience = int(trainer.get("early_stopping_patience", 3))
+    # strict=False: a run stopped by max_steps mid-epoch may end before any validation.
+    callbacks = [checkpoint, EarlyStopping(monitor=monitor, mode="min", patience=patience, strict=False)]
+    return L.Trainer(logger=CSVLogger(str(run_dir), name="logs"), callbacks=callbacks, **kwargs)
+
+
+def _resume_path(run_dir: Path, trainer: dict) -> str | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if trainer.get("resume", True) and last.is_file() else None

@@ -1,0 +1,55 @@
+"""Exact per-event log-likelihood of whole client streams under a trained :class:`MarkedTPP`.
+
+Unlike training, nothing is cut: each client is one lane from the window start
+to its last event (hidden state carried across chunks), and its last event
+adds the survival to the window end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from servegen_ml.neural.data.chunks import gather_batch, plan_lanes, whole_segments
+from servegen_ml.neural.data.datamodule import to_tensors
+from servegen_ml.neural.data.events import EventStore
+from servegen_ml.neural.model.tpp import MarkedTPP
+
+# Events held at once in one scoring batch (lanes x chunk length).
+BATCH_EVENTS = 1 << 18
+
+
+@torch.no_grad()
+def score_store(
+    tpp: MarkedTPP,
+    store: EventStore,
+    embedding: np.ndarray,
+    gap_mean: np.ndarray,
+    gap_std: np.ndarray,
+    activity: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Log-likelihood parts per event in store order; per-client inputs indexed like ``store.client_ids``."""
+    segments = whole_segments(store)
+    n_lanes = max(1, len(segments))
+    chunk_len = int(np.clip(BATCH_EVENTS // n_lanes, 16, 1024))
+    plan = plan_lanes(segments, n_lanes, chunk_len, rng=None)
+    emb_all = torch.from_numpy(np.asarray(embedding, dtype=np.float32))
+    gm_all = torch.from_numpy(np.asarray(gap_mean, dtype=np.float32))
+    gs_all = torch.from_numpy(np.asarray(gap_std, dtype=np.float32))
+    activity = torch.from_numpy(np.asarray(activity, dtype=np.float32))
+    out: dict[str, np.ndarray] = {}
+    h = None
+    tpp.eval()
+    for step in range(plan.n_steps):
+        batch = to_tensors(gather_batch(store, plan, step, chunk_len))
+        client = batch["client"]
+        emb, gm, gs = emb_all[client], gm_all[client], gs_all[client]
+        h0 = tpp.encoder.initial_state(emb)
+        if h is not None:
+            h0 = torch.where(batch["reset"].unsqueeze(1), h0, h)
+        parts, h = tpp(batch, emb, gm, gs, h0, activity)
+        mask = batch["mask"].numpy()
+        idx = (plan.lo[:, step, None] + np.arange(chunk_len)[None, :])[mask]
+        for name, value in parts.items():
+            out.setdefault(name, np.zeros(store.n_events))[idx] = value.numpy()[mask]
+    return out

@@ -1,0 +1,236 @@
+"""Each head distribution's log_prob against scipy / direct summation, and its sampler against the PMF."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.special import expit, logit
+
+from servegen_ml.neural.model.distributions import CountMixture, GapMixture, RatioMixture, log_normal_interval
+
+RES = 1e-3
+
+
+def gap_dist():
+    # two rows: different zero mass and mixtures (log-seconds)
+    return GapMixture(
+        zero_logit=torch.tensor([-1.0, -4.0], dtype=torch.float64),
+        comp_logits=torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=torch.float64),
+        loc=torch.tensor([[-2.0, 1.0], [0.5, 3.0]], dtype=torch.float64),
+        log_scale=torch.tensor([[0.0, -0.5], [0.3, -1.0]], dtype=torch.float64),
+    )
+
+
+def gap_cdf_scipy(d, row, x):
+    w = torch.softmax(d.comp_logits[row], -1).numpy()
+    mu, sd = d.loc[row].numpy(), np.exp(d.log_scale[row].numpy())
+    return sum(w[k] * stats.norm.cdf((np.log(x) - mu[k]) / sd[k]) for k in range(len(w)))
+
+
+def test_log_normal_interval_matches_high_precision():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    a = torch.tensor([-3.0, 0.2, 8.0, -40.0, 30.0, 1.0, -0.5], dtype=torch.float64)
+    w = torch.tensor([0.5, 1e-7, 0.1, 2.0, 1e-3, 50.0, 1e-4], dtype=torch.float64)
+    got = log_normal_interval(a, w).numpy()
+    for i in range(len(a)):
+        lo, hi = mpmath.mpf(float(a[i])), mpmath.mpf(float(a[i])) + mpmath.mpf(float(w[i]))
+        mass = mpmath.ncdf(-lo) - mpmath.ncdf(-hi) if lo > 0 else mpmath.ncdf(hi) - mpmath.ncdf(lo)
+        want = float(mpmath.log(mass))
+        assert got[i] == pytest.approx(want, rel=1e-7)
+
+
+def test_gap_log_prob_matches_scipy():
+    d = gap_dist()
+    for g in (0.01, 0.5, 3.0, 40.0):
+        lp = d.log_prob(torch.tensor([g, g], dtype=torch.float64), RES).numpy()
+        for row in range(2):
+            p1 = expit(-float(d.zero_logit[row]))
+            want = np.log(p1 * (gap_cdf_scipy(d, row, g + RES) - gap_cdf_scipy(d, row, g)))
+            assert lp[row] == pytest.approx(want, rel=1e-5)
+
+
+def test_gap_zero_point_mass_and_survival():
+    d = gap_dist()
+    lp0 = d.log_prob(torch.zeros(2, dtype=torch.float64), RES).numpy()
+    for row in range(2):
+        p0 = expit(float(d.zero_logit[row]))
+        assert lp0[row] == pytest.approx(np.log(p0 + (1 - p0) * gap_cdf_scipy(d, row, RES)), rel=1e-9)
+    s = torch.tensor([2.0, 7.0], dtype=torch.float64)
+    surv = d.log_survival(s).numpy()
+    for row in range(2):
+        p1 = expit(-float(d.zero_logit[row]))
+        assert surv[row] == pytest.approx(np.log(p1 * (1 - gap_cdf_scipy(d, row, float(s[row])))), rel=1e-9)
+    # P(gap >= 0) = 1
+    assert np.allclose(d.log_survival(torch.zeros(2, dtype=torch.float64)).numpy(), 0.0)
+
+
+def test_gap_sample_moments_match_analytic():
+    d = gap_dist()
+    rng = np.random.default_rng(0)
+    n = 200_000
+    rep = GapMixture(
+        *(x[:1].expand(n, *x.shape[1:]) for x in (d.zero_logit, d.comp_logits, d.loc, d.log_scale))
+    )
+    g = rep.sample(rng)
+    p0 = expit(float(d.zero_logit[0]))
+    w = torch.softmax(d.comp_logits[0], -1).numpy()
+    mu, sd = d.loc[0].numpy(), np.exp(d.log_scale[0].numpy())
+    mean = (1 - p0) * np.sum(w * np.exp(mu + sd**2 / 2))
+    assert np.mean(g == 0) == pytest.approx(p0, abs=0.005)
+    assert g.mean() == pytest.approx(mean, rel=0.02)
+    # the median of log-gaps of the continuous part vs the mixture CDF
+    q = np.quantile(g[g > 0], 0.5)
+    assert gap_cdf_scipy(d, 0, q) == pytest.approx(0.5, abs=0.01)
+
+
+def count_dist(spikes=(0, 100, 512)):
+    v = len(spikes)
+    return CountMixture(
+        spike_values=torch.tensor(spikes, dtype=torch.int64),
+        logits=torch.tensor([[0.0] * v + [1.5]], dtype=torch.float64),
+        comp_logits=torch.tensor([[0.0, 0.5]], dtype=torch.float64),
+        loc=torch.tensor([[3.0, 6.0]], dtype=torch.float64),
+        log_scale=torch.tensor([[-0.5, 0.2]], dtype=torch.float64),
+    )
+
+
+def test_count_log_prob_matches_scipy_and_sums_to_one():
+    d = count_dist()
+    n = torch.arange(0, 200_000)
+    lp = d.log_prob(n.unsqueeze(0)).numpy()[0]
+    assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-4)  # mass beyond 2e5 tokens is tiny
+    pi = torch.softmax(d.logits[0], -1).numpy()
+    w = torch.softmax(d.comp_logits[0], -1).numpy()
+    mu, sd = d.loc[0].numpy(), np.exp(d.log_scale[0].numpy())
+
+    def cont(k):
+        lo = -np.inf if k == 0 else np.log(k + 0.5)
+        return sum(
+            w[j] * (stats.norm.cdf((np.log(k + 1.5) - mu[j]) / sd[j]) - stats.norm.cdf((lo - mu[j]) / sd[j]))
+            for j in range(2)
+        )
+
+    for k in (0, 1, 7, 100, 101, 512, 3000):
+        spike = pi[[0, 100, 512].index(k)] if k in (0, 100, 512) else 0.0
+        assert lp[k] == pytest.approx(np.log(spike + pi[-1] * cont(k)), rel=1e-6)
+
+
+def test_count_sampler_matches_pmf():
+    d = count_dist()
+    n = 200_000
+    rep = CountMixture(
+        d.spike_values, *(x.expand(n, -1) for x in (d.logits, d.comp_logits, d.loc, d.log_scale))
+    )
+    s = rep.sample(np.random.default_rng(1), max_count=10**7)
+    for k in (0, 100, 512, 20):
+        p = math.exp(float(d.log_prob(torch.tensor([k]))[0]))
+        assert np.mean(s == k) == pytest.approx(p, abs=4 * math.sqrt(p / n) + 1e-4)
+    # a coarse histogram check over log bins
+    edges = np.array([0, 5, 20, 50, 200, 1000, 5000, 10**7])
+    lp = np.exp(d.log_prob(torch.arange(0, 10**6).unsqueeze(0)).numpy()[0])
+    for lo, hi in itertools.pairwise(edges):
+        want = lp[lo : min(hi, 10**6)].sum()
+        assert np.mean((s >= lo) & (s < hi)) == pytest.approx(want, abs=0.005)
+
+
+def ratio_dist():
+    return RatioMixture(
+        logits=torch.tensor([[-1.0, -2.0, 1.0]], dtype=torch.float64),
+        comp_logits=torch.tensor([[0.0, 0.3]], dtype=torch.float64),
+        loc=torch.tensor([[1.5, -0.5]], dtype=torch.float64),
+        log_scale=torch.tensor([[-0.7, 0.0]], dtype=torch.float64),
+    )
+
+
+@pytest.mark.parametrize("total", [1, 2, 7, 1000, 30000])
+def test_ratio_log_prob_sums_to_one_and_matches_scipy(total):
+    d = ratio_dist()
+    k = torch.arange(0, total + 1).unsqueeze(0)
+    lp = d.log_prob(k, torch.full_like(k, total)).numpy()[0]
+    assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-9)
+    pi = torch.softmax(d.logits[0], -1).numpy()
+    w = torch.softmax(d.comp_logits[0], -1).numpy()
+    mu, sd = d.loc[0].numpy(), np.exp(d.log_scale[0].numpy())
+    j = total // 3
+    lo, hi = logit(max((j - 0.5) / total, 0)), logit(min((j + 0.5) / total, 1))
+    cont = sum(
+        w[c] * (stats.norm.cdf((hi - mu[c]) / sd[c]) - stats.norm.cdf((lo - mu[c]) / sd[c])) for c in range(2)
+    )
+    want = pi[2] * cont + (pi[0] if j == 0 else 0) + (pi[1] if j == total else 0)
+    assert lp[j] == pytest.approx(np.log(want), rel=1e-5)
+
+
+def test_ratio_zero_total_and_sampler():
+    d = ratio_dist()
+    assert float(d.log_prob(torch.tensor([[0]]), torch.tensor([[0]]))[0, 0]) == 0.0
+    n, total = 100_000, 50
+    rep = RatioMixture(*(x.expand(n, -1) for x in (d.logits, d.comp_logits, d.loc, d.log_scale)))
+    s = rep.sample(np.full(n, total), np.random.default_rng(2))
+    lp = np.exp(
+        d.log_prob(torch.arange(total + 1).unsqueeze(0), torch.full((1, total + 1), total)).numpy()[0]
+    )
+    freq = np.bincount(s, minlength=total + 1) / n
+    assert np.abs(freq - lp).max() < 0.006
+    assert 0.5 * np.abs(freq - lp).sum() < 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gradients_finite_at_extremes(dtype):
+    # one sane component and one far-off, very narrow one (its terms underflow)
+    params = [
+        torch.tensor(v, dtype=torch.float32, requires_grad=True)
+        for v in ([[0.0, 0.0]], [[-9.0, 9.0]], [[2.0, -9.0]])
+    ]
+    logits = torch.tensor([[0.0, 0.0, 0.0]], requires_grad=True)
+    zl = torch.tensor([0.0], requires_grad=True)
+    gap = GapMixture(zl, *params, dtype=dtype)
+    cnt = CountMixture(torch.tensor([1, 5]), logits, *params, dtype=dtype)
+    rat = RatioMixture(logits, *params, dtype=dtype)
+    total = (
+        gap.log_prob(torch.tensor([0.0]), RES).sum()
+        + gap.log_prob(torch.tensor([1e6]), RES).sum()
+        + gap.log_survival(torch.tensor([1e-9])).sum()
+        + cnt.log_prob(torch.tensor([[0, 5, 10**6]])).sum()
+        + rat.log_prob(torch.tensor([[0, 3, 10]]), torch.tensor([[10, 10, 10]])).sum()
+    )
+    total.backward()
+    assert torch.isfinite(total)
+    for p in params + [logits, zl]:
+        assert torch.isfinite(p.grad).all()
+
+
+def test_count_floor_mixes_in_a_broad_normal():
+    d = count_dist()
+    floored = CountMixture(
+        d.spike_values,
+        d.logits,
+        d.comp_logits,
+        d.loc,
+        d.log_scale,
+        floor=0.01,
+        base_loc=4.0,
+        base_log_scale=0.5,
+    )
+    n = torch.arange(0, 200_000).unsqueeze(0)
+    lp, lp0 = floored.log_prob(n).numpy()[0], d.log_prob(n).numpy()[0]
+    assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-4)
+    base = stats.norm.cdf((np.log(n[0].numpy() + 1.5) - 4.0) / np.exp(0.5)) - np.where(
+        n[0].numpy() > 0, stats.norm.cdf((np.log(n[0].numpy() + 0.5) - 4.0) / np.exp(0.5)), 0.0
+    )
+    np.testing.assert_allclose(np.exp(lp[:3000]), 0.99 * np.exp(lp0[:3000]) + 0.01 * base[:3000], rtol=1e-6)
+    m = 200_000
+    rep = CountMixture(
+        d.spike_values,
+        *(x.expand(m, -1) for x in (d.logits, d.comp_logits, d.loc, d.log_scale)),
+        floor=0.01,
+        base_loc=4.0,
+        base_log_scale=0.5,
+    )
+    s = rep.sample(np.random.default_rng(5), max_count=10**7)
+    for k in (0, 100, 30):
+        p = math.exp(float(floored.log_prob(torch.tensor([k]))[0]))
+        assert np.mean(s == k) == pytest.approx(p, abs=4 * math.sqrt(p / m) + 1e-4)

@@ -1,0 +1,35 @@
+"""The client population: traffic weighting and readable parameters."""
+
+import json
+
+import numpy as np
+
+from servegen_ml.neural.population import ClientPopulation, fit_population
+
+
+def test_draws_follow_traffic_not_client_count():
+    rng = np.random.default_rng(0)
+    heavy = rng.normal([5.0, 0.0], 0.1, (3, 2))  # few clients, most traffic
+    light = rng.normal([-5.0, 0.0], 0.1, (30, 2))
+    vectors = np.concatenate([heavy, light])
+    traffic = np.concatenate([np.full(3, 1000.0), np.full(30, 10.0)])
+    pop = fit_population(vectors, traffic, n_components=2, seed=0)
+    draws = pop.sample(4000, np.random.default_rng(1))
+    share_heavy = np.mean(draws[:, 0] > 0)
+    assert abs(share_heavy - 3000 / 3300) < 0.03
+    assert abs(draws[draws[:, 0] > 0, 0].mean() - heavy[:, 0].mean()) < 0.1
+
+
+def test_json_round_trip_and_determinism():
+    pop = fit_population(np.random.default_rng(2).normal(size=(5, 3)), np.ones(5), n_components=4, seed=0)
+    again = ClientPopulation.from_json(json.loads(json.dumps(pop.to_json())))
+    np.testing.assert_array_equal(
+        again.sample(10, np.random.default_rng(3)), pop.sample(10, np.random.default_rng(3))
+    )
+    assert pop.mean().shape == (3,)
+
+
+def test_single_client_population():
+    pop = fit_population(np.array([[1.0, 2.0]]), np.array([5.0]), n_components=4, seed=0)
+    draws = pop.sample(100, np.random.default_rng(0))
+    assert np.allclose(draws.mean(0), [1.0, 2.0], atol=0.05)

@@ -1,0 +1,142 @@
+"""The numpy sampling step reproduces the torch model; scoring carries state exactly across chunks."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from servegen_ml.neural import features as F
+from servegen_ml.neural.data.chunks import gather_batch, plan_lanes, whole_segments
+from servegen_ml.neural.data.datamodule import to_tensors
+from servegen_ml.neural.data.events import store_from_frame
+from servegen_ml.neural.data.normalizers import fit_normalizers, rate_curves
+from servegen_ml.neural.model.tpp import MarkedTPP
+from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
+from servegen_ml.neural.training import scoring
+from tests.factories import synthetic_trace
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Two OpenMP threads crawl on a CPU shared with other processes; restore the setting afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    store = store_from_frame(
+        synthetic_trace(seed=5, duration_s=900.0, n_clients=3, multimodal=True, reasoning=True)
+    )
+    norm = fit_normalizers(store, 1e9)
+    kwargs = tpp_kwargs(store, norm)
+    tpp = MarkedTPP(**kwargs, hidden=12, embedding=4, head_hidden=10)
+    tpp.set_normalizers(norm)
+    tpp.set_activity(rate_curves(store, 300.0, 900.0), 900.0)
+    with torch.no_grad():  # non-trivial heads
+        for p in tpp.heads.out.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    weights = {k: v.numpy().copy() for k, v in tpp.state_dict().items()}
+    return store, tpp.eval(), NumpyTPP(kwargs, weights, norm.max_count)
+
+
+def tpp_kwargs(store, norm):
+    return {
+        "n_clients": len(store.client_ids), "layout": store.layout.to_dict(), "spikes": norm.spikes,
+        "time_components": 3, "mark_components": 2, "activity_bins": 3, "activity_bin_s": 300.0,
+    }  # fmt: skip
+
+
+def test_features_gru_and_heads_match_torch(setup):
+    store, tpp, ntpp = setup
+    seg = whole_segments(store)
+    plan = plan_lanes(seg, len(seg), 16, rng=None)
+    b = to_tensors(gather_batch(store, plan, 0, 16))
+    emb, gm, gs = tpp.client_inputs(b["client"])
+    x_marks = {k: b[f"x_{k}"] for k in ("input", "output", "reasoning", "image_count", "image_item_log")}
+    client = b["client"][:, None]
+    x_t = tpp.event_features(
+        b["x_time_s"], b["x_gap_s"], b["x_start"], gm[:, None], gs[:, None], x_marks, client, tpp.activity
+    )
+    x_n = ntpp.event_features(
+        b["x_time_s"].numpy(), b["x_gap_s"].numpy(), b["x_start"].numpy(), gm[:, None].detach().numpy(),
+        gs[:, None].numpy(), {k: v.numpy() for k, v in x_marks.items()}, ntpp.activity, client.numpy(),
+    )  # fmt: skip
+    assert x_t[..., 8:13].std() > 0.1  # the activity features vary
+    np.testing.assert_allclose(x_n, x_t.numpy(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        h0 = tpp.encoder.initial_state(emb)
+        states, _ = tpp.encoder(x_t, emb, h0)
+        h, gates = ntpp.client_rows(emb.numpy())
+        np.testing.assert_allclose(h, h0.numpy(), atol=1e-6)
+        for step in range(5):
+            h = ntpp.gru_step(h, x_n[:, step], gates)
+            np.testing.assert_allclose(h, states[:, step].numpy(), atol=1e-5)
+        cond = torch.randn(states.shape[0], len(F.condition_names(store.layout)))
+        proj_t, proj_n = tpp.heads.project(states[:, 4]), ntpp.project(h)
+        for name in ntpp.head_names:
+            np.testing.assert_allclose(
+                ntpp.raw(name, proj_n, cond.numpy()), tpp.heads.raw(name, proj_t, cond).numpy(), atol=1e-5
+            )
+
+
+def test_sampled_gaps_follow_the_torch_distribution(setup):
+    _, tpp, ntpp = setup
+    n = 20_000
+    h = np.tile(np.random.default_rng(0).uniform(-0.5, 0.5, (1, ntpp.hidden)).astype(np.float32), (n, 1))
+    gm, gs = np.full(n, -0.5), np.full(n, 1.3)
+    gaps = ntpp.sample_gap(ntpp.project(h), gm, gs, np.random.default_rng(1))
+    with torch.no_grad():
+        raw = tpp.heads.raw("time", tpp.heads.project(torch.from_numpy(h[:1])), None)
+        dist = tpp.gap_dist(raw, torch.tensor([-0.5]), torch.tensor([1.3]))
+        p0 = float(torch.sigmoid(dist.zero_logit))
+        w = torch.softmax(dist.comp_logits, -1).numpy()[0]
+        mu, sd = dist.loc.numpy()[0], np.exp(dist.log_scale.numpy()[0])
+    assert np.mean(gaps == 0) == pytest.approx(p0, abs=0.015)
+    pos = np.log(gaps[gaps > 0])
+
+    def cdf(x):
+        return sum(w[k] * stats.norm.cdf((x - mu[k]) / sd[k]) for k in range(len(w)))
+
+    assert stats.kstest(pos, cdf).pvalue > 0.001
+
+
+def test_sampler_conditions_on_marks_like_training(setup, monkeypatch):
+    store, _tpp, ntpp = setup
+    seen = {}
+    raw = NumpyTPP.raw
+
+    def spy(self, name, projected, condition):
+        if name == "reasoning":
+            seen["cond"] = condition.copy()
+        return raw(self, name, projected, condition)
+
+    monkeypatch.setattr(NumpyTPP, "raw", spy)
+    n = 500
+    h = np.random.default_rng(2).uniform(-1, 1, (n, ntpp.hidden)).astype(np.float32)
+    gm, gs = np.zeros(n), np.ones(n)
+    gap = ntpp.sample_gap(ntpp.project(h), gm, gs, np.random.default_rng(3))
+    marks, items = ntpp.sample_marks(ntpp.project(h), gap, gm, gs, np.random.default_rng(4))
+    assert len(items["image"]) == marks["image_count"].sum()
+    want = F.condition_features(
+        np, store.layout, gap, gm, gs, marks, ntpp.mark_mean, ntpp.mark_std, ntpp.fields
+    )
+    np.testing.assert_allclose(seen["cond"], np.stack(want, -1), atol=1e-5)
+    assert (marks["reasoning"] <= marks["output"]).all() and (marks["reasoning"] >= 0).all()
+
+
+def test_scoring_does_not_depend_on_chunk_length(setup, monkeypatch):
+    store, tpp, _ = setup
+    emb = tpp.embedding.weight.detach().numpy()
+    gm, gs = tpp.gap_log_mean.numpy(), tpp.gap_log_std.numpy()
+    monkeypatch.setattr(scoring, "BATCH_EVENTS", 16 * len(store.client_ids))
+    act = tpp.activity.numpy()
+    short = scoring.score_store(tpp, store, emb, gm, gs, act)
+    monkeypatch.setattr(scoring, "BATCH_EVENTS", 1 << 18)
+    long = scoring.score_store(tpp, store, emb, gm, gs, act)
+    for k in long:
+        np.testing.assert_allclose(short[k], long[k], rtol=1e-6, atol=1e-6)
+    assert all(np.isfinite(v).all() and (v <= 1e-9).all() for v in long.values())
