@@ -114,8 +114,7 @@ def workloads(tmp_path_factory, shim_dir) -> dict[str, Path]:
     blocks = doc_blocks()
     out = {}
     for name in ("single-turn", "multi-turn"):
-        d = tmp_path_factory.mktemp(name)
-        (d / "checkpoints").symlink_to(ROOT / "checkpoints")
+        d = tmp_path_factory.mktemp(name)  # the doc's checkpoint paths resolve to shipped ones anywhere
         done = run_block(blocks[f"generate-{name}"], d, tool_env(shim_dir), 600)
         assert done.returncode == 0, done.stderr
         # The checks read every export against the bailian one: same rows, same order.
