@@ -39,10 +39,10 @@ DOC = ROOT / "docs" / "replay.md"
 ENV_DIR = Path(os.environ.get("SERVEGEN_REPLAY_ENV", ROOT / ".replay-env"))
 BIN = ENV_DIR / "bin"
 MODEL = "replay-mock"
-# Send-time lag against the schedule; the tools reach a few ms on an idle machine,
-# this leaves room for a loaded 2-core one.
+# Send-time lag against the schedule: medians of 2-16 ms and maxima up to 0.5 s were
+# measured on a shared 2-core machine; the bounds leave room for a busier one.
 MEDIAN_LAG_S = 0.05
-MAX_LAG_S = 1.0
+MAX_LAG_S = 2.0
 # Run time budget beyond the workload's own span.
 TOOL_OVERHEAD_S = 300
 
