@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from servegen_ml.core.configs import register_configs
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.resources import resource_dir
 
@@ -27,6 +28,7 @@ def compose(command: str, overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    register_configs()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             return hydra_compose(config_name=command, overrides=overrides)

@@ -49,6 +49,7 @@ from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.conversations.neural.marks import FollowUpMarks, follow_up_log_prob
 from servegen_ml.conversations.neural.model import NeuralConversationModel
 from servegen_ml.conversations.sampling import sample_with_conversations
+from servegen_ml.core.configs import NeuralConfig
 from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.neural.data.events import build_store, store_from_frame
@@ -75,76 +76,9 @@ PART_COLUMNS = {
 class NeuralGenerator(Generator):
     kind = "neural"
 
-    def __init__(
-        self,
-        hidden: int = 64,
-        embedding: int = 16,
-        head_hidden: int = 64,
-        time_components: int = 8,
-        mark_components: int = 6,
-        day_harmonics: int = 3,
-        week_harmonics: int = 2,
-        max_spikes: int = 256,
-        min_spike_share: float = 0.0005,
-        chunk_len: int = 128,
-        lanes: int = 64,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        val_fraction: float = 0.1,
-        cold_starts_per_client: int = 16,
-        cold_starts_per_hour: float = 1.0,
-        seed: int = 0,
-        population_components: int = 4,
-        rate_bin_s: float = 600.0,
-        segment_events: int = 256,
-        warmup_events: int = 32,
-        store_dir: str | None = None,
-        conversation_batch: int = 128,
-        trainer: dict | None = None,
-    ):
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
-        if (
-            min(
-                hidden,
-                embedding,
-                head_hidden,
-                time_components,
-                mark_components,
-                chunk_len,
-                lanes,
-                segment_events,
-            )
-            < 1
-        ):
-            raise ValueError(
-                "sizes (hidden, embedding, head_hidden, components, chunk_len, lanes, segment_events) must be >= 1"
-            )
-        self.settings = {
-            "hidden": int(hidden),
-            "embedding": int(embedding),
-            "head_hidden": int(head_hidden),
-            "time_components": int(time_components),
-            "mark_components": int(mark_components),
-            "day_harmonics": int(day_harmonics),
-            "week_harmonics": int(week_harmonics),
-            "max_spikes": int(max_spikes),
-            "min_spike_share": float(min_spike_share),
-            "chunk_len": int(chunk_len),
-            "lanes": int(lanes),
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-            "val_fraction": float(val_fraction),
-            "cold_starts_per_client": int(cold_starts_per_client),
-            "cold_starts_per_hour": float(cold_starts_per_hour),
-            "seed": int(seed),
-            "population_components": int(population_components),
-            "rate_bin_s": float(rate_bin_s),
-            "segment_events": int(segment_events),
-            "warmup_events": int(warmup_events),
-            "store_dir": None if store_dir is None else str(store_dir),
-            "conversation_batch": int(conversation_batch),
-        }
+    def __init__(self, trainer: dict | None = None, **config):
+        """``config``: the keys of :class:`~servegen_ml.core.configs.NeuralConfig`; ``trainer``: Lightning's."""
+        self.config_ = NeuralConfig(**config)
         self.trainer = dict(trainer or {"accelerator": "cpu", "devices": 1, "max_epochs": 20})
         self.state_ = None
         self.conversations_ = None
@@ -168,7 +102,7 @@ class NeuralGenerator(Generator):
             return self
         path = Path(trace)
         self.conversations_ = None
-        with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.settings["store_dir"]) as tmp:
+        with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.config_.store_dir) as tmp:
             store = build_store(lambda: _warn_on_conversations(iter_trace_chunks(path), path), directory=tmp)
             return self._fit_store(store)
 
@@ -177,13 +111,13 @@ class NeuralGenerator(Generator):
         from servegen_ml.conversations.neural.fit import fit_neural_conversations
 
         self.conversations_ = fit_neural_conversations(
-            trace, roles, self.state_, self._follow_up_marks, self.settings, self.trainer
+            trace, roles, self.state_, self._follow_up_marks, self.config_, self.trainer
         )
 
     def _fit_store(self, store) -> NeuralGenerator:
         from servegen_ml.neural.training.fit import train_tpp  # torch
 
-        result = train_tpp(store, self.settings, self.trainer, self.settings["seed"])
+        result = train_tpp(store, self.config_, self.trainer, self.config_.seed)
         state = NeuralState(
             model=result.model,
             weights=result.weights,
@@ -192,7 +126,7 @@ class NeuralGenerator(Generator):
             client_ids=list(store.client_ids),
             traffic=store.counts.astype(np.int64),
             rate_curves=result.rates,
-            rate_bin_s=self.settings["rate_bin_s"],
+            rate_bin_s=self.config_.rate_bin_s,
             origin_s=float(store.origin_s),
             span_s=result.span_s,
             population=None,
@@ -201,15 +135,15 @@ class NeuralGenerator(Generator):
         state.population = fit_population(
             state.client_vectors(),
             state.traffic,
-            self.settings["population_components"],
-            self.settings["seed"],
+            self.config_.population_components,
+            self.config_.seed,
         )
         self._set_state(state)
         # The model's own req/s per client and rate bin, which constant and curve rate targets scale.
-        s = self.settings
-        rng = np.random.default_rng(s["seed"])
+        s = self.config_
+        rng = np.random.default_rng(s.seed)
         state.model_rate_curves = measure_rate_curves(
-            state, self._numpy_tpp, rng, s["segment_events"], s["warmup_events"]
+            state, self._numpy_tpp, rng, s.segment_events, s.warmup_events
         )
         return self
 
@@ -229,12 +163,10 @@ class NeuralGenerator(Generator):
 
     def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
         self._require_fitted()
-        s, state = self.settings, self.state_
+        s, state = self.config_, self.state_
 
         def sample_openers(opener_spec: GenerationSpec) -> pd.DataFrame:
-            return sample_trace(
-                state, self._numpy_tpp, opener_spec, rng, s["segment_events"], s["warmup_events"]
-            )
+            return sample_trace(state, self._numpy_tpp, opener_spec, rng, s.segment_events, s.warmup_events)
 
         # The sampling step's matrix products are small: one BLAS thread is faster (much faster on a busy CPU).
         with threadpool_limits(limits=1, user_api="blas"):
@@ -243,9 +175,7 @@ class NeuralGenerator(Generator):
             rates = None
             if spec.rate.kind in ("constant", "curve"):
                 # The model's own opener rates (stored curves, or a pilot run for new clients).
-                rates = natural_rates(
-                    state, self._numpy_tpp, spec, rng, s["segment_events"], s["warmup_events"]
-                )
+                rates = natural_rates(state, self._numpy_tpp, spec, rng, s.segment_events, s.warmup_events)
             return sample_with_conversations(
                 spec, self.conversations_, sample_openers, self._follow_up_marks(), rng, state.span_s, rates
             )
@@ -359,7 +289,7 @@ class NeuralGenerator(Generator):
     # -- checkpoint ---------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        return {**self.settings, "trainer": dict(self.trainer)}
+        return {**self.config_.to_dict(), "trainer": dict(self.trainer)}
 
     def _save_state(self, directory: Path) -> None:
         self.state_.save(directory)

@@ -7,8 +7,12 @@ the fingerprint hashes the model settings and the data, so re-running the same
 command resumes from ``last.ckpt`` while a different run starts fresh. With
 ``default_root_dir: null`` a temporary directory is used and removed.
 
-Trainer settings are Lightning ``Trainer`` arguments plus three of ours:
-``early_stopping_patience``, ``resume`` and ``num_threads`` (torch CPU
+Trainer settings (the ``trainer`` config group) are instantiated with Hydra:
+``_target_`` (the Lightning ``Trainer``), its ``callbacks`` and ``logger``
+(each with its own ``_target_``; defaults in
+:data:`servegen_ml.core.configs.TRAINER_BASE`), Lightning ``Trainer``
+arguments, and three keys of ours: ``name`` (the trainer config file's),
+``resume`` and ``num_threads`` (torch CPU
 threads while training and scoring; null keeps torch's default — one thread
 is much faster on a CPU shared with other busy processes). Under a subprocess-launched DDP
 strategy (``strategy: ddp``) the extra processes exit once training is done;
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import sys
 import tempfile
@@ -28,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from servegen_ml.core.configs import TRAINER_BASE, NeuralConfig
 from servegen_ml.neural.data.chunks import split_segments
 from servegen_ml.neural.data.events import EventStore
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
@@ -44,7 +51,7 @@ ARCHITECTURE_KEYS = (
     "week_harmonics",
 )
 
-OUR_TRAINER_KEYS = ("early_stopping_patience", "resume", "num_threads")
+OUR_TRAINER_KEYS = ("name", "resume", "num_threads")
 
 
 @dataclass
@@ -57,17 +64,15 @@ class TrainResult:
     summary: dict  # epochs, best validation NLL, where logs went, ...
 
 
-def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> TrainResult:
-    """Fit on ``store``. settings: architecture + data keys of NeuralGenerator; trainer: see module docstring."""
-    import lightning as L
-
+def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int) -> TrainResult:
+    """Fit on ``store`` with the generator's ``config``; trainer: see module docstring."""
     from servegen_ml.neural.data.datamodule import EventDataModule
     from servegen_ml.neural.training.lightning_module import TPPLightningModule
 
     span = store.window_end_s - store.window_start_s
-    split_s = store.window_start_s + (1.0 - settings["val_fraction"]) * span
-    norm = fit_normalizers(store, split_s, settings["max_spikes"], settings["min_spike_share"])
-    span_s, bin_s = learned_span(store), settings["rate_bin_s"]
+    split_s = store.window_start_s + (1.0 - config.val_fraction) * span
+    norm = fit_normalizers(store, split_s, config.max_spikes, config.min_spike_share)
+    span_s, bin_s = learned_span(store), config.rate_bin_s
     rates = rate_curves(store, bin_s, span_s)
     model = {
         "n_clients": len(store.client_ids),
@@ -75,14 +80,12 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         "spikes": norm.spikes,
         "activity_bins": rates.shape[1],
         "activity_bin_s": bin_s,
-        **{k: settings[k] for k in ARCHITECTURE_KEYS},
+        **{k: getattr(config, k) for k in ARCHITECTURE_KEYS},
     }
     train, val = split_segments(store, split_s)
     monitor = "val_nll" if len(val) else "train_nll_epoch"
     torch.manual_seed(seed)
-    module = TPPLightningModule(
-        model, lr=settings["lr"], weight_decay=settings["weight_decay"], monitor=monitor
-    )
+    module = TPPLightningModule(model, lr=config.lr, weight_decay=config.weight_decay, monitor=monitor)
     module.tpp.set_normalizers(norm)
     module.tpp.init_mixtures(norm)
     # Training sees only the activity before the split: validation times wrap into it like held-out times.
@@ -91,18 +94,18 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         store,
         train,
         val if len(val) else None,
-        settings["lanes"],
-        settings["chunk_len"],
+        config.lanes,
+        config.chunk_len,
         seed,
-        settings["cold_starts_per_client"],
-        settings["cold_starts_per_hour"],
+        config.cold_starts_per_client,
+        config.cold_starts_per_hour,
     )
-    fingerprint = _fingerprint(model, settings, store)
+    fingerprint = _fingerprint(model, config.to_dict(), store)
     with (
         _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir,
         torch_threads(trainer.get("num_threads")),
     ):
-        trainer_obj = _make_trainer(L, trainer, run_dir, monitor)
+        trainer_obj = _make_trainer(trainer, run_dir, monitor)
         ckpt_path = _resume_path(run_dir, trainer)
         trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
         if trainer_obj.global_rank != 0:
@@ -184,28 +187,40 @@ class _run_dir:
             self.tmp.cleanup()
 
 
-def _make_trainer(L, trainer: dict, run_dir: Path, monitor: str):
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+def trainer_spec(trainer: dict) -> dict:
+    """``trainer`` merged onto :data:`~servegen_ml.core.configs.TRAINER_BASE` (a plain dict).
 
-    kwargs = {k: v for k, v in trainer.items() if k not in OUR_TRAINER_KEYS}
+    Older checkpoints' manifests name the early-stopping patience at the top level.
+    """
+    spec = OmegaConf.to_container(OmegaConf.merge(TRAINER_BASE, dict(trainer)), resolve=True)
+    if "early_stopping_patience" in spec:
+        spec["callbacks"]["early_stopping"]["patience"] = spec.pop("early_stopping_patience")
+    return spec
+
+
+def _make_trainer(trainer: dict, run_dir: Path, monitor: str):
+    """The Lightning Trainer of ``trainer`` (``_target_``), its callbacks and logger, for one run."""
+    from hydra.utils import get_class, instantiate
+
+    spec = trainer_spec(trainer)
+    callbacks = []
+    for name, callback in spec.pop("callbacks").items():
+        if callback is None:  # trainer.callbacks.NAME=null turns one off
+            continue
+        accepts = inspect.signature(get_class(callback["_target_"])).parameters
+        run_args = {"monitor": monitor} if "monitor" in accepts else {}
+        if name == "checkpoint":
+            run_args["dirpath"] = str(run_dir / "checkpoints")
+        callbacks.append(instantiate(callback, **run_args))
+    logger = spec.pop("logger")
+    logger = instantiate(logger, save_dir=str(run_dir)) if logger else False
+    kwargs = {k: v for k, v in spec.items() if k not in OUR_TRAINER_KEYS}
     kwargs["default_root_dir"] = str(run_dir)
     if kwargs.get("enable_progress_bar") is None:
         # A progress bar only where someone watches: a terminal, not a log file.
         kwargs["enable_progress_bar"] = sys.stderr.isatty()
     kwargs.setdefault("enable_model_summary", False)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode="min",
-        save_last=True,
-        save_top_k=1,
-    )
-    patience = int(trainer.get("early_stopping_patience", 3))
-    # strict=False: a run stopped by max_steps mid-epoch may end before any validation.
-    callbacks = [checkpoint, EarlyStopping(monitor=monitor, mode="min", patience=patience, strict=False)]
-    return L.Trainer(logger=CSVLogger(str(run_dir), name="logs"), callbacks=callbacks, **kwargs)
+    return instantiate(kwargs, callbacks=callbacks, logger=logger)
 
 
 def _resume_path(run_dir: Path, trainer: dict) -> str | None:
