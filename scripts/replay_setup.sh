@@ -2,7 +2,7 @@
 # Side environment for the replay tests (pytest -m replay; docs/replay.md):
 # AIPerf, GuideLLM and vLLM's `bench serve` in their own virtual environment,
 # plus an offline tokenizer, so nothing touches the project's own environment
-# and nothing is downloaded at test time. Idempotent; about 1 GB.
+# and nothing is downloaded at test time. Idempotent; about 3 GB on disk.
 #   SERVEGEN_REPLAY_ENV  where the environment goes (default: .replay-env, git-ignored)
 #   REPLAY_SKIP_VLLM=1   do not try vLLM (its replay tests then skip)
 set -euo pipefail
