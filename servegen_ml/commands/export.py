@@ -8,8 +8,12 @@ format, field units, row count, package version, rules used):
   mooncake  JSONL: timestamp (int ms), input_length, output_length, hash_ids
             (512-token blocks; a follow-up turn begins with its predecessor's
             complete blocks) -- vLLM bench serve, aiperf mooncake_trace, guidellm
+            (commands: docs/replay.md)
   bailian   JSONL: chat_id, parent_chat_id (-1 first turn), timestamp (s),
-            input_length, output_length, type, turn, hash_ids (16-token blocks) -- aiperf
+            input_length (whole prompt), output_length, type, turn, hash_ids
+            (16-token blocks) -- guidellm, vLLM bench serve, this project's reader
+  aiperf_bailian  the bailian fields with a follow-up's input_length counting only
+            its new tokens, as AIPerf's bailian_trace replays a chain as one chat
   vidur     CSV: arrived_at (s), num_prefill_tokens, num_decode_tokens -- Vidur
   azure     CSV: TIMESTAMP (%Y-%m-%d %H:%M:%S.%f from 2024-01-01 00:00:00),
             ContextTokens, GeneratedTokens -- inference-perf

@@ -12,7 +12,7 @@ rate:    natural | scale:K | a constant req/s (rate=50) | a curve, quoted for th
          | a CSV file with columns t_s,rate
 clients: all | [id1,id2] | new:N (N new clients drawn from the learned population)
 start_s: position in the learned timeline (s); spans past its end wrap by week/day.
-format:  native (.parquet or .jsonl) | mooncake | bailian | vidur | azure
+format:  native (.parquet or .jsonl) | mooncake | bailian | aiperf_bailian | vidur | azure
 plot:    true also writes FILE.png: arrival rate over time and input/output length CDFs.
 max_requests, max_new_clients: limits checked before sampling (the expected request count is
          duration x rate; sampling holds the workload in memory); raise them on a big machine.

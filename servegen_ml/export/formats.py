@@ -151,6 +151,58 @@ def write_bailian(df: pd.DataFrame, path: Path) -> dict:
     }
 
 
+def write_aiperf_bailian(df: pd.DataFrame, path: Path) -> dict:
+    """Bailian fields as AIPerf's ``bailian_trace`` loader reads them.
+
+    AIPerf replays a ``parent_chat_id`` chain as one chat: each turn's prompt
+    is sent after the previous turns' prompts and live answers, so its
+    ``input_length`` must count only the new tokens. A follow-up whose prompt
+    is not longer than its predecessor's prompt plus answer cannot be written
+    that way and starts a new chain with its whole prompt.
+    """
+    predecessor, position = conversation_chains(df)
+    inputs, outputs = _ints(df, "input_tokens"), _ints(df, "output_tokens")
+    has_parent = predecessor >= 0
+    parent = np.where(has_parent, predecessor, 0)
+    new_tokens = inputs - np.where(has_parent, inputs[parent] + outputs[parent], 0)
+    linked = has_parent & (new_tokens >= 1)
+    # A restarted chain's whole prompt still begins with its unlinked predecessor's blocks.
+    share = np.where(has_parent & ~linked & ~linked[parent], predecessor, -1)
+    sent = np.where(linked, new_tokens, inputs)
+    blocks = PrefixBlocks(sent, share, BAILIAN_BLOCK_TOKENS)
+    fields = {
+        "chat_id": np.arange(len(df), dtype=np.int64),
+        "parent_chat_id": np.where(linked, predecessor, -1),
+        "timestamp": np.round(df["timestamp"].to_numpy(dtype=np.float64), 6),
+        "input_length": sent,
+        "output_length": outputs,
+        "type": request_type(df),
+        "turn": _ints(df, "turn") if "turn" in df.columns else position,
+    }
+    _write_block_jsonl(path, blocks, fields)
+    return {
+        "units": {
+            "chat_id": "request index in file order",
+            "parent_chat_id": "chat_id of the previous turn, -1 where a chain starts",
+            "turn": "1-based position in the conversation",
+            "timestamp": "s since the first request (rounded to 1 us)",
+            "input_length": "tokens new in this turn (the whole prompt where a chain starts)",
+            "output_length": "tokens",
+            "type": "text | image | audio | video (first modality with items)",
+            "hash_ids": f"ids of the {BAILIAN_BLOCK_TOKENS}-token blocks of input_length",
+        },
+        "block_tokens": BAILIAN_BLOCK_TOKENS,
+        "input_length_rule": (
+            "a follow-up linked by parent_chat_id has input_length = its prompt - (predecessor's prompt + "
+            "answer), since AIPerf sends the chain's earlier prompts and live answers before it; a follow-up "
+            "whose prompt is not longer than that starts a chain (parent_chat_id -1, whole prompt)"
+        ),
+        "chains_restarted": int((has_parent & ~linked).sum()),
+        "hash_ids_rule": "each row's new tokens get fresh block ids; a restarted chain begins with its "
+        "unlinked predecessor's complete blocks",
+    }
+
+
 def _write_csv(path: Path, table: pa.Table) -> None:
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
         fh.write((",".join(table.column_names) + "\n").encode())
@@ -205,10 +257,28 @@ FORMATS = {
         ExportFormat(
             "mooncake",
             write_mooncake,
-            "vLLM bench serve timed_trace, aiperf mooncake_trace, guidellm",
+            "vLLM bench serve --dataset-name timed_trace (--timed-trace-chunk-hash-size 512 "
+            "--timed-trace-sec-multiplier 0.001); AIPerf --custom-dataset-type mooncake_trace (every row a "
+            "single-turn request); GuideLLM run --data kind=mooncake (time_scale=0.001); see docs/replay.md",
             MOONCAKE_BLOCK_TOKENS,
         ),
-        ExportFormat("bailian", write_bailian, "aiperf bailian_trace", BAILIAN_BLOCK_TOKENS),
+        ExportFormat(
+            "bailian",
+            write_bailian,
+            "the Bailian trace's own meaning (input_length = whole prompt): GuideLLM run --data kind=mooncake "
+            "(hash_id_block_size=16); vLLM bench serve --dataset-name timed_trace "
+            "(--timed-trace-chunk-hash-size 16 --timed-trace-sec-multiplier 1); servegen-ml's bailian reader. "
+            "Not AIPerf bailian_trace, which reads a follow-up's input_length as new tokens: use "
+            "format=aiperf_bailian; see docs/replay.md",
+            BAILIAN_BLOCK_TOKENS,
+        ),
+        ExportFormat(
+            "aiperf_bailian",
+            write_aiperf_bailian,
+            "AIPerf --custom-dataset-type bailian_trace (follow-ups sent as multi-turn chats with the live "
+            "answers in the history); see docs/replay.md",
+            BAILIAN_BLOCK_TOKENS,
+        ),
         ExportFormat("vidur", write_vidur, "Vidur trace replay"),
         ExportFormat("azure", write_azure, "inference-perf trace replay"),
     )

@@ -136,7 +136,7 @@ def test_azure_csv(tmp_path, trace, sorted_trace):
     assert got["GeneratedTokens"].tolist() == sorted_trace["output_tokens"].tolist()
 
 
-@pytest.mark.parametrize("fmt", ["mooncake", "bailian", "vidur", "azure"])
+@pytest.mark.parametrize("fmt", ["mooncake", "bailian", "aiperf_bailian", "vidur", "azure"])
 def test_sidecar_and_determinism(tmp_path, trace, fmt):
     given = {"seed": 7, "spec": {"duration_s": 900.0}, "checkpoint_digest": "abc"}
     a = export_trace(trace, tmp_path / "a.out", fmt, meta=given)
@@ -160,15 +160,15 @@ def test_sidecar_and_determinism(tmp_path, trace, fmt):
         ],
         "vidur": ["arrived_at", "num_prefill_tokens", "num_decode_tokens"],
         "azure": ["TIMESTAMP", "ContextTokens", "GeneratedTokens"],
-    }[fmt]
+    }[fmt.removeprefix("aiperf_")]
     assert sorted(meta["units"]) == sorted(fields)  # every field's unit is stated, no other
     time_unit = {
         "mooncake": "ms since",
         "bailian": "s since",
         "vidur": "s since",
         "azure": "%Y-%m-%d %H:%M:%S.%f",
-    }[fmt]
-    assert time_unit in meta["units"][fields[0] if fmt != "bailian" else "timestamp"]
+    }[fmt.removeprefix("aiperf_")]
+    assert time_unit in meta["units"][fields[0] if "bailian" not in fmt else "timestamp"]
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -201,7 +201,7 @@ def test_bad_format_and_missing_columns(tmp_path, trace):
         export_trace(trace, tmp_path / "x", "sharegpt")
     with pytest.raises(ValueError, match="output_tokens"):
         export_trace(trace.drop(columns=["output_tokens"]), tmp_path / "x", "vidur")
-    assert set(FORMATS) == {"native", "mooncake", "bailian", "vidur", "azure"}
+    assert set(FORMATS) == {"native", "mooncake", "bailian", "aiperf_bailian", "vidur", "azure"}
 
 
 def same_partition(a, b) -> bool:
