@@ -191,7 +191,6 @@ class NeuralGenerator(Generator):
         )
         state.population = fit_population(
             state.client_vectors(),
-            state.traffic,
             self.settings["population_components"],
             self.settings["seed"],
         )

@@ -47,7 +47,7 @@ def model():
         kwargs, weights, norm.max_count, {}, list(store.client_ids), store.counts.astype(np.int64),
         curves, BIN_S, 0.0, SPAN_S, None, {},
     )  # fmt: skip
-    state.population = fit_population(state.client_vectors(), state.traffic, 1, 0)
+    state.population = fit_population(state.client_vectors(), 1, 0)
     return state, NumpyTPP(kwargs, weights, norm.max_count)
 
 
