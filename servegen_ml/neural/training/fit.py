@@ -2,7 +2,7 @@
 
 Time-based split: every client's events before ``split_s`` train, the later
 ones validate (early stopping on validation NLL per event). Checkpoints,
-CSV logs and resumption live under ``<default_root_dir>/<fingerprint>/``, where
+CSV logs with their learning-curve PNG (``learning_curve.png``) and resumption live under ``<default_root_dir>/<fingerprint>/``, where
 the fingerprint hashes the model settings and the data, so re-running the same
 command resumes from ``last.ckpt`` while a different run starts fresh. With
 ``default_root_dir: null`` a temporary directory is used and removed.
@@ -108,6 +108,7 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         if trainer_obj.global_rank != 0:
             # A subprocess-launched DDP worker: training is its only job.
             sys.exit(0)
+        curve = _learning_curve(trainer_obj)
         best = trainer_obj.checkpoint_callback.best_model_path
         if best:
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -123,6 +124,7 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
             "split_s": float(split_s),
             "run_dir": str(run_dir) if trainer.get("default_root_dir") else None,
             "resumed_from": str(ckpt_path) if ckpt_path else None,
+            "learning_curve": str(curve) if curve and trainer.get("default_root_dir") else None,
         }
     module.tpp.set_activity(rates, span_s)
     weights = {k: v.detach().cpu().numpy() for k, v in module.tpp.state_dict().items()}
@@ -206,6 +208,15 @@ def _make_trainer(L, trainer: dict, run_dir: Path, monitor: str):
     # strict=False: a run stopped by max_steps mid-epoch may end before any validation.
     callbacks = [checkpoint, EarlyStopping(monitor=monitor, mode="min", patience=patience, strict=False)]
     return L.Trainer(logger=CSVLogger(str(run_dir), name="logs"), callbacks=callbacks, **kwargs)
+
+
+def _learning_curve(trainer_obj) -> Path | None:
+    """The run's learning-curve PNG, written next to the CSV log (None without a log or NLL rows)."""
+    from servegen_ml.neural.training.learning_curve import write_learning_curve
+
+    trainer_obj.logger.save()
+    metrics_csv = Path(trainer_obj.logger.log_dir) / "metrics.csv"
+    return write_learning_curve(metrics_csv) if metrics_csv.is_file() else None
 
 
 def _resume_path(run_dir: Path, trainer: dict) -> str | None:
