@@ -1,7 +1,8 @@
 """Train a :class:`MarkedTPP` on an :class:`EventStore` with Lightning.
 
-Time-based split: every client's events before ``split_s`` train, the later
-ones validate (early stopping on validation NLL per event). Checkpoints,
+Validation by interleaved time blocks (:mod:`servegen_ml.neural.data.validation`:
+by default every 10th hour of the window validates; early stopping on the
+validation NLL per event). Checkpoints,
 CSV logs with their learning-curve PNG (``learning_curve.png``) and resumption live under ``<default_root_dir>/<fingerprint>/``, where
 the fingerprint hashes the model settings and the data, so re-running the same
 command resumes from ``last.ckpt`` while a different run starts fresh. With
@@ -29,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from servegen_ml.neural.data.chunks import split_segments
 from servegen_ml.neural.data.events import EventStore
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
+from servegen_ml.neural.data.validation import ValidationBlocks
 
 # Settings that shape the network (the rest of the settings are training options).
 ARCHITECTURE_KEYS = (
@@ -64,9 +65,8 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
     from servegen_ml.neural.data.datamodule import EventDataModule
     from servegen_ml.neural.training.lightning_module import TPPLightningModule
 
-    span = store.window_end_s - store.window_start_s
-    split_s = store.window_start_s + (1.0 - settings["val_fraction"]) * span
-    norm = fit_normalizers(store, split_s, settings["max_spikes"], settings["min_spike_share"])
+    blocks = ValidationBlocks.for_window(store.window_start_s, store.window_end_s, settings["val_fraction"])
+    norm = fit_normalizers(store, blocks, settings["max_spikes"], settings["min_spike_share"])
     span_s, bin_s = learned_span(store), settings["rate_bin_s"]
     rates = rate_curves(store, bin_s, span_s)
     model = {
@@ -77,7 +77,7 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         "activity_bin_s": bin_s,
         **{k: settings[k] for k in ARCHITECTURE_KEYS},
     }
-    train, val = split_segments(store, split_s)
+    train, val = blocks.split(store)
     monitor = "val_nll" if len(val) else "train_nll_epoch"
     torch.manual_seed(seed)
     module = TPPLightningModule(
@@ -85,8 +85,8 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
     )
     module.tpp.set_normalizers(norm)
     module.tpp.init_mixtures(norm)
-    # Training sees only the activity before the split: validation times wrap into it like held-out times.
-    module.tpp.set_activity(rate_curves(store, bin_s, span_s, until_s=split_s), split_s)
+    # Training sees the activity of training events only (validation bins interpolated).
+    module.tpp.set_activity(rate_curves(store, bin_s, span_s, blocks), span_s)
     data = EventDataModule(
         store,
         train,
@@ -121,7 +121,7 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
             "best_score": _float(trainer_obj.checkpoint_callback.best_model_score),
             "train_events": int(norm.train_events.sum()),
             "val_events": int(store.n_events - norm.train_events.sum()),
-            "split_s": float(split_s),
+            "validation": blocks.to_dict(),
             "run_dir": str(run_dir) if trainer.get("default_root_dir") else None,
             "resumed_from": str(ckpt_path) if ckpt_path else None,
             "learning_curve": str(curve) if curve and trainer.get("default_root_dir") else None,
