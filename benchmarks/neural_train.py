@@ -49,7 +49,7 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int, max_spikes: i
     from servegen_ml.trace.io import read_trace
 
     torch.set_num_threads(threads)
-    s = NeuralGenerator().settings
+    s = NeuralGenerator().config_.to_dict()
     if max_spikes is not None:
         s["max_spikes"] = max_spikes
     store = store_from_frame(read_trace(path))

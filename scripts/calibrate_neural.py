@@ -33,14 +33,14 @@ def calibrate(directory: Path, force: bool = False) -> dict:
     gen = load_generator(directory)
     if not isinstance(gen, NeuralGenerator):
         raise SystemExit(f"{directory}: holds a {gen.kind!r} generator, not a neural one")
-    state, s = gen.state_, gen.settings
+    state, s = gen.state_, gen.config_
     if state.model_rate_curves is not None and not force:
         return {"checkpoint": str(directory), "skipped": "already has model_rate_curves (use --force)"}
     weights_digest = hashlib.sha256((directory / MODEL_FILE).read_bytes()).hexdigest()
     t0 = time.perf_counter()
-    rng = np.random.default_rng(s["seed"])  # as NeuralGenerator.fit
+    rng = np.random.default_rng(s.seed)  # as NeuralGenerator.fit
     state.model_rate_curves = measure_rate_curves(
-        state, gen._numpy_tpp, rng, s["segment_events"], s["warmup_events"]
+        state, gen._numpy_tpp, rng, s.segment_events, s.warmup_events
     )
     seconds = time.perf_counter() - t0
     with atomic_dir(directory) as tmp:

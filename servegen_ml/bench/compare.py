@@ -1,4 +1,4 @@
-"""Fidelity of synthetic workloads against a real test trace, next to the noise floor (DESIGN §6).
+"""Fidelity of synthetic workloads against a real test trace, next to the noise floor (docs/benchmark.md).
 
 Every metric of :mod:`servegen_ml.bench.metrics` is computed for each
 synthetic workload against the real test trace, and once for a real reference

@@ -16,21 +16,19 @@ serves all seeds and the spread is sampling noise only.
 
 from __future__ import annotations
 
-import inspect
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from servegen_ml.bench import metrics
 from servegen_ml.bench.compare import Comparison, ProvisioningSettings, Workload, compare
 from servegen_ml.bench.progress import progress
 from servegen_ml.bench.report import fmt, table
-from servegen_ml.core.config import config_dir
+from servegen_ml.core.config import compose, config_dir
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.training import build_generator, time_split
@@ -60,13 +58,14 @@ def model_config(name: str, overrides: dict | None, trainer: dict | None):
     if not path.is_file():
         known = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
         raise ValueError(f"models: unknown model {name!r}; known: {', '.join(known)}")
-    model = OmegaConf.merge(OmegaConf.load(path), OmegaConf.create(overrides or {}))
+    # Composed, so the file's schema (servegen_ml/core/configs.py) checks the overrides' keys and types.
+    model = OmegaConf.merge(compose("train", [f"model={name}"]).model, OmegaConf.create(overrides or {}))
     return OmegaConf.create({"model": model, "trainer": trainer})
 
 
 def _build(name: str, settings: HeadToHeadSettings, seed: int | None) -> Generator:
     cfg = model_config(name, settings.model_args.get(name), settings.trainer)
-    if seed is not None and "seed" in inspect.signature(get_class(cfg.model._target_)).parameters:
+    if seed is not None and "seed" in cfg.model:
         cfg.model.seed = seed
     return build_generator(cfg)
 

@@ -1,4 +1,4 @@
-"""Fidelity metrics (DESIGN §6): distances between a synthetic and a real trace, lower is better.
+"""Fidelity metrics (docs/benchmark.md): distances between a synthetic and a real trace, lower is better.
 
 Each metric is a pure function ``metric(synthetic, real) -> dict`` with
 

@@ -76,19 +76,13 @@ def _override_value(v) -> str:
 
 
 def _trainer_overrides(cfg) -> list[str]:
-    """``trainer=NAME`` for the trainer group file that matches cfg.trainer, then any keys that differ from it."""
-    from servegen_ml.core.config import compose, config_dir
+    """``trainer=NAME`` (the trainer file the run used, which names itself), then the keys that differ from it."""
+    from servegen_ml.core.config import compose
 
     mine = OmegaConf.to_container(cfg.trainer, resolve=True)
-    best: tuple[int, str, list[str]] | None = None
-    for path in sorted((config_dir() / "trainer").glob("*.yaml")):
-        group = OmegaConf.to_container(compose("bench", [f"trainer={path.stem}"]).trainer, resolve=True)
-        diff = [f"trainer.{k}={_override_value(v)}" for k, v in mine.items() if group.get(k) != v]
-        if best is None or len(diff) < best[0]:
-            best = (len(diff), path.stem, diff)
-    if best is None:
-        return []
-    _, name, diff = best
+    name = mine.get("name", "cpu")
+    group = OmegaConf.to_container(compose("bench", [f"trainer={name}"]).trainer, resolve=True)
+    diff = [f"trainer.{k}={_override_value(v)}" for k, v in mine.items() if group.get(k) != v]
     return ([] if name == "cpu" else [f"trainer={name}"]) + diff
 
 

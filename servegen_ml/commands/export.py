@@ -1,6 +1,6 @@
 """servegen-ml export data.path=TRACE format=FMT out=FILE
 
-Write a trace in the format of a load generator or simulator (DESIGN §7),
+Write a trace in the format of a load generator or simulator (docs/exports.md),
 sorted by arrival with the first request at 0, plus ``FILE.meta.json`` (source,
 format, field units, row count, package version, rules used):
 

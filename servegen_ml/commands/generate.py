@@ -1,9 +1,11 @@
-"""servegen-ml generate checkpoint=DIR duration_s=S out=FILE [start_s=0] [rate=natural] [clients=all]
+"""servegen-ml generate checkpoint=DIR|NAME duration_s=S out=FILE [start_s=0] [rate=natural] [clients=all]
                     [upsample=conversations] [seed=0] [format=native] [plot=false] [quiet=false]
 
 Sample a synthetic workload from a checkpoint and write it with a
 ``FILE.meta.json`` sidecar (spec, seed, checkpoint digest, package version,
-units). The same arguments and seed give the same bytes.
+units). The same arguments and seed give the same bytes. ``checkpoint`` is a
+directory, or a shipped checkpoint's name (``multimodal/parametric``) when no
+such directory exists here.
 
 rate:    natural | scale:K | a constant req/s (rate=50) | a curve, quoted for the
          override parser: "rate='curve:0=10,1800=50'" (piecewise-linear t_s=req/s)
@@ -24,7 +26,7 @@ from omegaconf import OmegaConf
 
 from servegen_ml.core.progress import StepBar
 from servegen_ml.core.spec import GenerationSpec
-from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest
+from servegen_ml.generators.base import checkpoint_digest, load_generator, read_manifest, resolve_checkpoint
 from servegen_ml.trace.schema import UNITS
 
 
@@ -34,7 +36,7 @@ def run(cfg) -> int:
     plot = bool(cfg.plot)
     with StepBar("generate", 4 if plot else 3, bool(cfg.quiet)) as bar:
         bar.step("load checkpoint")
-        checkpoint = Path(str(cfg.checkpoint))
+        checkpoint = resolve_checkpoint(str(cfg.checkpoint))
         manifest = read_manifest(checkpoint)
         gen = load_generator(checkpoint)
         clients = cfg.clients

@@ -1,7 +1,7 @@
 """Rate control: factors that bring each segment's natural aggregate rate to the target.
 
 Every client's rate in a segment is multiplied by the segment's factor, so
-client shares and burstiness (CV) are kept (DESIGN §4). For a piecewise-linear
+client shares and burstiness (CV) are kept (docs/baselines.md, docs/neural.md). For a piecewise-linear
 curve the generation span is cut into steps of :data:`CURVE_STEP_S` and each
 step's target is the curve's mean over it (exact integral), so a ramp inside a
 rate window is followed at that resolution.

@@ -1,0 +1,36 @@
+"""Conversations: multi-turn requests sampled and scored the same way whichever model fitted them.
+
+The :class:`TurnModel` protocol (:mod:`~servegen_ml.conversations.turns`) is
+what sampling (:mod:`~servegen_ml.conversations.sampling`), upsampling and the
+``conversation`` likelihood part (:mod:`~servegen_ml.conversations.likelihood`)
+ask of a model. Two implementations sit beside it: the empirical
+:class:`ConversationModel` (:mod:`~servegen_ml.conversations.empirical`, used
+by the naive and parametric generators, with :mod:`~servegen_ml.conversations.pool`
+sampling their openers) and the neural heads (:mod:`servegen_ml.conversations.neural`).
+See docs/conversations.md.
+"""
+
+from servegen_ml.conversations.empirical import (
+    ConversationModel,
+    ConversationRoles,
+    conversation_roles,
+    fit_conversations,
+)
+from servegen_ml.conversations.likelihood import conversation_log_prob, log_prob_with_conversations
+from servegen_ml.conversations.pool import sample_pool_conversations
+from servegen_ml.conversations.sampling import sample_follow_ups, sample_with_conversations
+from servegen_ml.conversations.turns import TurnModel, Turns
+
+__all__ = [
+    "ConversationModel",
+    "ConversationRoles",
+    "TurnModel",
+    "Turns",
+    "conversation_log_prob",
+    "conversation_roles",
+    "fit_conversations",
+    "log_prob_with_conversations",
+    "sample_follow_ups",
+    "sample_pool_conversations",
+    "sample_with_conversations",
+]

@@ -1,4 +1,4 @@
-"""The conversation model shared by the generators: openers, turns, inter-turn gaps, input growth (DESIGN §5).
+"""The conversation model shared by the generators: openers, turns, inter-turn gaps, input growth (docs/conversations.md).
 
 Roles (:func:`conversation_roles`). Rows sharing a ``conversation_id`` form a
 conversation, ordered by arrival: the first row *opens* it, every later row
@@ -405,7 +405,7 @@ class ConversationModel:
         group, owner = self._resolve(NEW_TOKENS, code, None)
         return self._tables[NEW_TOKENS].log_pmf(group, owner, np.maximum(new_tokens, 0))
 
-    # ------------------------------------------------------------ the TurnModel protocol (conversation_turns)
+    # ------------------------------------------------------------ the TurnModel protocol (conversations.turns)
 
     def continue_prob_after(self, turns: Turns) -> np.ndarray:
         return self.continue_prob(self.hazard_group(turns.code), turns.position)

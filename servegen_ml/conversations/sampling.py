@@ -1,4 +1,4 @@
-"""Sampling conversations for any generator: follow-up turns, assembly, the two upsampling modes (DESIGN §5).
+"""Sampling conversations for any generator: follow-up turns, assembly, the two upsampling modes (docs/conversations.md).
 
 A generator that can (a) sample conversation *openers* for a spec (a
 canonical trace of first turns) and (b) draw the marks of one request for a

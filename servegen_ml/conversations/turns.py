@@ -35,7 +35,7 @@ class Turns:
 class TurnModel(Protocol):
     """A fitted conversation model (the turn after each of ``turns``)."""
 
-    burn_in_s_: float  # how far before a window conversations open (see conversation_sampling)
+    burn_in_s_: float  # how far before a window conversations open (see conversations.sampling)
 
     def client_codes(self, client_ids) -> np.ndarray: ...
 

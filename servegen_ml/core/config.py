@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from servegen_ml.core.configs import register_configs
 from servegen_ml.core.errors import UserError
+from servegen_ml.core.resources import resource_dir
 
 
 def config_dir() -> Path:
-    """``configs/`` of the source tree (editable install) or ``$SERVEGEN_ML_CONFIG_DIR``."""
+    """``$SERVEGEN_ML_CONFIG_DIR``, else the configs shipped in the wheel or the checkout's ``configs/``."""
     env = os.environ.get("SERVEGEN_ML_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+    path = Path(env) if env else resource_dir("configs")
     if not path.is_dir():
         raise UserError(
             f"config directory {path} not found; set SERVEGEN_ML_CONFIG_DIR to servegen-ml's configs/"
@@ -26,6 +28,7 @@ def compose(command: str, overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    register_configs()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             return hydra_compose(config_name=command, overrides=overrides)

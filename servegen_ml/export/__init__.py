@@ -1,4 +1,4 @@
-"""Exports for load generators and simulators (DESIGN §7), each with a ``<file>.meta.json`` sidecar.
+"""Exports for load generators and simulators (docs/exports.md), each with a ``<file>.meta.json`` sidecar.
 
 ``export_trace(df, path, format)`` sorts the trace by arrival (stable), moves
 its first request to 0 s, writes the file atomically in the chosen format and

@@ -1,4 +1,4 @@
-"""The export formats of DESIGN §7, each a writer from a canonical trace to a file.
+"""The export formats of docs/exports.md, each a writer from a canonical trace to a file.
 
 Every writer gets a trace already sorted by arrival with its first request at
 0 s, writes ``path`` atomically and returns the format's part of the sidecar

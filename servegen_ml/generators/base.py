@@ -1,4 +1,4 @@
-"""The interface every generator implements (DESIGN §3), and checkpoint directories.
+"""The interface every generator implements (docs/architecture.md), and checkpoint directories.
 
 A checkpoint is a directory with ``manifest.json`` (generator kind, package
 version, format version, config) and the generator's own readable files (JSON,
@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.core.atomic import atomic_dir
+from servegen_ml.core.resources import resource_dir
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.core.version import __version__
 
@@ -155,8 +156,23 @@ def read_manifest(directory: str | Path) -> dict:
 
 
 def load_generator(directory: str | Path) -> Generator:
-    """Load any generator checkpoint by its manifest."""
-    return Generator.load(directory)
+    """Load any generator checkpoint by its manifest (a path, or a shipped checkpoint's name)."""
+    return Generator.load(resolve_checkpoint(directory))
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A checkpoint directory: the local path if it exists, else the shipped checkpoint of that name.
+
+    Shipped names are ``<family>/<kind>`` (``multimodal/parametric``), with or
+    without the repository's ``checkpoints/`` prefix, so the README's commands
+    also run from an installed package in any directory.
+    """
+    path = Path(checkpoint)
+    if path.exists() or path.is_absolute():
+        return path
+    name = path.as_posix().removeprefix("checkpoints/")
+    shipped = resource_dir("checkpoints") / name
+    return shipped if (shipped / MANIFEST).is_file() else path
 
 
 def checkpoint_digest(directory: str | Path) -> str:

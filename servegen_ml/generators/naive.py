@@ -1,4 +1,4 @@
-"""The naive generator: the ServeGen paper's strawman (DESIGN §3).
+"""The naive generator: the ServeGen paper's strawman (docs/baselines.md).
 
 One stream at the aggregate rate of the training trace, constant over time:
 Poisson (``arrival="poisson"``) or Gamma gaps with the aggregate gap CV

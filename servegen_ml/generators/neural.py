@@ -1,4 +1,4 @@
-"""The neural generator (DESIGN §4): a marked temporal point process per client stream.
+"""The neural generator (docs/neural.md): a marked temporal point process per client stream.
 
 One GRU-based model is shared by all clients and conditioned on a learned
 client embedding and time-of-day / day-of-week features; its heads give the
@@ -42,9 +42,27 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
+from servegen_ml.conversations.empirical import fit_conversation_roles
+from servegen_ml.conversations.likelihood import log_prob_with_conversations
+from servegen_ml.conversations.neural.marks import FollowUpMarks, follow_up_log_prob
+from servegen_ml.conversations.neural.model import NeuralConversationModel
+from servegen_ml.conversations.sampling import sample_with_conversations
+from servegen_ml.core.configs import NeuralConfig
 from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.base import Generator
+from servegen_ml.neural.data.events import build_store, store_from_frame
+from servegen_ml.neural.population import fit_population
+from servegen_ml.neural.sampling import (
+    ClientTable,
+    NumpyTPP,
+    measure_rate_curves,
+    natural_rates,
+    sample_trace,
+)
+from servegen_ml.neural.state import NeuralState
+from servegen_ml.trace.io import iter_trace_chunks
 
 # Trace columns of each model part in log_prob's output.
 PART_COLUMNS = {
@@ -58,76 +76,9 @@ PART_COLUMNS = {
 class NeuralGenerator(Generator):
     kind = "neural"
 
-    def __init__(
-        self,
-        hidden: int = 64,
-        embedding: int = 16,
-        head_hidden: int = 64,
-        time_components: int = 8,
-        mark_components: int = 6,
-        day_harmonics: int = 3,
-        week_harmonics: int = 2,
-        max_spikes: int = 256,
-        min_spike_share: float = 0.0005,
-        chunk_len: int = 128,
-        lanes: int = 64,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        val_fraction: float = 0.1,
-        cold_starts_per_client: int = 16,
-        cold_starts_per_hour: float = 1.0,
-        seed: int = 0,
-        population_components: int = 4,
-        rate_bin_s: float = 600.0,
-        segment_events: int = 256,
-        warmup_events: int = 32,
-        store_dir: str | None = None,
-        conversation_batch: int = 128,
-        trainer: dict | None = None,
-    ):
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
-        if (
-            min(
-                hidden,
-                embedding,
-                head_hidden,
-                time_components,
-                mark_components,
-                chunk_len,
-                lanes,
-                segment_events,
-            )
-            < 1
-        ):
-            raise ValueError(
-                "sizes (hidden, embedding, head_hidden, components, chunk_len, lanes, segment_events) must be >= 1"
-            )
-        self.settings = {
-            "hidden": int(hidden),
-            "embedding": int(embedding),
-            "head_hidden": int(head_hidden),
-            "time_components": int(time_components),
-            "mark_components": int(mark_components),
-            "day_harmonics": int(day_harmonics),
-            "week_harmonics": int(week_harmonics),
-            "max_spikes": int(max_spikes),
-            "min_spike_share": float(min_spike_share),
-            "chunk_len": int(chunk_len),
-            "lanes": int(lanes),
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-            "val_fraction": float(val_fraction),
-            "cold_starts_per_client": int(cold_starts_per_client),
-            "cold_starts_per_hour": float(cold_starts_per_hour),
-            "seed": int(seed),
-            "population_components": int(population_components),
-            "rate_bin_s": float(rate_bin_s),
-            "segment_events": int(segment_events),
-            "warmup_events": int(warmup_events),
-            "store_dir": None if store_dir is None else str(store_dir),
-            "conversation_batch": int(conversation_batch),
-        }
+    def __init__(self, trainer: dict | None = None, **config):
+        """``config``: the keys of :class:`~servegen_ml.core.configs.NeuralConfig`; ``trainer``: Lightning's."""
+        self.config_ = NeuralConfig(**config)
         self.trainer = dict(trainer or {"accelerator": "cpu", "devices": 1, "max_epochs": 20})
         self.state_ = None
         self.conversations_ = None
@@ -138,11 +89,7 @@ class NeuralGenerator(Generator):
 
     def fit(self, trace: pd.DataFrame | str | os.PathLike) -> NeuralGenerator:
         """Train on a canonical trace (DataFrame) or stream one from a trace file (path)."""
-        from servegen_ml.neural.data.events import build_store, store_from_frame
-
         if isinstance(trace, pd.DataFrame):
-            from servegen_ml.conversations.empirical import fit_conversation_roles
-
             roles = fit_conversation_roles(trace)
             if roles is None:
                 self.conversations_ = None
@@ -153,28 +100,24 @@ class NeuralGenerator(Generator):
             )
             self._fit_conversations(trace, roles)
             return self
-        from servegen_ml.trace.io import iter_trace_chunks
-
         path = Path(trace)
         self.conversations_ = None
-        with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.settings["store_dir"]) as tmp:
+        with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.config_.store_dir) as tmp:
             store = build_store(lambda: _warn_on_conversations(iter_trace_chunks(path), path), directory=tmp)
             return self._fit_store(store)
 
     def _fit_conversations(self, trace: pd.DataFrame, roles) -> None:
+        # torch (fitting and scoring only) loads on first use, so loading and sampling never import it.
         from servegen_ml.conversations.neural.fit import fit_neural_conversations
 
         self.conversations_ = fit_neural_conversations(
-            trace, roles, self.state_, self._follow_up_marks, self.settings, self.trainer
+            trace, roles, self.state_, self._follow_up_marks, self.config_, self.trainer
         )
 
     def _fit_store(self, store) -> NeuralGenerator:
-        from servegen_ml.neural.population import fit_population
-        from servegen_ml.neural.sampling.generate import measure_rate_curves
-        from servegen_ml.neural.state import NeuralState
-        from servegen_ml.neural.training.fit import train_tpp
+        from servegen_ml.neural.training.fit import train_tpp  # torch
 
-        result = train_tpp(store, self.settings, self.trainer, self.settings["seed"])
+        result = train_tpp(store, self.config_, self.trainer, self.config_.seed)
         state = NeuralState(
             model=result.model,
             weights=result.weights,
@@ -183,7 +126,7 @@ class NeuralGenerator(Generator):
             client_ids=list(store.client_ids),
             traffic=store.counts.astype(np.int64),
             rate_curves=result.rates,
-            rate_bin_s=self.settings["rate_bin_s"],
+            rate_bin_s=self.config_.rate_bin_s,
             origin_s=float(store.origin_s),
             span_s=result.span_s,
             population=None,
@@ -191,31 +134,26 @@ class NeuralGenerator(Generator):
         )
         state.population = fit_population(
             state.client_vectors(),
-            self.settings["population_components"],
-            self.settings["seed"],
+            self.config_.population_components,
+            self.config_.seed,
         )
         self._set_state(state)
         # The model's own req/s per client and rate bin, which constant and curve rate targets scale.
-        s = self.settings
-        rng = np.random.default_rng(s["seed"])
+        s = self.config_
+        rng = np.random.default_rng(s.seed)
         state.model_rate_curves = measure_rate_curves(
-            state, self._numpy_tpp, rng, s["segment_events"], s["warmup_events"]
+            state, self._numpy_tpp, rng, s.segment_events, s.warmup_events
         )
         return self
 
     def _follow_up_marks(self, conversations=None):
-        """Marks of follow-up turns (models.conversation_marks); ``conversations`` defaults to the fitted model."""
-        from servegen_ml.conversations.neural.marks import FollowUpMarks
-        from servegen_ml.neural.sampling.segment_sampler import ClientTable
-
+        """Marks of follow-up turns (conversations.neural.marks); ``conversations`` defaults to the fitted model."""
         state = self.state_
         table = ClientTable(*self._client_inputs(len(state.client_ids) + 1))
         model = conversations if conversations is not None else self.conversations_
         return FollowUpMarks(self._numpy_tpp, table, state.span_s, model)
 
     def _set_state(self, state) -> None:
-        from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
-
         self.state_ = state
         self._numpy_tpp = NumpyTPP(state.model, state.weights, state.max_count)
         self._torch_tpp = None
@@ -224,32 +162,19 @@ class NeuralGenerator(Generator):
 
     def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
         self._require_fitted()
-        from threadpoolctl import threadpool_limits
-
-        from servegen_ml.neural.sampling.generate import sample_trace
-
-        s, state = self.settings, self.state_
+        s, state = self.config_, self.state_
 
         def sample_openers(opener_spec: GenerationSpec) -> pd.DataFrame:
-            return sample_trace(
-                state, self._numpy_tpp, opener_spec, rng, s["segment_events"], s["warmup_events"]
-            )
+            return sample_trace(state, self._numpy_tpp, opener_spec, rng, s.segment_events, s.warmup_events)
 
         # The sampling step's matrix products are small: one BLAS thread is faster (much faster on a busy CPU).
         with threadpool_limits(limits=1, user_api="blas"):
             if self.conversations_ is None:
                 return sample_openers(spec)
-            from servegen_ml.conversations.sampling import (
-                sample_with_conversations,
-            )
-            from servegen_ml.neural.sampling.generate import natural_rates
-
             rates = None
             if spec.rate.kind in ("constant", "curve"):
                 # The model's own opener rates (stored curves, or a pilot run for new clients).
-                rates = natural_rates(
-                    state, self._numpy_tpp, spec, rng, s["segment_events"], s["warmup_events"]
-                )
+                rates = natural_rates(state, self._numpy_tpp, spec, rng, s.segment_events, s.warmup_events)
             return sample_with_conversations(
                 spec, self.conversations_, sample_openers, self._follow_up_marks(), rng, state.span_s, rates
             )
@@ -264,10 +189,6 @@ class NeuralGenerator(Generator):
             raise ValueError(f"window_end_s={window_end_s} is before the last event ({ts.max()})")
         if self.conversations_ is None:
             return self._log_prob_requests(trace, window_end_s)
-        from servegen_ml.conversations.likelihood import (
-            log_prob_with_conversations,
-        )
-
         return log_prob_with_conversations(
             self.conversations_,
             trace,
@@ -279,7 +200,6 @@ class NeuralGenerator(Generator):
 
     def _log_prob_requests(self, trace: pd.DataFrame, window_end_s: float | None) -> pd.DataFrame:
         """Every request scored as an event of its client's stream (M1; module docstring)."""
-        from servegen_ml.neural.data.events import store_from_frame
         from servegen_ml.neural.training.fit import torch_threads
         from servegen_ml.neural.training.scoring import score_store
 
@@ -301,10 +221,8 @@ class NeuralGenerator(Generator):
         return _parts_frame(parts, _store_order(store, trace))
 
     def _log_prob_follow_ups(self, trace: pd.DataFrame, rows: np.ndarray, before, end_s: float):
-        """Marks of follow-up rows (models.conversation_marks); ``before``: the turns they follow. Time and
+        """Marks of follow-up rows (conversations.neural.marks); ``before``: the turns they follow. Time and
         input are replaced by the conversation layer."""
-        from servegen_ml.conversations.neural.marks import follow_up_log_prob
-        from servegen_ml.neural.data.events import store_from_frame
         from servegen_ml.neural.training.fit import torch_threads
 
         state = self.state_
@@ -370,7 +288,7 @@ class NeuralGenerator(Generator):
     # -- checkpoint ---------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        return {**self.settings, "trainer": dict(self.trainer)}
+        return {**self.config_.to_dict(), "trainer": dict(self.trainer)}
 
     def _save_state(self, directory: Path) -> None:
         self.state_.save(directory)
@@ -378,9 +296,6 @@ class NeuralGenerator(Generator):
             self.conversations_.save(directory)
 
     def _load_state(self, directory: Path) -> None:
-        from servegen_ml.conversations.neural.model import NeuralConversationModel
-        from servegen_ml.neural.state import NeuralState
-
         self._set_state(NeuralState.load(Path(directory)))
         saved = NeuralConversationModel.saved_in(directory)
         self.conversations_ = NeuralConversationModel.load(Path(directory)) if saved else None

@@ -1,4 +1,4 @@
-"""The parametric per-client generator: ServeGen's method, fitted from raw traces (DESIGN §3).
+"""The parametric per-client generator: ServeGen's method, fitted from raw traces (docs/baselines.md).
 
 Per client and rate window (600 s by default) the rate, the gap CV and the
 better of a Gamma or Weibull fit by likelihood; per client and data window

@@ -1,4 +1,4 @@
-"""Fit a generator from a resolved ``train`` config (shared by ``servegen-ml train`` and ``train/train.py``).
+"""Fit a generator from a resolved ``train`` config (``servegen-ml train``; the library route for the same).
 
 ``cfg.model`` is instantiated with Hydra (``_target_`` in ``configs/model/*.yaml``);
 a generator whose constructor takes ``trainer`` also receives ``cfg.trainer``

@@ -47,7 +47,7 @@ class NeuralState:
     population: ClientPopulation
     training: dict
     # (C, bins) the trained model's own req/s per client over the learned timeline, same bins as
-    # rate_curves (models.generate.measure_rate_curves); None: not measured (older checkpoints).
+    # rate_curves (neural.sampling.generate.measure_rate_curves); None: not measured (older checkpoints).
     model_rate_curves: np.ndarray | None = None
 
     @property

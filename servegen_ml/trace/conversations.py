@@ -1,4 +1,4 @@
-"""Infer conversations from prefix-block hashes (Mooncake ``hash_ids``), DESIGN §5.
+"""Infer conversations from prefix-block hashes (Mooncake ``hash_ids``), docs/traces.md and docs/conversations.md.
 
 Rule. Request *r* is a follow-up of an earlier request *j* when *r*'s
 ``hash_ids`` begin with all of *j*'s **complete** blocks, and *j* has at least

@@ -1,4 +1,4 @@
-"""The canonical trace schema (DESIGN §2): one request per row, columnar.
+"""The canonical trace schema (docs/traces.md): one request per row, columnar.
 
 In memory a trace is a ``pandas.DataFrame`` with the dtypes below; list columns
 are Arrow-backed (``list<int64>``) so item lists stay columnar instead of one

@@ -1,4 +1,4 @@
-"""Validation against the canonical schema (DESIGN §2), vectorized and streamable.
+"""Validation against the canonical schema (docs/traces.md), vectorized and streamable.
 
 Every problem names the file, the row (1-based data row of the file; the line
 for JSON Lines) and the column (the file's own column name when an adapter

@@ -1,4 +1,4 @@
-"""The contract every generator passes (DESIGN §9).
+"""The contract every generator passes (docs/architecture.md, "The generator interface").
 
 ``GENERATOR_FACTORIES`` is a list of ``(name, factory)``; a factory returns an
 unfitted generator and the fixture trace to fit it on. Other generators join

@@ -28,6 +28,7 @@ from servegen_ml.conversations.neural.features import (
     turn_features,
 )
 from servegen_ml.conversations.neural.heads import ConversationHeads
+from servegen_ml.core.configs import NeuralConfig
 from servegen_ml.core.spec import DAY_S, TIME_RESOLUTION_S, WEEK_S
 from servegen_ml.neural.data.normalizers import frequent_values
 from servegen_ml.neural.training.fit import torch_threads
@@ -208,7 +209,7 @@ def train_conversation_heads(
     table: TurnTable,
     client_rows: np.ndarray,
     norm: dict,
-    settings: dict,
+    config: NeuralConfig,
     trainer: dict,
     split_s: float,
     seed: int,
@@ -220,9 +221,9 @@ def train_conversation_heads(
     n_features = len(feature_names(client_rows.shape[1], norm["day_harmonics"], norm["week_harmonics"]))
     args = {
         "n_features": n_features,
-        "hidden": int(settings["head_hidden"]),
-        "time_components": int(settings["time_components"]),
-        "mark_components": int(settings["mark_components"]),
+        "hidden": int(config.head_hidden),
+        "time_components": int(config.time_components),
+        "mark_components": int(config.mark_components),
         "n_spikes": len(norm["new_tokens_spikes"]),
         "n_output_spikes": len(norm["output_spikes"]),
         "n_jitter": len(norm["gap_jitter_ms"]),
@@ -233,8 +234,8 @@ def train_conversation_heads(
         heads = ConversationHeads(**args)
         heads.set_normalizers(norm, float(train["followed"].mean()))
         heads.compute_dtype = torch.float32
-        module = _TurnModule(heads, settings["lr"], settings["weight_decay"], monitor)
-        batch = int(settings["conversation_batch"])
+        module = _TurnModule(heads, config.lr, config.weight_decay, monitor)
+        batch = int(config.conversation_batch)
         loaders = [_loader(train, batch, seed, shuffle=True)]
         if len(val["x"]):
             loaders.append(_loader(val, 1 << 16, seed, shuffle=False))
@@ -333,7 +334,7 @@ def client_rows(state) -> np.ndarray:
 
 
 def fit_neural_conversations(
-    trace, roles: ConversationRoles, state, follow_up_marks, settings: dict, trainer: dict
+    trace, roles: ConversationRoles, state, follow_up_marks, config: NeuralConfig, trainer: dict
 ):
     """A :class:`~servegen_ml.conversations.neural.model.NeuralConversationModel` for a fitted neural state.
 
@@ -356,11 +357,11 @@ def fit_neural_conversations(
     window_end_s = float(t.max()) + TIME_RESOLUTION_S - state.origin_s
     table = turn_table(trace, roles, code, state.origin_s, window_end_s)
     # The conversation heads validate on the latest share of the span (the TPP's blocks are not used here).
-    split_s = (1.0 - float(settings["val_fraction"])) * window_end_s
+    split_s = (1.0 - config.val_fraction) * window_end_s
     harmonics = time_harmonics(state)
     norm = fit_turn_normalizers(table, split_s, state.span_s, harmonics)
     args, weights, summary = train_conversation_heads(
-        table, rows, norm, settings, trainer, split_s, settings["seed"]
+        table, rows, norm, config, trainer, split_s, config.seed
     )
     meta = {
         "format": FORMAT,
@@ -378,6 +379,6 @@ def fit_neural_conversations(
     openers = trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True)
     openers = openers.assign(timestamp=openers["timestamp"].to_numpy(np.float64) - state.origin_s)
     draft = NeuralConversationModel(meta, weights)
-    mean_turns = simulated_mean_turns(draft, openers, follow_up_marks(draft), settings["seed"])
+    mean_turns = simulated_mean_turns(draft, openers, follow_up_marks(draft), config.seed)
     summary["mean_turns_simulated"] = float(mean_turns[-1])
     return NeuralConversationModel(meta, {**weights, "mean_turns": mean_turns})

@@ -100,7 +100,7 @@ class NeuralConversationModel:
     def log_new_tokens_after(self, turns: Turns, new_tokens: np.ndarray) -> np.ndarray:
         return self.heads.log_new_tokens(self.features(turns), np.maximum(new_tokens, 0))
 
-    # -- the follow-up's output (beyond the protocol; used by models.conversation_marks) -----------
+    # -- the follow-up's output (beyond the protocol; used by conversations.neural.marks) -----------
 
     def sample_output_after(
         self, turns: Turns, new_tokens, prompt_tokens, rng: np.random.Generator

@@ -8,8 +8,8 @@ the fingerprint hashes the model settings and the data, so re-running the same
 command resumes from ``last.ckpt`` while a different run starts fresh. With
 ``default_root_dir: null`` a temporary directory is used and removed.
 
-Trainer settings are Lightning ``Trainer`` arguments plus three of ours:
-``early_stopping_patience``, ``resume`` and ``num_threads`` (torch CPU
+Trainer settings are Lightning ``Trainer`` arguments plus four of ours:
+``name`` (the trainer config file's), ``early_stopping_patience``, ``resume`` and ``num_threads`` (torch CPU
 threads while training and scoring; null keeps torch's default — one thread
 is much faster on a CPU shared with other busy processes). Under a subprocess-launched DDP
 strategy (``strategy: ddp``) the extra processes exit once training is done;
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from servegen_ml.core.configs import NeuralConfig
 from servegen_ml.neural.data.events import EventStore
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
 from servegen_ml.neural.data.validation import ValidationBlocks
@@ -45,7 +46,7 @@ ARCHITECTURE_KEYS = (
     "week_harmonics",
 )
 
-OUR_TRAINER_KEYS = ("early_stopping_patience", "resume", "num_threads")
+OUR_TRAINER_KEYS = ("name", "early_stopping_patience", "resume", "num_threads")
 
 
 @dataclass
@@ -58,16 +59,16 @@ class TrainResult:
     summary: dict  # epochs, best validation NLL, where logs went, ...
 
 
-def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> TrainResult:
-    """Fit on ``store``. settings: architecture + data keys of NeuralGenerator; trainer: see module docstring."""
+def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int) -> TrainResult:
+    """Fit on ``store`` with the generator's ``config``; trainer: see module docstring."""
     import lightning as L
 
     from servegen_ml.neural.data.datamodule import EventDataModule
     from servegen_ml.neural.training.lightning_module import TPPLightningModule
 
-    blocks = ValidationBlocks.for_window(store.window_start_s, store.window_end_s, settings["val_fraction"])
-    norm = fit_normalizers(store, blocks, settings["max_spikes"], settings["min_spike_share"])
-    span_s, bin_s = learned_span(store), settings["rate_bin_s"]
+    blocks = ValidationBlocks.for_window(store.window_start_s, store.window_end_s, config.val_fraction)
+    norm = fit_normalizers(store, blocks, config.max_spikes, config.min_spike_share)
+    span_s, bin_s = learned_span(store), config.rate_bin_s
     rates = rate_curves(store, bin_s, span_s)
     model = {
         "n_clients": len(store.client_ids),
@@ -75,14 +76,12 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         "spikes": norm.spikes,
         "activity_bins": rates.shape[1],
         "activity_bin_s": bin_s,
-        **{k: settings[k] for k in ARCHITECTURE_KEYS},
+        **{k: getattr(config, k) for k in ARCHITECTURE_KEYS},
     }
     train, val = blocks.split(store)
     monitor = "val_nll" if len(val) else "train_nll_epoch"
     torch.manual_seed(seed)
-    module = TPPLightningModule(
-        model, lr=settings["lr"], weight_decay=settings["weight_decay"], monitor=monitor
-    )
+    module = TPPLightningModule(model, lr=config.lr, weight_decay=config.weight_decay, monitor=monitor)
     module.tpp.set_normalizers(norm)
     module.tpp.init_mixtures(norm)
     # Training sees the activity of training events only (validation bins interpolated).
@@ -91,13 +90,13 @@ def train_tpp(store: EventStore, settings: dict, trainer: dict, seed: int) -> Tr
         store,
         train,
         val if len(val) else None,
-        settings["lanes"],
-        settings["chunk_len"],
+        config.lanes,
+        config.chunk_len,
         seed,
-        settings["cold_starts_per_client"],
-        settings["cold_starts_per_hour"],
+        config.cold_starts_per_client,
+        config.cold_starts_per_hour,
     )
-    fingerprint = _fingerprint(model, settings, store)
+    fingerprint = _fingerprint(model, config.to_dict(), store)
     with (
         _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir,
         torch_threads(trainer.get("num_threads")),

@@ -1,4 +1,4 @@
-"""``native``: the canonical schema itself (DESIGN §2), as Parquet, CSV or JSON Lines.
+"""``native``: the canonical schema itself (docs/traces.md), as Parquet, CSV or JSON Lines.
 
 Columns keep their names. In CSV, item lists are JSON arrays in one cell
 (``"[256, 576]"``; ``[]`` for no items). A file without ``client_id`` is

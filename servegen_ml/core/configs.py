@@ -1,0 +1,128 @@
+"""Typed configuration: the generators' hyperparameters, written once, checked when configs compose.
+
+Each dataclass is the single definition of a model group's keys, types and
+defaults. :func:`register_configs` stores them in Hydra's ConfigStore as
+``model/<kind>_base`` (with the generator class as ``_target_``); the files in
+``configs/model/`` extend them, so a misspelt key or a value of the wrong type
+fails when the config composes, not halfway through training.
+:class:`NeuralConfig` is also what the neural generator and its training code
+read (``generator.config_``), in place of a loose dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+NAIVE_TARGET = "servegen_ml.generators.naive.NaiveGenerator"
+PARAMETRIC_TARGET = "servegen_ml.generators.parametric.ParametricGenerator"
+NEURAL_TARGET = "servegen_ml.generators.neural.NeuralGenerator"
+
+
+@dataclass
+class NaiveConfig:
+    """The paper's strawman: one aggregate stream, aggregate length distributions."""
+
+    arrival: str = "poisson"  # poisson | gamma (one Gamma renewal stream with the aggregate gap CV)
+    rate_window_s: float = 600.0
+
+
+@dataclass
+class ParametricConfig:
+    """ServeGen's per-client method fitted from raw traces."""
+
+    rate_window_s: float = 600.0  # per-client rate / CV / Gamma-or-Weibull window (s); should divide a day
+    data_window_s: float = 21600.0  # per-client empirical length distributions window (s)
+    min_events: int = 20  # windows with fewer requests fall back to the client's whole-trace fit
+
+
+@dataclass
+class NeuralConfig:
+    """The neural generator: a marked temporal point process per client stream.
+
+    Training options of the Lightning Trainer (epochs, devices, precision, DDP)
+    are the ``trainer`` group's, not these.
+    """
+
+    # -- architecture
+    hidden: int = 64  # GRU state size
+    embedding: int = 16  # client embedding size
+    head_hidden: int = 64  # hidden units of each output head
+    time_components: int = 8  # log-normal components of the inter-arrival head
+    mark_components: int = 6  # normal components of each token/count head (on log(n + 1))
+    day_harmonics: int = 3  # Fourier harmonics of time of day
+    week_harmonics: int = 2  # Fourier harmonics of day of week
+    max_spikes: int = 256  # frequent exact values per field modelled by a categorical head
+    min_spike_share: float = 0.0005  # a spike holds at least this share of a field's values
+    # -- data and optimization
+    chunk_len: int = 128  # events per chunk (truncated backpropagation length)
+    lanes: int = 64  # chunks per batch (per device)
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1  # share of time validating: every 10th hour block (neural/data/validation.py)
+    # Each epoch also trains on stream starts at random times (sampling starts its segments anywhere,
+    # idle periods included): this many per client, plus this many per hour of its span.
+    cold_starts_per_client: int = 16
+    cold_starts_per_hour: float = 1.0
+    seed: int = 0
+    # -- after training and at sampling time
+    population_components: int = 4  # Gaussian mixture components over client embeddings (clients=new:N)
+    rate_bin_s: float = 600.0  # resolution of each client's empirical rate curve (rate control)
+    segment_events: int = 256  # expected events per sampled stream segment (batch row)
+    warmup_events: int = 32  # expected warm-up events discarded before each segment
+    store_dir: str | None = None  # a streamed trace file's memory-mapped columns (None: system temp dir)
+    conversation_batch: int = 128  # turns per batch when training the conversation heads
+
+    def __post_init__(self):
+        # Values arrive from YAML, JSON manifests and Python: store each as its declared type.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                setattr(self, f.name, {"int": int, "float": float}.get(f.type, str)(value))
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction}: must be in [0, 1)")
+        sizes = (
+            self.hidden,
+            self.embedding,
+            self.head_hidden,
+            self.time_components,
+            self.mark_components,
+            self.chunk_len,
+            self.lanes,
+            self.segment_events,
+        )
+        if min(sizes) < 1:
+            raise ValueError(
+                "sizes (hidden, embedding, head_hidden, components, chunk_len, lanes, segment_events) must be >= 1"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class NaiveModel(NaiveConfig):
+    _target_: str = field(default=NAIVE_TARGET)
+
+
+@dataclass
+class ParametricModel(ParametricConfig):
+    _target_: str = field(default=PARAMETRIC_TARGET)
+
+
+@dataclass
+class NeuralModel(NeuralConfig):
+    _target_: str = field(default=NEURAL_TARGET)
+
+
+def register_configs() -> None:
+    """Store the model schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, node in (
+        ("naive_base", NaiveModel),
+        ("parametric_base", ParametricModel),
+        ("neural_base", NeuralModel),
+    ):
+        store.store(group="model", name=name, node=node)
