@@ -479,9 +479,10 @@ def m9_calibration(synthetic: pd.DataFrame, real: pd.DataFrame, bin_s: float = C
     it is 98 % covered; one bin of the common span when that is shorter than
     ``bin_s``); requests after the last bin are not counted. Components: the median over (client, bin) cells where
     either trace has requests of |log((n_syn + 1) / (n_real + 1))|, clients
-    matched by id (absent when no id is shared, e.g. ``clients=new:N``), and
-    the median over bins of |log(total_syn / total_real)|. ``stats`` has the
-    aggregate ratio (all counted synthetic requests / real ones).
+    matched by id (the headline; absent when no id is shared, e.g.
+    ``clients=new:N``), and the median over bins of |log(total_syn /
+    total_real)|. ``stats`` has the aggregate ratio (all counted synthetic
+    requests / real ones).
     """
     ts, tr = _timestamps(synthetic), _timestamps(real)
     if len(ts) < 2 or len(tr) < 2:
@@ -517,7 +518,9 @@ def m9_calibration(synthetic: pd.DataFrame, real: pd.DataFrame, bin_s: float = C
         "shared_clients": len(shared),
         "requests_per_bin": {"synthetic": total_s.tolist(), "real": total_r.tolist()},
     }
-    return _result(components, list(components), stats, {})
+    # Headline: the per-client cells only, so a workload without matching clients is absent rather
+    # than compared on the hourly totals alone against a floor that also has the cells.
+    return _result(components, ["client_bin.median_abs_log_ratio"], stats, {})
 
 
 # ---------------------------------------------------------------- all, noise floor
