@@ -48,7 +48,7 @@ def write_learning_curve(metrics_csv: Path) -> Path | None:
         )
     ax.set_xlabel("global step")
     ax.set_ylabel("NLL per event (nats)")
-    ax.set_title(metrics_csv.parent.name)
+    ax.set_title("/".join(metrics_csv.parts[-4:-1]))  # run fingerprint/logs/version
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
