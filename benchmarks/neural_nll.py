@@ -64,7 +64,7 @@ def generators(max_epochs: int) -> dict:
     from servegen_ml.generators.parametric import ParametricGenerator
 
     trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "num_threads": 1, "default_root_dir": None,
-               "gradient_clip_val": 1.0, "num_sanity_val_steps": 0, "early_stopping_patience": 3}  # fmt: skip
+               "gradient_clip_val": 1.0, "num_sanity_val_steps": 0, "callbacks": {"early_stopping": {"patience": 3}}}  # fmt: skip
     return {
         "naive": NaiveGenerator(),
         "parametric": ParametricGenerator(),

@@ -75,6 +75,14 @@ def _override_value(v) -> str:
     return str(v)
 
 
+def _flat(values: dict, prefix: str) -> dict:
+    """Nested config values as ``{dotted.key: value}``."""
+    out = {}
+    for k, v in values.items():
+        out.update(_flat(v, f"{prefix}.{k}") if isinstance(v, dict) else {f"{prefix}.{k}": v})
+    return out
+
+
 def _trainer_overrides(cfg) -> list[str]:
     """``trainer=NAME`` (the trainer file the run used, which names itself), then the keys that differ from it."""
     from servegen_ml.core.config import compose
@@ -82,7 +90,8 @@ def _trainer_overrides(cfg) -> list[str]:
     mine = OmegaConf.to_container(cfg.trainer, resolve=True)
     name = mine.get("name", "cpu")
     group = OmegaConf.to_container(compose("bench", [f"trainer={name}"]).trainer, resolve=True)
-    diff = [f"trainer.{k}={_override_value(v)}" for k, v in mine.items() if group.get(k) != v]
+    mine, group = _flat(mine, "trainer"), _flat(group, "trainer")
+    diff = [f"{k}={_override_value(v)}" for k, v in mine.items() if group.get(k) != v]
     return ([] if name == "cpu" else [f"trainer={name}"]) + diff
 
 

@@ -115,8 +115,33 @@ class NeuralModel(NeuralConfig):
     _target_: str = field(default=NEURAL_TARGET)
 
 
+# The Lightning Trainer, its callbacks and its logger, built from config with Hydra's instantiate.
+# The training code adds what only a run knows: the run directory and the monitored metric.
+# ``trainer/lightning_base`` in the ConfigStore; a trainer dict from Python is merged onto it.
+TRAINER_BASE = {
+    "_target_": "lightning.pytorch.Trainer",
+    "callbacks": {
+        "checkpoint": {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "filename": "best",
+            "mode": "min",
+            "save_last": True,
+            "save_top_k": 1,
+        },
+        # strict=False: a run stopped by max_steps mid-epoch may end before any validation.
+        "early_stopping": {
+            "_target_": "lightning.pytorch.callbacks.EarlyStopping",
+            "mode": "min",
+            "patience": 3,
+            "strict": False,
+        },
+    },
+    "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger", "name": "logs"},
+}
+
+
 def register_configs() -> None:
-    """Store the model schemas in Hydra's ConfigStore (idempotent)."""
+    """Store the model schemas and the trainer base in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -126,3 +151,4 @@ def register_configs() -> None:
         ("neural_base", NeuralModel),
     ):
         store.store(group="model", name=name, node=node)
+    store.store(group="trainer", name="lightning_base", node=TRAINER_BASE)

@@ -38,7 +38,8 @@ def build_generator(cfg: DictConfig) -> Generator:
     extra = {}
     if "trainer" in inspect.signature(target).parameters and cfg.get("trainer") is not None:
         extra["trainer"] = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return instantiate(cfg.model, **extra, _convert_="all")
+    # Partial first: the trainer dict holds `_target_`s of its own, built only when training starts.
+    return instantiate(cfg.model, _partial_=True, _convert_="all")(**extra)
 
 
 def time_split(trace: pd.DataFrame, split: float) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from servegen_ml.core.config import compose, config_dir
+from servegen_ml.generators.training import build_generator
 
 CONFIGS = config_dir()
 COMMANDS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
@@ -35,21 +36,56 @@ def test_every_model_config_builds_its_generator(name):
 
 
 @pytest.mark.parametrize("name", GROUPS["trainer"])
-def test_every_trainer_config_names_only_lightning_trainer_arguments(name):
+def test_every_trainer_config_instantiates_its_trainer_and_callbacks(name, tmp_path):
     import lightning
+    from hydra.utils import get_class
 
-    from servegen_ml.neural.training.fit import OUR_TRAINER_KEYS
+    from servegen_ml.neural.training.fit import OUR_TRAINER_KEYS, _make_trainer, trainer_spec
 
     trainer = OmegaConf.to_container(compose("train", [f"trainer={name}"]).trainer, resolve=True)
+    assert trainer["name"] == name
+    spec = trainer_spec(trainer)
+    assert get_class(spec["_target_"]) is lightning.Trainer
+    assert {get_class(c["_target_"]).__name__ for c in spec["callbacks"].values()} == {
+        "ModelCheckpoint",
+        "EarlyStopping",
+    }
     accepted = set(inspect.signature(lightning.Trainer).parameters)
-    assert set(trainer) - set(OUR_TRAINER_KEYS) <= accepted
+    assert set(spec) - {"_target_", "callbacks", "logger", *OUR_TRAINER_KEYS} <= accepted
+    if trainer["accelerator"] == "cpu" and trainer["strategy"] == "auto":
+        built = _make_trainer(trainer, tmp_path, "val_nll")
+        assert isinstance(built, lightning.Trainer) and built.max_epochs == trainer["max_epochs"]
+        assert built.checkpoint_callback.dirpath == str(tmp_path / "checkpoints")
+        assert [type(c).__name__ for c in built.callbacks if type(c).__name__ == "EarlyStopping"]
+
+
+def test_a_callback_is_configured_or_dropped_from_the_command_line(tmp_path):
+    from servegen_ml.neural.training.fit import _make_trainer
+
+    overrides = ["trainer=fast", "trainer.callbacks.early_stopping.patience=7"]
+    trainer = OmegaConf.to_container(compose("train", overrides).trainer, resolve=True)
+    (stop,) = [
+        c
+        for c in _make_trainer(trainer, tmp_path, "val_nll").callbacks
+        if type(c).__name__ == "EarlyStopping"
+    ]
+    assert stop.patience == 7 and stop.monitor == "val_nll"
+    trainer = OmegaConf.to_container(
+        compose("train", ["trainer=fast", "trainer.callbacks.early_stopping=null"]).trainer, resolve=True
+    )
+    assert not [
+        c
+        for c in _make_trainer(trainer, tmp_path, "val_nll").callbacks
+        if type(c).__name__ == "EarlyStopping"
+    ]
 
 
 @pytest.mark.parametrize("name", GROUPS["experiment"])
 def test_every_experiment_composes_and_builds_its_generator(name):
     cfg = compose("train", [f"+experiment={name}", "out=y", "data.path=x"])
-    generator = instantiate(cfg.model, trainer=OmegaConf.to_container(cfg.trainer, resolve=True))
-    assert generator.kind == "neural" and cfg.trainer.max_epochs >= 1
+    generator = build_generator(cfg)
+    assert generator.kind == "neural" and generator.trainer["max_epochs"] == cfg.trainer.max_epochs
+    assert generator.trainer["callbacks"]["early_stopping"]["_target_"].endswith("EarlyStopping")
 
 
 def test_bench_composes_with_every_trainer():
@@ -86,3 +122,11 @@ def test_neural_config_is_the_one_definition_of_the_neural_hyperparameters():
         NeuralConfig(val_fraction=1.0)
     with pytest.raises(TypeError, match="hiden"):
         NeuralGenerator(hiden=3)
+
+
+def test_a_trainer_dict_from_python_or_an_older_manifest_gets_the_base():
+    from servegen_ml.neural.training.fit import trainer_spec
+
+    spec = trainer_spec({"max_epochs": 2, "early_stopping_patience": 5})  # as older manifests wrote it
+    assert spec["max_epochs"] == 2 and spec["callbacks"]["early_stopping"]["patience"] == 5
+    assert "early_stopping_patience" not in spec and spec["_target_"] == "lightning.pytorch.Trainer"

@@ -31,7 +31,7 @@ from servegen_ml.conversations.neural.heads import ConversationHeads
 from servegen_ml.core.configs import NeuralConfig
 from servegen_ml.core.spec import DAY_S, TIME_RESOLUTION_S, WEEK_S
 from servegen_ml.neural.data.normalizers import frequent_values
-from servegen_ml.neural.training.fit import torch_threads
+from servegen_ml.neural.training.fit import torch_threads, trainer_spec
 
 # Timestamp quanta looked for (s, largest first), and how close (s) a timestamp must lie to the lattice:
 # a log that stamps requests in slots puts (nearly) all of them within a few ms of one.
@@ -239,7 +239,7 @@ def train_conversation_heads(
         loaders = [_loader(train, batch, seed, shuffle=True)]
         if len(val["x"]):
             loaders.append(_loader(val, 1 << 16, seed, shuffle=False))
-        patience = int(trainer.get("early_stopping_patience", 3))
+        patience = int(trainer_spec(trainer)["callbacks"]["early_stopping"]["patience"])
         trainer_obj = L.Trainer(
             accelerator=trainer.get("accelerator", "cpu"),
             devices=1,

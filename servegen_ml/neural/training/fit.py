@@ -2,14 +2,19 @@
 
 Validation by interleaved time blocks (:mod:`servegen_ml.neural.data.validation`:
 by default every 10th hour of the window validates; early stopping on the
-validation NLL per event). Checkpoints,
-CSV logs with their learning-curve PNG (``learning_curve.png``) and resumption live under ``<default_root_dir>/<fingerprint>/``, where
+validation NLL per event). Checkpoints, CSV logs with their learning-curve
+PNG (``learning_curve.png``, drawn after every run whose logger writes a
+``metrics.csv``) and resumption live under ``<default_root_dir>/<fingerprint>/``, where
 the fingerprint hashes the model settings and the data, so re-running the same
 command resumes from ``last.ckpt`` while a different run starts fresh. With
 ``default_root_dir: null`` a temporary directory is used and removed.
 
-Trainer settings are Lightning ``Trainer`` arguments plus four of ours:
-``name`` (the trainer config file's), ``early_stopping_patience``, ``resume`` and ``num_threads`` (torch CPU
+Trainer settings (the ``trainer`` config group) are instantiated with Hydra:
+``_target_`` (the Lightning ``Trainer``), its ``callbacks`` and ``logger``
+(each with its own ``_target_``; defaults in
+:data:`servegen_ml.core.configs.TRAINER_BASE`), Lightning ``Trainer``
+arguments, and three keys of ours: ``name`` (the trainer config file's),
+``resume`` and ``num_threads`` (torch CPU
 threads while training and scoring; null keeps torch's default — one thread
 is much faster on a CPU shared with other busy processes). Under a subprocess-launched DDP
 strategy (``strategy: ddp``) the extra processes exit once training is done;
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import sys
 import tempfile
@@ -29,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from servegen_ml.core.configs import NeuralConfig
+from servegen_ml.core.configs import TRAINER_BASE, NeuralConfig
 from servegen_ml.neural.data.events import EventStore
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
 from servegen_ml.neural.data.validation import ValidationBlocks
@@ -46,7 +53,7 @@ ARCHITECTURE_KEYS = (
     "week_harmonics",
 )
 
-OUR_TRAINER_KEYS = ("name", "early_stopping_patience", "resume", "num_threads")
+OUR_TRAINER_KEYS = ("name", "resume", "num_threads")
 
 
 @dataclass
@@ -61,8 +68,6 @@ class TrainResult:
 
 def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int) -> TrainResult:
     """Fit on ``store`` with the generator's ``config``; trainer: see module docstring."""
-    import lightning as L
-
     from servegen_ml.neural.data.datamodule import EventDataModule
     from servegen_ml.neural.training.lightning_module import TPPLightningModule
 
@@ -101,7 +106,7 @@ def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int)
         _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir,
         torch_threads(trainer.get("num_threads")),
     ):
-        trainer_obj = _make_trainer(L, trainer, run_dir, monitor)
+        trainer_obj = _make_trainer(trainer, run_dir, monitor)
         ckpt_path = _resume_path(run_dir, trainer)
         trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
         if trainer_obj.global_rank != 0:
@@ -185,36 +190,51 @@ class _run_dir:
             self.tmp.cleanup()
 
 
-def _make_trainer(L, trainer: dict, run_dir: Path, monitor: str):
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+def trainer_spec(trainer: dict) -> dict:
+    """``trainer`` merged onto :data:`~servegen_ml.core.configs.TRAINER_BASE` (a plain dict).
 
-    kwargs = {k: v for k, v in trainer.items() if k not in OUR_TRAINER_KEYS}
+    Older checkpoints' manifests name the early-stopping patience at the top level.
+    """
+    spec = OmegaConf.to_container(OmegaConf.merge(TRAINER_BASE, dict(trainer)), resolve=True)
+    if "early_stopping_patience" in spec:
+        spec["callbacks"]["early_stopping"]["patience"] = spec.pop("early_stopping_patience")
+    return spec
+
+
+def _make_trainer(trainer: dict, run_dir: Path, monitor: str):
+    """The Lightning Trainer of ``trainer`` (``_target_``), its callbacks and logger, for one run."""
+    from hydra.utils import get_class, instantiate
+
+    spec = trainer_spec(trainer)
+    callbacks = []
+    for name, callback in spec.pop("callbacks").items():
+        if callback is None:  # trainer.callbacks.NAME=null turns one off
+            continue
+        accepts = inspect.signature(get_class(callback["_target_"])).parameters
+        run_args = {"monitor": monitor} if "monitor" in accepts else {}
+        if name == "checkpoint":
+            run_args["dirpath"] = str(run_dir / "checkpoints")
+        callbacks.append(instantiate(callback, **run_args))
+    logger = spec.pop("logger")
+    logger = instantiate(logger, save_dir=str(run_dir)) if logger else False
+    kwargs = {k: v for k, v in spec.items() if k not in OUR_TRAINER_KEYS}
     kwargs["default_root_dir"] = str(run_dir)
     if kwargs.get("enable_progress_bar") is None:
         # A progress bar only where someone watches: a terminal, not a log file.
         kwargs["enable_progress_bar"] = sys.stderr.isatty()
     kwargs.setdefault("enable_model_summary", False)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode="min",
-        save_last=True,
-        save_top_k=1,
-    )
-    patience = int(trainer.get("early_stopping_patience", 3))
-    # strict=False: a run stopped by max_steps mid-epoch may end before any validation.
-    callbacks = [checkpoint, EarlyStopping(monitor=monitor, mode="min", patience=patience, strict=False)]
-    return L.Trainer(logger=CSVLogger(str(run_dir), name="logs"), callbacks=callbacks, **kwargs)
+    return instantiate(kwargs, callbacks=callbacks, logger=logger)
 
 
 def _learning_curve(trainer_obj) -> Path | None:
     """The run's learning-curve PNG, written next to the CSV log (None without a log or NLL rows)."""
     from servegen_ml.neural.training.learning_curve import write_learning_curve
 
-    trainer_obj.logger.save()
-    metrics_csv = Path(trainer_obj.logger.log_dir) / "metrics.csv"
+    logger = trainer_obj.logger
+    if logger is None or getattr(logger, "log_dir", None) is None:
+        return None
+    logger.save()
+    metrics_csv = Path(logger.log_dir) / "metrics.csv"
     return write_learning_curve(metrics_csv) if metrics_csv.is_file() else None
 
 
