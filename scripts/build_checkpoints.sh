@@ -42,7 +42,7 @@ convert_args() {
 
 # Training budget of the neural model on the 2-core development CPU (one torch thread each);
 # an epoch is one pass over all events in chunks of 64 lanes x 128 events. Early stopping
-# (patience 3 on the validation NLL of the latest 10 % of the time span) may end a run sooner.
+# (patience 3 on the validation NLL of every 10th hour of the time span) may end a run sooner.
 neural_args() {
     # resume=false: a run directory is keyed by data and settings, not by code version, so a
     # last.ckpt left by an older build must not be resumed.

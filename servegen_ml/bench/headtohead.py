@@ -115,8 +115,91 @@ def run_head_to_head(
         quiet,
     )
     summary = _summarize(comp, per_model, settings, cut_s, start_s, duration_s)
+    summary["new_clients"] = _new_clients(fitted, settings, train, test, start_s, duration_s, quiet)
     plotted = [w.name for w in workloads if w.info["seed"] == settings.seeds[0]]
-    return HeadToHead(comp, summary, [_m1_section(summary), _seed_section(summary, comp)], plotted)
+    sections = [_m1_section(summary), _seed_section(summary, comp), _new_clients_section(summary)]
+    return HeadToHead(comp, summary, sections, plotted)
+
+
+def _new_clients(fitted, settings, train, test, start_s, duration_s, quiet) -> dict:
+    """Each model's ``clients=new:N`` (N = the test trace's clients) against the real test clients.
+
+    Per-client distributions with every client counting once
+    (:func:`metrics.client_population`); the floor is the reference's clients
+    against the test's. A model without clients (naive) is reported as such.
+    """
+    n = int(test["client_id"].nunique())
+    floor = metrics.client_population(train, test)
+    out = {"n": n, "noise_floor": metrics.jsonable(floor), "models": {}}
+    if n < 2:
+        out["absent"] = "fewer than 2 clients in the test trace"
+        return out
+    jobs = [(m, s) for m in settings.models if m in fitted for s in settings.seeds]
+    for name, seed in progress(jobs, "new clients", quiet):
+        entry = out["models"].setdefault(name, {"seeds": []})
+        if "error" in entry:
+            continue
+        spec = GenerationSpec.from_values(duration_s, start_s, clients=f"new:{n}", seed=seed)
+        try:
+            new = fitted[name].sample(spec, np.random.default_rng(seed))
+        except ValueError as e:  # e.g. the naive model has no clients
+            entry["error"] = str(e)
+            continue
+        res = metrics.client_population(new, test)
+        entry["seeds"].append(
+            {
+                "seed": seed,
+                **metrics.jsonable(res),
+                "ratio_to_noise_floor": metrics.noise_floor_ratio(res["distance"], floor["distance"]),
+            }
+        )
+    return out
+
+
+def _new_clients_section(summary: dict) -> str:
+    new = summary["new_clients"]
+    title = f"## New clients: clients=new:{new['n']} against the test trace's {new['n']} real clients"
+    if "absent" in new:
+        return f"{title}\n\n{new['absent']}."
+    floor = new["noise_floor"]
+    real = floor.get("stats", {})
+    rows = [
+        [
+            "reference (noise floor)",
+            fmt(real.get("total_rate_rps", {}).get("synthetic")),
+            fmt(real.get("median_client_rate_rps", {}).get("synthetic")),
+            fmt(floor.get("distance")),
+            "1",
+        ]
+    ]
+    for name, entry in new["models"].items():
+        if "error" in entry:
+            rows.append([name, "—", "—", "—", f"not supported: {entry['error']}"])
+            continue
+        for r in entry["seeds"]:
+            stats = r.get("stats", {})
+            rows.append(
+                [
+                    f"{name} (seed {r['seed']})",
+                    fmt(stats.get("total_rate_rps", {}).get("synthetic")),
+                    fmt(stats.get("median_client_rate_rps", {}).get("synthetic")),
+                    fmt(r.get("distance")),
+                    fmt(r.get("ratio_to_noise_floor")),
+                ]
+            )
+    test_total = fmt(real.get("total_rate_rps", {}).get("real"))
+    test_median = fmt(real.get("median_client_rate_rps", {}).get("real"))
+    return "\n\n".join(
+        [
+            title,
+            (
+                f"Real test clients: {test_total} req/s in all, median client {test_median} req/s. "
+                "Distance: mean Wasserstein of the per-client distributions of log10 rate, log CV and "
+                "log10 median input/output tokens, every client counting once (client_population)."
+            ),
+            table(["workload", "total req/s", "median client req/s", "distance", "ratio to floor"], rows),
+        ]
+    )
 
 
 def _fit_and_sample(name, seed, settings, train, test, start_s, duration_s, fitted, entry) -> Workload:

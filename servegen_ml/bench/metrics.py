@@ -48,6 +48,8 @@ CLIENT_CV_WINDOW_S = 600.0
 CLIENT_MIN_GAPS = 10
 ACF_LAGS_MIN = (1, 5, 30)
 LOAD_WINDOW_S = 10.0
+CALIBRATION_BIN_S = 3600.0
+BIN_COVER_SLACK = 0.02  # M9 counts a last bin the common span covers to 98 %
 # Two distances this close are indistinguishable: keeps the ratio finite when the floor is 0.
 NOISE_FLOOR_EPS = 1e-3
 # CVs are compared on a log scale; a window of equal gaps (CV 0) is floored here.
@@ -410,6 +412,117 @@ def client_heterogeneity(
     return _result(components, list(components), stats, plot)
 
 
+def _client_medians(trace: pd.DataFrame, column: str) -> pd.Series:
+    """Client id -> median of ``column`` over the client's requests."""
+    return trace.groupby(trace["client_id"].astype(str), sort=False)[column].median()
+
+
+def client_population(
+    synthetic: pd.DataFrame,
+    real: pd.DataFrame,
+    cv_window_s: float = CLIENT_CV_WINDOW_S,
+    min_gaps: int = CLIENT_MIN_GAPS,
+) -> dict:
+    """Per-client distributions with every client counting once (unlike client heterogeneity).
+
+    Wasserstein distances between the two traces' clients of log10 rate, log
+    CV and log10 median input/output tokens. This is what ``clients=new:N``
+    must get right: N new clients should look like N real clients picked at
+    random (most small, a few heavy), so their total traffic is realistic.
+    """
+    ss = client_summary(synthetic, cv_window_s, min_gaps)
+    sr = client_summary(real, cv_window_s, min_gaps)
+    if len(ss) < 2 or len(sr) < 2:
+        where = [n for n, s in (("synthetic", ss), ("real", sr)) if len(s) < 2]
+        return _absent(f"fewer than 2 clients in the {' and '.join(where)} trace")
+    components = {
+        "rate.wasserstein_log10": _wasserstein(np.log10(ss["rate_rps"]), np.log10(sr["rate_rps"])),
+        "cv.wasserstein_log": _wasserstein(_log_cv(ss["cv"]), _log_cv(sr["cv"])),
+    }
+    stats = {
+        "clients": {"synthetic": len(ss), "real": len(sr)},
+        "total_rate_rps": {"synthetic": float(ss["rate_rps"].sum()), "real": float(sr["rate_rps"].sum())},
+        "median_client_rate_rps": {
+            "synthetic": float(ss["rate_rps"].median()),
+            "real": float(sr["rate_rps"].median()),
+        },
+    }
+    for column in ("input_tokens", "output_tokens"):
+        if column in synthetic.columns and column in real.columns:
+            ms, mr = _client_medians(synthetic, column), _client_medians(real, column)
+            name = column.split("_")[0]
+            components[f"{name}_median.wasserstein_log10"] = _wasserstein(
+                np.log10(np.maximum(ms.to_numpy(np.float64), 1.0)),
+                np.log10(np.maximum(mr.to_numpy(np.float64), 1.0)),
+            )
+    return _result(components, list(components), stats, {})
+
+
+# ---------------------------------------------------------------- M9 calibration
+
+
+def client_bin_counts(trace: pd.DataFrame, bin_s: float, n_bins: int) -> tuple[np.ndarray, pd.Index]:
+    """(clients, n_bins) request counts per client in bins of ``bin_s`` from the trace's first request."""
+    t = trace["timestamp"].to_numpy(np.float64)
+    codes, ids = pd.factorize(trace["client_id"].astype(str), sort=True)
+    b = np.floor((t - t.min()) / bin_s).astype(np.int64) if len(t) else np.zeros(0, np.int64)
+    inside = b < n_bins
+    counts = np.bincount(codes[inside] * n_bins + b[inside], minlength=len(ids) * n_bins)
+    return counts.reshape(len(ids), n_bins).astype(np.float64), pd.Index(ids)
+
+
+def m9_calibration(synthetic: pd.DataFrame, real: pd.DataFrame, bin_s: float = CALIBRATION_BIN_S) -> dict:
+    """Traffic per client and hour against the real trace's: is the generator's natural rate right?
+
+    Both traces are cut into bins of ``bin_s`` (an hour) from their first
+    request, as many bins as the shorter trace spans (a last bin counts when
+    it is 98 % covered; one bin of the common span when that is shorter than
+    ``bin_s``); requests after the last bin are not counted. Components: the median over (client, bin) cells where
+    either trace has requests of |log((n_syn + 1) / (n_real + 1))|, clients
+    matched by id (the headline; absent when no id is shared, e.g.
+    ``clients=new:N``), and the median over bins of |log(total_syn /
+    total_real)|. ``stats`` has the aggregate ratio (all counted synthetic
+    requests / real ones).
+    """
+    ts, tr = _timestamps(synthetic), _timestamps(real)
+    if len(ts) < 2 or len(tr) < 2:
+        return _absent("fewer than 2 requests in one of the traces")
+    common = min(ts[-1] - ts[0], tr[-1] - tr[0])
+    if common <= 0:
+        return _absent("one of the traces spans no time")
+    width = min(bin_s, common)
+    # A trace of whole hours spans a little less than them (first and last request inside).
+    n_bins = max(1, int(np.floor(common / width + BIN_COVER_SLACK)))
+    cs, ids_s = client_bin_counts(synthetic, width, n_bins)
+    cr, ids_r = client_bin_counts(real, width, n_bins)
+    total_s, total_r = cs.sum(0), cr.sum(0)
+    hour = np.abs(np.log(np.maximum(total_s, 0.5) / np.maximum(total_r, 0.5)))
+    shared = ids_s.intersection(ids_r)
+    cell = None
+    if len(shared):
+        a, b = cs[ids_s.get_indexer(shared)], cr[ids_r.get_indexer(shared)]
+        # Clients only one trace has count against zeros in the other.
+        only_s, only_r = cs[~ids_s.isin(shared)], cr[~ids_r.isin(shared)]
+        a = np.concatenate([a, only_s, np.zeros_like(only_r)])
+        b = np.concatenate([b, np.zeros_like(only_s), only_r])
+        busy = (a > 0) | (b > 0)
+        cell = float(np.median(np.abs(np.log((a[busy] + 1.0) / (b[busy] + 1.0)))))
+    components = {
+        "client_bin.median_abs_log_ratio": cell,
+        "bin.median_abs_log_ratio": float(np.median(hour)),
+    }
+    stats = {
+        "bin_s": float(width),
+        "bins": n_bins,
+        "aggregate_ratio": float(total_s.sum() / max(total_r.sum(), 1.0)),
+        "shared_clients": len(shared),
+        "requests_per_bin": {"synthetic": total_s.tolist(), "real": total_r.tolist()},
+    }
+    # Headline: the per-client cells only, so a workload without matching clients is absent rather
+    # than compared on the hourly totals alone against a floor that also has the cells.
+    return _result(components, ["client_bin.median_abs_log_ratio"], stats, {})
+
+
 # ---------------------------------------------------------------- all, noise floor
 
 METRICS: dict[str, Callable[[pd.DataFrame, pd.DataFrame], dict]] = {
@@ -419,12 +532,14 @@ METRICS: dict[str, Callable[[pd.DataFrame, pd.DataFrame], dict]] = {
     "M5_rate_dynamics": m5_rate_dynamics,
     "M6_token_load": m6_token_load,
     "M8_conversations": m8_conversations,
+    "M9_calibration": m9_calibration,
     "client_heterogeneity": client_heterogeneity,
+    "client_population": client_population,
 }
 
 
 def compute_all(synthetic: pd.DataFrame, real: pd.DataFrame) -> dict[str, dict]:
-    """Every two-trace metric (M2-M6, M8, client heterogeneity) of ``synthetic`` against ``real``."""
+    """Every two-trace metric (M2-M6, M8, M9, client heterogeneity and population) of ``synthetic`` against ``real``."""
     return {name: fn(synthetic, real) for name, fn in METRICS.items()}
 
 

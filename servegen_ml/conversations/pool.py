@@ -53,8 +53,8 @@ def pool_natural_opener_rates(pool: ClientPool, spec: GenerationSpec) -> pd.Seri
         codes = pool.client_codes(spec.clients.ids)
         return pd.Series(np.r_[mean_rate, 0.0][codes], index=list(spec.clients.ids))
     if spec.clients.kind == "new":
-        share = pool.client_traffic / pool.client_traffic.sum()
-        return pd.Series(spec.clients.n * share * mean_rate, index=list(pool.clients))
+        copies = spec.clients.n / pool.n_clients  # new clients copy fitted ones uniformly
+        return pd.Series(copies * mean_rate, index=list(pool.clients))
     return pd.Series(mean_rate, index=list(pool.clients))
 
 

@@ -61,7 +61,7 @@ class NeuralConfig:
     lanes: int = 64  # chunks per batch (per device)
     lr: float = 0.001
     weight_decay: float = 0.0
-    val_fraction: float = 0.1  # the latest share of the time span validates (early stopping)
+    val_fraction: float = 0.1  # share of time validating: every 10th hour block (neural/data/validation.py)
     # Each epoch also trains on stream starts at random times (sampling starts its segments anywhere,
     # idle periods included): this many per client, plus this many per hour of its span.
     cold_starts_per_client: int = 16

@@ -137,7 +137,6 @@ class NeuralGenerator(Generator):
         )
         state.population = fit_population(
             state.client_vectors(),
-            state.traffic,
             self.config_.population_components,
             self.config_.seed,
         )

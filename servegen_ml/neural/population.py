@@ -1,11 +1,13 @@
-"""The client population: a traffic-weighted Gaussian mixture over per-client vectors.
+"""The client population: a Gaussian mixture over per-client vectors, one point per client.
 
 Each fitted client is a vector (its learned embedding, its log-gap normalizer
 and its log mean rate). After training a scikit-learn ``GaussianMixture`` is
-fitted to these vectors with each client weighted by its traffic, so
-``clients=new:N`` draws unseen clients that look like the traffic (the learned
-analogue of ServeGen's client pool). ``GaussianMixture`` takes no sample
-weights, so the weighting resamples clients in proportion to their traffic.
+fitted to these vectors, every client counting once, so ``clients=new:N``
+draws N clients the way a random set of N real clients looks: most small, a
+few heavy (the learned analogue of the parametric pool's uniform copies,
+:func:`servegen_ml.pool.sampling.new_client_sources`). Weighting clients by
+traffic instead would make nearly every new client a heavy one (20 new
+clients from a 93-client language trace sent ~5x the traffic of all 93).
 The fitted parameters are plain arrays (JSON); drawing needs only numpy.
 """
 
@@ -15,8 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Resampled points the mixture is fitted to (traffic weighting); enough for a stable fit.
-RESAMPLED_POINTS = 4096
 # Covariance regularization in standardized units: keeps a mixture of few clients well posed.
 REG_COVAR = 1e-3
 
@@ -35,7 +35,7 @@ class ClientPopulation:
         return self.means[comp] + np.einsum("nij,nj->ni", chol[comp], z)
 
     def mean(self) -> np.ndarray:
-        """(D,) the population's traffic-weighted mean vector."""
+        """(D,) the population's mean vector (the mean client)."""
         return (self.weights[:, None] * self.means).sum(0) / self.weights.sum()
 
     def to_json(self) -> dict:
@@ -50,16 +50,14 @@ class ClientPopulation:
         return cls(*(np.asarray(d[k], dtype=np.float64) for k in ("weights", "means", "covariances")))
 
 
-def fit_population(
-    vectors: np.ndarray, traffic: np.ndarray, n_components: int, seed: int
-) -> ClientPopulation:
-    """Traffic-weighted Gaussian mixture over client vectors (C, D); traffic (C,) events per client."""
+def fit_population(vectors: np.ndarray, n_components: int, seed: int) -> ClientPopulation:
+    """Gaussian mixture over client vectors (C, D), each client one point (standardized for the fit)."""
     from sklearn.mixture import GaussianMixture
 
-    rng = np.random.default_rng(seed)
-    weights = np.asarray(traffic, dtype=np.float64) + 1e-9
-    points = vectors[rng.choice(len(vectors), size=RESAMPLED_POINTS, p=weights / weights.sum())]
+    points = np.asarray(vectors, dtype=np.float64)
     center, scale = points.mean(0), points.std(0) + 1e-6
+    if len(points) < 2:  # one client: the mixture cannot be fitted; a regularized point mass
+        return ClientPopulation(np.ones(1), points[:1].copy(), (REG_COVAR * np.diag(scale**2))[None])
     k = int(max(1, min(n_components, len(np.unique(points, axis=0)))))
     gm = GaussianMixture(k, covariance_type="full", reg_covar=REG_COVAR, random_state=seed)
     gm.fit((points - center) / scale)

@@ -45,10 +45,21 @@ def select_clients(
                 f"(e.g. {', '.join(pool.clients[:5])})"
             )
         return codes, list(clients.ids)
-    weights = pool.client_traffic / pool.client_traffic.sum()
-    # New clients resample fitted ones in proportion to their traffic, each with a fresh id.
-    codes = rng.choice(pool.n_clients, size=clients.n, p=weights)
-    return codes, [f"new-{i}" for i in range(clients.n)]
+    return new_client_sources(pool.n_clients, clients.n, rng), [f"new-{i}" for i in range(clients.n)]
+
+
+def new_client_sources(n_clients: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Fitted clients that ``n`` new clients copy: a random set of real clients, not of requests.
+
+    Every fitted client is equally likely (so most new clients are small and a
+    few heavy, as in the real population; drawing in proportion to traffic
+    would make nearly all of them heavy). Each fitted client is copied
+    ``n // n_clients`` times, and a random subset of ``n % n_clients`` once
+    more: ``new:C`` reproduces the fitted population exactly.
+    """
+    whole = np.tile(np.arange(n_clients), n // n_clients)
+    rest = rng.choice(n_clients, size=n % n_clients, replace=False)
+    return rng.permutation(np.concatenate([whole, rest]))
 
 
 def sample_pool(pool: ClientPool, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:

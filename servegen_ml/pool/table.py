@@ -171,13 +171,6 @@ class ClientPool:
             self.n_rate_windows,
         )
 
-    @cached_property
-    def client_traffic(self) -> np.ndarray:
-        """Expected requests per client over the learned span (weights for ``new:N``)."""
-        codes = self._codes(self.rates["client_id"])
-        reqs = self.rates["rate"].to_numpy(np.float64) * self.rate_window_s
-        return np.bincount(codes, weights=reqs, minlength=self.n_clients)[: self.n_clients]
-
     def field_table(self, name: str) -> FieldTable:
         """The compiled distributions of one field (built on first use)."""
         cache = self.__dict__.setdefault("_field_tables", {})

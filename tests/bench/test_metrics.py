@@ -154,6 +154,63 @@ def test_client_heterogeneity_detects_a_planted_top_client():
     assert M.client_heterogeneity(one, real)["distance"] is None
 
 
+def test_m9_calibration_sees_a_client_running_away():
+    real = stream(0, n_clients=4, duration_s=3 * 3600.0)
+    floor = M.m9_calibration(stream(1, n_clients=4, duration_s=3 * 3600.0), real)
+    assert floor["stats"]["bins"] == 3 and floor["stats"]["aggregate_ratio"] == pytest.approx(1.0, abs=0.05)
+    # Three of the four clients send three times their traffic: most cells and every hour drift.
+    extra = real[real["client_id"] != "c3"]
+    extra = pd.concat([extra] * 2).assign(timestamp=lambda d: d["timestamp"] + 1e-3)
+    runaway = make_trace({k: pd.concat([real, extra])[k].to_numpy() for k in real.columns})
+    res = M.m9_calibration(runaway, real)
+    assert res["stats"]["aggregate_ratio"] == pytest.approx(2.5, rel=0.05)
+    assert res["components"]["bin.median_abs_log_ratio"] == pytest.approx(np.log(2.5), rel=0.05)
+    cell = res["components"]["client_bin.median_abs_log_ratio"]
+    assert cell == pytest.approx(np.log(3.0), rel=0.05)
+    assert cell > 20 * floor["components"]["client_bin.median_abs_log_ratio"]
+    assert M.m9_calibration(real, real)["distance"] == 0.0
+    renamed = real.assign(client_id="new-" + real["client_id"].astype(str))
+    res = M.m9_calibration(renamed, real)
+    assert res["components"]["client_bin.median_abs_log_ratio"] is None and res["distance"] is None
+    assert res["components"]["bin.median_abs_log_ratio"] == 0.0
+
+
+def test_m9_calibration_of_a_short_trace_uses_one_bin():
+    short = stream(0, duration_s=600.0)
+    res = M.m9_calibration(short, short)
+    assert res["stats"]["bins"] == 1 and res["stats"]["bin_s"] < 600.0
+
+
+def test_client_population_counts_every_client_once():
+    # 20 clients: a random set of real clients is mostly small; a set of only the heaviest is not.
+    rng = np.random.default_rng(0)
+    rates = np.exp(rng.normal(-1.0, 1.5, 20))
+
+    def clients(rate_of):
+        parts = [
+            pd.DataFrame({"timestamp": gamma_arrivals(rng, r, 1.0, 3600.0), "client_id": f"c{i}"})
+            for i, r in enumerate(rate_of)
+        ]
+        df = pd.concat(parts).sort_values("timestamp", kind="stable")
+        n = len(df)
+        return make_trace(
+            {
+                "timestamp": df["timestamp"].to_numpy(),
+                "client_id": df["client_id"].to_numpy(),
+                "input_tokens": np.full(n, 100),
+                "output_tokens": np.full(n, 10),
+            }
+        )
+
+    real = clients(rates)
+    heavy = clients(np.full(20, rates.max()))
+    res, floor = M.client_population(heavy, real), M.client_population(clients(rates), real)
+    assert res["components"]["rate.wasserstein_log10"] > 5 * floor["components"]["rate.wasserstein_log10"]
+    assert res["stats"]["total_rate_rps"]["synthetic"] > 3 * res["stats"]["total_rate_rps"]["real"]
+    assert res["components"]["input_median.wasserstein_log10"] == 0.0
+    assert M.client_population(real.assign(client_id="one"), real)["distance"] is None
+
+
 def test_missing_fields_are_absent_components(rich):
     a, _ = rich
     plain = stream(0)

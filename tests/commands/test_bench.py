@@ -88,8 +88,16 @@ def test_head_to_head_mode(traces, tmp_path):
     # The naive model has a single client, so client heterogeneity is absent for it only.
     assert h["models"]["naive"]["ratio_mean"]["client_heterogeneity"] is None
     assert h["models"]["parametric"]["ratio_mean"]["client_heterogeneity"] is not None
+    # clients=new:N against the real test clients, every client counting once; naive has no clients.
+    new = h["new_clients"]
+    assert new["n"] >= 2 and "no clients" in new["models"]["naive"]["error"]
+    seeds = new["models"]["parametric"]["seeds"]
+    assert [r["seed"] for r in seeds] == [0, 1] and all(r["ratio_to_noise_floor"] > 0 for r in seeds)
+    assert seeds[0]["stats"]["clients"]["synthetic"] <= new["n"]
+    assert m["noise_floor"]["M9_calibration"]["stats"]["bins"] >= 1
     report = (out / "report.md").read_text()
     assert "Held-out NLL (M1)" in report and "mean ± sd" in report
+    assert f"clients=new:{new['n']}" in report and "M9_calibration" in report
     assert "models=[naive,parametric]" in m["command"]
 
 

@@ -119,7 +119,10 @@ def test_streamed_fit_from_parquet_resumes_from_last_checkpoint(trace, tmp_path)
     trainer = {**FAST, "max_epochs": 1, "default_root_dir": str(tmp_path / "runs")}
     first = NeuralGenerator(**TINY, trainer=trainer).fit(path)
     assert first.clients == ("c0", "c1", "c2") and first.state_.training["resumed_from"] is None
-    assert list((tmp_path / "runs").glob("*/logs/*/metrics.csv"))  # CSV logs by default
+    (log,) = list((tmp_path / "runs").glob("*/logs/*/metrics.csv"))  # CSV logs by default
+    # Every run draws its learning curve next to its CSV log.
+    assert first.state_.training["learning_curve"] == str(log.parent / "learning_curve.png")
+    assert (log.parent / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     second = NeuralGenerator(**TINY, trainer={**trainer, "max_epochs": 2}).fit(path)
     assert second.state_.training["resumed_from"].endswith("last.ckpt")
     assert second.state_.training["epochs"] == 2

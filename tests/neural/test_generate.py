@@ -33,7 +33,7 @@ SEGMENT_EVENTS, WARMUP_EVENTS = 64, 8
 def model():
     torch.manual_seed(0)
     store = store_from_frame(synthetic_trace(seed=3, duration_s=SPAN_S, n_clients=3))
-    norm = fit_normalizers(store, 1e9)
+    norm = fit_normalizers(store)
     kwargs = {
         "n_clients": 3, "layout": store.layout.to_dict(), "spikes": norm.spikes, "hidden": 8, "embedding": 4,
         "head_hidden": 8, "time_components": 2, "mark_components": 2, "activity_bins": 6, "activity_bin_s": BIN_S,
@@ -47,7 +47,7 @@ def model():
         kwargs, weights, norm.max_count, {}, list(store.client_ids), store.counts.astype(np.int64),
         curves, BIN_S, 0.0, SPAN_S, None, {},
     )  # fmt: skip
-    state.population = fit_population(state.client_vectors(), state.traffic, 1, 0)
+    state.population = fit_population(state.client_vectors(), 1, 0)
     return state, NumpyTPP(kwargs, weights, norm.max_count)
 
 

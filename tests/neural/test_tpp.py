@@ -31,7 +31,7 @@ def setup():
     store = store_from_frame(
         synthetic_trace(seed=5, duration_s=900.0, n_clients=3, multimodal=True, reasoning=True)
     )
-    norm = fit_normalizers(store, 1e9)
+    norm = fit_normalizers(store)
     kwargs = tpp_kwargs(store, norm)
     tpp = MarkedTPP(**kwargs, hidden=12, embedding=4, head_hidden=10)
     tpp.set_normalizers(norm)

@@ -2,7 +2,8 @@
 
 Every request of the trace is a turn that may be followed (roles from
 :func:`~servegen_ml.conversations.empirical.conversation_roles`; a conversation
-belongs to its opener's client). Time-based split as for the TPP: turns
+belongs to its opener's client). Time-based split (the latest ``val_fraction``
+of the span validates; the TPP's interleaved blocks are not used here): turns
 before ``split_s`` train, with the window ending at ``split_s`` (a successor
 after it is unseen, so that turn is censored there); later turns validate,
 with the window ending at the trace's end. Early stopping on the validation
@@ -338,7 +339,7 @@ def fit_neural_conversations(
     """A :class:`~servegen_ml.conversations.neural.model.NeuralConversationModel` for a fitted neural state.
 
     ``state`` is the TPP fitted on the trace's openers (its clients, embeddings,
-    timeline and validation split are reused); ``follow_up_marks(model)`` the
+    timeline is reused); ``follow_up_marks(model)`` the
     generator's follow-up marks (:data:`~servegen_ml.conversations.sampling.MarksFn`)
     with a conversation model (used to measure mean turns per client).
     """
@@ -355,7 +356,8 @@ def fit_neural_conversations(
     t = trace["timestamp"].to_numpy(np.float64)
     window_end_s = float(t.max()) + TIME_RESOLUTION_S - state.origin_s
     table = turn_table(trace, roles, code, state.origin_s, window_end_s)
-    split_s = float(state.training.get("split_s", window_end_s))
+    # The conversation heads validate on the latest share of the span (the TPP's blocks are not used here).
+    split_s = (1.0 - config.val_fraction) * window_end_s
     harmonics = time_harmonics(state)
     norm = fit_turn_normalizers(table, split_s, state.span_s, harmonics)
     args, weights, summary = train_conversation_heads(

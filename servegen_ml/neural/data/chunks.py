@@ -38,33 +38,6 @@ class Segments:
         return Segments(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
 
 
-def split_segments(store: EventStore, split_s: float) -> tuple[Segments, Segments]:
-    """Time-based split: each client's events before ``split_s`` train, the rest validate."""
-    time = store.columns["time_s"]
-    lo, hi = store.offsets[:-1], store.offsets[1:]
-    cut = np.array(
-        [l + np.searchsorted(np.asarray(time[l:h]), split_s) for l, h in zip(lo, hi)], dtype=np.int64
-    )
-    clients = np.arange(len(lo))
-    train = Segments(
-        clients,
-        lo.copy(),
-        cut,
-        np.full(len(lo), -1),
-        np.full(len(lo), store.window_start_s),
-        np.full(len(lo), split_s),
-    )
-    val = Segments(
-        clients,
-        cut,
-        hi.copy(),
-        np.where(cut > lo, cut - 1, -1),
-        np.full(len(lo), split_s),
-        np.full(len(lo), store.window_end_s),
-    )
-    return train.select(train.hi > train.lo), val.select(val.hi > val.lo)
-
-
 def whole_segments(store: EventStore, with_survival: bool = True) -> Segments:
     """One segment per client with events, from the store's window start to its end."""
     lo, hi = store.offsets[:-1], store.offsets[1:]

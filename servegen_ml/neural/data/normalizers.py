@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servegen_ml.neural.data.events import EventStore, iter_blocks
+from servegen_ml.neural.data.validation import ValidationBlocks
 
 # Gaps a client needs before its own log-gap statistics outweigh the all-client ones.
 SHRINK_GAPS = 5.0
@@ -73,9 +74,12 @@ class _Moments:
 
 
 def fit_normalizers(
-    store: EventStore, split_s: float, max_spikes: int = 32, min_spike_share: float = 0.005
+    store: EventStore,
+    validation: ValidationBlocks | None = None,
+    max_spikes: int = 32,
+    min_spike_share: float = 0.005,
 ) -> Normalizers:
-    """Normalizers from the events of ``store`` before timeline position ``split_s``."""
+    """Normalizers from the training events of ``store`` (outside the validation blocks; None: all)."""
     n_clients = len(store.client_ids)
     gaps = _Moments(n_clients)
     fields = store.layout.count_fields()
@@ -89,7 +93,7 @@ def fit_normalizers(
     first_of_client[store.offsets[:-1]] = True
     for lo, hi in iter_blocks(store.n_events):
         t = np.asarray(time[lo:hi])
-        train = t < split_s
+        train = np.ones(len(t), dtype=bool) if validation is None else ~validation.is_validation(t)
         client = store.client_of(np.arange(lo, hi))
         train_events += np.bincount(client[train], minlength=n_clients)
         prev = np.asarray(time[max(lo - 1, 0) : hi - 1]) if lo > 0 else np.concatenate([[np.nan], t[:-1]])
@@ -174,22 +178,35 @@ def frequent_values(hist: np.ndarray, max_spikes: int, min_share: float) -> list
     return sorted(int(v) for v in top)
 
 
-def rate_curves(store: EventStore, bin_s: float, span_s: float, until_s: float | None = None) -> np.ndarray:
+def rate_curves(
+    store: EventStore, bin_s: float, span_s: float, validation: ValidationBlocks | None = None
+) -> np.ndarray:
     """(C, bins) events per second of each client in bins of ``bin_s`` over [0, span_s) of the timeline.
 
-    With ``until_s`` only events before it count and bins past it stay 0.
+    With ``validation`` only training events count, each bin's count divided by
+    its training seconds; a bin wholly inside validation blocks takes the rate
+    interpolated between the nearest bins with training time (so the model's
+    activity features never see a validation count).
     """
     n_bins = max(1, int(np.ceil(span_s / bin_s)))
     n_clients = len(store.client_ids)
-    end = span_s if until_s is None else min(until_s, span_s)
     counts = np.zeros(n_clients * n_bins)
     for lo, hi in iter_blocks(store.n_events):
         t = np.asarray(store.columns["time_s"][lo:hi])
-        ok = t < end if until_s is not None else np.ones(len(t), dtype=bool)
+        ok = np.ones(len(t), dtype=bool) if validation is None else ~validation.is_validation(t)
         b = np.clip((t[ok] // bin_s).astype(np.int64), 0, n_bins - 1)
         counts += np.bincount(store.client_of(np.arange(lo, hi))[ok] * n_bins + b, minlength=len(counts))
-    width = np.clip(end - np.arange(n_bins) * bin_s, 1e-9, bin_s)
-    return (counts.reshape(n_clients, n_bins) / width).astype(np.float32)
+    left = np.arange(n_bins) * bin_s
+    width = np.clip(span_s - left, 1e-9, bin_s)
+    if validation is not None:
+        width = width - validation.validation_seconds(left, left + width)
+    seen = width > 1e-6 * bin_s
+    rates = counts.reshape(n_clients, n_bins)[:, seen] / width[seen]
+    if not seen.any():
+        return np.zeros((n_clients, n_bins), dtype=np.float32)
+    centers = left + 0.5 * bin_s
+    full = np.stack([np.interp(centers, centers[seen], r) for r in rates]) if n_clients else rates
+    return full.reshape(n_clients, n_bins).astype(np.float32)
 
 
 def activity_table(rates: np.ndarray, span_s: float) -> tuple[np.ndarray, float, float]:

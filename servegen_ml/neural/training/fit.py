@@ -1,8 +1,10 @@
 """Train a :class:`MarkedTPP` on an :class:`EventStore` with Lightning.
 
-Time-based split: every client's events before ``split_s`` train, the later
-ones validate (early stopping on validation NLL per event). Checkpoints,
-CSV logs and resumption live under ``<default_root_dir>/<fingerprint>/``, where
+Validation by interleaved time blocks (:mod:`servegen_ml.neural.data.validation`:
+by default every 10th hour of the window validates; early stopping on the
+validation NLL per event). Checkpoints, CSV logs with their learning-curve
+PNG (``learning_curve.png``, drawn after every run whose logger writes a
+``metrics.csv``) and resumption live under ``<default_root_dir>/<fingerprint>/``, where
 the fingerprint hashes the model settings and the data, so re-running the same
 command resumes from ``last.ckpt`` while a different run starts fresh. With
 ``default_root_dir: null`` a temporary directory is used and removed.
@@ -39,9 +41,9 @@ from omegaconf import OmegaConf
 from servegen_ml.core.configs import TRAINER_BASE, NeuralConfig
 from servegen_ml.core.errors import WorkerFinished
 from servegen_ml.core.interrupt import Terminated
-from servegen_ml.neural.data.chunks import split_segments
 from servegen_ml.neural.data.events import EventStore
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
+from servegen_ml.neural.data.validation import ValidationBlocks
 
 # Settings that shape the network (the rest of the settings are training options).
 ARCHITECTURE_KEYS = (
@@ -72,9 +74,8 @@ def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int)
     from servegen_ml.neural.data.datamodule import EventDataModule
     from servegen_ml.neural.training.lightning_module import TPPLightningModule
 
-    span = store.window_end_s - store.window_start_s
-    split_s = store.window_start_s + (1.0 - config.val_fraction) * span
-    norm = fit_normalizers(store, split_s, config.max_spikes, config.min_spike_share)
+    blocks = ValidationBlocks.for_window(store.window_start_s, store.window_end_s, config.val_fraction)
+    norm = fit_normalizers(store, blocks, config.max_spikes, config.min_spike_share)
     span_s, bin_s = learned_span(store), config.rate_bin_s
     rates = rate_curves(store, bin_s, span_s)
     model = {
@@ -85,14 +86,14 @@ def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int)
         "activity_bin_s": bin_s,
         **{k: getattr(config, k) for k in ARCHITECTURE_KEYS},
     }
-    train, val = split_segments(store, split_s)
+    train, val = blocks.split(store)
     monitor = "val_nll" if len(val) else "train_nll_epoch"
     torch.manual_seed(seed)
     module = TPPLightningModule(model, lr=config.lr, weight_decay=config.weight_decay, monitor=monitor)
     module.tpp.set_normalizers(norm)
     module.tpp.init_mixtures(norm)
-    # Training sees only the activity before the split: validation times wrap into it like held-out times.
-    module.tpp.set_activity(rate_curves(store, bin_s, span_s, until_s=split_s), split_s)
+    # Training sees the activity of training events only (validation bins interpolated).
+    module.tpp.set_activity(rate_curves(store, bin_s, span_s, blocks), span_s)
     data = EventDataModule(
         store,
         train,
@@ -121,6 +122,7 @@ def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int)
         if trainer_obj.global_rank != 0:
             # A subprocess-launched DDP worker: training is its only job; its entry point exits 0.
             raise WorkerFinished(f"rank {trainer_obj.global_rank} finished training")
+        curve = _learning_curve(trainer_obj)
         best = trainer_obj.checkpoint_callback.best_model_path
         if best:
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -133,9 +135,10 @@ def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int)
             "best_score": _float(trainer_obj.checkpoint_callback.best_model_score),
             "train_events": int(norm.train_events.sum()),
             "val_events": int(store.n_events - norm.train_events.sum()),
-            "split_s": float(split_s),
+            "validation": blocks.to_dict(),
             "run_dir": str(run_dir) if trainer.get("default_root_dir") else None,
             "resumed_from": str(ckpt_path) if ckpt_path else None,
+            "learning_curve": str(curve) if curve and trainer.get("default_root_dir") else None,
         }
     module.tpp.set_activity(rates, span_s)
     weights = {k: v.detach().cpu().numpy() for k, v in module.tpp.state_dict().items()}
@@ -231,6 +234,18 @@ def _make_trainer(trainer: dict, run_dir: Path, monitor: str):
         kwargs["enable_progress_bar"] = sys.stderr.isatty()
     kwargs.setdefault("enable_model_summary", False)
     return instantiate(kwargs, callbacks=callbacks, logger=logger)
+
+
+def _learning_curve(trainer_obj) -> Path | None:
+    """The run's learning-curve PNG, written next to the CSV log (None without a log or NLL rows)."""
+    from servegen_ml.neural.training.learning_curve import write_learning_curve
+
+    logger = trainer_obj.logger
+    if logger is None or getattr(logger, "log_dir", None) is None:
+        return None
+    logger.save()
+    metrics_csv = Path(logger.log_dir) / "metrics.csv"
+    return write_learning_curve(metrics_csv) if metrics_csv.is_file() else None
 
 
 def _resume_path(run_dir: Path, trainer: dict) -> str | None:

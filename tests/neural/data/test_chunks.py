@@ -7,10 +7,10 @@ from servegen_ml.neural.data.chunks import (
     cut_long,
     gather_batch,
     plan_lanes,
-    split_segments,
     whole_segments,
 )
 from servegen_ml.neural.data.events import store_from_frame
+from servegen_ml.neural.data.validation import ValidationBlocks
 from tests.factories import synthetic_trace
 
 
@@ -18,16 +18,46 @@ def _store():
     return store_from_frame(synthetic_trace(seed=1, duration_s=900.0, n_clients=3, multimodal=True))
 
 
-def test_split_is_time_based():
+def test_validation_blocks_interleave_with_training():
     store = _store()
-    split = 600.0
-    train, val = split_segments(store, split)
-    t = store.columns["time_s"]
-    for seg in (train,):
-        assert all((t[lo:hi] < split).all() for lo, hi in zip(seg.lo, seg.hi))
-    assert all((t[lo:hi] >= split).all() for lo, hi in zip(val.lo, val.hi))
+    blocks = ValidationBlocks.for_window(
+        store.window_start_s, store.window_end_s, 0.25, block_s=60.0, min_blocks=2
+    )
+    assert blocks.period == 4 and blocks.block_s == 60.0
+    train, val = blocks.split(store)
+    t = np.asarray(store.columns["time_s"])
+    in_val = blocks.is_validation(t)
+    assert all((~in_val[lo:hi]).all() for lo, hi in zip(train.lo, train.hi))
+    assert all(in_val[lo:hi].all() for lo, hi in zip(val.lo, val.hi))
     assert (train.hi - train.lo).sum() + (val.hi - val.lo).sum() == store.n_events
-    np.testing.assert_array_equal(val.prev, val.lo - 1)  # validation continues from the last training event
+    assert 0.15 < in_val.mean() < 0.35
+    # Validation blocks all over the window (not only at its end): every 4th minute validates.
+    val_blocks = np.unique(np.floor((t[in_val] - store.window_start_s) / 60.0).astype(int))
+    np.testing.assert_array_equal(val_blocks % 4, 3)
+    assert len(val_blocks) >= 3
+    # Validation continues from the client's previous (training) event; training starts cold
+    # at its stretch start and never takes a validation event as input.
+    first = np.isin(val.lo, store.offsets[:-1])
+    np.testing.assert_array_equal(val.prev[~first], val.lo[~first] - 1)
+    assert (train.prev == -1).all()
+    assert (t[train.lo] >= train.window_start_s).all() and (t[train.hi - 1] <= train.survival_end_s).all()
+    assert not blocks.is_validation(train.survival_end_s - 1e-6).any()
+    inner = train.survival_end_s[train.survival_end_s < store.window_end_s]
+    assert blocks.is_validation(inner + 1e-3).all()  # training ends where a validation block starts
+
+
+def test_validation_blocks_seconds_and_short_windows():
+    blocks = ValidationBlocks.for_window(0.0, 7200.0, 0.1)
+    assert blocks.period == 10 and blocks.block_s == 180.0  # 4 validation blocks fit in 2 h
+    assert blocks.validation_seconds(np.array([0.0]), np.array([7200.0]))[0] == 720.0
+    # Cycles of 1800 s; [1620, 1800) validates.
+    assert blocks.validation_seconds(np.array([1600.0]), np.array([1620.0]))[0] == 0.0
+    assert blocks.validation_seconds(np.array([1700.0]), np.array([1900.0]))[0] == 100.0
+    day = ValidationBlocks.for_window(0.0, 2 * 86400.0, 0.1)
+    assert day.block_s == 3600.0  # hour blocks: hours 9, 19, 29, 39 validate
+    assert day.is_validation(np.array([9.5, 19.5, 29.5, 8.5]) * 3600.0).tolist() == [True] * 3 + [False]
+    none = ValidationBlocks.for_window(0.0, 100.0, 0.0)
+    assert not none.is_validation(np.linspace(0, 99, 50)).any()
 
 
 def test_plan_covers_every_event_once_and_resets_at_segment_starts():
@@ -71,7 +101,7 @@ def test_batch_gaps_and_inputs():
 
 def test_cold_starts_begin_at_random_times_with_forward_gaps():
     store = _store()
-    train, _ = split_segments(store, 600.0)
+    train, _ = ValidationBlocks.for_window(store.window_start_s, 600.0, 0.0).split(store)
     cold = cold_starts(store, train, per_client=20, per_hour=0.0, max_events=5, rng=np.random.default_rng(0))
     t = store.columns["time_s"]
     assert len(cold) > 40 and (cold.prev == -1).all() and ((cold.hi - cold.lo) <= 5).all()

@@ -4,6 +4,7 @@ import numpy as np
 
 from servegen_ml.neural.data.events import store_from_frame
 from servegen_ml.neural.data.normalizers import SHRINK_GAPS, activity_table, fit_normalizers, rate_curves
+from servegen_ml.neural.data.validation import ValidationBlocks
 from servegen_ml.trace.schema import make_trace
 from tests.factories import synthetic_trace
 
@@ -11,20 +12,22 @@ from tests.factories import synthetic_trace
 def test_gap_stats_match_direct_computation_with_shrinkage():
     trace = synthetic_trace(seed=2, duration_s=1800.0, n_clients=3)
     store = store_from_frame(trace)
-    split = 1200.0
-    norm = fit_normalizers(store, split)
+    blocks = ValidationBlocks.for_window(store.window_start_s, store.window_end_s, 0.25, block_s=150.0)
+    norm = fit_normalizers(store, blocks)
+    train = ~blocks.is_validation(trace["timestamp"].to_numpy() - store.origin_s)
     all_logs = []
     per_client = []
     for cid in store.client_ids:
-        t = trace.loc[(trace["client_id"] == cid) & (trace["timestamp"] < split), "timestamp"].to_numpy()
-        g = np.diff(t)
+        mine = (trace["client_id"] == cid).to_numpy()
+        t = trace["timestamp"].to_numpy()[mine]
+        g = np.diff(t)[train[mine][1:]]  # gaps ending at a training event
         per_client.append(np.log(g[g > 0]))
         all_logs.append(per_client[-1])
     pooled = np.concatenate(all_logs)
     for c, logs in enumerate(per_client):
         want = (logs.sum() + SHRINK_GAPS * pooled.mean()) / (len(logs) + SHRINK_GAPS)
         assert abs(norm.gap_log_mean[c] - want) < 1e-4
-    assert norm.train_events.sum() == (trace["timestamp"] < split).sum()
+    assert norm.train_events.sum() == train.sum() < len(trace)
 
 
 def test_spikes_are_frequent_exact_values():
@@ -43,10 +46,10 @@ def test_spikes_are_frequent_exact_values():
             "output_tokens": out,
         }
     )
-    norm = fit_normalizers(store_from_frame(trace), 1e9, max_spikes=32, min_spike_share=0.005)
+    norm = fit_normalizers(store_from_frame(trace), None, max_spikes=32, min_spike_share=0.005)
     assert norm.spikes["output"] == [2000]
     assert norm.spikes["input"] == [77, 1234]
-    assert fit_normalizers(store_from_frame(trace), 1e9, max_spikes=1, min_spike_share=0.005).spikes[
+    assert fit_normalizers(store_from_frame(trace), None, max_spikes=1, min_spike_share=0.005).spikes[
         "input"
     ] == [1234]
     assert norm.max_count["output"] == out.max()
@@ -61,12 +64,20 @@ def test_rate_curves_count_events_per_bin():
         np.testing.assert_allclose(curves[c], [np.sum(t < 600) / 600, np.sum(t >= 600) / 600], rtol=1e-6)
 
 
-def test_rate_curves_until_split_and_activity_table():
+def test_rate_curves_of_training_events_and_activity_table():
     trace = synthetic_trace(seed=4, duration_s=1200.0, n_clients=2)
     store = store_from_frame(trace)
-    early = rate_curves(store, 600.0, 1200.0, until_s=600.0)
+    # 4 blocks of 300 s, the last of each pair validating: bins of 600 s are half training.
+    blocks = ValidationBlocks.for_window(0.0, 1200.0, 0.5, block_s=300.0, min_blocks=1)
+    train_only = rate_curves(store, 600.0, 1200.0, blocks)
     full = rate_curves(store, 600.0, 1200.0)
-    np.testing.assert_allclose(early[:, 0], full[:, 0])
-    assert (early[:, 1] == 0).all() and (full[:, 1] > 0).all()
+    for c, cid in enumerate(store.client_ids):
+        t = trace.loc[trace["client_id"] == cid, "timestamp"].to_numpy() - store.origin_s
+        want = [np.sum(t < 300) / 300, np.sum((t >= 600) & (t < 900)) / 300]
+        np.testing.assert_allclose(train_only[c], want, rtol=1e-5)
+    # A bin wholly inside validation takes the rate between its neighbours.
+    thirds = ValidationBlocks.for_window(0.0, 1800.0, 1 / 3, block_s=600.0, min_blocks=1)
+    curves = rate_curves(store_from_frame(synthetic_trace(seed=4, duration_s=1800.0)), 600.0, 1800.0, thirds)
+    assert np.isfinite(curves).all() and (curves[:, 2] == curves[:, 1]).all()
     table, mean, std = activity_table(full, 1200.0)
     np.testing.assert_allclose(table * std + mean, np.log(full + 1 / 1200.0), rtol=1e-5)
