@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -25,10 +27,68 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+# Odd multiplier of the polynomial string hash (odd, so distinct short strings rarely collide mod 2**64).
+_STRING_HASH_BASE = np.uint64(0x100000001B3 * 2 + 1)
+_ALL_BITS = np.uint64(2**64 - 1)
+
+
+def _string_array(values) -> pa.Array:
+    if isinstance(values, (pd.Series, pd.Index)):
+        values = values.array
+    if isinstance(values, pd.api.extensions.ExtensionArray) and hasattr(values, "_pa_array"):
+        arr = values._pa_array
+    else:
+        arr = pa.array(np.asarray(values, dtype=object), from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pc.cast(arr, pa.string())
+    return arr
+
+
 def hash_strings(values) -> np.ndarray:
-    """64-bit hashes of a string column (pandas' vectorized hashing), as uint64."""
-    series = values if isinstance(values, pd.Series) else pd.Series(values)
-    return pd.util.hash_pandas_object(series.astype(str), index=False).to_numpy(dtype=np.uint64)
+    """64-bit hashes of a string column, as uint64, computed on the Arrow buffers (no Python object per row).
+
+    A polynomial hash of the UTF-8 bytes mixed with the length (SplitMix64);
+    a missing value hashes like the empty string.
+    """
+    arr = _string_array(values)
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    offset_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=offset_type)[arr.offset : arr.offset + n + 1]
+    offsets = offsets.astype(np.int64)
+    lengths = np.diff(offsets)
+    if arr.null_count:
+        lengths = np.where(arr.is_null().to_numpy(zero_copy_only=False), 0, lengths)
+    data = arr.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    # Horner's rule over 8-byte words (an unaligned little-endian view; the tail word is masked),
+    # one word position at a time over the strings still running: arrays of one value per row.
+    padded = np.zeros(len(data) + 8, dtype=np.uint8)
+    padded[: len(data)] = data
+    words = np.ndarray(shape=(len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    sums = np.zeros(n, dtype=np.uint64)
+    rows = np.flatnonzero(lengths > 0)
+    pos, left = offsets[rows], lengths[rows]
+    running = np.zeros(len(rows), dtype=np.uint64)
+    while len(rows):
+        word = words[pos]
+        tail = left < 8
+        if tail.any():
+            keep_bits = np.where(
+                tail, (np.uint64(1) << (8 * left).astype(np.uint64)) - np.uint64(1), _ALL_BITS
+            )
+            word &= keep_bits
+        running = running * _STRING_HASH_BASE + word
+        pos, left = pos + 8, left - 8
+        done = left <= 0
+        if done.any():
+            sums[rows[done]] = running[done]
+            keep = ~done
+            rows, pos, left, running = rows[keep], pos[keep], left[keep], running[keep]
+    return splitmix64(sums ^ splitmix64(lengths.astype(np.uint64)))
 
 
 def _last_per_key(keys: np.ndarray, values: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -138,7 +138,9 @@ def to_arrow(df: pd.DataFrame) -> pa.Table:
     for name in ordered_columns(df.columns):
         typ = ARROW_SCHEMA_TYPES[name]
         col = df[name]
-        if isinstance(col.dtype, pd.ArrowDtype):
+        if isinstance(col.dtype, pd.ArrowDtype) or (
+            isinstance(col.dtype, pd.StringDtype) and col.dtype.storage == "pyarrow"
+        ):
             arr = col.array._pa_array.cast(typ)
         elif name in STRING_COLUMNS:
             arr = pa.array(col.astype(str).to_numpy(dtype=object), type=typ)

@@ -211,6 +211,19 @@ def _numeric(series: pd.Series) -> tuple[np.ndarray, np.ndarray | None, dict]:
 def _check_number(
     series: pd.Series, rule: str, max_tokens: float = DEFAULT_MAX_TOKENS
 ) -> tuple[np.ndarray, dict]:
+    dtype = series.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "if":
+        # The common case (a clean numeric column): only the checks that can fail for it.
+        values = series.to_numpy()
+        if dtype.kind == "f" and rule == "time" and np.isfinite(values).all():
+            return values, {}
+        if dtype.kind == "i" and rule != "time":
+            exact = values.astype(np.int64, copy=False)
+            if rule == "count":
+                return exact, {"negative": exact < 0, "implausible": exact > max_tokens}
+            if rule == "turn":
+                return exact, {"turn_below_1": exact < 1}
+            return exact, {}
     values, exact, masks = _numeric(series)
     usable = ~np.logical_or.reduce(list(masks.values()))
     if rule == "time":
@@ -323,7 +336,12 @@ def _check_list(series: pd.Series, max_tokens: float = DEFAULT_MAX_TOKENS) -> tu
         if missing is None:
             missing = arr.is_null().to_numpy(zero_copy_only=False)
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-            items, not_list = _parse_list_strings(arr)
+            # Item lists repeat a lot ("[]", "[576, 1024]"): parse each distinct text once.
+            encoded = pc.dictionary_encode(arr)
+            items, not_list = _parse_list_strings(encoded.dictionary)
+            codes = encoded.indices
+            items = items.take(codes)
+            not_list = not_list[np.nan_to_num(codes.to_numpy(zero_copy_only=False), nan=0).astype(np.int64)]
             not_list &= ~missing
         elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
             items = arr
@@ -419,7 +437,13 @@ class TraceValidator:
             hashes = splitmix64(ids.astype(np.int64).view(np.uint64))
         else:
             hashes = hash_strings(pd.Series(ids))
-        duplicate = pd.Series(hashes).duplicated().to_numpy() | self._request_ids.contains(hashes)
+        duplicate = pd.Series(hashes).duplicated().to_numpy().copy()
+        if len(self._request_ids):
+            # Looked up in sorted order (cache-friendly), then mapped back through the few found.
+            ordered = np.sort(hashes)
+            seen = ordered[self._request_ids.contains(ordered)]
+            if len(seen):
+                duplicate |= np.isin(hashes, seen)
         duplicate &= usable
         self._request_ids.update(hashes[usable & ~duplicate])
         return duplicate

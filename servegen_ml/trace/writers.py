@@ -12,6 +12,8 @@ formats round-trip.
 from __future__ import annotations
 
 import contextlib
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,18 +93,35 @@ class TraceWriter:
         self.rows = 0
         self._stack = contextlib.ExitStack()
         self._sink = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def __enter__(self) -> TraceWriter:
         self._tmp = self._stack.enter_context(atomic_path(self.path))
         return self
 
     def write(self, df: pd.DataFrame) -> None:
+        """Append a chunk; encoding and writing run on a background thread, one chunk at a time."""
         if self.container == "jsonl":
-            self._open_file().write(jsonl_bytes(df))
+            data = jsonl_bytes(df)
+            self._in_background(self._open_file().write, data)
         else:
             table = to_arrow(df) if self.container == "parquet" else csv_table(df)
-            self._open_table_writer(table.schema).write_table(table)
+            self._in_background(self._open_table_writer(table.schema).write_table, table)
         self.rows += len(df)
+
+    def _in_background(self, fn, arg) -> None:
+        # Arrow's encoders release the GIL, so the caller prepares the next chunk meanwhile;
+        # waiting for the previous write first keeps order and at most one chunk in flight.
+        self._wait()
+        if self._pool is None:
+            self._pool = self._stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="servegen-write"))
+        self._pending = self._pool.submit(fn, arg)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def _open_file(self):
         if self._sink is None:
@@ -120,8 +139,14 @@ class TraceWriter:
         return self._sink
 
     def __exit__(self, *exc) -> bool:
-        if exc[0] is None and self._sink is None:
-            self.write(empty_trace())  # an empty trace is still a readable file
+        try:
+            if exc[0] is None and self._sink is None:
+                self.write(empty_trace())  # an empty trace is still a readable file
+            if exc[0] is None:
+                self._wait()
+        except BaseException:
+            self._stack.__exit__(*sys.exc_info())
+            raise
         return self._stack.__exit__(*exc)
 
 
