@@ -205,10 +205,36 @@ def _group_sums(group, n_groups, *weights):
     return [np.bincount(group, weights=w, minlength=n_groups) for w in weights]
 
 
+def _block_sums(blocks, n_groups, terms):
+    """Per-group sums of ``terms(gap_s, group)`` (a list of arrays) over every (gap_s, group) block.
+
+    With one block this is exactly ``np.bincount`` of each term; with several, the block
+    sums are added (equal up to float rounding), so gaps larger than memory can be fitted
+    block by block from a file.
+    """
+    total = None
+    for gap_s, group in blocks():
+        sums = _group_sums(group, n_groups, *terms(gap_s, group))
+        total = sums if total is None else [a + b for a, b in zip(total, sums, strict=True)]
+    if total is None:
+        return _group_sums(np.zeros(0, np.int64), n_groups, *terms(np.zeros(0), np.zeros(0, np.int64)))
+    return total
+
+
+def _one_block(gap_s, group):
+    gap_s = np.asarray(gap_s, dtype=np.float64)
+    group = np.asarray(group, dtype=np.int64)
+    return lambda: [(gap_s, group)]
+
+
 def fit_gamma(gap_s, group, n_groups):
     """Gamma MLE per group (generalized Newton on the shape). Returns shape, scale, loglik."""
-    logx = np.log(gap_s)
-    n, s1, slog = _group_sums(group, n_groups, np.ones_like(gap_s), gap_s, logx)
+    return fit_gamma_blocks(_one_block(gap_s, group), n_groups)
+
+
+def fit_gamma_blocks(blocks, n_groups):
+    """:func:`fit_gamma` over the (gap_s, group) arrays that ``blocks()`` yields."""
+    n, s1, slog = _block_sums(blocks, n_groups, lambda x, g: [np.ones_like(x), x, np.log(x)])
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = s1 / n
         s = np.maximum(np.log(mean) - slog / n, 1e-9)
@@ -225,21 +251,33 @@ def fit_gamma(gap_s, group, n_groups):
 
 def fit_weibull(gap_s, group, n_groups, iterations: int = 40):
     """Weibull MLE per group (safeguarded Newton on the shape). Returns shape, scale, loglik."""
-    n, s1 = _group_sums(group, n_groups, np.ones_like(gap_s), gap_s)
+    return fit_weibull_blocks(_one_block(gap_s, group), n_groups, iterations)
+
+
+def fit_weibull_blocks(blocks, n_groups, iterations: int = 40):
+    """:func:`fit_weibull` over the (gap_s, group) arrays that ``blocks()`` yields (a pass per iteration)."""
+    n, s1 = _block_sums(blocks, n_groups, lambda x, g: [np.ones_like(x), x])
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = s1 / n
-        # Gaps in units of their group mean keep y**k in range.
-        ly = np.log(gap_s / mean[group])
-        mean_ly = np.bincount(group, weights=ly, minlength=n_groups) / n
-        cv = np.sqrt(
-            np.maximum(np.bincount(group, weights=(gap_s / mean[group]) ** 2, minlength=n_groups) / n - 1, 0)
-        )
+
+        def log_y(x, g):
+            # Gaps in units of their group mean keep y**k in range.
+            return np.log(x / mean[g])
+
+        sum_ly, sum_y2 = _block_sums(blocks, n_groups, lambda x, g: [log_y(x, g), (x / mean[g]) ** 2])
+        mean_ly = sum_ly / n
+        cv = np.sqrt(np.maximum(sum_y2 / n - 1, 0))
         lo_k, hi_k = SHAPE_BOUNDS[WEIBULL]
         lo, hi = np.full(n_groups, lo_k), np.full(n_groups, hi_k)
         k = np.clip(np.nan_to_num(np.maximum(cv, 1e-3) ** -1.086, nan=1.0), lo_k, hi_k)
+
+        def moments(x, g):
+            ly = log_y(x, g)
+            yk = np.exp(k[g] * ly)
+            return [yk, yk * ly, yk * ly * ly]
+
         for _ in range(iterations):
-            yk = np.exp(k[group] * ly)
-            a0, a1, a2 = _group_sums(group, n_groups, yk, yk * ly, yk * ly * ly)
+            a0, a1, a2 = _block_sums(blocks, n_groups, moments)
             m1 = a1 / a0
             h = m1 - 1.0 / k - mean_ly  # increasing in k; zero at the MLE
             hp = a2 / a0 - m1 * m1 + 1.0 / (k * k)
@@ -252,9 +290,8 @@ def fit_weibull(gap_s, group, n_groups, iterations: int = 40):
             inside = (step >= lo) & (step <= hi)
             # Newton inside the bracket, else bisect (in log k); converged groups stay put.
             k = np.where(done, k, np.where(inside, step, np.sqrt(lo * hi)))
-        a0 = np.bincount(group, weights=np.exp(k[group] * ly), minlength=n_groups)
+        a0, slog = _block_sums(blocks, n_groups, lambda x, g: [np.exp(k[g] * log_y(x, g)), np.log(x)])
         scale = mean * (a0 / n) ** (1.0 / k)
-        slog = np.bincount(group, weights=np.log(gap_s), minlength=n_groups)
         # At the MLE sum((x / scale) ** k) = n.
         loglik = n * np.log(k) - n * k * np.log(scale) + (k - 1.0) * slog - n
     return k, scale, loglik
@@ -265,19 +302,19 @@ def fit_renewal(gap_s, group, n_groups):
 
     Returns (family codes, shape, scale, cv); groups with fewer than two gaps get NaN shape.
     """
-    gap_s = np.asarray(gap_s, dtype=np.float64)
-    group = np.asarray(group, dtype=np.int64)
-    n = np.bincount(group, minlength=n_groups)
-    kg, sg, lg = fit_gamma(gap_s, group, n_groups)
-    kw, sw, lw = fit_weibull(gap_s, group, n_groups)
+    return fit_renewal_blocks(_one_block(gap_s, group), n_groups)
+
+
+def fit_renewal_blocks(blocks, n_groups):
+    """:func:`fit_renewal` over the (gap_s, group) arrays that ``blocks()`` yields, block by block."""
+    n, s1, s2 = _block_sums(blocks, n_groups, lambda x, g: [None, x, x**2])
+    n = n.astype(np.int64)
+    kg, sg, lg = fit_gamma_blocks(blocks, n_groups)
+    kw, sw, lw = fit_weibull_blocks(blocks, n_groups)
     weibull = np.nan_to_num(lw, nan=-np.inf) > np.nan_to_num(lg, nan=-np.inf)
     family = np.where(weibull, WEIBULL, GAMMA).astype(np.int8)
     shape = np.where(weibull, kw, kg)
     scale = np.where(weibull, sw, sg)
-    s1, s2 = (
-        np.bincount(group, weights=gap_s, minlength=n_groups),
-        np.bincount(group, weights=gap_s**2, minlength=n_groups),
-    )
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = s1 / n
         cv = np.sqrt(np.maximum(s2 / n - mean**2, 0.0)) / mean

@@ -21,6 +21,7 @@ clients as one) describes the follow-ups, as in the parametric generator.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,10 @@ from servegen_ml.conversations.pool import sample_pool_conversations
 from servegen_ml.core.errors import CheckpointError, UserError
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
-from servegen_ml.pool import ClientPool, fit_client_pool, sample_pool
+from servegen_ml.pool import ClientPool, sample_pool
+from servegen_ml.pool.fit import PoolFitter
 from servegen_ml.pool.likelihood import pool_log_prob
-from servegen_ml.trace.schema import make_trace
+from servegen_ml.trace.adapters.base import constant_strings
 
 CLIENT_ID = "all"
 ARRIVALS = ("poisson", "gamma")
@@ -64,29 +66,46 @@ class NaiveGenerator(Generator):
         trace, self.conversations_ = fit_conversations(
             trace, client_ids=np.full(len(trace), CLIENT_ID, dtype=object)
         )
-        t = np.sort(trace["timestamp"].to_numpy(np.float64))
-        observed_s = t[-1] - t[0]
-        span_s = (np.floor(observed_s / self.rate_window_s) + 1) * self.rate_window_s
-        # One client and one data window: the aggregate distributions.
-        aggregate = trace.assign(
-            client_id=make_trace({"client_id": np.full(len(trace), CLIENT_ID)})["client_id"]
-        )
-        pool = fit_client_pool(aggregate, self.rate_window_s, span_s, min_events=len(trace) + 1)
-        pool.rates = self._constant_rates(t, span_s)
-        pool.population_rate = float(pool.rates["rate"].iloc[0])
-        pool.notes = [f"naive ({self.arrival}) fit of {len(trace)} requests"]
-        self.pool_ = pool
-        counts = trace["client_id"].astype(str).value_counts(sort=False).sort_index()
-        self.shares_ = pd.DataFrame(
-            {"client_id": counts.index.astype(str), "count": counts.to_numpy(np.int64)}
-        )
+        self._fit_requests([trace])
         return self
 
-    def _constant_rates(self, t: np.ndarray, span_s: float) -> pd.DataFrame:
-        observed_s = t[-1] - t[0]
-        rate = len(t) / observed_s if observed_s > 0 else len(t) / self.rate_window_s
-        gaps = np.diff(t)
-        cv = float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else 1.0
+    def fit_chunks(self, chunks: Iterable[pd.DataFrame]) -> NaiveGenerator:
+        """Fit on a time-sorted trace without conversations, streamed in chunks (bounded memory)."""
+        self.conversations_ = None
+        self._fit_requests(chunks)
+        return self
+
+    def _fit_requests(self, chunks: Iterable[pd.DataFrame]) -> None:
+        # One client and one data window: the aggregate distributions (sized once the span is known).
+        fitter = PoolFitter(self.rate_window_s, data_window_s=None, fit_rates=False)
+        gaps = _GapMoments()
+        shares: dict[str, int] = {}
+        for chunk in chunks:
+            if len(chunk) == 0:
+                continue
+            for name, count in chunk["client_id"].astype(str).value_counts(sort=False).items():
+                shares[name] = shares.get(name, 0) + int(count)
+            gaps.add(chunk["timestamp"].to_numpy(np.float64))
+            fitter.add(chunk.assign(client_id=constant_strings(CLIENT_ID, len(chunk))))
+        if fitter.rows == 0:
+            raise UserError("cannot fit a generator to an empty trace")
+        observed_s = fitter.t_max - fitter.origin_s
+        span_s = (np.floor(observed_s / self.rate_window_s) + 1) * self.rate_window_s
+        pool = fitter.finish(min_events=fitter.rows + 1, data_window_s=span_s)
+        pool.rates = self._constant_rates(fitter.rows, observed_s, gaps.cv(), span_s)
+        pool.population_rate = float(pool.rates["rate"].iloc[0])
+        pool.notes = [f"naive ({self.arrival}) fit of {fitter.rows} requests"]
+        self.pool_ = pool
+        names = sorted(shares)
+        self.shares_ = pd.DataFrame(
+            {
+                "client_id": pd.Index(names, dtype=object),
+                "count": np.array([shares[n] for n in names], np.int64),
+            }
+        )
+
+    def _constant_rates(self, rows: int, observed_s: float, cv: float, span_s: float) -> pd.DataFrame:
+        rate = rows / observed_s if observed_s > 0 else rows / self.rate_window_s
         shape = (
             1.0 if self.arrival == "poisson" else float(ia.clip_shape(np.array([ia.GAMMA]), [1.0 / cv**2])[0])
         )
@@ -164,3 +183,30 @@ class NaiveGenerator(Generator):
     @property
     def is_fitted(self) -> bool:
         return self.pool_ is not None
+
+
+class _GapMoments:
+    """Count, mean and squared deviations of the gaps of a sorted stream, merged chunk by chunk (Chan et al.)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self._last: float | None = None
+
+    def add(self, t: np.ndarray) -> None:
+        gaps = np.diff(t if self._last is None else np.r_[self._last, t])
+        self._last = float(t[-1])
+        if len(gaps) == 0:
+            return
+        mean = float(gaps.mean())
+        m2 = float(((gaps - mean) ** 2).sum())
+        n = self.n + len(gaps)
+        delta = mean - self.mean
+        self.mean += delta * len(gaps) / n
+        self.m2 += m2 + delta * delta * self.n * len(gaps) / n
+        self.n = n
+
+    def cv(self) -> float:
+        """Gap CV (population standard deviation over mean); 1 when undefined."""
+        if self.n > 1 and self.mean > 0:
+            return float(np.sqrt(self.m2 / self.n) / self.mean)
+        return 1.0

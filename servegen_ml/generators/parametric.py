@@ -24,6 +24,7 @@ the likelihood :mod:`servegen_ml.conversations.likelihood`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.pool import ClientPool, fit_client_pool, load_servegen_pool, sample_pool
+from servegen_ml.pool.fit import PoolFitter
 from servegen_ml.pool.likelihood import pool_log_prob
 
 
@@ -66,6 +68,14 @@ class ParametricGenerator(Generator):
     def fit(self, trace: pd.DataFrame) -> ParametricGenerator:
         openers, self.conversations_ = fit_conversations(trace)
         self.pool_ = fit_client_pool(openers, self.rate_window_s, self.data_window_s, self.min_events)
+        return self
+
+    def fit_chunks(self, chunks: Iterable[pd.DataFrame]) -> ParametricGenerator:
+        """Fit on a time-sorted trace without conversations, streamed in chunks (bounded memory)."""
+        fitter = PoolFitter(self.rate_window_s, self.data_window_s, self.min_events)
+        for chunk in chunks:
+            fitter.add(chunk)
+        self.pool_, self.conversations_ = fitter.finish(), None
         return self
 
     def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:

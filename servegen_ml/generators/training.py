@@ -6,9 +6,12 @@ as a plain dict. With ``split`` in (0, 1) the generator is fitted on the
 earliest ``split`` fraction of the trace's time span and the per-event NLL of
 each part on the rest (held out) goes to ``OUT/metrics.json``. A ServeGen
 pool directory with ``model=parametric`` loads as a ready-made fit unless
-``+data.duration_s`` asks for a sampled trace. Otherwise the trace is read
-into memory (a trace larger than memory trains through the library:
-``NeuralGenerator(...).fit(path)`` streams the file).
+``+data.duration_s`` asks for a sampled trace. A generator with ``fit_chunks``
+(naive, parametric) fits a trace file chunk by chunk of ``chunk_rows`` rows,
+in memory bounded by clients x windows, when ``split=0`` and the trace has no
+conversation ids and is sorted by time; otherwise the trace is read into
+memory (a trace larger than memory trains the neural model through the
+library: ``NeuralGenerator(...).fit(path)`` streams the file).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from servegen_ml.core.errors import UserError
 from servegen_ml.core.outputs import check_checkpoint_dir
 from servegen_ml.generators.base import Generator, summarize_log_prob
 from servegen_ml.pool import is_servegen_pool
+from servegen_ml.trace.io import DEFAULT_CHUNK_ROWS, TraceReader
 
 METRICS_FILE = "metrics.json"
 
@@ -82,6 +87,10 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
         step("load ServeGen pool")
         gen = type(gen).from_pool(path)
         metrics["fit"] = "ServeGen client pool loaded as a ready-made fit"
+    elif streams(gen, path, str(cfg.data.format), split) and (
+        rows := _fit_streamed(gen, path, cfg, options, step)
+    ):
+        metrics["train_events"] = rows
     else:
         step("read trace")
         trace = read_source(
@@ -100,6 +109,52 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
     step("save")
     gen.save(out, {METRICS_FILE: json.dumps(metrics, indent=2, sort_keys=True) + "\n"})
     return metrics
+
+
+class _NeedsWholeTrace(Exception):
+    """The trace turned out to need the in-memory fit (the message says why)."""
+
+
+def streams(gen: Generator, path: Path, data_format: str, split: float) -> bool:
+    """Whether ``train`` fits ``gen`` chunk by chunk: it can (``fit_chunks``), the input is a file, no split."""
+    return hasattr(gen, "fit_chunks") and split == 0.0 and path.is_file() and data_format != "servegen"
+
+
+def _fit_streamed(gen: Generator, path: Path, cfg: DictConfig, options: dict, step) -> int:
+    """Fit from the trace file chunk by chunk; the rows fitted, or 0 after a warning when it needs memory.
+
+    A trace whose rows go back in time across chunks, or that has conversation ids
+    (the conversation model needs whole conversations), is then read whole instead.
+    """
+    reader = TraceReader(
+        path,
+        str(cfg.data.format),
+        int(cfg.get("chunk_rows", DEFAULT_CHUNK_ROWS)),
+        bool(cfg.data.skip_bad_rows),
+        **options,
+    )
+    rows = 0
+
+    def chunks():
+        nonlocal rows
+        for chunk in reader:
+            if reader.report.globally_unsorted:
+                raise _NeedsWholeTrace("rows go back in time across chunks, so it is sorted in memory")
+            if "conversation_id" in chunk.columns:
+                raise _NeedsWholeTrace("it has conversation ids, and conversations are fitted in memory")
+            rows += len(chunk)
+            yield chunk
+        report = reader.finish()
+        if report.rows_dropped:
+            warnings.warn(report.describe(), stacklevel=2)
+
+    step("read and fit trace (streamed)")
+    try:
+        gen.fit_chunks(chunks())
+    except _NeedsWholeTrace as why:
+        warnings.warn(f"{path}: read into memory for training: {why}", stacklevel=2)
+        return 0
+    return rows
 
 
 def _loads_pool_directly(gen: Generator, path: Path, data_format: str, options: dict) -> bool:

@@ -21,6 +21,8 @@ as they are.
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pandas as pd
 
@@ -30,7 +32,7 @@ from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.pool.empirical import count_by_keys
 from servegen_ml.pool.table import FIELDS, MODALITIES, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
 from servegen_ml.trace.schema import list_lengths, list_values
-from servegen_ml.trace.validate import require_time_span
+from servegen_ml.trace.validate import require_time_span_of
 
 RATIO_DECIMALS = 4
 
@@ -42,81 +44,354 @@ def fit_client_pool(
     min_events: int = 20,
     source: str = "",
 ) -> ClientPool:
-    """A ClientPool fitted to a canonical, sorted trace."""
-    if len(trace) == 0:
-        raise UserError("cannot fit a generator to an empty trace")
-    require_time_span(trace, source or "the trace")
-    t = trace["timestamp"].to_numpy(np.float64)
-    origin_s = float(t.min())
-    tau = t - origin_s
-    end_s = float(tau.max())
-    n_windows = int(np.floor(end_s / rate_window_s)) + 1
-    span_s = n_windows * rate_window_s
-    client, clients = pd.factorize(trace["client_id"].astype(str), sort=True)
-    clients = tuple(str(c) for c in clients)
-    client = client.astype(np.int64)
-
-    rates = _fit_rates(tau, client, len(clients), end_s, rate_window_s, n_windows, min_events)
-    rate_client = rates.pop("client").to_numpy()
-    rates["client_id"] = pd.Categorical.from_codes(rate_client, categories=list(clients))
-    slot = np.floor(tau / data_window_s).astype(np.int64)
-    pmfs = _fit_pmfs(trace, client, slot, list(clients), data_window_s, min_events)
-    active_s = np.bincount(rate_client, minlength=len(clients)) * rate_window_s
-    per_client = np.bincount(client, minlength=len(clients)) / np.maximum(active_s, rate_window_s)
-    return ClientPool(
-        clients=clients,
-        rates=rates[list(RATE_COLUMNS)],
-        pmfs=pmfs,
-        rate_window_s=float(rate_window_s),
-        data_window_s=float(data_window_s),
-        span_s=float(span_s),
-        origin_s=origin_s,
-        population_rate=float(np.median(per_client)),
-        source=source,
-        notes=[f"fitted from {len(trace)} requests, {len(clients)} clients, min_events={min_events}"],
-    )
+    """A ClientPool fitted to a canonical, sorted trace (one chunk of :class:`PoolFitter`)."""
+    fitter = PoolFitter(rate_window_s, data_window_s, min_events, source)
+    fitter.add(trace)
+    return fitter.finish()
 
 
-def _fit_rates(tau, client, n_clients, end_s, window_s, n_windows, min_events) -> pd.DataFrame:
-    window = np.floor(tau / window_s).astype(np.int64)
-    group = client * n_windows + window
-    order = np.lexsort((tau, group))
-    group_sorted, tau_sorted, client_sorted = group[order], tau[order], client[order]
-    counts = np.bincount(group, minlength=n_clients * n_windows)
+class PoolFitter:
+    """Fits a ClientPool from a time-sorted trace streamed in chunks, in memory bounded by clients x windows.
 
-    same = group_sorted[1:] == group_sorted[:-1]
-    gaps = np.diff(tau_sorted)[same]
-    gaps = np.where(gaps > 0, gaps, TIME_RESOLUTION_S / 2)
-    gap_group = group_sorted[1:][same]
-    gap_client = client_sorted[1:][same]
+    Everything the fit needs is a sum over requests or comes from one rate window:
+    a rate window's gaps are fitted as soon as the stream has moved past it (the
+    trace is sorted, so no later row can fall into it), value counts per (field,
+    client, data window) are added up, and each client's last timestamp carries
+    the gaps across chunk boundaries. Only the whole-trace fit of each client
+    needs all of its gaps: they are kept in memory up to :data:`GAPS_IN_MEMORY`
+    and spilled to a temporary file beyond, which the Gamma/Weibull fits then read
+    block by block. The pool equals the in-memory fit of the whole trace; once
+    gaps spill, the client fits agree up to float rounding (sums in another order).
 
-    used = np.flatnonzero(counts > 0)
-    dense = np.searchsorted(used, gap_group)
-    family, shape, scale, cv = ia.fit_renewal(gaps, dense, len(used))
-    c_family, c_shape, c_scale, c_cv = ia.fit_renewal(gaps, gap_client, n_clients)
-    c_events = np.bincount(client, minlength=n_clients)
-    poisson = c_events < min_events
-    c_family[poisson], c_shape[poisson], c_cv[poisson] = ia.GAMMA, 1.0, 1.0
+    ``fit_rates=False`` skips the per-window arrival fits (the naive generator
+    uses only the value tables). ``data_window_s=None`` puts every request into
+    one data window.
+    """
 
-    u_client, u_window = used // n_windows, used % n_windows
-    sparse = (counts[used] < min_events) | ~np.isfinite(shape)
-    family = np.where(sparse, c_family[u_client], family)
-    shape = np.where(sparse, c_shape[u_client], shape)
-    cv = np.where(sparse, c_cv[u_client], cv)
-    exposure = np.clip(end_s - u_window * window_s, 0.01 * window_s, window_s)
-    rate = counts[used] / exposure
-    scale = np.where(sparse | ~np.isfinite(scale), ia.scale_for_rate(family, shape, rate), scale)
-    return pd.DataFrame(
-        {
-            "client": u_client,
-            "window_start_s": (u_window * window_s).astype(np.float64),
-            "rate": rate,
-            "cv": cv,
-            "family": np.asarray(ia.FAMILIES, dtype=object)[family],
-            "shape": shape,
-            "scale": scale,
-        }
-    )
+    def __init__(
+        self,
+        rate_window_s: float = 600.0,
+        data_window_s: float | None = 21_600.0,
+        min_events: int = 20,
+        source: str = "",
+        fit_rates: bool = True,
+    ):
+        self.rate_window_s = float(rate_window_s)
+        self.data_window_s = None if data_window_s is None else float(data_window_s)
+        self.min_events = int(min_events)
+        self.source = source
+        self.fit_rates = fit_rates
+        self.rows = 0
+        self.origin_s: float | None = None
+        self.t_max = -np.inf
+        self._codes: dict[str, int] = {}  # client name -> code in order of first appearance
+        self._last_tau = np.zeros(0)
+        self._last_window = np.zeros(0, dtype=np.int64)
+        self._events = np.zeros(0, dtype=np.int64)
+        self._open_counts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (client, window, n)
+        self._open_gaps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (client, window, gap)
+        self._closed: list[dict[str, np.ndarray]] = []
+        self._client_gaps = _GapStore()
+        self._values = _CountTable(4)  # (field, client, slot, value) -> requests
+        self._slot_requests = _CountTable(2)  # (client, slot) -> requests
+        self._max_slot = -1
+
+    # ------------------------------------------------------------------ streaming
+
+    def add(self, chunk: pd.DataFrame) -> PoolFitter:
+        """Add the next chunk; chunks continue in time (a row earlier than the one before is an error)."""
+        n = len(chunk)
+        if n == 0:
+            return self
+        t = chunk["timestamp"].to_numpy(np.float64)
+        backwards = np.flatnonzero(t[1:] < t[:-1])
+        if t[0] < self.t_max or len(backwards):
+            row = self.rows + (1 if t[0] < self.t_max else int(backwards[0]) + 2)
+            raise UserError(
+                f"{self.source or 'the trace'}, row {row:,}: earlier than the row before; a streamed fit "
+                "needs a trace sorted by timestamp (servegen-ml convert writes one)"
+            )
+        if self.origin_s is None:
+            self.origin_s = float(t[0])
+        self.t_max = float(t[-1])
+        self.rows += n
+        client = self._client_codes(chunk["client_id"])
+        tau = t - self.origin_s
+        self._events += np.bincount(client, minlength=len(self._events))
+        if self.fit_rates:
+            self._add_gaps(client, tau)
+        if self.data_window_s is None:
+            slot = np.zeros(n, dtype=np.int64)
+        else:
+            slot = np.floor(tau / self.data_window_s).astype(np.int64)
+        self._max_slot = max(self._max_slot, int(slot.max()))
+        self._slot_requests.add([client, slot], np.ones(n))
+        for name, (value, row) in request_fields(chunk).items():
+            field = np.full(len(row), FIELDS.index(name))
+            self._values.add(
+                [field, client[row], slot[row], np.asarray(value, np.float64)], np.ones(len(row))
+            )
+        return self
+
+    def _client_codes(self, ids: pd.Series) -> np.ndarray:
+        codes, names = pd.factorize(ids.astype(str), sort=False)
+        lookup = np.array(
+            [self._codes.setdefault(str(name), len(self._codes)) for name in names], dtype=np.int64
+        )
+        grow = len(self._codes) - len(self._events)
+        if grow > 0:
+            self._events = np.r_[self._events, np.zeros(grow, dtype=np.int64)]
+            self._last_tau = np.r_[self._last_tau, np.full(grow, np.nan)]
+            self._last_window = np.r_[self._last_window, np.full(grow, -1, dtype=np.int64)]
+        return lookup[codes]
+
+    def _add_gaps(self, client: np.ndarray, tau: np.ndarray) -> None:
+        window = np.floor(tau / self.rate_window_s).astype(np.int64)
+        # By client, then time (stable: simultaneous requests keep their order), as the whole-trace fit sorts.
+        order = np.lexsort((tau, client))
+        c, w, ts = client[order], window[order], tau[order]
+        first = np.r_[True, c[1:] != c[:-1]]
+        last = np.r_[c[1:] != c[:-1], True]
+        prev_tau = np.r_[np.nan, ts[:-1]]
+        prev_window = np.r_[-1, w[:-1]]
+        # A client's first request in the chunk follows its last one of the chunks before.
+        prev_tau[first] = self._last_tau[c[first]]
+        prev_window[first] = self._last_window[c[first]]
+        self._last_tau[c[last]] = ts[last]
+        self._last_window[c[last]] = w[last]
+        has_gap = prev_window == w
+        gaps = ts[has_gap] - prev_tau[has_gap]
+        gaps = np.where(gaps > 0, gaps, TIME_RESOLUTION_S / 2)
+        self._open_gaps.append((c[has_gap], w[has_gap], gaps))
+        (kc, kw), counts = count_by_keys([client, window], np.ones(len(client)))
+        self._open_counts.append((kc, kw, counts))
+        # Sorted input: no later row can fall into a window before the last row's.
+        self._close_windows_before(int(window.max()))
+
+    def _close_windows_before(self, window_limit: int | None) -> None:
+        """Fit the open rate windows that end before ``window_limit`` (all when None)."""
+        if not self._open_counts:
+            return
+        kc, kw, kn = (np.concatenate(x) for x in zip(*self._open_counts))
+        gc, gw, gaps = (np.concatenate(x) for x in zip(*self._open_gaps))
+        if window_limit is not None:
+            closing, gap_closing = kw < window_limit, gw < window_limit
+            if not closing.any():
+                return
+            self._open_counts = [(kc[~closing], kw[~closing], kn[~closing])]
+            self._open_gaps = [(gc[~gap_closing], gw[~gap_closing], gaps[~gap_closing])]
+            kc, kw, kn = kc[closing], kw[closing], kn[closing]
+            gc, gw, gaps = gc[gap_closing], gw[gap_closing], gaps[gap_closing]
+        else:
+            self._open_counts, self._open_gaps = [], []
+        (uc, uw), counts = count_by_keys([kc, kw], kn)
+        # Grouped by (client, window); the buffer is in time order, which the stable sort keeps.
+        order = np.lexsort((gw, gc))
+        gc, gw, gaps = gc[order], gw[order], gaps[order]
+        radix = int(uw.max()) + 1
+        dense = np.searchsorted(uc * radix + uw, gc * radix + gw)
+        family, shape, scale, cv = ia.fit_renewal(gaps, dense, len(uc))
+        self._closed.append(
+            {
+                "client": uc,
+                "window": uw,
+                "count": counts,
+                "family": family,
+                "shape": shape,
+                "scale": scale,
+                "cv": cv,
+            }
+        )
+        self._client_gaps.append(gc, gaps)
+
+    # ------------------------------------------------------------------ result
+
+    def finish(self, min_events: int | None = None, data_window_s: float | None = None) -> ClientPool:
+        """The fitted pool; ``min_events``/``data_window_s`` override the constructor's (naive: known at the end)."""
+        if self.rows == 0:
+            raise UserError("cannot fit a generator to an empty trace")
+        require_time_span_of(self.rows, self.origin_s, self.t_max, self.source or "the trace")
+        min_events = self.min_events if min_events is None else int(min_events)
+        data_window_s = data_window_s or self.data_window_s
+        names = list(self._codes)
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[np.argsort(np.array(names, dtype=object), kind="stable")] = np.arange(len(names))
+        clients = tuple(sorted(names))
+        end_s = self.t_max - self.origin_s
+        n_windows = int(np.floor(end_s / self.rate_window_s)) + 1
+        span_s = n_windows * self.rate_window_s
+        events = np.empty(len(names), dtype=np.int64)
+        events[rank] = self._events
+        if self.fit_rates:
+            self._close_windows_before(None)
+            rates = self._rates(rank, events, end_s, min_events)
+        else:
+            rates = pd.DataFrame({c: pd.Series([], dtype=object) for c in ("client", *RATE_COLUMNS[1:])})
+            rates["client"] = rates["client"].astype(np.int64)
+        rate_client = rates.pop("client").to_numpy()
+        rates["client_id"] = pd.Categorical.from_codes(rate_client, categories=list(clients))
+        pmfs = self._pmfs(rank, list(clients), data_window_s, min_events)
+        active_s = np.bincount(rate_client, minlength=len(clients)) * self.rate_window_s
+        per_client = events / np.maximum(active_s, self.rate_window_s)
+        return ClientPool(
+            clients=clients,
+            rates=rates[list(RATE_COLUMNS)],
+            pmfs=pmfs,
+            rate_window_s=self.rate_window_s,
+            data_window_s=float(data_window_s),
+            span_s=float(span_s),
+            origin_s=float(self.origin_s),
+            population_rate=float(np.median(per_client)),
+            source=self.source,
+            notes=[f"fitted from {self.rows} requests, {len(clients)} clients, min_events={min_events}"],
+        )
+
+    def _rates(self, rank: np.ndarray, c_events: np.ndarray, end_s: float, min_events: int) -> pd.DataFrame:
+        closed = {k: np.concatenate([c[k] for c in self._closed]) for k in self._closed[0]}
+        u_client, u_window = rank[closed["client"]], closed["window"]
+        order = np.lexsort((u_window, u_client))
+        u_client, u_window = u_client[order], u_window[order]
+        counts, family, shape, scale, cv = (
+            closed[k][order] for k in ("count", "family", "shape", "scale", "cv")
+        )
+        c_family, c_shape, _, c_cv = ia.fit_renewal_blocks(self._client_gaps.blocks(rank), len(c_events))
+        poisson = c_events < min_events
+        c_family[poisson], c_shape[poisson], c_cv[poisson] = ia.GAMMA, 1.0, 1.0
+
+        window_s = self.rate_window_s
+        sparse = (counts < min_events) | ~np.isfinite(shape)
+        family = np.where(sparse, c_family[u_client], family)
+        shape = np.where(sparse, c_shape[u_client], shape)
+        cv = np.where(sparse, c_cv[u_client], cv)
+        exposure = np.clip(end_s - u_window * window_s, 0.01 * window_s, window_s)
+        rate = counts / exposure
+        scale = np.where(sparse | ~np.isfinite(scale), ia.scale_for_rate(family, shape, rate), scale)
+        return pd.DataFrame(
+            {
+                "client": u_client,
+                "window_start_s": (u_window * window_s).astype(np.float64),
+                "rate": rate,
+                "cv": cv,
+                "family": np.asarray(ia.FAMILIES, dtype=object)[family],
+                "shape": shape,
+                "scale": scale,
+            }
+        )
+
+    def _pmfs(
+        self, rank: np.ndarray, names: list[str], data_window_s: float, min_events: int
+    ) -> pd.DataFrame:
+        """Per-window, whole-trace and population value counts of every field, sorted for loading."""
+        n_clients = len(names)
+        whole = self._max_slot + 1
+        (f, c, s, v), n = self._values.result()
+        c = rank[c]
+        (rc, rs), requests = self._slot_requests.result()
+        radix = whole + 1
+        dense_keys = np.sort((rank[rc] * radix + rs)[requests >= min_events])
+        key = c * radix + s
+        pos = np.minimum(np.searchsorted(dense_keys, key), max(len(dense_keys) - 1, 0))
+        dense = (dense_keys[pos] == key) if len(dense_keys) else np.zeros(len(key), dtype=bool)
+        (wf, wc, wv), wn = count_by_keys([f, c, v], n)
+        (pf, pv), pn = count_by_keys([f, v], n)
+        f = np.concatenate([f[dense], wf, pf])
+        c = np.concatenate([c[dense], wc, np.full(len(pf), n_clients)])
+        s = np.concatenate([s[dense], np.full(len(wf) + len(pf), whole)])
+        v = np.concatenate([v[dense], wv, pv])
+        n = np.concatenate([n[dense], wn, pn])
+        # Sorted by (field, client with the population last, window with the whole trace last, value).
+        order = np.lexsort((v, s, c, f))
+        f, c, s, v, n = f[order], c[order], s[order], v[order], n[order]
+        group = np.cumsum(np.r_[True, (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])]) - 1
+        totals = np.bincount(group, weights=n)
+        return pd.DataFrame(
+            {
+                "client_id": pd.Categorical.from_codes(c, categories=[*names, POPULATION]),
+                "window_start_s": np.where(s == whole, float(WHOLE_TRACE), s * data_window_s),
+                "field": pd.Categorical.from_codes(f, categories=list(FIELDS)),
+                "value": v,
+                "prob": n / totals[group],
+                "count": n,
+            }
+        )
+
+
+# Gaps kept in memory for the whole-trace client fits (16 bytes each); beyond, they go to a temporary file.
+GAPS_IN_MEMORY = 16_000_000
+_GAP_RECORD = np.dtype([("client", np.int64), ("gap", np.float64)])
+
+
+class _GapStore:
+    """(client, gap) pairs in arrival order; read back in blocks for :func:`ia.fit_renewal_blocks`."""
+
+    def __init__(self, in_memory: int | None = None):
+        self.in_memory = GAPS_IN_MEMORY if in_memory is None else in_memory
+        self._memory: list[tuple[np.ndarray, np.ndarray]] = []
+        self._held = 0
+        self._file = None
+        self._on_disk = 0
+
+    def append(self, client: np.ndarray, gaps: np.ndarray) -> None:
+        self._memory.append((client.astype(np.int64), gaps.astype(np.float64)))
+        self._held += len(gaps)
+        if self._held > self.in_memory:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="servegen-gaps-")
+        for client, gaps in self._memory:
+            record = np.empty(len(gaps), dtype=_GAP_RECORD)
+            record["client"], record["gap"] = client, gaps
+            record.tofile(self._file)
+            self._on_disk += len(gaps)
+        self._memory, self._held = [], 0
+
+    def blocks(self, rank: np.ndarray):
+        """A callable giving (gap, client rank) blocks: the file's in order, then those in memory as one."""
+
+        def read():
+            if self._file is not None:
+                self._file.flush()
+                for start in range(0, self._on_disk, self.in_memory):
+                    self._file.seek(start * _GAP_RECORD.itemsize)
+                    count = min(self.in_memory, self._on_disk - start)
+                    record = np.fromfile(self._file, dtype=_GAP_RECORD, count=count)
+                    yield record["gap"], rank[record["client"]]
+            if self._memory:
+                gaps = np.concatenate([g for _, g in self._memory])
+                yield gaps, rank[np.concatenate([c for c, _ in self._memory])]
+
+        return read
+
+
+class _CountTable:
+    """Summed counts per distinct key tuple, added chunk by chunk; memory follows the distinct keys."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self._parts: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self._pending = 0
+        self._merged = 0
+
+    def add(self, keys: list[np.ndarray], counts: np.ndarray) -> None:
+        part = count_by_keys(keys, counts)
+        self._parts.append(part)
+        self._pending += len(part[1])
+        if self._pending > max(self._merged, 1_000_000):
+            self._merge()
+
+    def _merge(self) -> None:
+        keys = [np.concatenate([p[0][i] for p in self._parts]) for i in range(self.width)]
+        merged = count_by_keys(keys, np.concatenate([p[1] for p in self._parts]))
+        self._parts, self._pending, self._merged = [merged], 0, len(merged[1])
+
+    def result(self) -> tuple[list[np.ndarray], np.ndarray]:
+        if not self._parts:
+            return [np.zeros(0, dtype=np.int64) for _ in range(self.width)], np.zeros(0)
+        if len(self._parts) > 1:
+            self._merge()
+        return self._parts[0]
 
 
 def request_fields(trace: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -151,39 +426,3 @@ def request_fields(trace: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarra
         ratio = trace["reasoning_tokens"].to_numpy(np.float64)[has] / output[has]
         out["reason_ratio"] = (np.round(ratio, RATIO_DECIMALS), rows[has])
     return out
-
-
-def _fit_pmfs(trace, client, slot, names, data_window_s, min_events) -> pd.DataFrame:
-    """Per-window, whole-trace and population value counts of every field, sorted for loading."""
-    n_clients = len(names)
-    n_slots = int(slot.max()) + 2 if len(slot) else 1
-    whole = n_slots - 1
-    requests_per_window = np.bincount(client * n_slots + slot, minlength=n_clients * n_slots)
-    parts = []
-    for name, (value, row) in request_fields(trace).items():
-        c, s, v = client[row], slot[row], np.asarray(value, dtype=np.float64)
-        dense = requests_per_window[c * n_slots + s] >= min_events
-        groups = [
-            (c[dense], s[dense], v[dense]),
-            (c, np.full(len(c), whole), v),
-            (np.full(len(c), n_clients), np.full(len(c), whole), v),
-        ]
-        for gc, gs, gv in groups:
-            (kc, ks, kv), n = count_by_keys([gc, gs, gv], np.ones(len(gv)))
-            parts.append((np.full(len(kv), FIELDS.index(name)), kc, ks, kv, n))
-    f, c, s, v, n = (np.concatenate([p[i] for p in parts]) for i in range(5))
-    # Sorted by (field, client with the population last, window with the whole trace last, value).
-    order = np.lexsort((v, s, c, f))
-    f, c, s, v, n = f[order], c[order], s[order], v[order], n[order]
-    group = np.cumsum(np.r_[True, (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])]) - 1
-    totals = np.bincount(group, weights=n)
-    return pd.DataFrame(
-        {
-            "client_id": pd.Categorical.from_codes(c, categories=[*names, POPULATION]),
-            "window_start_s": np.where(s == whole, float(WHOLE_TRACE), s * data_window_s),
-            "field": pd.Categorical.from_codes(f, categories=list(FIELDS)),
-            "value": v,
-            "prob": n / totals[group],
-            "count": n,
-        }
-    )

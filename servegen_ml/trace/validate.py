@@ -587,8 +587,13 @@ def require_time_span(trace: pd.DataFrame, source: str = "the trace") -> None:
     """Refuse to learn arrivals from a trace whose requests all share one timestamp (no rate to learn)."""
     if len(trace) > 1:
         t = trace["timestamp"].to_numpy(np.float64)
-        if t.max() == t.min():
-            raise UserError(
-                f"{source}: all {len(trace):,} requests have the same timestamp ({t[0]:g}); a generator "
-                "learns arrival rates from the gaps between requests and there are none"
-            )
+        require_time_span_of(len(trace), float(t.min()), float(t.max()), source)
+
+
+def require_time_span_of(rows: int, t_min: float, t_max: float, source: str = "the trace") -> None:
+    """:func:`require_time_span` from a streamed trace's row count and first and last timestamps."""
+    if rows > 1 and t_max == t_min:
+        raise UserError(
+            f"{source}: all {rows:,} requests have the same timestamp ({t_min:g}); a generator "
+            "learns arrival rates from the gaps between requests and there are none"
+        )

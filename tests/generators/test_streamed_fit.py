@@ -1,0 +1,125 @@
+"""Streamed fits (``fit_chunks``, ``PoolFitter``): the pool equals the in-memory fit of the whole trace."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from servegen_ml.compose import interarrival as ia
+from servegen_ml.core.config import compose
+from servegen_ml.core.errors import UserError
+from servegen_ml.generators.naive import NaiveGenerator
+from servegen_ml.generators.parametric import ParametricGenerator
+from servegen_ml.generators.training import fit_from_config
+from servegen_ml.pool import ClientPool
+from servegen_ml.pool import fit as pool_fit
+from servegen_ml.pool.fit import PoolFitter, fit_client_pool
+from servegen_ml.trace.io import write_trace
+from tests.factories import synthetic_trace
+
+
+def _chunks(trace: pd.DataFrame, rows: int):
+    return (trace.iloc[i : i + rows] for i in range(0, len(trace), rows))
+
+
+def _assert_same_pool(a: ClientPool, b: ClientPool, exact: bool = True) -> None:
+    for table in ("rates", "pmfs"):
+        pd.testing.assert_frame_equal(getattr(a, table), getattr(b, table), check_exact=exact, rtol=1e-10)
+    for name in (
+        "clients",
+        "rate_window_s",
+        "data_window_s",
+        "span_s",
+        "origin_s",
+        "population_rate",
+        "notes",
+    ):
+        assert getattr(a, name) == getattr(b, name), name
+
+
+def _trace() -> pd.DataFrame:
+    trace = synthetic_trace(seed=3, duration_s=8_000, n_clients=6, multimodal=True, reasoning=True)
+    # Simultaneous requests across a chunk boundary and exactly on a window edge.
+    t = trace["timestamp"].to_numpy().copy()
+    t[100:104] = t[100]
+    t[500] = t[499] = 1200.0
+    trace["timestamp"] = np.sort(t)
+    return trace
+
+
+@pytest.mark.parametrize("rows", [101, 997, 5_000])
+def test_chunked_pool_equals_whole_trace_fit(rows):
+    trace = _trace()
+    whole = fit_client_pool(trace, 600, 3_600, 20)
+    fitter = PoolFitter(600, 3_600, 20)
+    for chunk in _chunks(trace, rows):
+        fitter.add(chunk)
+    _assert_same_pool(whole, fitter.finish())
+
+
+def test_spilled_client_gaps_agree_up_to_rounding(monkeypatch):
+    trace = _trace()
+    whole = fit_client_pool(trace, 600, 3_600, 20)
+    monkeypatch.setattr(pool_fit, "GAPS_IN_MEMORY", 700)
+    fitter = PoolFitter(600, 3_600, 20)
+    for chunk in _chunks(trace, 333):
+        fitter.add(chunk)
+    assert fitter._client_gaps._on_disk > 0  # the file path was taken
+    _assert_same_pool(whole, fitter.finish(), exact=False)
+
+
+def test_block_fits_agree_with_one_block():
+    rng = np.random.default_rng(1)
+    group = rng.integers(0, 30, 20_000)
+    gaps = rng.weibull(0.6, 20_000) * rng.random(30)[group]
+    one = np.array(ia.fit_renewal(gaps, group, 32))
+    blocks = np.array(
+        ia.fit_renewal_blocks(lambda: [(gaps[:7_000], group[:7_000]), (gaps[7_000:], group[7_000:])], 32)
+    )
+    np.testing.assert_allclose(blocks, one, rtol=1e-10, equal_nan=True)
+
+
+def test_rows_going_back_in_time_are_refused_with_the_row():
+    trace = synthetic_trace(seed=0, duration_s=600)
+    fitter = PoolFitter(source="t.parquet")
+    fitter.add(trace.iloc[100:200])
+    with pytest.raises(UserError, match=r"t.parquet, row 101: earlier than the row before"):
+        fitter.add(trace.iloc[:100])
+
+
+def test_naive_and_parametric_fit_chunks_equal_fit():
+    trace = _trace()
+    for make in (lambda: ParametricGenerator(data_window_s=3_600), lambda: NaiveGenerator("gamma")):
+        whole, streamed = make().fit(trace), make().fit_chunks(_chunks(trace, 777))
+        _assert_same_pool(whole.pool_, streamed.pool_, exact=False)
+        if isinstance(whole, NaiveGenerator):
+            pd.testing.assert_frame_equal(whole.shares_, streamed.shares_)
+
+
+def test_train_streams_the_file_and_matches_the_in_memory_fit(tmp_path):
+    trace = _trace()
+    write_trace(trace, tmp_path / "t.parquet")
+    cfg = compose(
+        "train",
+        [f"data.path={tmp_path / 't.parquet'}", f"out={tmp_path / 'ckpt'}", "chunk_rows=999", "quiet=true"],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the in-memory read
+        metrics = fit_from_config(cfg)
+    assert metrics["train_events"] == len(trace)
+    (tmp_path / "memory").mkdir()
+    ParametricGenerator().fit(trace).pool_.write_into(tmp_path / "memory")
+    _assert_same_pool(ClientPool.load(tmp_path / "ckpt"), ClientPool.load(tmp_path / "memory"))
+
+
+def test_train_reads_conversations_into_memory_with_a_warning(tmp_path):
+    trace = synthetic_trace(seed=2, duration_s=3_600)
+    trace["conversation_id"] = pd.array([f"c{i // 2}" for i in range(len(trace))], dtype="string[pyarrow]")
+    write_trace(trace, tmp_path / "t.parquet")
+    cfg = compose("train", [f"data.path={tmp_path / 't.parquet'}", f"out={tmp_path / 'ckpt'}", "quiet=true"])
+    with pytest.warns(UserWarning, match="conversations are fitted in memory"):
+        fit_from_config(cfg)
+    assert (tmp_path / "ckpt" / "conversations.json").exists()
