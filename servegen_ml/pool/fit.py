@@ -92,7 +92,7 @@ class PoolFitter:
         self._open_gaps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (client, window, gap)
         self._closed: list[dict[str, np.ndarray]] = []
         self._client_gaps = _GapStore()
-        self._values = _CountTable(4)  # (field, client, slot, value) -> requests
+        self._values = _CountTable(2)  # (packed field, client, slot; value) -> requests
         self._slot_requests = _CountTable(2)  # (client, slot) -> requests
         self._max_slot = -1
 
@@ -127,10 +127,8 @@ class PoolFitter:
         self._max_slot = max(self._max_slot, int(slot.max()))
         self._slot_requests.add([client, slot], np.ones(n))
         for name, (value, row) in request_fields(chunk).items():
-            field = np.full(len(row), FIELDS.index(name))
-            self._values.add(
-                [field, client[row], slot[row], np.asarray(value, np.float64)], np.ones(len(row))
-            )
+            group = _pack_group(FIELDS.index(name), client[row], slot[row])
+            self._values.add([group, np.asarray(value, np.float64)], np.ones(len(row)))
         return self
 
     def _client_codes(self, ids: pd.Series) -> np.ndarray:
@@ -284,7 +282,8 @@ class PoolFitter:
         """Per-window, whole-trace and population value counts of every field, sorted for loading."""
         n_clients = len(names)
         whole = self._max_slot + 1
-        (f, c, s, v), n = self._values.result()
+        (group, v), n = self._values.result()
+        f, c, s = _unpack_group(group)
         c = rank[c]
         (rc, rs), requests = self._slot_requests.result()
         radix = whole + 1
@@ -314,6 +313,24 @@ class PoolFitter:
                 "count": n,
             }
         )
+
+
+# A count table merges its chunk parts once they hold this many rows (or a quarter of the table).
+MERGE_MIN_ROWS = 1_000_000
+# (field, client, data window) packed into one int64: 4 + 30 + 29 bits.
+_CLIENT_BITS, _SLOT_BITS = 30, 29
+
+
+def _pack_group(field: int, client: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    if len(client) and (client.max() >= 1 << _CLIENT_BITS or slot.max() >= 1 << _SLOT_BITS):
+        raise UserError(f"more than {1 << _CLIENT_BITS:,} clients or {1 << _SLOT_BITS:,} data windows")
+    return (np.int64(field) << (_CLIENT_BITS + _SLOT_BITS)) | (client << _SLOT_BITS) | slot
+
+
+def _unpack_group(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    field = group >> (_CLIENT_BITS + _SLOT_BITS)
+    client = (group >> _SLOT_BITS) & ((1 << _CLIENT_BITS) - 1)
+    return field, client, group & ((1 << _SLOT_BITS) - 1)
 
 
 # Gaps kept in memory for the whole-trace client fits (16 bytes each); beyond, they go to a temporary file.
@@ -378,7 +395,8 @@ class _CountTable:
         part = count_by_keys(keys, counts)
         self._parts.append(part)
         self._pending += len(part[1])
-        if self._pending > max(self._merged, 1_000_000):
+        # Merging often keeps the pending parts (and the merge's temporaries) small next to the table.
+        if self._pending > max(self._merged // 4, MERGE_MIN_ROWS):
             self._merge()
 
     def _merge(self) -> None:
