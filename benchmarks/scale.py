@@ -6,7 +6,7 @@ For each size it writes a synthetic native CSV trace spanning one day
 (written block by block, so any size fits in memory): thousands of clients
 with heavy-tailed (log-normal) rates, a daily rate cycle, images on a quarter
 of the clients' requests, reasoning tokens on reasoning clients, and
-multi-turn conversations. Then it runs, each as ``servegen-ml`` in a fresh
+multi-turn conversations (``--no-conversations`` leaves them out). Then it runs, each as ``servegen-ml`` in a fresh
 process under ``/usr/bin/time -v`` (peak resident memory):
 
 convert (CSV -> Parquet), validate, characterize, train parametric, train
@@ -42,8 +42,9 @@ STEPS = ("convert", "validate", "characterize", "train parametric", "train neura
 class TraceSynthesizer:
     """Streams a realistic synthetic trace in blocks; state (per-client conversations) carries across blocks."""
 
-    def __init__(self, rows: int, seed: int = 0, clients: int | None = None):
+    def __init__(self, rows: int, seed: int = 0, clients: int | None = None, conversations: bool = True):
         self.rows = rows
+        self.with_conversations = conversations
         self.rng = np.random.default_rng(seed)
         self.n_clients = clients or int(np.clip(rows // 500, 100, 5_000))
         weight = self.rng.lognormal(0.0, 2.0, self.n_clients)  # heavy-tailed rates
@@ -110,6 +111,8 @@ class TraceSynthesizer:
             }
         )
         self.written += n
+        if not self.with_conversations:
+            table = table.drop_columns(["conversation_id", "turn"])
         return table
 
     def _conversations(self, client: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,14 +217,19 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/servegen-ml-scale"))
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-conversations",
+        action="store_true",
+        help="leave out conversation_id and turn (the parametric fit then streams instead of reading into memory)",
+    )
     args = parser.parse_args()
     for rows in args.rows:
-        work = args.workdir / f"rows_{rows}"
+        work = args.workdir / f"rows_{rows}{'_noconv' if args.no_conversations else ''}"
         work.mkdir(parents=True, exist_ok=True)
         csv = work / "trace.csv"
         if not csv.exists():
             started = time.perf_counter()
-            synth = TraceSynthesizer(rows, args.seed)
+            synth = TraceSynthesizer(rows, args.seed, conversations=not args.no_conversations)
             synth.write_csv(csv)
             print(
                 f"wrote {csv} ({csv.stat().st_size / 2**20:,.0f} MB, {synth.n_clients:,} clients) "
@@ -230,7 +238,8 @@ def main() -> None:
             )
         commands = steps_for(work, csv, rows)
         lines = [
-            f"**{rows:,} rows** ({csv.stat().st_size / 2**20:,.0f} MB CSV)",
+            f"**{rows:,} rows** ({csv.stat().st_size / 2**20:,.0f} MB CSV"
+            f"{', no conversation ids' if args.no_conversations else ''})",
             "",
             "| step | wall (s) | rows/s | peak memory (MB) | exit |",
             "|---|---:|---:|---:|---|",

@@ -8,9 +8,9 @@ distribution of every field.
 
 Sparse windows: a rate window with fewer than ``min_events`` requests keeps
 its own rate but takes the family and shape fitted to all of the client's
-gaps; a client with fewer than ``min_events`` requests overall is Poisson
-(Gamma, shape 1). A data window with fewer than ``min_events`` requests is not
-stored, so sampling and scoring use the client's whole-trace distribution.
+gaps; a client with fewer than ``min_events`` requests overall, or without
+two requests in one window (no gap to fit), is Poisson (Gamma, shape 1). A
+data window with fewer than ``min_events`` requests is not stored, so sampling and scoring use the client's whole-trace distribution.
 
 Gaps of exactly zero (simultaneous arrivals, e.g. millisecond timestamps) are
 fitted as half the time resolution
@@ -253,7 +253,8 @@ class PoolFitter:
             closed[k][order] for k in ("count", "family", "shape", "scale", "cv")
         )
         c_family, c_shape, _, c_cv = ia.fit_renewal_blocks(self._client_gaps.blocks(rank), len(c_events))
-        poisson = c_events < min_events
+        # Too few requests, or none two in one window (no gap to fit: the fit is NaN): Poisson.
+        poisson = (c_events < min_events) | ~np.isfinite(c_shape)
         c_family[poisson], c_shape[poisson], c_cv[poisson] = ia.GAMMA, 1.0, 1.0
 
         window_s = self.rate_window_s

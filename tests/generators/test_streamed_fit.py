@@ -124,3 +124,21 @@ def test_train_reads_conversations_into_memory_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="conversations are fitted in memory"):
         fit_from_config(cfg)
     assert (tmp_path / "ckpt" / "conversations.json").exists()
+
+
+def test_client_without_two_requests_in_one_window_is_poisson_not_nan():
+    # 30 requests of client "sparse", each in its own rate window: no gap to fit.
+    trace = synthetic_trace(seed=4, duration_s=30 * 600)
+    lone = pd.DataFrame(
+        {
+            "timestamp": np.arange(30) * 600.0 + 1.0,
+            "client_id": pd.array(["sparse"] * 30, dtype="string[pyarrow]"),
+            "input_tokens": np.full(30, 100),
+            "output_tokens": np.full(30, 10),
+        }
+    )
+    trace = pd.concat([trace, lone]).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    rates = fit_client_pool(trace, 600, 3_600, 20).rates
+    sparse = rates[rates["client_id"] == "sparse"]
+    assert len(sparse) == 30 and np.isfinite(rates[["shape", "scale", "cv"]].to_numpy()).all()
+    assert (sparse["family"] == "Gamma").all() and (sparse["shape"] == 1.0).all()
