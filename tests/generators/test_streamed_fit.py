@@ -142,3 +142,18 @@ def test_client_without_two_requests_in_one_window_is_poisson_not_nan():
     sparse = rates[rates["client_id"] == "sparse"]
     assert len(sparse) == 30 and np.isfinite(rates[["shape", "scale", "cv"]].to_numpy()).all()
     assert (sparse["family"] == "Gamma").all() and (sparse["shape"] == 1.0).all()
+
+
+def test_conversation_checkpoint_with_a_client_without_follow_ups_loads(tmp_path):
+    from servegen_ml.generators.base import load_generator
+
+    trace = synthetic_trace(seed=6, duration_s=3_600)
+    ids = np.array([f"c{i // 2}" for i in range(len(trace))], dtype=object)
+    ids[trace["client_id"].to_numpy() == "c3"] = [
+        f"solo{i}" for i in range((trace["client_id"] == "c3").sum())
+    ]
+    trace["conversation_id"] = pd.array(ids, dtype="string[pyarrow]")
+    gen = ParametricGenerator().fit(trace)
+    assert gen.conversations_ is not None
+    gen.save(tmp_path / "ckpt")
+    assert load_generator(tmp_path / "ckpt").conversations_ is not None
