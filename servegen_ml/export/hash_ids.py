@@ -197,6 +197,8 @@ class ChainCarry:
         blocks: PrefixBlocks,
     ) -> None:
         """After writing ``df``: drop the carried rows it followed, keep its rows whose next turn is to come."""
+        if "conversation_id" not in df.columns:
+            return
         followed = np.zeros(len(df), dtype=bool)
         followed[predecessor[predecessor >= 0]] = True
         new = np.flatnonzero(np.asarray(continues, dtype=bool) & ~followed)

@@ -107,7 +107,7 @@ class Generator(ABC):
         unit_s = float(unit_s or self.stream_unit_s)
         per_block = check_block_s(float(block_s or unit_s), unit_s)
         source = self.unit_source(spec, setup_rng(spec.seed))
-        return generate_blocks(source, spec.seed, unit_s, per_block, workers)
+        return generate_blocks(source, spec.seed, unit_s, per_block, workers, rebuild=(self, spec))
 
     @abstractmethod
     def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:

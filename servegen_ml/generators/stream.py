@@ -237,20 +237,22 @@ def generate_blocks(
     units_per_block: int = 1,
     workers: int = 1,
     unit_generator: Callable[[int], np.random.Generator] | None = None,
+    rebuild: tuple | None = None,
 ) -> Iterator[Block]:
     """The workload of ``source`` as blocks of ``units_per_block`` units, in time order.
 
-    ``workers`` > 1 samples units in that many forked processes (at most
-    2 x workers units in flight). ``unit_generator(u)`` replaces the per-unit
+    ``workers`` > 1 samples units in that many processes (at most 2 x workers
+    units in flight), each rebuilding the source from ``rebuild`` = (generator,
+    spec) with the same setup seed. ``unit_generator(u)`` replaces the per-unit
     seeding (``Generator.sample`` passes its caller's generator for a one-unit span).
     """
     units = unit_range(source, unit_s)
-    if unit_generator is not None and workers > 1:
-        raise ValueError("parallel generation seeds every unit itself (no unit_generator)")
+    if workers > 1 and (unit_generator is not None or rebuild is None):
+        raise ValueError("parallel generation seeds every unit itself and needs (generator, spec) to rebuild")
     rng_of = unit_generator or (lambda u: unit_rng(seed, u))
     emitter = _Emitter(source, unit_s)
     pending: list[Block] = []
-    for unit, rows in _sampled_units(source, units, unit_s, seed, rng_of, workers):
+    for unit, rows in _sampled_units(source, units, unit_s, seed, rng_of, workers, rebuild):
         block = emitter.emit(unit, rows, unit == units[-1])
         if unit < 0:
             continue
@@ -270,8 +272,8 @@ def _concat(blocks: list[Block]) -> Block:
 _WORKER_STATE: dict = {}
 
 
-def _worker_init(source: UnitSource, unit_s: float, seed: int) -> None:
-    _WORKER_STATE.update(source=source, unit_s=unit_s, seed=seed)
+def _worker_init(gen, spec: GenerationSpec, unit_s: float) -> None:
+    _WORKER_STATE.update(source=gen.unit_source(spec, setup_rng(spec.seed)), unit_s=unit_s, seed=spec.seed)
 
 
 def _worker_unit(unit: int) -> pd.DataFrame:
@@ -283,16 +285,19 @@ def _worker_unit(unit: int) -> pd.DataFrame:
         return unit_rows(s["source"], unit, s["unit_s"], unit_rng(s["seed"], unit))
 
 
-def _sampled_units(source, units: range, unit_s: float, seed: int, rng_of, workers: int):
-    """(unit, rows) in unit order, sampled here or by ``workers`` forked processes."""
+def _sampled_units(source, units: range, unit_s: float, seed: int, rng_of, workers: int, rebuild):
+    """(unit, rows) in unit order, sampled here or by ``workers`` processes."""
     if workers <= 1 or len(units) <= 1:
         for unit in units:
             yield unit, unit_rows(source, unit, unit_s, rng_of(unit))
         return
-    # Forked workers inherit the loaded model; the seeds are per unit, so which worker runs a unit is moot.
-    context = multiprocessing.get_context("fork")
+    # Workers start from a clean forkserver (never a fork of a process that may run torch's threads) and
+    # rebuild the source from the pickled generator; the seeds are per unit, so which worker runs a unit is moot.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["servegen_ml.generators.base"])
+    gen, spec = rebuild
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_init, initargs=(source, unit_s, seed)
+        min(workers, len(units)), mp_context=context, initializer=_worker_init, initargs=(gen, spec, unit_s)
     ) as pool:
         queue: deque = deque()
         it = iter(units)
