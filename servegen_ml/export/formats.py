@@ -32,8 +32,8 @@ AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Bound the Arrow strings built per JSONL chunk.
 MAX_ROWS_PER_CHUNK = 200_000
 MAX_BLOCKS_PER_CHUNK = 4_000_000
-# Rows per Parquet row group (pyarrow's default), fixed so the file does not depend on the chunks.
-ROW_GROUP_ROWS = 1 << 20
+# Rows per Parquet row group, fixed so the file does not depend on the chunks (small enough to buffer cheaply).
+ROW_GROUP_ROWS = 1 << 18
 
 PREFIX_RULE = (
     "a follow-up turn (same conversation_id, next turn) begins with the complete blocks of its predecessor's "
