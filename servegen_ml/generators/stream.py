@@ -288,8 +288,13 @@ def _worker_unit(unit: int) -> pd.DataFrame:
 def _sampled_units(source, units: range, unit_s: float, seed: int, rng_of, workers: int, rebuild):
     """(unit, rows) in unit order, sampled here or by ``workers`` processes."""
     if workers <= 1 or len(units) <= 1:
+        from threadpoolctl import threadpool_limits
+
         for unit in units:
-            yield unit, unit_rows(source, unit, unit_s, rng_of(unit))
+            # The sampling steps' matrix products are small: one BLAS thread is faster.
+            with threadpool_limits(limits=1, user_api="blas"):
+                rows = unit_rows(source, unit, unit_s, rng_of(unit))
+            yield unit, rows
         return
     # Workers start from a clean forkserver (never a fork of a process that may run torch's threads) and
     # rebuild the source from the pickled generator; the seeds are per unit, so which worker runs a unit is moot.
