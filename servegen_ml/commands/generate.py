@@ -30,6 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from servegen_ml.core.errors import UserError
+from servegen_ml.core.interrupt import raise_if_terminated
 from servegen_ml.core.outputs import check_free_space, check_output_file
 from servegen_ml.core.progress import StepBar
 from servegen_ml.core.spec import GenerationSpec
@@ -87,6 +88,7 @@ def run(cfg) -> int:
         bar.step("sample and write")
         with WorkloadWriter(out, str(cfg.format), meta) as writer:
             for block in gen.generate_blocks(spec, block_s, workers):
+                raise_if_terminated()
                 writer.write(block.frame, block.continues)
                 if summary is not None:
                     summary.add(block.frame)

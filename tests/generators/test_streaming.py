@@ -21,7 +21,7 @@ from tests.factories import conversational_trace, synthetic_trace
 
 REPO = Path(__file__).resolve().parents[2]
 FORMATS = {"native": "w.parquet", "native_jsonl": "w.jsonl", "mooncake": "w.jsonl", "bailian": "w.jsonl"}
-FORMATS_CONVERSATIONAL = {**FORMATS, "aiperf_bailian": "w.jsonl", "vidur": "w.csv"}
+FORMATS_CONVERSATIONAL = {**FORMATS, "aiperf_bailian": "w.jsonl", "vidur": "w.csv", "azure": "w.csv"}
 _GENERATORS: dict = {}
 
 
@@ -46,6 +46,11 @@ CASES = {
         "multimodal/parametric",
         dict(duration_s=240.0, rate="curve:0=50,200=200", seed=1),
         60.0,
+    ),
+    "parametric/conversational/compress": (
+        "conversational/parametric",
+        dict(duration_s=900.0, rate="scale:2", upsample="compress", seed=5),
+        300.0,
     ),
     "naive": ("naive", dict(duration_s=600.0, seed=2), 120.0),
     "naive/conversational": ("naive/conversational", dict(duration_s=1800.0, seed=2), 300.0),
