@@ -17,8 +17,7 @@ from servegen_ml.conversations.empirical import (
     fit_conversations,
 )
 from servegen_ml.conversations.likelihood import conversation_log_prob, log_prob_with_conversations
-from servegen_ml.conversations.pool import sample_pool_conversations
-from servegen_ml.conversations.sampling import sample_follow_ups, sample_with_conversations
+from servegen_ml.conversations.sampling import conversation_plan, sample_follow_ups
 from servegen_ml.conversations.turns import TurnModel, Turns
 
 __all__ = [
@@ -27,10 +26,9 @@ __all__ = [
     "TurnModel",
     "Turns",
     "conversation_log_prob",
+    "conversation_plan",
     "conversation_roles",
     "fit_conversations",
     "log_prob_with_conversations",
     "sample_follow_ups",
-    "sample_pool_conversations",
-    "sample_with_conversations",
 ]

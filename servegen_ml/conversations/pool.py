@@ -14,14 +14,9 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose.segments import window_segments
-from servegen_ml.conversations.empirical import ConversationModel
-from servegen_ml.conversations.sampling import (
-    FollowUpContext,
-    MarksFn,
-    sample_with_conversations,
-)
+from servegen_ml.conversations.sampling import FollowUpContext, MarksFn
 from servegen_ml.core.spec import GenerationSpec, wrap_time
-from servegen_ml.pool.sampling import sample_marks, sample_pool
+from servegen_ml.pool.sampling import sample_marks
 from servegen_ml.pool.table import ClientPool
 
 
@@ -56,19 +51,3 @@ def pool_natural_opener_rates(pool: ClientPool, spec: GenerationSpec) -> pd.Seri
         copies = spec.clients.n / pool.n_clients  # new clients copy fitted ones uniformly
         return pd.Series(copies * mean_rate, index=list(pool.clients))
     return pd.Series(mean_rate, index=list(pool.clients))
-
-
-def sample_pool_conversations(
-    pool: ClientPool, model: ConversationModel, spec: GenerationSpec, rng: np.random.Generator
-) -> pd.DataFrame:
-    """A conversational trace: openers by :func:`sample_pool`, follow-ups by the conversation model."""
-    rates = pool_natural_opener_rates(pool, spec) if spec.rate.kind in ("constant", "curve") else None
-    return sample_with_conversations(
-        spec,
-        model,
-        lambda opener_spec: sample_pool(pool, opener_spec, rng),
-        pool_follow_up_marks(pool),
-        rng,
-        pool.span_s,
-        rates,
-    )

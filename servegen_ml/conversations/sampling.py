@@ -2,10 +2,9 @@
 
 A generator that can (a) sample conversation *openers* for a spec (a
 canonical trace of first turns) and (b) draw the marks of one request for a
-client at a timeline position gets conversations from
-:func:`sample_with_conversations`:
+client at a timeline position gets conversations this way:
 
-1. :func:`upsample_plan` turns the spec into the openers' spec and a time
+1. :func:`conversation_plan` (:func:`upsample_plan`) turns the spec into the openers' spec and a time
    factor K; the openers' span starts ``burn_in_s`` early (:func:`with_burn_in`);
 2. the generator samples openers for that spec;
 3. :func:`sample_follow_ups` draws every conversation's later turns with a
@@ -18,9 +17,12 @@ client at a timeline position gets conversations from
    previous output + new tokens; output (and reasoning, items) from the
    generator's callback, which sees the follow-ups' clients and times, the
    turns before them and the grown prompt (:class:`FollowUpContext`);
-4. :func:`assemble_conversations` merges openers and follow-ups into a sorted
-   canonical trace with ``conversation_id`` and ``turn``;
-5. the burn-in is cut off and timestamps are divided by K.
+4. :func:`conversations_from` merges openers and follow-ups into sorted rows
+   with ``turn``, each row's conversation and whether a later turn follows;
+5. the generation stream (:mod:`servegen_ml.generators.stream`) cuts off the
+   burn-in, divides timestamps by K and numbers the conversations in order of
+   their first row in the window. It samples openers one time unit at a time
+   and carries the turns that fall past a unit's end into the units they fall in.
 
 Upsampling (``spec.upsample``):
 
@@ -254,8 +256,8 @@ def _concat_steps(steps: list[tuple]) -> FollowUps:
     )
 
 
-def assemble_conversations(openers: pd.DataFrame, follow: FollowUps) -> pd.DataFrame:
-    """One sorted canonical trace: openers (turn 1) and follow-ups, ``conversation_id`` = the opener's row."""
+def assemble_rows(openers: pd.DataFrame, follow: FollowUps) -> tuple[pd.DataFrame, np.ndarray]:
+    """Openers (turn 1) and follow-ups merged, sorted stably by arrival, and each row's opener row (int64)."""
     n = len(openers)
     codes, names = pd.factorize(openers["client_id"].astype(str), sort=False)
     ints = {"turn": np.r_[np.ones(n, dtype=np.int64), follow.position]}
@@ -279,38 +281,24 @@ def assemble_conversations(openers: pd.DataFrame, follow: FollowUps) -> pd.DataF
     df = merge_streams(timestamp, np.r_[codes, codes[follow.conversation]], list(names), ints, lists)
     # merge_streams sorts stably by timestamp; the same order labels the conversations.
     order = np.argsort(timestamp, kind="stable")
-    df["conversation_id"] = pd.array(conversation[order].astype(str), dtype=STRING_DTYPE)
+    return df, conversation[order].astype(np.int64)
+
+
+def assemble_conversations(openers: pd.DataFrame, follow: FollowUps) -> pd.DataFrame:
+    """One sorted canonical trace: openers (turn 1) and follow-ups, ``conversation_id`` = the opener's row."""
+    df, conversation = assemble_rows(openers, follow)
+    df["conversation_id"] = pd.array(conversation.astype(str), dtype=STRING_DTYPE)
     return df[ordered_columns(df.columns)]
 
 
-def spec_window(trace: pd.DataFrame, plan: UpsamplePlan, duration_s: float) -> pd.DataFrame:
-    """Cut the burn-in, divide timestamps by the time factor (inside ``[0, duration_s)``), renumber conversations."""
-    t = trace["timestamp"].to_numpy(np.float64)
-    kept = trace.iloc[np.flatnonzero(t >= plan.burn_in_s)].reset_index(drop=True)
-    t = (kept["timestamp"].to_numpy(np.float64) - plan.burn_in_s) / plan.time_factor
-    ordinal, _ = pd.factorize(kept["conversation_id"], sort=False)
-    return kept.assign(
-        timestamp=np.minimum(t, np.nextafter(duration_s, 0.0)),
-        conversation_id=pd.array(ordinal.astype(str), dtype=STRING_DTYPE),
-    )
-
-
-def sample_with_conversations(
+def conversation_plan(
     spec: GenerationSpec,
     model: TurnModel,
-    sample_openers: Callable[[GenerationSpec], pd.DataFrame],
-    follow_up_marks: MarksFn,
-    rng: np.random.Generator,
     learned_span_s: float,
     natural_opener_rates: pd.Series | None = None,
-) -> pd.DataFrame:
-    """A conversational canonical trace for ``spec`` (module docstring).
+) -> UpsamplePlan:
+    """How ``spec`` is met with conversations: the openers' spec (burn-in included) and the time factor.
 
-    ``sample_openers(opener_spec)`` returns the generator's openers (a sorted
-    canonical trace, timestamps relative to the spec's start);
-    ``follow_up_marks(context, rng)`` (:data:`MarksFn`) returns the marks of
-    follow-ups as ``({"output_tokens": ..., ...}, {list column: (counts, values)})``
-    with the same columns the openers have (input and text are set here).
     ``learned_span_s`` is the generator's learned timeline span (for the
     burn-in's wrap). ``natural_opener_rates`` (client id -> natural opener
     req/s over the spec's window, for the clients generated) is needed for
@@ -324,10 +312,28 @@ def sample_with_conversations(
         per_opener = model.mean_turns(rates.index.to_numpy(dtype=object), rates.to_numpy(np.float64))
         natural_rate_s = float(rates.sum()) * per_opener
     plan = upsample_plan(spec, per_opener, natural_rate_s)
-    plan = with_burn_in(plan, model.burn_in_s_, learned_span_s)
-    openers = sample_openers(plan.opener_spec)
+    return with_burn_in(plan, model.burn_in_s_, learned_span_s)
+
+
+def conversations_from(
+    openers: pd.DataFrame,
+    model: TurnModel,
+    plan: UpsamplePlan,
+    follow_up_marks: MarksFn,
+    rng: np.random.Generator,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Whole conversations opened by ``openers`` (timestamps since the openers' spec start).
+
+    Returns the rows sorted stably by arrival (with ``turn``), each row's
+    conversation (the opener's row in ``openers``) and whether a later turn
+    of its conversation follows it.
+    """
     openers = openers.drop(columns=[c for c in ("conversation_id", "turn") if c in openers.columns])
-    follow = sample_follow_ups(
-        model, openers, plan.opener_spec.duration_s, plan.opener_spec.start_s, follow_up_marks, rng
-    )
-    return spec_window(assemble_conversations(openers, follow), plan, spec.duration_s)
+    spec = plan.opener_spec
+    follow = sample_follow_ups(model, openers, spec.duration_s, spec.start_s, follow_up_marks, rng)
+    df, conversation = assemble_rows(openers, follow)
+    turn = df["turn"].to_numpy(np.int64)
+    by_turn = np.lexsort((turn, conversation))
+    continues = np.zeros(len(df), dtype=bool)
+    continues[by_turn[:-1]] = conversation[by_turn[1:]] == conversation[by_turn[:-1]]
+    return df, conversation, continues

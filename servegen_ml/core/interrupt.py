@@ -16,8 +16,19 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM (a KeyboardInterrupt, so every cleanup path that handles ^C runs)."""
 
 
+_received: list[int] = []
+
+
 def _raise_terminated(signum, frame):
+    _received.append(signum)
     raise Terminated(f"terminated by signal {signum}")
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` if SIGTERM came: a handler's exception is lost when it fires inside a
+    finalizer or an at-fork callback ("Exception ignored in ..."), so long loops and commits check."""
+    if _received:
+        raise Terminated(f"terminated by signal {_received[-1]}")
 
 
 @contextlib.contextmanager
@@ -31,3 +42,4 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _received.clear()

@@ -33,6 +33,10 @@ class StepBar:
         self.started = True
         self.bar.set_postfix_str(name)
 
+    def note(self, text: str) -> None:
+        """Show progress within the running step."""
+        self.bar.set_postfix_str(text)
+
     def close(self) -> None:
         if self.started:
             self.bar.update(1)

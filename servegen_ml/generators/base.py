@@ -35,6 +35,7 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +49,7 @@ from servegen_ml.core.outputs import check_checkpoint_dir
 from servegen_ml.core.resources import resource_dir
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.core.version import __version__
+from servegen_ml.generators.stream import Block, UnitSource, check_block_s, generate_blocks, setup_rng
 
 MANIFEST = "manifest.json"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -68,14 +70,44 @@ class Generator(ABC):
     """Base class: constructors store hyperparameters; ``fit`` sets learned state."""
 
     kind: ClassVar[str]
+    # Seconds of the openers' timeline drawn with one seed when streaming (generators.stream).
+    stream_unit_s: ClassVar[float] = 3600.0
 
     @abstractmethod
     def fit(self, trace: pd.DataFrame) -> Generator:
         """Learn from a validated canonical trace; returns ``self``."""
 
     @abstractmethod
+    def unit_source(self, spec: GenerationSpec, rng: np.random.Generator) -> UnitSource:
+        """How ``spec`` is sampled piece by piece (``rng`` only for draws made once per spec)."""
+
     def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
-        """A canonical trace for ``spec``: sorted, timestamps in ``[0, spec.duration_s)``."""
+        """A canonical trace for ``spec`` in one piece: sorted, timestamps in ``[0, spec.duration_s)``.
+
+        Small uses only: it holds the whole workload; :meth:`generate_blocks` streams.
+        """
+        self._require_fitted()
+        source = self.unit_source(spec, rng)
+        blocks = generate_blocks(source, spec.seed, None, unit_generator=lambda _: rng)
+        return next(iter(blocks)).frame
+
+    def generate_blocks(
+        self,
+        spec: GenerationSpec,
+        block_s: float | None = None,
+        workers: int = 1,
+        unit_s: float | None = None,
+    ) -> Iterator[Block]:
+        """The workload of ``spec`` in time order, ``block_s`` seconds at a time (default: one unit).
+
+        The rows depend on ``spec`` (its seed included) and ``unit_s`` (default
+        :attr:`stream_unit_s`), never on ``block_s`` or ``workers``.
+        """
+        self._require_fitted()
+        unit_s = float(unit_s or self.stream_unit_s)
+        per_block = check_block_s(float(block_s or unit_s), unit_s)
+        source = self.unit_source(spec, setup_rng(spec.seed))
+        return generate_blocks(source, spec.seed, unit_s, per_block, workers, rebuild=(self, spec))
 
     @abstractmethod
     def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:

@@ -33,11 +33,11 @@ import pyarrow.parquet as pq
 from servegen_ml.compose import interarrival as ia
 from servegen_ml.conversations.empirical import ConversationModel, fit_conversations
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
-from servegen_ml.conversations.pool import sample_pool_conversations
 from servegen_ml.core.errors import CheckpointError, UserError
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
-from servegen_ml.pool import ClientPool, sample_pool
+from servegen_ml.generators.stream import UnitSource, pool_unit_source
+from servegen_ml.pool import ClientPool
 from servegen_ml.pool.fit import PoolFitter
 from servegen_ml.pool.likelihood import pool_log_prob
 from servegen_ml.trace.adapters.base import constant_strings
@@ -49,6 +49,7 @@ SHARES_FILE = "client_shares.parquet"
 
 class NaiveGenerator(Generator):
     kind = "naive"
+    stream_unit_s = 600.0
 
     def __init__(self, arrival: str = "poisson", rate_window_s: float = 600.0):
         if arrival not in ARRIVALS:
@@ -122,15 +123,13 @@ class NaiveGenerator(Generator):
             }
         )
 
-    def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
+    def unit_source(self, spec: GenerationSpec, rng: np.random.Generator) -> UnitSource:
         self._require_fitted()
         if spec.clients.kind != "all":
             raise UserError(
                 f"clients={spec.clients.to_str()}: the naive generator has no clients; use clients=all"
             )
-        if self.conversations_ is not None:
-            return sample_pool_conversations(self.pool_, self.conversations_, spec, rng)
-        return sample_pool(self.pool_, spec, rng)
+        return pool_unit_source(self.pool_, self.conversations_, spec, rng)
 
     def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:
         self._require_fitted()

@@ -48,11 +48,12 @@ from servegen_ml.conversations.empirical import fit_conversation_roles
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.conversations.neural.marks import FollowUpMarks, follow_up_log_prob
 from servegen_ml.conversations.neural.model import NeuralConversationModel
-from servegen_ml.conversations.sampling import sample_with_conversations
+from servegen_ml.conversations.sampling import conversation_plan
 from servegen_ml.core.configs import NeuralConfig
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.base import Generator
+from servegen_ml.generators.stream import UnitSource, plain_plan
 from servegen_ml.neural.data.events import build_store, store_from_frame
 from servegen_ml.neural.population import fit_population
 from servegen_ml.neural.sampling import (
@@ -61,6 +62,7 @@ from servegen_ml.neural.sampling import (
     measure_rate_curves,
     natural_rates,
     sample_trace,
+    select_clients,
 )
 from servegen_ml.neural.state import NeuralState
 from servegen_ml.trace.io import iter_trace_chunks
@@ -163,24 +165,30 @@ class NeuralGenerator(Generator):
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
+    def unit_source(self, spec: GenerationSpec, rng: np.random.Generator) -> UnitSource:
         self._require_fitted()
-        s, state = self.config_, self.state_
+        s, state, tpp = self.config_, self.state_, self._numpy_tpp
 
-        def sample_openers(opener_spec: GenerationSpec) -> pd.DataFrame:
-            return sample_trace(state, self._numpy_tpp, opener_spec, rng, s.segment_events, s.warmup_events)
+        def sampler(selected):
+            def sample_openers(sub: GenerationSpec, unit_rng: np.random.Generator) -> pd.DataFrame:
+                # The sampling step's matrix products are small: one BLAS thread is faster (much faster on a busy CPU).
+                with threadpool_limits(limits=1, user_api="blas"):
+                    return sample_trace(
+                        state, tpp, sub, unit_rng, s.segment_events, s.warmup_events, selected
+                    )
 
-        # The sampling step's matrix products are small: one BLAS thread is faster (much faster on a busy CPU).
-        with threadpool_limits(limits=1, user_api="blas"):
-            if self.conversations_ is None:
-                return sample_openers(spec)
-            rates = None
-            if spec.rate.kind in ("constant", "curve"):
-                # The model's own opener rates (stored curves, or a pilot run for new clients).
-                rates = natural_rates(state, self._numpy_tpp, spec, rng, s.segment_events, s.warmup_events)
-            return sample_with_conversations(
-                spec, self.conversations_, sample_openers, self._follow_up_marks(), rng, state.span_s, rates
-            )
+            return sample_openers
+
+        if self.conversations_ is None:
+            return UnitSource(plain_plan(spec), sampler(select_clients(state, spec.clients, rng)))
+        selected = select_clients(state, spec.clients, rng)
+        rates = None
+        if spec.rate.kind in ("constant", "curve"):
+            # The model's own opener rates (stored curves, or a pilot run for new clients).
+            with threadpool_limits(limits=1, user_api="blas"):
+                rates = natural_rates(state, tpp, spec, rng, s.segment_events, s.warmup_events, selected)
+        plan = conversation_plan(spec, self.conversations_, state.span_s, rates)
+        return UnitSource(plan, sampler(selected), self.conversations_, self._follow_up_marks())
 
     # -- scoring ------------------------------------------------------------------------------
 

@@ -34,17 +34,18 @@ import pandas as pd
 
 from servegen_ml.conversations.empirical import ConversationModel, fit_conversations
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
-from servegen_ml.conversations.pool import sample_pool_conversations
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
-from servegen_ml.pool import ClientPool, fit_client_pool, load_servegen_pool, sample_pool
+from servegen_ml.generators.stream import UnitSource, pool_unit_source
+from servegen_ml.pool import ClientPool, fit_client_pool, load_servegen_pool
 from servegen_ml.pool.fit import PoolFitter
 from servegen_ml.pool.likelihood import pool_log_prob
 
 
 class ParametricGenerator(Generator):
     kind = "parametric"
+    stream_unit_s = 600.0  # the default rate window: a unit holds 10 minutes of arrivals
 
     def __init__(self, rate_window_s: float = 600.0, data_window_s: float = 21_600.0, min_events: int = 20):
         if not (rate_window_s > 0 and data_window_s > 0):
@@ -78,11 +79,9 @@ class ParametricGenerator(Generator):
         self.pool_, self.conversations_ = fitter.finish(), None
         return self
 
-    def sample(self, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
+    def unit_source(self, spec: GenerationSpec, rng: np.random.Generator) -> UnitSource:
         self._require_fitted()
-        if self.conversations_ is not None:
-            return sample_pool_conversations(self.pool_, self.conversations_, spec, rng)
-        return sample_pool(self.pool_, spec, rng)
+        return pool_unit_source(self.pool_, self.conversations_, spec, rng)
 
     def log_prob(self, trace: pd.DataFrame, window_end_s: float | None = None) -> pd.DataFrame:
         self._require_fitted()

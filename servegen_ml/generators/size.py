@@ -1,8 +1,9 @@
-"""How many requests a spec will produce, estimated before sampling, and the limits that refuse too many.
+"""How many requests a spec will produce, estimated before sampling, and the checks that refuse too many.
 
-Sampling holds the whole workload in memory, so a spec like ``duration_s=1e9`` or ``rate=1e9`` would
-run until memory is exhausted. The estimate is the mean target rate times the duration (the natural
-rate is read from the checkpoint's rate tables; conversation follow-ups come on top of it).
+Generation streams in blocks (:mod:`servegen_ml.generators.stream`), so memory holds the blocks in
+flight, not the workload: ``rate=1e9`` is refused for memory, a long ``duration_s`` only for disk space
+(the caller checks the file's estimated size). The estimate is the mean target rate times the duration
+(the natural rate is read from the checkpoint's rate tables; conversation follow-ups come on top of it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import GenerationSpec
 
-# Peak memory per generated request while sampling and writing (columns, sort keys, Arrow copies).
+# Peak memory per request of a block in flight while sampling and writing (columns, sort keys, Arrow copies).
 BYTES_PER_REQUEST = 400
 # Bytes per request of the written file (the largest formats: JSONL with block ids).
 FILE_BYTES_PER_REQUEST = 120
@@ -55,12 +56,12 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def check_size(gen, spec: GenerationSpec, max_requests: int, max_new_clients: int) -> float | None:
-    """The expected request count, after refusing specs above the limits or the free memory."""
-    way_around = (
-        "generate a shorter span (duration_s) or a lower rate, or several pieces with start_s=; "
-        "raise the limit with max_requests= only on a machine with the memory for it"
-    )
+def check_size(gen, spec: GenerationSpec, max_new_clients: int, block_s: float, workers: int) -> float | None:
+    """The expected request count, after refusing specs whose blocks would not fit in the free memory.
+
+    Memory holds the blocks in flight (about two per worker, and one being
+    written), never the whole workload, so the duration is not limited here.
+    """
     if spec.clients.kind == "new" and spec.clients.n > max_new_clients:
         raise UserError(
             f"clients=new:{spec.clients.n}: more than max_new_clients={max_new_clients:,} new clients "
@@ -69,16 +70,16 @@ def check_size(gen, spec: GenerationSpec, max_requests: int, max_new_clients: in
     n = expected_requests(gen, spec)
     if n is None:
         return None
-    if not np.isfinite(n) or n > max_requests:
+    if not np.isfinite(n):
         raise UserError(
-            f"duration_s={spec.duration_s:g} at rate={spec.rate.to_str()} means about {n:,.0f} requests, "
-            f"over max_requests={max_requests:,}; {way_around}"
+            f"duration_s={spec.duration_s:g} at rate={spec.rate.to_str()}: no finite request count"
         )
+    in_flight = n * min(block_s / spec.duration_s, 1.0) * (2 * workers + 1)
     memory = available_memory_bytes()
-    if memory is not None and n * BYTES_PER_REQUEST > memory:
+    if memory is not None and in_flight * BYTES_PER_REQUEST > memory:
         raise UserError(
-            f"duration_s={spec.duration_s:g} at rate={spec.rate.to_str()} means about {n:,.0f} requests, "
-            f"about {n * BYTES_PER_REQUEST / 1e9:.1f} GB in memory, and {memory / 1e9:.1f} GB are free; "
-            f"{way_around}"
+            f"rate={spec.rate.to_str()} means about {in_flight:,.0f} requests in memory at once "
+            f"({workers} worker(s), block_s={block_s:g}), about {in_flight * BYTES_PER_REQUEST / 1e9:.1f} GB, "
+            f"and {memory / 1e9:.1f} GB are free; use fewer workers= or a lower rate"
         )
     return n

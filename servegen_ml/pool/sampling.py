@@ -62,8 +62,14 @@ def new_client_sources(n_clients: int, n: int, rng: np.random.Generator) -> np.n
     return rng.permutation(np.concatenate([whole, rest]))
 
 
-def sample_pool(pool: ClientPool, spec: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
-    src, names = select_clients(pool, spec.clients, rng)
+def sample_pool(
+    pool: ClientPool,
+    spec: GenerationSpec,
+    rng: np.random.Generator,
+    sources: tuple[np.ndarray, list[str]] | None = None,
+) -> pd.DataFrame:
+    """``sources``: :func:`select_clients`' result drawn once for a whole spec (else drawn here)."""
+    src, names = sources if sources is not None else select_clients(pool, spec.clients, rng)
     seg_start, seg_end = window_segments(
         spec.start_s, spec.duration_s, pool.rate_window_s, segment_step_s(spec.rate)
     )

@@ -74,8 +74,10 @@ def sample_trace(
     rng: np.random.Generator,
     segment_events: int,
     warmup_events: int,
+    selected: tuple | None = None,
 ) -> pd.DataFrame:
-    setup = _setup(state, tpp, spec, rng, segment_events, warmup_events)
+    """``selected``: :func:`select_clients`' result drawn once for a whole spec (else drawn here)."""
+    setup = _setup(state, tpp, spec, rng, segment_events, warmup_events, selected)
     natural = setup.plan.sum(0)  # natural and scale:K do not use it
     if spec.rate.kind in ("constant", "curve"):
         natural = np.maximum(_natural(setup, spec.rate, rng).sum(0), natural / MAX_SLOWDOWN)
@@ -92,6 +94,7 @@ def natural_rates(
     rng: np.random.Generator,
     segment_events: int = 256,
     warmup_events: int = 32,
+    selected: tuple | None = None,
 ) -> pd.Series:
     """Client id -> the model's own mean req/s over the spec's window (its rate target ignored).
 
@@ -101,7 +104,7 @@ def natural_rates(
     clients are drawn from ``rng`` like ``sample_trace`` draws them (the same
     clients only from the same generator state).
     """
-    setup = _setup(state, tpp, spec, rng, segment_events, warmup_events)
+    setup = _setup(state, tpp, spec, rng, segment_events, warmup_events, selected)
     natural = _natural(setup, spec.rate, rng)  # (C, cells)
     width = np.diff(setup.sampler.edges)
     return pd.Series((natural * width).sum(1) / spec.duration_s, index=setup.names)
@@ -153,8 +156,8 @@ class _Setup:
     sampler: _Sampler
 
 
-def _setup(state, tpp, spec: GenerationSpec, rng, segment_events, warmup_events) -> _Setup:
-    table, names, flat_rate, known = _select_clients(state, spec.clients, rng)
+def _setup(state, tpp, spec: GenerationSpec, rng, segment_events, warmup_events, selected=None) -> _Setup:
+    table, names, flat_rate, known = selected or select_clients(state, spec.clients, rng)
     edges = np.linspace(
         0.0, spec.duration_s, int(np.clip(np.ceil(spec.duration_s / GRID_STEP_S), 1, MAX_GRID_CELLS)) + 1
     )
@@ -239,7 +242,7 @@ class _Sampler:
         return _subset(events, events.t_s < self.edges[-1])
 
 
-def _select_clients(state: NeuralState, clients: ClientSpec, rng):
+def select_clients(state: NeuralState, clients: ClientSpec, rng):
     """(ClientTable, output ids, flat natural rate (C,), known client indices or None for new clients)."""
     w = state.weights
     if clients.kind in ("all", "list"):
