@@ -291,6 +291,10 @@ def _parse_jsonl_block(
     try:
         block_size = max(len(data) + 1, 1 << 20)
         table = pa_json.read_json(io.BytesIO(data), read_options=pa_json.ReadOptions(block_size=block_size))
+        # Arrow's JSON reader can build an invalid list array from lists holding nulls ([null, false]).
+        for column in table.columns:
+            if pa.types.is_nested(column.type):
+                column.validate(full=True)
         if table.num_rows == len(line_numbers):
             return table.to_pandas(types_mapper=_arrow_types)
     except pa.ArrowInvalid:

@@ -89,6 +89,13 @@ BAD_TRACES: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
         lambda d: _csv(d / "t.csv", good_frame().assign(image_tokens="[1, x]")),
         ("row 1", "image_tokens"),
     ),
+    # Arrow's JSON reader once built an invalid list array from this line (IndexError, exit 1).
+    "JSON item list with null": (
+        lambda d: _jsonl_bytes(
+            d / "t.jsonl", lambda b: b.replace(b"}\n", b', "image_tokens": [null, false]}\n', 1)
+        ),
+        ("line 1", "image_tokens"),
+    ),
 }
 
 
