@@ -60,7 +60,7 @@ def test_unit_time_integrates_the_level_and_wraps_whole_periods(span_s):
     np.testing.assert_allclose(tiny, level[0, 0] * ((10.0 + 1e-12) - 10.0), rtol=1e-12)
 
 
-def T(x: float) -> torch.Tensor:  # noqa: N802
+def T(x: float) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
 
 
@@ -92,6 +92,10 @@ def test_the_real_time_likelihood_is_the_unit_density_times_the_rate():
         return level[0, min(int(s // bin_s), 3)]
 
     t0 = 3.0
+
+    def unit_gap(s):
+        return float(clock(0, T(s))) - float(clock(0, T(t0)))
+
     # Bins of 1 ms and of seconds, inside one rate bin and across rate-bin edges.
     for g, res in ((2.0, 1e-3), (6.5, 5.0), (9.9995, 1e-3), (14.0, 20.0)):
         lower = clock.span(0, T(t0), T(t0 + g)).reshape(1)
@@ -102,9 +106,8 @@ def test_the_real_time_likelihood_is_the_unit_density_times_the_rate():
             + [e for e in np.arange(0.0, span_s, bin_s) if t0 + g < e < t0 + g + res]
             + [t0 + g + res]
         )
-        u_of = lambda s: float(clock(0, T(s))) - float(clock(0, T(t0)))  # noqa: E731
         want = sum(
-            integrate.quad(lambda s: density(u_of(s)) * rate(s), a, b, epsabs=0, epsrel=1e-10)[0]
+            integrate.quad(lambda s: density(unit_gap(s)) * rate(s), a, b, epsabs=0, epsrel=1e-10)[0]
             for a, b in zip(edges[:-1], edges[1:])
         )
         assert got == pytest.approx(math.log(want), abs=1e-6), (g, res)
