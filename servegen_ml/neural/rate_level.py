@@ -66,22 +66,24 @@ def unit_time(xp, level, cum, client, position_s, bin_s: float, span_s: float):
     bin's rate; positions past the span move back whole periods (each adding the
     level's integral over one period, the span's last ``period`` seconds).
     """
-    n_bins = level.shape[1]
-    k, q, b = _locate(xp, position_s, n_bins, bin_s, span_s)
-    inside = cum[client, b] + level[client, b] * (q - b * bin_s)
-    per_period = cum[client, n_bins] - _at(level, cum, client, span_s - wrap_period(span_s), bin_s)
-    return inside + k * per_period
+    return _unit(level, cum, client, _locate(xp, position_s, level.shape[1], bin_s, span_s), bin_s, span_s)
 
 
 def unit_span(xp, level, cum, client, start_s, end_s, bin_s: float, span_s: float):
     """Lambda_c(end) - Lambda_c(start), exact to rounding also for tiny spans (one bin: rate x length)."""
     n_bins = level.shape[1]
-    k0, _, b0 = _locate(xp, start_s, n_bins, bin_s, span_s)
-    k1, _, b1 = _locate(xp, end_s, n_bins, bin_s, span_s)
-    whole = unit_time(xp, level, cum, client, end_s, bin_s, span_s) - unit_time(
-        xp, level, cum, client, start_s, bin_s, span_s
-    )
-    return xp.where((k0 == k1) & (b0 == b1), level[client, b0] * (end_s - start_s), whole)
+    a, b = _locate(xp, start_s, n_bins, bin_s, span_s), _locate(xp, end_s, n_bins, bin_s, span_s)
+    whole = _unit(level, cum, client, b, bin_s, span_s) - _unit(level, cum, client, a, bin_s, span_s)
+    return xp.where((a[0] == b[0]) & (a[2] == b[2]), level[client, a[2]] * (end_s - start_s), whole)
+
+
+def _unit(level, cum, client, located, bin_s: float, span_s: float):
+    k, q, b = located
+    inside = cum[client, b] + level[client, b] * (q - b * bin_s)
+    if not bool((k > 0).any()):
+        return inside
+    per_period = cum[client, level.shape[1]] - _at(level, cum, client, span_s - wrap_period(span_s), bin_s)
+    return inside + k * per_period
 
 
 def _locate(xp, p, n_bins: int, bin_s: float, span_s: float):
