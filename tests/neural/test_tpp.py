@@ -146,3 +146,15 @@ def test_scoring_does_not_depend_on_chunk_length(setup, monkeypatch):
     for k in long:
         np.testing.assert_allclose(short[k], long[k], rtol=1e-6, atol=1e-6)
     assert all(np.isfinite(v).all() and (v <= 1e-9).all() for v in long.values())
+
+
+def test_numpy_and_torch_draw_the_same_unit_gaps(setup):
+    """Same history state and generator: the numpy step and the torch distribution give the same gaps."""
+    _, tpp, ntpp = setup
+    h = np.random.default_rng(5).uniform(-1, 1, (500, ntpp.hidden)).astype(np.float32)
+    a = ntpp.sample_gap(ntpp.project(h), np.random.default_rng(7))
+    with torch.no_grad():
+        raw = tpp.heads.raw("time", tpp.heads.project(torch.from_numpy(h)), None)
+        b = tpp.gap_dist(raw).sample(np.random.default_rng(7))
+    assert 0.01 < (a == 0).mean() < 0.99
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=0)
