@@ -5,12 +5,9 @@
 Training trace: the ServeGen language m-large pool sampled for ``--train-hours``
 from t = 0 (about 100 clients in a day, a heavy-tailed mix), fitted with the
 default model (configs/model/neural.yaml) for ``--max-steps`` optimizer steps
-(about one epoch over a day; fit then measures the model's own rate curves, which
-constant targets scale) and cached under .bench/. A checkpoint cached before fit
-stored those curves samples a constant target with a pilot run first (about twice
-the time): ``python scripts/calibrate_neural.py .bench/neural_mlarge_24h_1400steps``
-adds them. Sampling speed depends on the training only through the rates the
-model learned. Then:
+(about one epoch over a day) and cached under .bench/ (a checkpoint cached before
+the rate level existed is refused: delete it to retrain). Sampling speed depends
+on the training only through the rates the model learned. Then:
 
 * load time: ``load_generator`` in this process, and the wall time of a fresh
   ``python -c`` that imports servegen_ml, loads the checkpoint and exits;
@@ -100,7 +97,6 @@ def main() -> None:
         "checkpoint": str(ck.relative_to(ROOT)),
         "checkpoint_bytes": sum(p.stat().st_size for p in ck.iterdir()),
         "clients_in_checkpoint": len(gen.clients),
-        "model_rate_curves_stored": gen.state_.model_rate_curves is not None,
         "active_clients_in_sample": runs[0][3],
         "requests": runs[0][1],
         "sample_seconds": [round(r[2], 3) for r in runs],

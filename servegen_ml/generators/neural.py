@@ -56,14 +56,8 @@ from servegen_ml.generators.base import Generator
 from servegen_ml.generators.stream import UnitSource, plain_plan
 from servegen_ml.neural.data.events import build_store, store_from_frame
 from servegen_ml.neural.population import fit_population
-from servegen_ml.neural.sampling import (
-    ClientTable,
-    NumpyTPP,
-    measure_rate_curves,
-    natural_rates,
-    sample_trace,
-    select_clients,
-)
+from servegen_ml.neural.rate_level import flat_level
+from servegen_ml.neural.sampling import ClientTable, NumpyTPP, natural_rates, sample_trace, select_clients
 from servegen_ml.neural.state import NeuralState
 from servegen_ml.trace.io import iter_trace_chunks
 from servegen_ml.trace.validate import require_time_span
@@ -143,12 +137,6 @@ class NeuralGenerator(Generator):
             self.config_.seed,
         )
         self._set_state(state)
-        # The model's own req/s per client and rate bin, which constant and curve rate targets scale.
-        s = self.config_
-        rng = np.random.default_rng(s.seed)
-        state.model_rate_curves = measure_rate_curves(
-            state, self._numpy_tpp, rng, s.segment_events, s.warmup_events
-        )
         return self
 
     def _follow_up_marks(self, conversations=None):
@@ -179,14 +167,13 @@ class NeuralGenerator(Generator):
 
             return sample_openers
 
-        if self.conversations_ is None:
-            return UnitSource(plain_plan(spec), sampler(select_clients(state, spec.clients, rng)))
         selected = select_clients(state, spec.clients, rng)
+        if self.conversations_ is None:
+            return UnitSource(plain_plan(spec), sampler(selected))
         rates = None
         if spec.rate.kind in ("constant", "curve"):
-            # The model's own opener rates (stored curves, or a pilot run for new clients).
-            with threadpool_limits(limits=1, user_api="blas"):
-                rates = natural_rates(state, tpp, spec, rng, s.segment_events, s.warmup_events, selected)
+            # The model's own opener rates: its rate level over the window.
+            rates = natural_rates(state, tpp, spec, rng, selected)
         plan = conversation_plan(spec, self.conversations_, state.span_s, rates)
         return UnitSource(plan, sampler(selected), self.conversations_, self._follow_up_marks())
 
@@ -226,9 +213,9 @@ class NeuralGenerator(Generator):
             origin_s=state.origin_s,
             window=(None, end),
         )
-        emb, gap_mean, gap_std, activity = self._client_inputs(len(store.client_ids))
+        emb, gap_mean, gap_std, activity, level = self._client_inputs(len(store.client_ids))
         with torch_threads(self.trainer.get("num_threads")):
-            parts = score_store(self._torch_model(), store, emb, gap_mean, gap_std, activity)
+            parts = score_store(self._torch_model(), store, emb, gap_mean, gap_std, activity, level)
         return _parts_frame(parts, _store_order(store, trace))
 
     def _log_prob_follow_ups(self, trace: pd.DataFrame, rows: np.ndarray, before, end_s: float):
@@ -245,7 +232,7 @@ class NeuralGenerator(Generator):
             origin_s=state.origin_s,
             window=(None, end_s),
         )
-        emb, gap_mean, gap_std, activity = self._client_inputs(len(store.client_ids))
+        emb, gap_mean, gap_std, activity, level = self._client_inputs(len(store.client_ids))
         order = _store_order(store, sub)
         with torch_threads(self.trainer.get("num_threads")):
             parts = follow_up_log_prob(
@@ -255,6 +242,7 @@ class NeuralGenerator(Generator):
                 gap_mean,
                 gap_std,
                 activity,
+                level,
                 before.timeline_s[order],
                 state.span_s,
             )
@@ -273,7 +261,7 @@ class NeuralGenerator(Generator):
             raise UserError(f"trace lacks {missing}, which this neural model was trained with and scores")
 
     def _client_inputs(self, n_clients: int):
-        """Embedding, gap normalizer and activity rows per store client.
+        """Embedding, gap normalizer, activity and rate level rows per store client.
 
         Clients the model never saw are the population's mean client, always active at its mean rate.
         """
@@ -283,7 +271,9 @@ class NeuralGenerator(Generator):
         v = np.concatenate([state.client_vectors(), extra])
         e = state.embedding_dim
         activity = np.concatenate([state.weights["activity"], state.flat_activity(extra[:, e + 2])])
-        return v[:, :e], v[:, e], np.maximum(v[:, e + 1], 0.05), activity
+        known_level = np.asarray(state.weights["rate_level"], dtype=np.float64)
+        level = np.concatenate([known_level, flat_level(np.exp(extra[:, e + 2]), known_level.shape[1])])
+        return v[:, :e], v[:, e], np.maximum(v[:, e + 1], 0.05), activity, level
 
     def _torch_model(self):
         if self._torch_tpp is None:

@@ -24,13 +24,18 @@ import math
 
 import numpy as np
 
-from servegen_ml.core.spec import DAY_S, TIME_RESOLUTION_S, WEEK_S, wrap_period
+from servegen_ml.core.spec import DAY_S, WEEK_S, wrap_period
 from servegen_ml.neural.data.events import MarkLayout
 
 # Share of every count's probability given to a broad fixed normal (values never seen in training).
 COUNT_FLOOR = 1e-3
 # Standardized gap features are clipped to +-Z_CLIP.
 Z_CLIP = 8.0
+# Gaps below this (in unit time: a millionth of the client's mean gap) count as this in the features.
+GAP_FLOOR = 1e-6
+# Bounds of every gap component's sigma (log unit gap): a bounded sigma keeps each component's mean
+# exp(mu + sigma^2 / 2) finite, so the mixture's mean can be pinned (unit_gap_params).
+GAP_SIGMA_MIN, GAP_SIGMA_MAX = 0.05, 3.0
 # The activity features look this far ahead of an event (s).
 ACTIVITY_HORIZONS_S = (0.0, 600.0, 3600.0, 3 * 3600.0, 6 * 3600.0)
 
@@ -104,9 +109,9 @@ def _z_log1p(xp, count, mean, std):
     return (xp.log1p(count * 1.0) - mean) / std
 
 
-def gap_feature(xp, gap_s, gap_mean, gap_std):
-    """Standardized log gap, clipped: a zero gap sits at log(resolution), far below a slow client's gaps."""
-    return xp.clip((xp.log(xp.clip(gap_s, TIME_RESOLUTION_S, None)) - gap_mean) / gap_std, -Z_CLIP, Z_CLIP)
+def gap_feature(xp, gap, gap_mean, gap_std):
+    """Standardized log gap (unit time), clipped: a zero gap sits at log(GAP_FLOOR), below the clip."""
+    return xp.clip((xp.log(xp.clip(gap, GAP_FLOOR, None)) - gap_mean) / gap_std, -Z_CLIP, Z_CLIP)
 
 
 def condition_features(
@@ -162,6 +167,31 @@ def split_params(raw, n_logits: int, n_components: int):
     k = n_components
     a, b = n_logits, n_logits + k
     return raw[..., :a], raw[..., a:b], raw[..., b : b + k], raw[..., b + k : b + 2 * k]
+
+
+def unit_gap_params(xp, raw, n_components: int):
+    """Time head output (..., 1 + 3K) -> zero_logit (...), comp_logits, loc, log_scale (..., K) of log unit gap.
+
+    Every component's sigma is squashed into [GAP_SIGMA_MIN, GAP_SIGMA_MAX] and all
+    locations are shifted together so the gap's mean is exactly 1:
+    ``(1 - p0) sum_k w_k exp(mu_k + sigma_k^2 / 2) = 1``. The shift is differentiable, so the
+    head learns only the gap's shape; the level stays with the rate level (rate_level module).
+    """
+    zero, comp, loc, s = split_params(raw, 1, n_components)
+    sigma = GAP_SIGMA_MIN + (GAP_SIGMA_MAX - GAP_SIGMA_MIN) / (1.0 + xp.exp(-s))
+    log_w = comp - _logsumexp(xp, comp)
+    # log(1 - p0) = -softplus(zero), written stably.
+    log_p1 = -(xp.maximum(zero, 0.0 * zero) + xp.log1p(xp.exp(-xp.abs(zero))))
+    shift = -(log_p1 + _logsumexp(xp, log_w + loc + 0.5 * sigma * sigma))
+    return zero[..., 0], comp, loc + shift, xp.log(sigma)
+
+
+def _logsumexp(xp, x):
+    """log sum exp over the last axis, kept (..., 1)."""
+    if xp is np:
+        m = x.max(axis=-1, keepdims=True)
+        return m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+    return xp.logsumexp(x, -1, keepdim=True)
 
 
 def count_floor(mark_mean: float, mark_std: float) -> tuple[float, float, float]:

@@ -4,10 +4,9 @@ Files in the checkpoint directory:
 
 * ``model.safetensors`` — the :class:`MarkedTPP` state dict (weights and the
   normalizer buffers: per-client log-gap mean/std, per-field log1p mean/std,
-  spike values);
-* ``clients.safetensors`` — per-client traffic, empirical rate curves and the
-  model's own rate curves (``model_rate_curves``, measured after training; absent
-  in older checkpoints, which then calibrate rate targets with a pilot run);
+  spike values, and the per-client rate level ``rate_level`` whose unit time the
+  gaps are modelled in: :mod:`servegen_ml.neural.rate_level`);
+* ``clients.safetensors`` — per-client traffic and empirical rate curves;
 * ``neural.json`` — model constructor arguments (layout, spikes), sampling caps,
   field normalizers, the client index, the timeline (origin, span), the client
   population (Gaussian mixture) and the training summary.
@@ -55,9 +54,6 @@ class NeuralState:
     span_s: float  # learned span: positions [0, span_s)
     population: ClientPopulation
     training: dict
-    # (C, bins) the trained model's own req/s per client over the learned timeline, same bins as
-    # rate_curves (neural.sampling.generate.measure_rate_curves); None: not measured (older checkpoints).
-    model_rate_curves: np.ndarray | None = None
 
     @property
     def layout(self) -> MarkLayout:
@@ -88,8 +84,6 @@ class NeuralState:
             "traffic": self.traffic.astype(np.int64),
             "rate_curves": self.rate_curves.astype(np.float32),
         }
-        if self.model_rate_curves is not None:
-            clients["model_rate_curves"] = self.model_rate_curves.astype(np.float32)
         save_file(clients, str(directory / CLIENTS_FILE))
         meta = {
             "model": self.model,
@@ -125,7 +119,6 @@ class NeuralState:
             span_s=float(meta["span_s"]),
             population=ClientPopulation.from_json(meta["population"]),
             training=meta["training"],
-            model_rate_curves=clients.get("model_rate_curves"),
         )
 
 
@@ -154,12 +147,19 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
         raise CheckpointError(
             f"{meta_path}: model.n_clients={dims['n_clients']} but client_ids lists {n} clients"
         )
+    if "rate_level" not in weights:
+        raise CheckpointError(
+            f"{weights_path}: tensor 'rate_level' is missing: a checkpoint from before the calibrated "
+            "rate level, whose time head this version cannot sample; retrain it (servegen-ml train, "
+            "or scripts/build_checkpoints.sh neural for the shipped ones)"
+        )
     for name, array in weights.items():
         check_array(array, weights_path, name, kind="i" if name.startswith("spikes_") else "f")
     hidden, embedding = dims["hidden"], dims["embedding"]
     expected = {
         "embedding.weight": (n, embedding),
         "activity": (n, dims["activity_bins"]),
+        "rate_level": (n, dims["activity_bins"]),
         "gap_log_mean": (n,),
         "gap_log_std": (n,),
         "activity_span_s": (),
@@ -201,12 +201,10 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
             bias = name[: -len("weight")] + "bias"
             check_array(weights[bias], weights_path, bias, shape=(array.shape[0],))
     check_array(weights["gap_log_std"], weights_path, "gap_log_std", minimum=0.0)
+    if not (weights["rate_level"] > 0).all():
+        raise CheckpointError(f"{weights_path}: 'rate_level' must be positive everywhere")
     for key in ("traffic", "rate_curves"):
         if key not in clients:
             raise CheckpointError(f"{clients_path}: tensor '{key}' is missing")
     check_array(clients["traffic"], clients_path, "traffic", shape=(n,), kind="i", minimum=0)
-    curves = check_array(clients["rate_curves"], clients_path, "rate_curves", shape=(n, None), minimum=0.0)
-    if "model_rate_curves" in clients:
-        check_array(
-            clients["model_rate_curves"], clients_path, "model_rate_curves", shape=curves.shape, minimum=0.0
-        )
+    check_array(clients["rate_curves"], clients_path, "rate_curves", shape=(n, None), minimum=0.0)

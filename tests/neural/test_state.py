@@ -1,38 +1,42 @@
-"""NeuralState checkpoint files: the model's own rate curves are optional and round-trip."""
+"""NeuralState checkpoint files: the rate level round-trips; a checkpoint without one asks to be rebuilt."""
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from servegen_ml.neural.state import CLIENTS_FILE, NeuralState
+from servegen_ml.core.errors import CheckpointError
+from servegen_ml.neural.state import MODEL_FILE, NeuralState
 from tests.neural.test_generate import model  # noqa: F401 (fixture)
 
 
-def test_model_rate_curves_round_trip(model, tmp_path):  # noqa: F811
+def test_the_rate_level_round_trips_in_float64(model, tmp_path):  # noqa: F811
     state, _ = model
-    curves = np.arange(state.rate_curves.size, dtype=np.float32).reshape(state.rate_curves.shape) / 7
-    NeuralState(**{**state.__dict__, "model_rate_curves": curves}).save(tmp_path)
+    state.save(tmp_path)
     loaded = NeuralState.load(tmp_path)
-    assert loaded.model_rate_curves.dtype == np.float32
-    np.testing.assert_array_equal(loaded.model_rate_curves, curves)
+    assert loaded.weights["rate_level"].dtype == np.float64
+    np.testing.assert_array_equal(loaded.weights["rate_level"], state.weights["rate_level"])
     np.testing.assert_array_equal(loaded.rate_curves, state.rate_curves)
 
 
-def test_a_checkpoint_without_model_rate_curves_loads(model, tmp_path):  # noqa: F811
+def test_a_checkpoint_from_before_the_rate_level_asks_to_be_rebuilt(model, tmp_path):  # noqa: F811
     state, _ = model
     state.save(tmp_path)
-    assert "model_rate_curves" not in load_file(str(tmp_path / CLIENTS_FILE))
-    loaded = NeuralState.load(tmp_path)
-    assert loaded.model_rate_curves is None
-    np.testing.assert_array_equal(loaded.rate_curves, state.rate_curves)
+    weights = load_file(str(tmp_path / MODEL_FILE))
+    del weights["rate_level"]
+    save_file(weights, str(tmp_path / MODEL_FILE))
+    with pytest.raises(CheckpointError, match="rate_level.*retrain"):
+        NeuralState.load(tmp_path)
 
 
-def test_model_rate_curves_of_the_wrong_shape_are_refused(model, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("bad", ["shape", "zero"])
+def test_a_bad_rate_level_is_refused(model, tmp_path, bad):  # noqa: F811
     state, _ = model
     state.save(tmp_path)
-    clients = load_file(str(tmp_path / CLIENTS_FILE))
-    save_file(
-        {**clients, "model_rate_curves": np.zeros((1, 2), dtype=np.float32)}, str(tmp_path / CLIENTS_FILE)
+    weights = load_file(str(tmp_path / MODEL_FILE))
+    level = weights["rate_level"]
+    weights["rate_level"] = (
+        level[:, :1].copy() if bad == "shape" else np.where(level > level.min(), level, 0.0)
     )
-    with pytest.raises(ValueError, match="model_rate_curves"):
+    save_file(weights, str(tmp_path / MODEL_FILE))
+    with pytest.raises(CheckpointError, match="rate_level"):
         NeuralState.load(tmp_path)

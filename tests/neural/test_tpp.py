@@ -11,6 +11,7 @@ from servegen_ml.neural.data.datamodule import to_tensors
 from servegen_ml.neural.data.events import store_from_frame
 from servegen_ml.neural.data.normalizers import fit_normalizers, rate_curves
 from servegen_ml.neural.model.tpp import MarkedTPP
+from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
 from servegen_ml.neural.training import scoring
 from tests.factories import synthetic_trace
@@ -31,11 +32,14 @@ def setup():
     store = store_from_frame(
         synthetic_trace(seed=5, duration_s=900.0, n_clients=3, multimodal=True, reasoning=True)
     )
-    norm = fit_normalizers(store)
+    curves = rate_curves(store, 300.0, 900.0)
+    level = fit_rate_level(curves, 300.0, 900.0)
+    norm = fit_normalizers(store, unit_clock(level, 300.0, 900.0))
     kwargs = tpp_kwargs(store, norm)
     tpp = MarkedTPP(**kwargs, hidden=12, embedding=4, head_hidden=10)
     tpp.set_normalizers(norm)
-    tpp.set_activity(rate_curves(store, 300.0, 900.0), 900.0)
+    tpp.set_activity(curves, 900.0)
+    tpp.set_rate_level(level)
     with torch.no_grad():  # non-trivial heads
         for p in tpp.heads.out.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -87,11 +91,10 @@ def test_sampled_gaps_follow_the_torch_distribution(setup):
     _, tpp, ntpp = setup
     n = 20_000
     h = np.tile(np.random.default_rng(0).uniform(-0.5, 0.5, (1, ntpp.hidden)).astype(np.float32), (n, 1))
-    gm, gs = np.full(n, -0.5), np.full(n, 1.3)
-    gaps = ntpp.sample_gap(ntpp.project(h), gm, gs, np.random.default_rng(1))
+    gaps = ntpp.sample_gap(ntpp.project(h), np.random.default_rng(1))
     with torch.no_grad():
         raw = tpp.heads.raw("time", tpp.heads.project(torch.from_numpy(h[:1])), None)
-        dist = tpp.gap_dist(raw, torch.tensor([-0.5]), torch.tensor([1.3]))
+        dist = tpp.gap_dist(raw)
         p0 = float(torch.sigmoid(dist.zero_logit))
         w = torch.softmax(dist.comp_logits, -1).numpy()[0]
         mu, sd = dist.loc.numpy()[0], np.exp(dist.log_scale.numpy()[0])
@@ -102,6 +105,9 @@ def test_sampled_gaps_follow_the_torch_distribution(setup):
         return sum(w[k] * stats.norm.cdf((x - mu[k]) / sd[k]) for k in range(len(w)))
 
     assert stats.kstest(pos, cdf).pvalue > 0.001
+    # The mean is pinned to 1 (unit time): torch's parameters say so exactly, the draws within noise.
+    assert (1 - p0) * float((w * np.exp(mu + sd**2 / 2)).sum()) == pytest.approx(1.0, rel=1e-9)
+    assert gaps.mean() == pytest.approx(1.0, rel=0.1)
 
 
 def test_sampler_conditions_on_marks_like_training(setup, monkeypatch):
@@ -118,7 +124,7 @@ def test_sampler_conditions_on_marks_like_training(setup, monkeypatch):
     n = 500
     h = np.random.default_rng(2).uniform(-1, 1, (n, ntpp.hidden)).astype(np.float32)
     gm, gs = np.zeros(n), np.ones(n)
-    gap = ntpp.sample_gap(ntpp.project(h), gm, gs, np.random.default_rng(3))
+    gap = ntpp.sample_gap(ntpp.project(h), np.random.default_rng(3))
     marks, items = ntpp.sample_marks(ntpp.project(h), gap, gm, gs, np.random.default_rng(4))
     assert len(items["image"]) == marks["image_count"].sum()
     want = F.condition_features(
@@ -133,10 +139,22 @@ def test_scoring_does_not_depend_on_chunk_length(setup, monkeypatch):
     emb = tpp.embedding.weight.detach().numpy()
     gm, gs = tpp.gap_log_mean.numpy(), tpp.gap_log_std.numpy()
     monkeypatch.setattr(scoring, "BATCH_EVENTS", 16 * len(store.client_ids))
-    act = tpp.activity.numpy()
-    short = scoring.score_store(tpp, store, emb, gm, gs, act)
+    act, level = tpp.activity.numpy(), tpp.rate_level.numpy()
+    short = scoring.score_store(tpp, store, emb, gm, gs, act, level)
     monkeypatch.setattr(scoring, "BATCH_EVENTS", 1 << 18)
-    long = scoring.score_store(tpp, store, emb, gm, gs, act)
+    long = scoring.score_store(tpp, store, emb, gm, gs, act, level)
     for k in long:
         np.testing.assert_allclose(short[k], long[k], rtol=1e-6, atol=1e-6)
     assert all(np.isfinite(v).all() and (v <= 1e-9).all() for v in long.values())
+
+
+def test_numpy_and_torch_draw_the_same_unit_gaps(setup):
+    """Same history state and generator: the numpy step and the torch distribution give the same gaps."""
+    _, tpp, ntpp = setup
+    h = np.random.default_rng(5).uniform(-1, 1, (500, ntpp.hidden)).astype(np.float32)
+    a = ntpp.sample_gap(ntpp.project(h), np.random.default_rng(7))
+    with torch.no_grad():
+        raw = tpp.heads.raw("time", tpp.heads.project(torch.from_numpy(h)), None)
+        b = tpp.gap_dist(raw).sample(np.random.default_rng(7))
+    assert 0.01 < (a == 0).mean() < 0.99
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=0)

@@ -27,6 +27,7 @@ import numpy as np
 from servegen_ml.conversations.sampling import FollowUpContext
 from servegen_ml.core.spec import wrap_time
 from servegen_ml.neural import features as F
+from servegen_ml.neural.rate_level import unit_clock
 from servegen_ml.neural.sampling.draws import sample_ratio_tokens
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
 from servegen_ml.neural.sampling.segment_sampler import ClientTable
@@ -56,7 +57,12 @@ class FollowUpMarks:
             start, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client
         )
         projected = tpp.project(tpp.gru_step(h, x, emb_gates))
-        gap = np.asarray(context.timeline_s, np.float64) - np.asarray(context.previous_timeline_s, np.float64)
+        # The mark heads condition on the gap in the client's unit time (servegen_ml.neural.rate_level).
+        to_unit = unit_clock(self.clients.level, tpp.activity_bin_s, tpp.activity_span_s)
+        previous = np.asarray(context.previous_timeline_s, np.float64)
+        gap = np.maximum(
+            to_unit(client, np.asarray(context.timeline_s, np.float64)) - to_unit(client, previous), 0.0
+        )
         names = F.condition_names(layout)
         cond = np.zeros((n, len(names)), dtype=np.float32)
         cond[:, 0] = F.gap_feature(np, gap, gm, gs)
@@ -97,7 +103,7 @@ class FollowUpMarks:
 
 
 def follow_up_log_prob(
-    tpp, store, embedding, gap_mean, gap_std, activity, previous_s: np.ndarray, span_s: float
+    tpp, store, embedding, gap_mean, gap_std, activity, level, previous_s: np.ndarray, span_s: float
 ):
     """Mark log-likelihood parts per store event of follow-ups (torch ``MarkedTPP``; module docstring).
 
@@ -139,6 +145,7 @@ def follow_up_log_prob(
     gm = torch.from_numpy(np.asarray(gap_mean, np.float32))[batch["client"]]
     gs = torch.from_numpy(np.asarray(gap_std, np.float32))[batch["client"]]
     act = torch.from_numpy(np.asarray(activity, np.float32))
+    lv = torch.from_numpy(np.asarray(level, np.float64))
     with torch.no_grad():
-        parts, _ = tpp(batch, emb, gm, gs, tpp.encoder.initial_state(emb), act)
+        parts, _ = tpp(batch, emb, gm, gs, tpp.encoder.initial_state(emb), act, lv)
     return {name: value.numpy()[:, 0] for name, value in parts.items()}

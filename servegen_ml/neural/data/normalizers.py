@@ -1,6 +1,7 @@
 """Statistics the model is normalized with, computed from the training part of an :class:`EventStore`.
 
-* per client: mean and std of log inter-arrival (positive gaps), shrunk toward
+* per client: mean and std of log inter-arrival in the client's unit time
+  (:mod:`servegen_ml.neural.rate_level`; positive gaps), shrunk toward
   the all-client values for clients with few gaps;
 * per count field: mean and std of log1p(count), the frequent exact values
   ("spikes") for the categorical head, and the largest value seen;
@@ -11,6 +12,7 @@ All passes run block by block, so memory-mapped stores are never loaded whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +34,7 @@ RATIO_BINS = 1000
 
 @dataclass
 class Normalizers:
-    gap_log_mean: np.ndarray  # (C,) mean log(gap_s), positive gaps
+    gap_log_mean: np.ndarray  # (C,) mean log unit gap (rate_level), positive gaps
     gap_log_std: np.ndarray  # (C,)
     mark_mean: dict[str, float]  # field -> mean log1p(count)
     mark_std: dict[str, float]
@@ -75,11 +77,16 @@ class _Moments:
 
 def fit_normalizers(
     store: EventStore,
+    to_unit: Callable[[np.ndarray, np.ndarray], np.ndarray],
     validation: ValidationBlocks | None = None,
     max_spikes: int = 32,
     min_spike_share: float = 0.005,
 ) -> Normalizers:
-    """Normalizers from the training events of ``store`` (outside the validation blocks; None: all)."""
+    """Normalizers from the training events of ``store`` (outside the validation blocks; None: all).
+
+    ``to_unit(client, time_s)``: the clients' unit time (:mod:`servegen_ml.neural.rate_level`),
+    in which the gaps' statistics are taken.
+    """
     n_clients = len(store.client_ids)
     gaps = _Moments(n_clients)
     fields = store.layout.count_fields()
@@ -97,7 +104,13 @@ def fit_normalizers(
         client = store.client_of(np.arange(lo, hi))
         train_events += np.bincount(client[train], minlength=n_clients)
         prev = np.asarray(time[max(lo - 1, 0) : hi - 1]) if lo > 0 else np.concatenate([[np.nan], t[:-1]])
-        gap = t - prev
+        prev_client = (
+            np.concatenate([[client[0]], client[:-1]])
+            if lo == 0
+            else store.client_of(np.arange(lo - 1, hi - 1))
+        )
+        # Within one client the unit gap is positive exactly where the gap in seconds is.
+        gap = np.where(t > prev, to_unit(client, t) - to_unit(prev_client, np.nan_to_num(prev)), 0.0)
         ok = train & ~first_of_client[lo:hi] & (gap > 0)
         gaps.add(np.log(gap[ok]), client[ok])
         for f, values in _field_values(store, lo, hi, train):

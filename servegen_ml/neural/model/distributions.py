@@ -2,7 +2,7 @@
 
 * :class:`GapMixture` — inter-arrival gap: a point mass at 0 (simultaneous
   arrivals) plus a log-normal mixture; scored as ``log P(gap in [g, g + res))``
-  and with a survival term ``log P(gap >= s)``.
+  (or any interval: a real-time bin in unit time) and with a survival term ``log P(gap >= s)``.
 * :class:`CountMixture` — a token or item count: categorical over frequent exact
   values ("spikes") plus a normal mixture on ``log(n + 1)`` discretized to the
   integers (bin of n is ``[log(n + 0.5), log(n + 1.5))``).
@@ -117,17 +117,25 @@ class GapMixture:
 
     def log_prob(self, gap_s: Tensor, resolution_s: float) -> Tensor:
         """log P(gap in [g, g + resolution_s)); the point mass counts when g == 0. gap_s (...) -> (...)."""
+        g = gap_s.to(self.dtype)
+        return self.log_prob_interval(g, torch.full_like(g, resolution_s), g > 0)
+
+    def log_prob_interval(self, lower: Tensor, width: Tensor, positive: Tensor) -> Tensor:
+        """log P(gap in [lower, lower + width)) where ``positive``, else log P(gap < width) with the point mass.
+
+        A bin of real time mapped through a time change (the rate level's unit time) is such an
+        interval, so the likelihood in real time is exact without a separate Jacobian term.
+        """
         log_p0, log_p1, log_w = self._parts()
         d = self.dtype
-        g = gap_s.to(d)
+        lower, width = lower.to(d), width.to(d)
         loc, scale = self.loc.to(d), _scale(self.log_scale.to(d))
-        positive = g > 0
-        g_safe = torch.where(positive, g, torch.full_like(g, resolution_s)).unsqueeze(-1)
-        a = (torch.log(g_safe) - loc) / scale
-        width = torch.log1p(resolution_s / g_safe) / scale
-        log_bin = torch.logsumexp(log_w + log_normal_interval(a, width), -1)
-        # g == 0: the point mass plus the continuous part's mass below one resolution step.
-        log_below = torch.logsumexp(log_w + safe_log_ndtr((math.log(resolution_s) - loc) / scale), -1)
+        # A positive gap far below the clock's rounding still gets a finite bin.
+        lo_safe = torch.where(positive, lower.clamp(min=torch.finfo(d).tiny), width).unsqueeze(-1)
+        w = width.unsqueeze(-1)
+        a = (torch.log(lo_safe) - loc) / scale
+        log_bin = torch.logsumexp(log_w + log_normal_interval(a, torch.log1p(w / lo_safe) / scale), -1)
+        log_below = torch.logsumexp(log_w + safe_log_ndtr((torch.log(w) - loc) / scale), -1)
         at_zero = torch.logaddexp(log_p0, log_p1 + log_below)
         return torch.where(positive, log_p1 + log_bin, at_zero)
 

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.neural import features as F
 from servegen_ml.neural.data.events import MarkLayout
 from servegen_ml.neural.data.normalizers import Normalizers, activity_table
 from servegen_ml.neural.model.distributions import CountMixture, GapMixture, RatioMixture
 from servegen_ml.neural.model.encoder import EventEncoder
 from servegen_ml.neural.model.heads import HeadSpec, HeadStack
+from servegen_ml.neural.rate_level import UnitClock, cumulative_table
 
 
 class MarkedTPP(nn.Module):
@@ -59,6 +61,9 @@ class MarkedTPP(nn.Module):
         self.register_buffer("activity_span_s", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer("activity_log_mean", torch.tensor(0.0))
         self.register_buffer("activity_log_std", torch.tensor(1.0))
+        # Per client, the rate level (req/s per bin of the learned timeline, float64): gaps are modelled
+        # in its unit time (servegen_ml.neural.rate_level).
+        self.register_buffer("rate_level", torch.ones(n_clients, activity_bins, dtype=torch.float64))
         # Likelihood precision: float64 to score; training switches to float32 for speed.
         self.compute_dtype = torch.float64
         self.embedding = nn.Embedding(n_clients, embedding)
@@ -125,16 +130,28 @@ class MarkedTPP(nn.Module):
             self.activity_log_mean.fill_(mean)
             self.activity_log_std.fill_(std)
 
+    def set_rate_level(self, level) -> None:
+        """Rate level (C, bins) req/s over the same bins as the activity table (set_activity first)."""
+        with torch.no_grad():
+            self.rate_level.copy_(torch.as_tensor(np.asarray(level, dtype=np.float64)))
+
+    def unit_clock(self, level: Tensor) -> UnitClock:
+        """The clients' unit time (float64 positions) under a rate level table (C, bins)."""
+        span, bin_s = float(self.activity_span_s), self.activity_bin_s
+        lv = level.to(torch.float64)
+        cum = torch.from_numpy(cumulative_table(lv.detach().cpu().numpy(), bin_s, span)).to(lv.device)
+        return UnitClock(torch, lv, cum, bin_s, span)
+
     def client_inputs(self, client: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Embedding (B, E) and log-gap normalizer (B,), (B,) of client indices (B,)."""
         return self.embedding(client), self.gap_log_mean[client], self.gap_log_std[client]
 
     # -- distributions from raw head outputs -------------------------------------------------
 
-    def gap_dist(self, raw: Tensor, gap_mean: Tensor, gap_std: Tensor) -> GapMixture:
-        zero, comp, loc, log_scale = F.split_params(raw, 1, self.time_components)
-        loc, log_scale = F.destandardize(torch, loc, log_scale, gap_mean.unsqueeze(-1), gap_std.unsqueeze(-1))
-        return GapMixture(zero[..., 0], comp, loc, log_scale, self.compute_dtype)
+    def gap_dist(self, raw: Tensor) -> GapMixture:
+        """The next gap in the client's unit time, its mean pinned to 1 (features.unit_gap_params)."""
+        params = F.unit_gap_params(torch, raw.to(self.compute_dtype), self.time_components)
+        return GapMixture(*params, self.compute_dtype)
 
     def count_dist(self, field: str, raw: Tensor) -> CountMixture:
         spikes = self.spikes(field)
@@ -167,32 +184,35 @@ class MarkedTPP(nn.Module):
         gap_std: Tensor,
         h0: Tensor,
         activity: Tensor | None = None,
+        level: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
         """Per-event log-likelihood parts (B, T) in ``compute_dtype`` of a batch (see data.chunks.gather_batch), and h_last.
 
-        ``activity`` is the table ``batch["client"]`` indexes (default: the model's own clients).
+        ``activity`` and ``level`` are the tables ``batch["client"]`` indexes (default: the model's
+        own clients). The time part is log P(gap in [g, g + 1 ms)) in real time, computed exactly as
+        the probability of that bin mapped into the client's unit time.
         """
         activity = self.activity if activity is None else activity
+        unit = self.unit_clock(self.rate_level if level is None else level)
         client = batch["client"].unsqueeze(1)
         gm, gs = gap_mean.unsqueeze(1), gap_std.unsqueeze(1)
+        t, t_prev = batch["time_s"], batch["x_time_s"]
+        gap = unit.span(client, t_prev, t).clamp(min=0.0)
+        width = unit.span(client, t, t + TIME_RESOLUTION_S)
+        x_gap = unit.span(client, t_prev - batch["x_gap_s"], t_prev).clamp(min=0.0)
         x_marks = {name: batch[f"x_{name}"] for name in self.layout.mark_columns()}
-        x = self.event_features(
-            batch["x_time_s"], batch["x_gap_s"], batch["x_start"], gm, gs, x_marks, client, activity
-        )
+        x = self.event_features(t_prev, x_gap, batch["x_start"], gm, gs, x_marks, client, activity)
         states, h_last = self.encoder(x, emb, h0)
         y_marks = {name: batch[f"y_{name}"] for name in self.layout.mark_columns()}
-        gap = batch["gap_s"]
         cond = F.condition_features(
             torch, self.layout, gap, gm, gs, y_marks, self.mark_mean, self.mark_std, self.fields
         )
         cond = torch.stack(cond, -1).float()
         proj = self.heads.project(states)
-        parts = {
-            "time": self.gap_dist(self.heads.raw("time", proj, None), gm, gs).log_prob(
-                gap, F.TIME_RESOLUTION_S
-            )
-        }
-        parts["time"] = parts["time"] + self._survival(batch, states, emb, gm, gs, y_marks, activity)
+        time_dist = self.gap_dist(self.heads.raw("time", proj, None))
+        parts = {"time": time_dist.log_prob_interval(gap, width, batch["gap_s"] > 0)}
+        survival = self._survival(batch, gap, states, emb, gm, gs, y_marks, activity, unit)
+        parts["time"] = parts["time"] + survival
         for m in self.layout.modalities:
             parts[f"{m}_count"] = self.count_dist(
                 f"{m}_count", self.heads.raw(f"{m}_count", proj, cond)
@@ -206,8 +226,11 @@ class MarkedTPP(nn.Module):
         mask = batch["mask"]
         return {k: torch.where(mask, v, torch.zeros_like(v)) for k, v in parts.items()}, h_last
 
-    def _survival(self, batch, states, emb, gm, gs, y_marks, activity) -> Tensor:
-        """log P(no event before the window end) after each segment's last event; 0 elsewhere."""
+    def _survival(self, batch, gap, states, emb, gm, gs, y_marks, activity, unit) -> Tensor:
+        """log P(no event before the window end) after each segment's last event; 0 elsewhere.
+
+        ``gap``: the events' unit gaps; ``unit``: the clients' unit clock (:meth:`unit_clock`).
+        """
         s = batch["survival_s"]
         out = torch.zeros_like(s)
         sel = ~torch.isnan(s)
@@ -215,16 +238,17 @@ class MarkedTPP(nn.Module):
             return out
         b_idx = sel.nonzero()[:, 0]
         marks = {k: v[sel] for k, v in y_marks.items()}
+        client = batch["client"][b_idx]
+        t = batch["time_s"][sel]
         x = self.event_features(
-            batch["time_s"][sel], batch["gap_s"][sel], torch.zeros_like(s[sel], dtype=torch.bool),
+            t, gap[sel], torch.zeros_like(s[sel], dtype=torch.bool),
             gm.squeeze(1)[b_idx], gs.squeeze(1)[b_idx], marks, batch["client"][b_idx], activity,
         )  # fmt: skip
         # One more GRU step: the state after the last event itself sets the survival's gap distribution.
         _, h_after = self.encoder(x.unsqueeze(1), emb[b_idx], states[sel])
         raw = self.heads.raw("time", self.heads.project(h_after), None)
-        out[sel] = (
-            self.gap_dist(raw, gm.squeeze(1)[b_idx], gs.squeeze(1)[b_idx]).log_survival(s[sel]).to(out.dtype)
-        )
+        left = unit.span(client, t, t + s[sel])
+        out[sel] = self.gap_dist(raw).log_survival(left).to(out.dtype)
         return out
 
     def _items_log_prob(self, m: str, proj: Tensor, cond: Tensor, batch) -> Tensor:

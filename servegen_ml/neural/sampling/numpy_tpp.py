@@ -32,6 +32,7 @@ class NumpyTPP:
         self.activity, self.activity_bin_s = w["activity"], float(model.get("activity_bin_s", 600.0))
         self.activity_span_s = float(weights["activity_span_s"])
         self.gap_log_mean, self.gap_log_std = w["gap_log_mean"], w["gap_log_std"]
+        self.rate_level = np.asarray(weights["rate_level"], dtype=np.float64)
         self.mark_mean, self.mark_std = w["mark_mean"].astype(np.float64), w["mark_std"].astype(np.float64)
         self.init_w, self.init_b = w["encoder.initial.weight"].T.copy(), w["encoder.initial.bias"]
         n_event = len(F.event_feature_names(self.layout, *self.harmonics))
@@ -107,13 +108,10 @@ class NumpyTPP:
             pre = pre + condition[:, : self.w_cond[name].shape[0]] @ self.w_cond[name]
         return np.maximum(pre, 0.0) @ self.w_out[name] + self.b_out[name]
 
-    def sample_gap(self, projected, gap_mean, gap_std, rng) -> np.ndarray:
-        """Next gap in seconds (B,) given the projected history state."""
-        zero, comp, loc, log_scale = F.split_params(
-            self.raw("time", projected, None).astype(np.float64), 1, self.kt
-        )
-        loc, log_scale = F.destandardize(np, loc, log_scale, gap_mean[:, None], gap_std[:, None])
-        return S.sample_gap(zero[:, 0], comp, loc, log_scale, rng)
+    def sample_gap(self, projected, rng) -> np.ndarray:
+        """Next gap (B,) in the client's unit time (mean 1) given the projected history state."""
+        raw = self.raw("time", projected, None).astype(np.float64)
+        return S.sample_gap(*F.unit_gap_params(np, raw, self.kt), rng)
 
     def _sample_count(self, field, raw, rng) -> np.ndarray:
         spikes = self.spikes[field]

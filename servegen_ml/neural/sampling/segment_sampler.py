@@ -7,18 +7,20 @@ about ``segment_events`` expected events and every segment is a separate batch
 row, all advanced together one event per step. Each row starts from the
 client's initial state and a start token ``warmup_events`` expected events
 before its segment and discards those warm-up events, so the recurrent state
-has settled when the kept part begins (a row whose warm-up already drew that
-many events skips ahead to its segment). The approximation: history older
+has settled when the kept part begins (a row whose warm-up already drew
+WARMUP_OVERRUN times that many events, a burst, skips ahead to its segment). The approximation: history older
 than the warm-up does not reach across segment borders (time of day and the
 client's usual activity still do, through the time and activity features).
 When few rows are left, one that runs far longer than planned (a burst) hands
 the rest of its time to new rows cut at its current pace, so the tail of the
 batch does not advance one event per step.
 
-Time: rows live in *natural* time ``tau`` (the model's own clock). Rate control
-maps it to spec time ``t`` through ``tau(t) = integral of m(t)``, where ``m`` is
-the rate multiplier: a client's events arrive ``m`` times as often while its
-gaps keep their shape (burstiness), and time-of-day features use real time.
+Time: rows live in each client's *unit time* ``u`` (the integral of its rate
+level times the rate multiplier ``m``; :mod:`servegen_ml.neural.rate_level`), in
+which the model's gaps have mean 1: a row of ``L`` units expects ``L`` events
+whatever the client's burstiness. :class:`TimeMap` maps ``u`` back to spec time
+through the inverse of each client's cumulative rate; time-of-day features use
+real time. A rate target scales the level, so gaps keep their shape in unit time.
 """
 
 from __future__ import annotations
@@ -34,33 +36,54 @@ from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
 MAX_SPLIT = 1024
 # Weight of the newest gap in a row's moving-average pace.
 PACE_WEIGHT = 1.0 / 16
+# A row whose warm-up draws this many times its planned events (a burst) skips ahead to its kept part.
+WARMUP_OVERRUN = 4.0
+# Warm-up before the spec start is mapped to at most this many seconds before it (time features only).
+MAX_WARMUP_S = 6 * 3600.0
 
 
 @dataclass
 class ClientTable:
-    """Per sampled client: embedding (C, E), log-gap normalizer (C,), (C,) and activity rows (C, bins)."""
+    """Per sampled client: embedding (C, E), log-gap normalizer (C,), (C,), activity rows (C, bins) and
+    rate level (C, bins) req/s (servegen_ml.neural.rate_level)."""
 
     embedding: np.ndarray
     gap_mean: np.ndarray
     gap_std: np.ndarray
     activity: np.ndarray
+    level: np.ndarray
 
 
 @dataclass
 class TimeMap:
-    """Natural time <-> spec time (seconds since the spec start) <-> learned-timeline position."""
+    """Each client's unit time <-> spec time (seconds since the spec start) <-> learned-timeline position."""
 
-    tau_grid: np.ndarray  # (G,) natural time at t_grid, non-decreasing, tau(0) = 0
+    unit_grid: np.ndarray  # (C, G) each client's unit time at t_grid, non-decreasing, 0 at t = 0
     t_grid: np.ndarray  # (G,) spec time, 0 .. duration_s
+    start_rate: np.ndarray  # (C,) unit time per second at the spec start (warm-up before it)
     start_s: float
     span_s: float
 
-    def to_spec_time(self, tau: np.ndarray) -> np.ndarray:
-        """Warm-up before the spec start (tau < 0) runs at the natural rate."""
-        return np.where(tau < 0, tau, np.interp(tau, self.tau_grid, self.t_grid))
+    def __post_init__(self):
+        # One sorted key array for all clients: client c's grid shifted past every earlier client's.
+        ends = self.unit_grid[:, -1] + 1.0
+        self._offset = np.concatenate([[0.0], np.cumsum(ends)[:-1]])
+        self._keys = (self.unit_grid + self._offset[:, None]).ravel()
+
+    def to_spec_time(self, client: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Spec times of unit times ``u`` of clients ``client`` (linear within grid cells)."""
+        g = len(self.t_grid)
+        j = np.searchsorted(self._keys, u + self._offset[client], side="right") - 1 - client * g
+        j = np.clip(j, 0, g - 2)
+        u0, u1 = self.unit_grid[client, j], self.unit_grid[client, j + 1]
+        step = u1 - u0
+        frac = np.clip(np.where(step > 0, (u - u0) / np.where(step > 0, step, 1.0), 0.0), 0.0, 1.0)
+        t = self.t_grid[j] + frac * (self.t_grid[j + 1] - self.t_grid[j])
+        before = np.maximum(u / np.maximum(self.start_rate[client], 1e-300), -MAX_WARMUP_S)
+        return np.where(u < 0, before, t)
 
     def position(self, t: np.ndarray) -> np.ndarray:
-        """Learned-timeline position (time-of-day features, rate curves) of spec times."""
+        """Learned-timeline position (time-of-day features) of spec times."""
         p = self.start_s + np.asarray(t, dtype=np.float64)
         period = wrap_period(self.span_s)
         return np.where(p >= 0, wrap_time(np.maximum(p, 0.0), self.span_s), np.mod(p, period))
@@ -68,7 +91,7 @@ class TimeMap:
 
 @dataclass
 class Rows:
-    """Batch rows: a client, where its warm-up begins, where kept events begin, where it ends (natural s)."""
+    """Batch rows: a client, where its warm-up begins, where kept events begin, where it ends (unit time)."""
 
     client: np.ndarray
     tau_begin: np.ndarray
@@ -86,33 +109,15 @@ class SampledEvents:
     items: dict[str, np.ndarray]
 
 
-def plan_rows(
-    expected: np.ndarray,
-    tau_grid: np.ndarray,
-    segment_events: float,
-    warmup_events: float,
-    max_warmup_s: float,
-) -> Rows:
-    """Cut each client's natural-time range into rows of ~``segment_events`` expected events.
-
-    expected (C, G): each client's cumulative expected events at ``tau_grid``.
-    """
-    clients, begins, keeps, ends = [], [], [], []
-    tau_end = tau_grid[-1]
-    for c in range(expected.shape[0]):
-        total = expected[c, -1]
-        n_rows = max(1, int(np.ceil(total / segment_events)))
-        marks = np.arange(1, n_rows) * (total / n_rows)
-        cuts = np.concatenate([[0.0], np.interp(marks, expected[c], tau_grid), [tau_end]])
-        length = np.diff(cuts)
-        rate = np.maximum(total / n_rows, 1.0) / np.maximum(length, 1e-9)
-        warmup = np.minimum(warmup_events / rate, max_warmup_s)
-        clients.append(np.full(n_rows, c))
-        keeps.append(cuts[:-1])
-        ends.append(cuts[1:])
-        begins.append(cuts[:-1] - warmup)
-    cat = np.concatenate
-    return Rows(cat(clients), cat(begins), cat(keeps), cat(ends))
+def plan_rows(totals: np.ndarray, segment_events: float, warmup_events: float) -> Rows:
+    """Cut each client's unit-time range ``[0, totals[c])`` into rows of about ``segment_events`` units."""
+    n_rows = np.maximum(1, np.ceil(totals / segment_events)).astype(np.int64)
+    client = np.repeat(np.arange(len(totals)), n_rows)
+    k = np.arange(len(client)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+    length = (totals / n_rows)[client]
+    keep = k * length
+    end = np.where(k == n_rows[client] - 1, totals[client], keep + length)
+    return Rows(client, keep - warmup_events, keep, end)
 
 
 class _Recorder:
@@ -149,8 +154,8 @@ class _Lanes:
     tau_begin: np.ndarray
     tau_keep: np.ndarray
     tau_end: np.ndarray
-    tau: np.ndarray  # natural time of the row's last event (or its start token)
-    recent_gap: np.ndarray  # moving average of the row's last gaps (natural s): its current pace
+    tau: np.ndarray  # unit time of the row's last event (or its start token)
+    recent_gap: np.ndarray  # moving average of the row's last unit gaps: its current pace
     warm: np.ndarray  # warm-up events drawn so far
     h: np.ndarray
     emb_gates: np.ndarray
@@ -188,9 +193,7 @@ class _Lanes:
         return _Lanes(**fields, prev_marks=marks)
 
 
-def _split_stragglers(
-    tpp, clients, lanes: _Lanes, tail_events: int, warmup_events: float, max_warmup_s: float
-) -> _Lanes:
+def _split_stragglers(tpp, clients, lanes: _Lanes, tail_events: int, warmup_events: float) -> _Lanes:
     """Hand the rest of each slow row to new rows of ~``tail_events`` events at the row's current pace.
 
     A row that draws far more events than planned (a burst) would otherwise run
@@ -210,10 +213,9 @@ def _split_stragglers(
     width = remaining[idx] / pieces[idx]
     keep_from = start[idx][owner] + k * width[owner]
     end = np.where(k == pieces[idx][owner] - 1, lanes.tau_end[idx][owner], keep_from + width[owner])
-    warmup = np.minimum(warmup_events / rate[idx][owner], max_warmup_s)
     lanes.tau_end[idx] = start[idx] + width
     new = _Lanes.start(
-        tpp, clients, lanes.client[idx][owner], keep_from - warmup, keep_from, end, warmup_events
+        tpp, clients, lanes.client[idx][owner], keep_from - warmup_events, keep_from, end, warmup_events
     )
     return lanes.extend(new)
 
@@ -226,7 +228,6 @@ def sample_rows(
     rng: np.random.Generator,
     max_steps: int,
     warmup_events: float,
-    max_warmup_s: float,
     tail_events: int,
 ) -> SampledEvents:
     """Advance all rows one event per step until each passes its end; keep events inside [tau_keep, tau_end)."""
@@ -240,7 +241,7 @@ def sample_rows(
         if len(lanes.tau) == 0:
             return recorder.result()
         if len(lanes.tau) <= few_rows:
-            lanes = _split_stragglers(tpp, clients, lanes, tail_events, warmup_events, max_warmup_s)
+            lanes = _split_stragglers(tpp, clients, lanes, tail_events, warmup_events)
         lanes = _step(tpp, lanes, clients.activity, time_map, rng, recorder, warmup_events)
     raise RuntimeError(
         f"sampling did not finish within {max_steps} steps per row: the model draws far more events "
@@ -253,19 +254,19 @@ def _step(
 ) -> _Lanes:
     """One event for every running row; rows past their end drop out.
 
-    A row whose warm-up already drew ``warmup_events`` events (the model sends
-    faster than planned) skips ahead to its kept part with the state it has.
+    A row whose warm-up already drew WARMUP_OVERRUN times its ``warmup_events``
+    (a burst) skips ahead to its kept part with the state it has.
     """
-    warmed = (lanes.warm >= warmup_events) & (lanes.tau < lanes.tau_keep)
+    warmed = (lanes.warm >= WARMUP_OVERRUN * warmup_events) & (lanes.tau < lanes.tau_keep)
     lanes.tau = np.where(warmed, lanes.tau_keep, lanes.tau)
-    position = time_map.position(time_map.to_spec_time(lanes.tau))
+    position = time_map.position(time_map.to_spec_time(lanes.client, lanes.tau))
     x = tpp.event_features(
         position, lanes.prev_gap, lanes.prev_start, lanes.gap_mean, lanes.gap_std, lanes.prev_marks,
         activity, lanes.client,
     )  # fmt: skip
     lanes.h = tpp.gru_step(lanes.h, x, lanes.emb_gates)
     projected = tpp.project(lanes.h)
-    gap = tpp.sample_gap(projected, lanes.gap_mean, lanes.gap_std, rng)
+    gap = tpp.sample_gap(projected, rng)
     lanes.tau = lanes.tau + gap
     go = lanes.tau < lanes.tau_end
     if not go.all():
@@ -274,7 +275,7 @@ def _step(
     keep = lanes.tau >= lanes.tau_keep
     lanes.warm = lanes.warm + ~keep
     if keep.any():
-        recorder.add(lanes.client, time_map.to_spec_time(lanes.tau), marks, items, keep)
+        recorder.add(lanes.client, time_map.to_spec_time(lanes.client, lanes.tau), marks, items, keep)
     lanes.recent_gap = lanes.recent_gap + PACE_WEIGHT * (gap - lanes.recent_gap)
     lanes.prev_gap, lanes.prev_start, lanes.prev_marks = gap, np.zeros(len(gap), dtype=bool), marks
     return lanes

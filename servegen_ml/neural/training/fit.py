@@ -44,6 +44,7 @@ from servegen_ml.core.interrupt import Terminated
 from servegen_ml.neural.data.events import EventStore
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
 from servegen_ml.neural.data.validation import ValidationBlocks
+from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
 
 # Settings that shape the network (the rest of the settings are training options).
 ARCHITECTURE_KEYS = (
@@ -75,8 +76,13 @@ def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int)
     from servegen_ml.neural.training.lightning_module import TPPLightningModule
 
     blocks = ValidationBlocks.for_window(store.window_start_s, store.window_end_s, config.val_fraction)
-    norm = fit_normalizers(store, blocks, config.max_spikes, config.min_spike_share)
     span_s, bin_s = learned_span(store), config.rate_bin_s
+    # Training sees the rates of training events only (validation bins interpolated).
+    train_rates = rate_curves(store, bin_s, span_s, blocks)
+    train_level = fit_rate_level(train_rates, bin_s, span_s)
+    norm = fit_normalizers(
+        store, unit_clock(train_level, bin_s, span_s), blocks, config.max_spikes, config.min_spike_share
+    )
     rates = rate_curves(store, bin_s, span_s)
     model = {
         "n_clients": len(store.client_ids),
@@ -92,8 +98,8 @@ def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int)
     module = TPPLightningModule(model, lr=config.lr, weight_decay=config.weight_decay, monitor=monitor)
     module.tpp.set_normalizers(norm)
     module.tpp.init_mixtures(norm)
-    # Training sees the activity of training events only (validation bins interpolated).
-    module.tpp.set_activity(rate_curves(store, bin_s, span_s, blocks), span_s)
+    module.tpp.set_activity(train_rates, span_s)
+    module.tpp.set_rate_level(train_level)
     data = EventDataModule(
         store,
         train,
@@ -140,7 +146,9 @@ def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int)
             "resumed_from": str(ckpt_path) if ckpt_path else None,
             "learning_curve": str(curve) if curve and trainer.get("default_root_dir") else None,
         }
+    # The point process learned the gaps' shape; the level of the whole trace is the final one.
     module.tpp.set_activity(rates, span_s)
+    module.tpp.set_rate_level(fit_rate_level(rates, bin_s, span_s))
     weights = {k: v.detach().cpu().numpy() for k, v in module.tpp.state_dict().items()}
     return TrainResult(
         model=model, weights=weights, normalizers=norm, rates=rates, span_s=span_s, summary=summary

@@ -27,8 +27,10 @@ def score_store(
     gap_mean: np.ndarray,
     gap_std: np.ndarray,
     activity: np.ndarray,
+    level: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Log-likelihood parts per event in store order; per-client inputs indexed like ``store.client_ids``."""
+    """Log-likelihood parts per event in store order; per-client inputs indexed like ``store.client_ids``
+    (``level``: rate level rows, see servegen_ml.neural.rate_level)."""
     segments = whole_segments(store)
     n_lanes = max(1, len(segments))
     chunk_len = int(np.clip(BATCH_EVENTS // n_lanes, 16, 1024))
@@ -37,6 +39,7 @@ def score_store(
     gm_all = torch.from_numpy(np.asarray(gap_mean, dtype=np.float32))
     gs_all = torch.from_numpy(np.asarray(gap_std, dtype=np.float32))
     activity = torch.from_numpy(np.asarray(activity, dtype=np.float32))
+    level = torch.from_numpy(np.asarray(level, dtype=np.float64))
     out: dict[str, np.ndarray] = {}
     h = None
     tpp.eval()
@@ -47,7 +50,7 @@ def score_store(
         h0 = tpp.encoder.initial_state(emb)
         if h is not None:
             h0 = torch.where(batch["reset"].unsqueeze(1), h0, h)
-        parts, h = tpp(batch, emb, gm, gs, h0, activity)
+        parts, h = tpp(batch, emb, gm, gs, h0, activity, level)
         mask = batch["mask"].numpy()
         idx = (plan.lo[:, step, None] + np.arange(chunk_len)[None, :])[mask]
         for name, value in parts.items():

@@ -1,10 +1,11 @@
-"""Normalizers from the training part: per-client log-gap stats, spikes, rate curves."""
+"""Normalizers from the training part: per-client log-gap stats (in unit time), spikes, rate curves."""
 
 import numpy as np
 
 from servegen_ml.neural.data.events import store_from_frame
 from servegen_ml.neural.data.normalizers import SHRINK_GAPS, activity_table, fit_normalizers, rate_curves
 from servegen_ml.neural.data.validation import ValidationBlocks
+from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
 from servegen_ml.trace.schema import make_trace
 from tests.factories import synthetic_trace
 
@@ -13,14 +14,15 @@ def test_gap_stats_match_direct_computation_with_shrinkage():
     trace = synthetic_trace(seed=2, duration_s=1800.0, n_clients=3)
     store = store_from_frame(trace)
     blocks = ValidationBlocks.for_window(store.window_start_s, store.window_end_s, 0.25, block_s=150.0)
-    norm = fit_normalizers(store, blocks)
+    clock = unit_clock(fit_rate_level(rate_curves(store, 300.0, 1800.0), 300.0, 1800.0), 300.0, 1800.0)
+    norm = fit_normalizers(store, clock, blocks)
     train = ~blocks.is_validation(trace["timestamp"].to_numpy() - store.origin_s)
     all_logs = []
     per_client = []
-    for cid in store.client_ids:
+    for c, cid in enumerate(store.client_ids):
         mine = (trace["client_id"] == cid).to_numpy()
-        t = trace["timestamp"].to_numpy()[mine]
-        g = np.diff(t)[train[mine][1:]]  # gaps ending at a training event
+        u = clock(np.full(mine.sum(), c), trace["timestamp"].to_numpy()[mine] - store.origin_s)
+        g = np.diff(u)[train[mine][1:]]  # gaps ending at a training event
         per_client.append(np.log(g[g > 0]))
         all_logs.append(per_client[-1])
     pooled = np.concatenate(all_logs)
@@ -28,6 +30,10 @@ def test_gap_stats_match_direct_computation_with_shrinkage():
         want = (logs.sum() + SHRINK_GAPS * pooled.mean()) / (len(logs) + SHRINK_GAPS)
         assert abs(norm.gap_log_mean[c] - want) < 1e-4
     assert norm.train_events.sum() == train.sum() < len(trace)
+
+
+def seconds(client, t):  # a clock that counts seconds: the marks' statistics do not depend on it
+    return t
 
 
 def test_spikes_are_frequent_exact_values():
@@ -46,12 +52,12 @@ def test_spikes_are_frequent_exact_values():
             "output_tokens": out,
         }
     )
-    norm = fit_normalizers(store_from_frame(trace), None, max_spikes=32, min_spike_share=0.005)
+    norm = fit_normalizers(store_from_frame(trace), seconds, None, max_spikes=32, min_spike_share=0.005)
     assert norm.spikes["output"] == [2000]
     assert norm.spikes["input"] == [77, 1234]
-    assert fit_normalizers(store_from_frame(trace), None, max_spikes=1, min_spike_share=0.005).spikes[
-        "input"
-    ] == [1234]
+    assert fit_normalizers(
+        store_from_frame(trace), seconds, None, max_spikes=1, min_spike_share=0.005
+    ).spikes["input"] == [1234]
     assert norm.max_count["output"] == out.max()
 
 
