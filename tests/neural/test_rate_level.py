@@ -19,6 +19,7 @@ from servegen_ml.neural.rate_level import (
     unit_span,
     unit_time,
 )
+from servegen_ml.neural.sampling.draws import sample_forward_gap
 
 
 def test_the_fit_keeps_counts_and_gives_idle_bins_a_small_rate():
@@ -129,3 +130,21 @@ def test_the_pinned_mean_is_one_for_numpy_and_torch_alike():
     assert (sigma >= F.GAP_SIGMA_MIN).all() and (sigma <= F.GAP_SIGMA_MAX).all()
     mean = (w * np.exp(loc + sigma**2 / 2)).sum(-1) / (1 + np.exp(zero))
     np.testing.assert_allclose(mean, 1.0, rtol=1e-12)
+
+
+def test_a_row_start_draws_the_forward_recurrence_time():
+    # Gaps of mean 1 (log-normal, sigma 1.5): seen from an arbitrary moment the wait has CDF
+    # G(x) = int_0^x P(gap > t) dt = x (1 - Phi(z)) + Phi(z - sigma), z = (log x - mu) / sigma.
+    sigma = 1.5
+    mu = -0.5 * sigma**2
+    n = 20_000
+    comp, loc, log_scale = np.zeros((n, 1)), np.full((n, 1), mu), np.full((n, 1), math.log(sigma))
+    wait = sample_forward_gap(comp, loc, log_scale, np.random.default_rng(0))
+
+    def cdf(x):
+        z = (np.log(np.maximum(x, 1e-300)) - mu) / sigma
+        return x * stats.norm.sf(z) + stats.norm.cdf(z - sigma)
+
+    assert stats.kstest(wait, cdf).pvalue > 0.01
+    # The ordinary gap would be far shorter on average (1 against E[gap^2] / 2 = exp(sigma^2) / 2).
+    assert abs(wait.mean() / (math.exp(sigma**2) / 2) - 1) < 0.15

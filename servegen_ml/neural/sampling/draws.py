@@ -56,6 +56,21 @@ def sample_gap(
     return np.where(is_zero, 0.0, np.exp(np.minimum(log_gap, 700.0)))
 
 
+def sample_forward_gap(
+    comp_logits: np.ndarray, loc: np.ndarray, log_scale: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Time to the next event seen from an arbitrary moment, not from an event (the forward recurrence time).
+
+    For gaps of mean 1 its density is P(gap > x): a length-biased gap times a uniform. A
+    length-biased log-normal(mu, sigma) is log-normal(mu + sigma^2, sigma) and a component's
+    weight grows with its mean, w_k exp(mu_k + sigma_k^2 / 2); the point mass at 0 drops out.
+    """
+    scale = np.exp(log_scale)
+    biased = comp_logits + loc + 0.5 * scale * scale
+    log_gap = sample_mixture_normal(biased, loc + scale * scale, log_scale, rng)
+    return rng.random(len(log_gap)) * np.exp(np.minimum(log_gap, 700.0))
+
+
 def sample_count(
     spike_values: np.ndarray,
     logits: np.ndarray,

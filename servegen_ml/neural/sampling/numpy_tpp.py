@@ -108,10 +108,18 @@ class NumpyTPP:
             pre = pre + condition[:, : self.w_cond[name].shape[0]] @ self.w_cond[name]
         return np.maximum(pre, 0.0) @ self.w_out[name] + self.b_out[name]
 
-    def sample_gap(self, projected, rng) -> np.ndarray:
-        """Next gap (B,) in the client's unit time (mean 1) given the projected history state."""
+    def sample_gap(self, projected, rng, forward: np.ndarray | None = None) -> np.ndarray:
+        """Next gap (B,) in the client's unit time (mean 1) given the projected history state.
+
+        Where ``forward`` is set the row starts at an arbitrary moment rather than at an event:
+        its first gap is the forward recurrence time (:func:`draws.sample_forward_gap`).
+        """
         raw = self.raw("time", projected, None).astype(np.float64)
-        return S.sample_gap(*F.unit_gap_params(np, raw, self.kt), rng)
+        zero, comp, loc, log_scale = F.unit_gap_params(np, raw, self.kt)
+        gap = S.sample_gap(zero, comp, loc, log_scale, rng)
+        if forward is not None and forward.any():
+            gap[forward] = S.sample_forward_gap(comp[forward], loc[forward], log_scale[forward], rng)
+        return gap
 
     def _sample_count(self, field, raw, rng) -> np.ndarray:
         spikes = self.spikes[field]

@@ -266,7 +266,9 @@ def _step(
     )  # fmt: skip
     lanes.h = tpp.gru_step(lanes.h, x, lanes.emb_gates)
     projected = tpp.project(lanes.h)
-    gap = tpp.sample_gap(projected, rng)
+    # A row's start (and a skip to its kept part) is an arbitrary moment, not an event: drawing
+    # an ordinary gap there would add the mean overshoot of a heavy-tailed gap to every row.
+    gap = tpp.sample_gap(projected, rng, forward=lanes.prev_start | warmed)
     lanes.tau = lanes.tau + gap
     go = lanes.tau < lanes.tau_end
     if not go.all():
