@@ -8,7 +8,8 @@ row, all advanced together one event per step. Each row starts from the
 client's initial state and a start token ``warmup_events`` expected events
 before its segment and discards those warm-up events, so the recurrent state
 has settled when the kept part begins (a row whose warm-up already drew
-WARMUP_OVERRUN times that many events, a burst, skips ahead to its segment). The approximation: history older
+WARMUP_OVERRUN times that many events, a burst, skips ahead to its segment). A row starts at an
+arbitrary moment, not at an event, so its first gap is the forward recurrence time. The approximation: history older
 than the warm-up does not reach across segment borders (time of day and the
 client's usual activity still do, through the time and activity features).
 When few rows are left, one that runs far longer than planned (a burst) hands
