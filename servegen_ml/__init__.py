@@ -27,6 +27,7 @@ _EXPORTS = {
     "ParametricGenerator": "servegen_ml.generators.parametric",
     "NeuralGenerator": "servegen_ml.generators.neural",
     "export_trace": "servegen_ml.export",
+    "WorkloadWriter": "servegen_ml.export",
 }
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "NeuralGenerator",
     "ParametricGenerator",
     "UserError",
+    "WorkloadWriter",
     "__version__",
     "export_trace",
     "iter_trace_chunks",
@@ -49,7 +51,7 @@ __all__ = [
 if TYPE_CHECKING:
     from servegen_ml.core.errors import UserError
     from servegen_ml.core.spec import GenerationSpec
-    from servegen_ml.export import export_trace
+    from servegen_ml.export import WorkloadWriter, export_trace
     from servegen_ml.generators.base import Generator, load_generator, summarize_log_prob
     from servegen_ml.generators.naive import NaiveGenerator
     from servegen_ml.generators.neural import NeuralGenerator
