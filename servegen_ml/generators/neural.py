@@ -9,7 +9,7 @@ item, the input (text) tokens, the output tokens and the reasoning part
 each client's stream (:mod:`servegen_ml.neural.training.fit`); sampling runs the
 trained step in numpy over many stream segments at once
 (:mod:`servegen_ml.neural.sampling.segment_sampler`); ``clients=new:N`` draws from a
-traffic-weighted Gaussian mixture over the client embeddings.
+Gaussian mixture over the client vectors, every client counted once (as a random set of real clients looks).
 
 Conversations (a DataFrame with ``conversation_id`` and follow-ups): the
 point process learns the conversation openers, and conversation heads
