@@ -234,6 +234,31 @@ def _parent_values(carry: ChainCarry, name: str, own: np.ndarray, predecessor, e
     return out
 
 
+# Units of the fields both Bailian flavours write the same way.
+BAILIAN_UNITS = {
+    "chat_id": "request index in file order",
+    "turn": "1-based position in the conversation",
+    "timestamp": "s since the first request (rounded to 1 us)",
+    "output_length": "tokens",
+    "type": "text | image | audio | video (first modality with items)",
+}
+
+
+def _bailian_fields(
+    df: pd.DataFrame, chat_id, parent_chat_id, input_length, position
+) -> dict[str, np.ndarray]:
+    """The Bailian record of each row; the flavours differ only in ``parent_chat_id`` and ``input_length``."""
+    return {
+        "chat_id": chat_id,
+        "parent_chat_id": parent_chat_id,
+        "timestamp": np.round(df["timestamp"].to_numpy(dtype=np.float64), 6),
+        "input_length": input_length,
+        "output_length": _ints(df, "output_tokens"),
+        "type": request_type(df),
+        "turn": _ints(df, "turn") if "turn" in df.columns else position,
+    }
+
+
 class BailianWriter(_BlockJsonlWriter):
     block_tokens = BAILIAN_BLOCK_TOKENS
 
@@ -244,17 +269,8 @@ class BailianWriter(_BlockJsonlWriter):
         chat_id = self.rows + np.arange(len(df), dtype=np.int64)
         parent = np.where((predecessor >= 0) | (external >= 0), 0, -1)
         parent += _parent_values(carry, "chat_id", chat_id, predecessor, external)
-        fields = {
-            # chat_id is the row index, so a predecessor's row index is its chat_id.
-            "chat_id": chat_id,
-            "parent_chat_id": parent,
-            "timestamp": np.round(df["timestamp"].to_numpy(dtype=np.float64), 6),
-            "input_length": _ints(df, "input_tokens"),
-            "output_length": _ints(df, "output_tokens"),
-            "type": request_type(df),
-            "turn": _ints(df, "turn") if "turn" in df.columns else position,
-        }
-        self._emit(blocks, fields)
+        # chat_id is the row index, so a predecessor's row index is its chat_id.
+        self._emit(blocks, _bailian_fields(df, chat_id, parent, _ints(df, "input_tokens"), position))
         if continues is not None:
             values = {"chat_id": chat_id, "position": position}
             carry.update(df, predecessor, external, continues, values, blocks)
@@ -262,13 +278,9 @@ class BailianWriter(_BlockJsonlWriter):
     def meta(self) -> dict:
         return {
             "units": {
-                "chat_id": "request index in file order",
+                **BAILIAN_UNITS,
                 "parent_chat_id": "chat_id of the previous turn, -1 for a first turn",
-                "turn": "1-based position in the conversation",
-                "timestamp": "s since the first request (rounded to 1 us)",
                 "input_length": "tokens",
-                "output_length": "tokens",
-                "type": "text | image | audio | video (first modality with items)",
                 "hash_ids": f"ids of {BAILIAN_BLOCK_TOKENS}-token prompt blocks, len = ceil(input_length / 16)",
             },
             "block_tokens": BAILIAN_BLOCK_TOKENS,
@@ -309,16 +321,8 @@ class AiperfBailianWriter(_BlockJsonlWriter):
         share = has_parent & ~linked & ~parent_linked
         sent = np.where(linked, new_tokens, inputs)
         blocks = self._blocks(sent, np.where(share, predecessor, -1), np.where(share, external, -1))
-        fields = {
-            "chat_id": chat_id,
-            "parent_chat_id": np.where(linked, parent("chat_id", chat_id), -1),
-            "timestamp": np.round(df["timestamp"].to_numpy(dtype=np.float64), 6),
-            "input_length": sent,
-            "output_length": outputs,
-            "type": request_type(df),
-            "turn": _ints(df, "turn") if "turn" in df.columns else position,
-        }
-        self._emit(blocks, fields)
+        parent_chat_id = np.where(linked, parent("chat_id", chat_id), -1)
+        self._emit(blocks, _bailian_fields(df, chat_id, parent_chat_id, sent, position))
         self.restarted += int((has_parent & ~linked).sum())
         if continues is not None:
             values = {
@@ -333,13 +337,9 @@ class AiperfBailianWriter(_BlockJsonlWriter):
     def meta(self) -> dict:
         return {
             "units": {
-                "chat_id": "request index in file order",
+                **BAILIAN_UNITS,
                 "parent_chat_id": "chat_id of the previous turn, -1 where a chain starts",
-                "turn": "1-based position in the conversation",
-                "timestamp": "s since the first request (rounded to 1 us)",
                 "input_length": "tokens new in this turn (the whole prompt where a chain starts)",
-                "output_length": "tokens",
-                "type": "text | image | audio | video (first modality with items)",
                 "hash_ids": f"ids of the {BAILIAN_BLOCK_TOKENS}-token blocks of input_length",
             },
             "block_tokens": BAILIAN_BLOCK_TOKENS,
