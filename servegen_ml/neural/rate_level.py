@@ -102,13 +102,6 @@ def _at(level, cum, client, q: float, bin_s: float):
     return cum[client, b] + level[client, b] * (q - b * bin_s)
 
 
-def unit_clock(level: np.ndarray, bin_s: float, span_s: float):
-    """numpy (client, position_s) -> unit time under the level table (C, bins)."""
-    level = np.asarray(level, dtype=np.float64)
-    cum = cumulative_table(level, bin_s, span_s)
-    return lambda client, p: unit_time(np, level, cum, client, np.asarray(p, dtype=np.float64), bin_s, span_s)
-
-
 class UnitClock:
     """A level table's unit time (:func:`unit_time`) and unit spans (:func:`unit_span`) for one ``xp``."""
 
@@ -116,7 +109,15 @@ class UnitClock:
         self.xp, self.level, self.cum, self.bin_s, self.span_s = xp, level, cum, bin_s, span_s
 
     def __call__(self, client, p):
+        if self.xp is np:
+            p = np.asarray(p, dtype=np.float64)
         return unit_time(self.xp, self.level, self.cum, client, p, self.bin_s, self.span_s)
 
     def span(self, client, start_s, end_s):
         return unit_span(self.xp, self.level, self.cum, client, start_s, end_s, self.bin_s, self.span_s)
+
+
+def unit_clock(level: np.ndarray, bin_s: float, span_s: float) -> UnitClock:
+    """The numpy unit clock of a level table (C, bins): ``clock(client, position_s)`` -> unit time."""
+    level = np.asarray(level, dtype=np.float64)
+    return UnitClock(np, level, cumulative_table(level, bin_s, span_s), bin_s, span_s)

@@ -19,7 +19,7 @@ client's previous (training) event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -55,12 +55,7 @@ class ValidationBlocks:
         return cls(float(start_s), float(end_s), min(block_s, span / (period * min_blocks)), period)
 
     def to_dict(self) -> dict:
-        return {
-            "origin_s": self.origin_s,
-            "end_s": self.end_s,
-            "block_s": self.block_s,
-            "period": self.period,
-        }
+        return asdict(self)
 
     def is_validation(self, t_s: np.ndarray) -> np.ndarray:
         t = np.asarray(t_s, dtype=np.float64)
