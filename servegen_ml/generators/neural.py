@@ -157,25 +157,22 @@ class NeuralGenerator(Generator):
         self._require_fitted()
         s, state, tpp = self.config_, self.state_, self._numpy_tpp
 
-        def sampler(selected):
-            def sample_openers(sub: GenerationSpec, unit_rng: np.random.Generator) -> pd.DataFrame:
-                # The sampling step's matrix products are small: one BLAS thread is faster (much faster on a busy CPU).
-                with threadpool_limits(limits=1, user_api="blas"):
-                    return sample_trace(
-                        state, tpp, sub, unit_rng, s.segment_events, s.warmup_events, selected
-                    )
-
-            return sample_openers
-
+        # New clients are drawn once per spec, so every unit samples the same ones.
         selected = select_clients(state, spec.clients, rng)
+
+        def sample_openers(sub: GenerationSpec, unit_rng: np.random.Generator) -> pd.DataFrame:
+            # The sampling step's matrix products are small: one BLAS thread is faster (much faster on a busy CPU).
+            with threadpool_limits(limits=1, user_api="blas"):
+                return sample_trace(state, tpp, sub, unit_rng, s.segment_events, s.warmup_events, selected)
+
         if self.conversations_ is None:
-            return UnitSource(plain_plan(spec), sampler(selected))
+            return UnitSource(plain_plan(spec), sample_openers)
         rates = None
         if spec.rate.kind in ("constant", "curve"):
             # The model's own opener rates: its rate level over the window.
             rates = natural_rates(state, tpp, spec, rng, selected)
         plan = conversation_plan(spec, self.conversations_, state.span_s, rates)
-        return UnitSource(plan, sampler(selected), self.conversations_, self._follow_up_marks())
+        return UnitSource(plan, sample_openers, self.conversations_, self._follow_up_marks())
 
     # -- scoring ------------------------------------------------------------------------------
 
