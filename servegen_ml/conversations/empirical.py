@@ -194,6 +194,7 @@ class ConversationModel:
                 rows["weight"].to_numpy(np.float64),
                 n_rows,
                 slots,
+                width=rows["width"].to_numpy(np.float64) if "width" in rows else None,
             )
 
     def _compile_hazards(self) -> None:
@@ -392,7 +393,15 @@ def _empirical_sf(table: FieldTable, group: np.ndarray, steps: np.ndarray) -> np
     idx = np.searchsorted(keys, group.astype(np.float64) * 2.0**33 + steps, side="left")
     inside = idx < table.group_start[group + 1]
     before = table.cdf_before[np.minimum(idx, len(keys) - 1)] - group
-    return np.where(inside, 1.0 - before, 0.0)
+    sf = np.where(inside, 1.0 - before, 0.0)
+    if table.width is None:
+        return sf
+    # A binned entry below ``steps`` may reach past it: the part of its mass at or above ``steps``.
+    prev = np.maximum(idx - 1, 0)
+    top = table.values[prev] + table.width[prev]
+    covers = (idx > table.group_start[group]) & (top > steps)
+    mass = table.cdf[prev] - table.cdf_before[prev]
+    return sf + np.where(covers, mass * (top - steps) / table.width[prev], 0.0)
 
 
 def _read(path: Path) -> pd.DataFrame:

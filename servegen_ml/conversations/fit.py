@@ -41,6 +41,7 @@ from servegen_ml.conversations.empirical import (
 )
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S
+from servegen_ml.pool import bins
 from servegen_ml.trace.keymap import hash_strings
 
 IDLE_S = 21_600.0
@@ -263,7 +264,7 @@ class ConversationFitter:
         model.burn_in_s_ = float(min(burn, MAX_BURN_IN_S))
 
         # Gap and new-token tables, each gap weighted for censoring.
-        cells: dict[tuple[str, int], list[pd.DataFrame]] = {}
+        cells: dict[tuple[str, int], _CellTable] = {}
         for block in self._follow.blocks():
             client = rank[block["client"]]
             gap_ms = np.floor(block["gap_s"] / TIME_RESOLUTION_S + 1e-6)
@@ -274,20 +275,20 @@ class ConversationFitter:
             for i, (c, b) in enumerate(
                 ((client, bucket), (client, all_buckets), (everyone, bucket), (everyone, all_buckets))
             ):
-                cells.setdefault((GAP_MS, i), []).append(_aggregate(c, b, gap_ms, weight))
+                cells.setdefault((GAP_MS, i), _CellTable()).add(_aggregate(c, b, gap_ms, weight))
             for i, c in enumerate((client, everyone)):
                 new = block["new"].astype(np.float64)
-                cells.setdefault((NEW_TOKENS, i), []).append(
+                cells.setdefault((NEW_TOKENS, i), _CellTable()).add(
                     _aggregate(c, all_buckets, new, np.ones(len(block)))
                 )
         model.values_ = pd.concat(
             [
                 _value_rows(
-                    GAP_MS, [_combine(cells[(GAP_MS, i)]) for i in range(4)], pop, model.min_follow_ups
+                    GAP_MS, [cells[(GAP_MS, i)].result() for i in range(4)], pop, model.min_follow_ups
                 ),
                 _value_rows(
                     NEW_TOKENS,
-                    [_combine(cells[(NEW_TOKENS, i)]) for i in (0, 0, 1, 1)],
+                    [cells[(NEW_TOKENS, i)].result() for i in (0, 0, 1, 1)],
                     pop,
                     model.min_follow_ups,
                 ),
@@ -374,10 +375,49 @@ def _aggregate(client, bucket, value, weight) -> pd.DataFrame:
     return out.rename(columns={"size": "count", "sum": "weight"})
 
 
-def _combine(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    if len(parts) == 1:
-        return parts[0].reset_index()
-    return pd.concat(parts).groupby(level=[0, 1, 2], sort=True).sum().reset_index()
+class _CellTable:
+    """(client, bucket, value) -> (count, weight), summed block by block; a cell past the cap is binned.
+
+    Binning (:mod:`servegen_ml.pool.bins`' grid, on whole time steps and tokens) commutes with
+    the sums, so the result does not depend on the blocks: exact while a cell holds at most
+    VALUE_CAP values, else binned, with ``width`` the steps or tokens an entry spans.
+    """
+
+    def __init__(self):
+        self.table: pd.DataFrame | None = None
+        self.binned: set[tuple[int, int]] = set()
+
+    def add(self, part: pd.DataFrame) -> None:
+        if self.binned:
+            part = self._fold(part, self._binned_rows(part))
+        table = part if self.table is None else pd.concat([self.table, part]).groupby(level=[0, 1, 2]).sum()
+        sizes = table.groupby(level=[0, 1]).size()
+        over = sizes[sizes > bins.VALUE_CAP].index
+        new = {cell for cell in over if cell not in self.binned}
+        if new:
+            self.binned |= new
+            table = self._fold(table, self._binned_rows(table))
+        self.table = table
+
+    def _binned_rows(self, table: pd.DataFrame) -> np.ndarray:
+        cells = pd.MultiIndex.from_tuples(sorted(self.binned), names=["client", "bucket"])
+        return table.index.droplevel(2).isin(cells)
+
+    @staticmethod
+    def _fold(table: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+        if not rows.any():
+            return table
+        flat = table.reset_index()
+        value = flat["value"].to_numpy()
+        flat["value"] = np.where(rows, bins.bin_lower(value.astype(np.int64)).astype(np.float64), value)
+        return flat.groupby(["client", "bucket", "value"], sort=True).sum()
+
+    def result(self) -> pd.DataFrame:
+        out = self.table.reset_index()
+        if self.binned:
+            rows = self._binned_rows(self.table)
+            out["width"] = np.where(rows, bins.bin_width(out["value"].to_numpy()), 1.0).astype(np.int64)
+        return out
 
 
 def _value_rows(table: str, cells: list[pd.DataFrame], pop: int, min_follow_ups: int) -> pd.DataFrame:
@@ -391,6 +431,8 @@ def _value_rows(table: str, cells: list[pd.DataFrame], pop: int, min_follow_ups:
         whole_pop = (df["client"] == pop) & (df["bucket"] == ALL_BUCKETS)
         frames.append(df[(size >= min_follow_ups) | whole_pop])
     out = pd.concat(frames, ignore_index=True).drop_duplicates(["client", "bucket", "value"])
+    if "width" in out:
+        out["width"] = out["width"].fillna(1).astype(np.int64)
     out.insert(0, "table", table)
     out["count"] = out["count"].astype(np.int64)
     return out.reset_index(drop=True)

@@ -214,3 +214,28 @@ def test_conversation_checkpoint_with_a_client_without_follow_ups_loads(tmp_path
     assert gen.conversations_ is not None
     gen.save(tmp_path / "ckpt")
     assert load_generator(tmp_path / "ckpt").conversations_ is not None
+
+
+def test_conversation_tables_past_the_cap_are_binned_whatever_the_chunking(monkeypatch):
+    from servegen_ml.conversations import fit as conversation_fit
+    from servegen_ml.pool import bins
+
+    monkeypatch.setattr(bins, "VALUE_CAP", 60)
+    trace = conversational_trace(seed=3)
+    _, whole = fit_conversations(trace)
+    monkeypatch.setattr(conversation_fit, "RECORDS_IN_MEMORY", 300)  # several blocks, binned as they come
+    fitter = ConversationFitter()
+    for chunk in _chunks(trace, 250):
+        fitter.add(chunk)
+    streamed = fitter.finish()
+    _assert_same_conversations(whole, streamed)
+    gaps = whole.values_[whole.values_["table"] == "gap_ms"]
+    assert (gaps["width"] > 1).any()
+    assert gaps.groupby(["client", "bucket"]).size().max() <= bins.EXACT_BELOW + 25 * bins.BINS_PER_OCTAVE
+    # The gap survival stays a survival function across bins, and sampled gaps fill the bins.
+    x = np.linspace(0.0, 600.0, 400)
+    sf = np.exp(whole.log_sf_gap(np.zeros(len(x), dtype=np.int64), np.full(len(x), 200), x))
+    assert sf[0] == pytest.approx(1.0) and (np.diff(sf) <= 1e-12).all() and sf[-1] < 0.2
+    drawn = whole.sample_gap_s(np.zeros(5_000, dtype=np.int64), np.full(5_000, 200), np.random.default_rng(0))
+    steps = np.floor(drawn / 1e-3)
+    assert (~np.isin(steps[steps >= bins.EXACT_BELOW], bins._EDGES)).mean() > 0.9
