@@ -46,7 +46,7 @@ from servegen_ml.trace.keymap import hash_strings
 
 IDLE_S = 21_600.0
 # Records kept in memory per store before they go to a temporary file; blocks read back at most this many.
-RECORDS_IN_MEMORY = 4_000_000
+RECORDS_IN_MEMORY = 1_000_000
 BURN_IN_QUANTILE = 0.99
 
 _FOLLOW_UP = np.dtype(
@@ -81,7 +81,7 @@ class ConversationFitter:
         self._open = _OpenConversations()
         self._follow = _RecordStore(_FOLLOW_UP)
         self._last = _RecordStore(_LAST_TURN)
-        self._times = _RecordStore(_TIME)
+        self._times = _RecordStore(_TIME, scale=8)  # 8-byte records: larger blocks, fewer passes
         self._reached = _Counts()  # (client, position) -> rows
         self._requests = _Counts()  # client -> rows
         self._openers = _Counts()  # client -> conversations
@@ -542,8 +542,9 @@ class _OpenConversations:
 class _RecordStore:
     """Structured records in arrival order: in memory up to RECORDS_IN_MEMORY, then in a temporary file."""
 
-    def __init__(self, dtype: np.dtype):
+    def __init__(self, dtype: np.dtype, scale: int = 1):
         self.dtype = dtype
+        self.scale = scale
         self._memory: list[np.ndarray] = []
         self._held = 0
         self._file = None
@@ -552,7 +553,7 @@ class _RecordStore:
     def append(self, records: np.ndarray) -> None:
         self._memory.append(records)
         self._held += len(records)
-        if self._held > RECORDS_IN_MEMORY:
+        if self._held > RECORDS_IN_MEMORY * self.scale:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="servegen-conversations-")
             for part in self._memory:
@@ -570,11 +571,10 @@ class _RecordStore:
         """The records in order, in blocks of at most RECORDS_IN_MEMORY (the memory's as one)."""
         if self._file is not None:
             self._file.flush()
-            for start in range(0, self._on_disk, RECORDS_IN_MEMORY):
+            block = RECORDS_IN_MEMORY * self.scale
+            for start in range(0, self._on_disk, block):
                 self._file.seek(start * self.dtype.itemsize)
-                yield np.fromfile(
-                    self._file, dtype=self.dtype, count=min(RECORDS_IN_MEMORY, self._on_disk - start)
-                )
+                yield np.fromfile(self._file, dtype=self.dtype, count=min(block, self._on_disk - start))
         if self._memory:
             yield np.concatenate(self._memory)
 
