@@ -151,7 +151,9 @@ def test_new_clients_take_the_offsets_of_real_clients(model):
     offsets = np.random.default_rng(0).normal(size=state.weights["heads.client_offsets.weight"].shape)
     moved, _ = with_offsets(model, offsets)
     table, _ = select_clients(moved, ClientSpec.parse("new:40"), np.random.default_rng(1))
-    drawn = moved.population.sample(40, np.random.default_rng(1))  # the same draws
-    nearest = nearest_clients(moved.client_vectors(), drawn)
+    real = moved.client_vectors()
+    drawn = np.clip(moved.population.sample(40, np.random.default_rng(1)), real.min(0), real.max(0))
+    assert (table.gap_mean >= real[:, -3].min()).all() and (table.gap_mean <= real[:, -3].max()).all()
+    nearest = nearest_clients(real, drawn)
     np.testing.assert_array_equal(table.offsets, moved.weights["heads.client_offsets.weight"][nearest])
     assert len(set(nearest.tolist())) > 1

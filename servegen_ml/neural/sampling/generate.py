@@ -129,13 +129,16 @@ def select_clients(state: NeuralState, clients: ClientSpec, rng):
             w["heads.client_offsets.weight"][idx],
         )
         return table, [state.client_ids[i] for i in idx]
-    vec = state.population.sample(clients.n, rng)
+    real = state.client_vectors()
+    # Within the real clients' range in every dimension, as a random set of real clients is: the
+    # mixture's tails (fitted to few points) would otherwise draw rates no real client has.
+    vec = np.clip(state.population.sample(clients.n, rng), real.min(0), real.max(0))
     e = state.embedding_dim
     activity = state.flat_activity(vec[:, e + 2])
     level = flat_level(np.exp(vec[:, e + 2]), w["rate_level"].shape[1])
     # A new client's own head offsets (its spikes, components, gap shape): those of the real client
     # nearest to its drawn vector, so lengths spread over new clients as over real ones.
-    offsets = w["heads.client_offsets.weight"][nearest_clients(state.client_vectors(), vec)]
+    offsets = w["heads.client_offsets.weight"][nearest_clients(real, vec)]
     table = ClientTable(
         vec[:, :e], vec[:, e], np.maximum(vec[:, e + 1], MIN_GAP_STD), activity, level, offsets
     )
