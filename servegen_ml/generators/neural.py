@@ -55,7 +55,7 @@ from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.stream import UnitSource, plain_plan
 from servegen_ml.neural.data.events import build_store, store_from_frame
-from servegen_ml.neural.population import fit_population
+from servegen_ml.neural.population import fit_population, nearest_clients
 from servegen_ml.neural.rate_level import flat_level
 from servegen_ml.neural.sampling import ClientTable, NumpyTPP, natural_rates, sample_trace, select_clients
 from servegen_ml.neural.state import NeuralState
@@ -142,7 +142,7 @@ class NeuralGenerator(Generator):
     def _follow_up_marks(self, conversations=None):
         """Marks of follow-up turns (conversations.neural.marks); ``conversations`` defaults to the fitted model."""
         state = self.state_
-        table = ClientTable(*self._client_inputs(len(state.client_ids) + 1))
+        table = self._client_inputs(len(state.client_ids) + 1)
         model = conversations if conversations is not None else self.conversations_
         return FollowUpMarks(self._numpy_tpp, table, state.span_s, model)
 
@@ -210,9 +210,9 @@ class NeuralGenerator(Generator):
             origin_s=state.origin_s,
             window=(None, end),
         )
-        emb, gap_mean, gap_std, activity, level = self._client_inputs(len(store.client_ids))
+        inputs = self._client_inputs(len(store.client_ids))
         with torch_threads(self.trainer.get("num_threads")):
-            parts = score_store(self._torch_model(), store, emb, gap_mean, gap_std, activity, level)
+            parts = score_store(self._torch_model(), store, inputs)
         return _parts_frame(parts, _store_order(store, trace))
 
     def _log_prob_follow_ups(self, trace: pd.DataFrame, rows: np.ndarray, before, end_s: float):
@@ -229,19 +229,11 @@ class NeuralGenerator(Generator):
             origin_s=state.origin_s,
             window=(None, end_s),
         )
-        emb, gap_mean, gap_std, activity, level = self._client_inputs(len(store.client_ids))
+        inputs = self._client_inputs(len(store.client_ids))
         order = _store_order(store, sub)
         with torch_threads(self.trainer.get("num_threads")):
             parts = follow_up_log_prob(
-                self._torch_model(),
-                store,
-                emb,
-                gap_mean,
-                gap_std,
-                activity,
-                level,
-                before.timeline_s[order],
-                state.span_s,
+                self._torch_model(), store, inputs, before.timeline_s[order], state.span_s
             )
         prompt, output = sub["input_tokens"].to_numpy(np.int64), sub["output_tokens"].to_numpy(np.int64)
         new_tokens = np.maximum(prompt - before.input_tokens - before.output_tokens, 0)
@@ -257,20 +249,24 @@ class NeuralGenerator(Generator):
         if missing:
             raise UserError(f"trace lacks {missing}, which this neural model was trained with and scores")
 
-    def _client_inputs(self, n_clients: int):
-        """Embedding, gap normalizer, activity and rate level rows per store client.
+    def _client_inputs(self, n_clients: int) -> ClientTable:
+        """Per-client inputs (embedding, gap normalizer, activity, rate level, head offsets) per store client.
 
-        Clients the model never saw are the population's mean client, always active at its mean rate.
+        Clients the model never saw are the population's mean client, always active at its mean
+        rate, with the head offsets of the real client nearest to it.
         """
-        state = self.state_
+        state, w = self.state_, self.state_.weights
         known = len(state.client_ids)
         extra = np.repeat(state.population.mean()[None, :], n_clients - known, axis=0)
-        v = np.concatenate([state.client_vectors(), extra])
+        real = state.client_vectors()
+        v = np.concatenate([real, extra])
         e = state.embedding_dim
-        activity = np.concatenate([state.weights["activity"], state.flat_activity(extra[:, e + 2])])
-        known_level = np.asarray(state.weights["rate_level"], dtype=np.float64)
+        activity = np.concatenate([w["activity"], state.flat_activity(extra[:, e + 2])])
+        known_level = np.asarray(w["rate_level"], dtype=np.float64)
         level = np.concatenate([known_level, flat_level(np.exp(extra[:, e + 2]), known_level.shape[1])])
-        return v[:, :e], v[:, e], np.maximum(v[:, e + 1], 0.05), activity, level
+        offsets = w["heads.client_offsets.weight"]
+        offsets = np.concatenate([offsets, offsets[nearest_clients(real, extra)]])
+        return ClientTable(v[:, :e], v[:, e], np.maximum(v[:, e + 1], 0.05), activity, level, offsets)
 
     def _torch_model(self):
         if self._torch_tpp is None:

@@ -200,6 +200,16 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
         if name.endswith(".weight") and name[: -len("weight")] + "bias" in weights:
             bias = name[: -len("weight")] + "bias"
             check_array(weights[bias], weights_path, bias, shape=(array.shape[0],))
+    n_params = sum(len(a) for k, a in weights.items() if k.startswith("heads.out.") and k.endswith(".bias"))
+    if "heads.client_offsets.weight" not in weights:
+        # A checkpoint from before the per-client head offsets: its heads are those with offsets 0.
+        weights["heads.client_offsets.weight"] = np.zeros((n, n_params), dtype=np.float32)
+    check_array(
+        weights["heads.client_offsets.weight"],
+        weights_path,
+        "heads.client_offsets.weight",
+        shape=(n, n_params),
+    )
     check_array(weights["gap_log_std"], weights_path, "gap_log_std", minimum=0.0)
     if not (weights["rate_level"] > 0).all():
         raise CheckpointError(f"{weights_path}: 'rate_level' must be positive everywhere")

@@ -115,3 +115,45 @@ def test_natural_rates_are_the_level_over_the_window(model):
     index = [state.client_ids.index(c) for c in ("c1", "c0")]
     np.testing.assert_allclose(rates.to_numpy(), level_events(model)[index] / DURATION_S, rtol=1e-9)
     assert list(rates.index) == ["c1", "c0"]
+
+
+def with_offsets(model, offsets):
+    state, _ = model
+    weights = {**state.weights, "heads.client_offsets.weight": offsets.astype(np.float32)}
+    return NeuralState(**{**state.__dict__, "weights": weights}), NumpyTPP(
+        state.model, weights, state.max_count
+    )
+
+
+def test_a_clients_head_offsets_move_its_lengths_only(model):
+    state, tpp = model
+    offsets = np.zeros_like(state.weights["heads.client_offsets.weight"])
+    lo, _ = tpp.slices["input"]
+    spikes = len(tpp.spikes["input"]) + 1
+    offsets[0, lo : lo + spikes - 1] = -30.0  # no spikes for client 0 ...
+    offsets[0, lo + spikes + tpp.km : lo + spikes + 2 * tpp.km] = 3.0  # ... and components 3 std higher
+    before, after = sample(model, 0, rate=5), sample(with_offsets(model, offsets), 0, rate=5)
+    ratio = (
+        after.groupby("client_id")["input_tokens"].median()
+        / before.groupby("client_id")["input_tokens"].median()
+    )
+    c0 = state.client_ids[0]
+    assert ratio[c0] > 5.0
+    assert ratio.drop(c0).between(0.8, 1.25).all()
+
+
+def test_new_clients_take_the_offsets_of_real_clients(model):
+    from servegen_ml.core.spec import ClientSpec
+    from servegen_ml.neural.population import nearest_clients
+    from servegen_ml.neural.sampling.generate import select_clients
+
+    state, _ = model
+    offsets = np.random.default_rng(0).normal(size=state.weights["heads.client_offsets.weight"].shape)
+    moved, _ = with_offsets(model, offsets)
+    table, _ = select_clients(moved, ClientSpec.parse("new:40"), np.random.default_rng(1))
+    real = moved.client_vectors()
+    drawn = np.clip(moved.population.sample(40, np.random.default_rng(1)), real.min(0), real.max(0))
+    assert (table.gap_mean >= real[:, -3].min()).all() and (table.gap_mean <= real[:, -3].max()).all()
+    nearest = nearest_clients(real, drawn)
+    np.testing.assert_array_equal(table.offsets, moved.weights["heads.client_offsets.weight"][nearest])
+    assert len(set(nearest.tolist())) > 1

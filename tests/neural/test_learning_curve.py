@@ -30,3 +30,29 @@ def test_no_nll_rows_no_figure_and_a_foreign_csv_is_an_error(tmp_path):
     pd.DataFrame({"a": [1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="metrics.csv: no 'step' column"):
         write_learning_curve(path)
+
+
+def test_a_resumed_run_draws_its_earlier_versions_too(tmp_path, monkeypatch):
+    from servegen_ml.neural.training import learning_curve
+
+    for version, steps in ((0, [9, 19]), (1, [29, 39]), (2, [49])):
+        folder = tmp_path / f"version_{version}"
+        folder.mkdir()
+        pd.DataFrame({"step": steps, "val_nll": [3.0 - s / 100 for s in steps]}).to_csv(
+            folder / "metrics.csv", index=False
+        )
+    drawn = {}
+    real_concat = pd.concat
+
+    def spy(frames, **kw):
+        drawn["steps"] = [int(x) for f in frames for x in f["step"]]
+        return real_concat(frames, **kw)
+
+    monkeypatch.setattr(learning_curve.pd, "concat", spy)
+    assert write_learning_curve(tmp_path / "version_1" / "metrics.csv") is not None
+    assert drawn["steps"] == [
+        9,
+        19,
+        29,
+        39,
+    ]  # version_0 then version_1; the later version_2 is not this run's

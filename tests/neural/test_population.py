@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from servegen_ml.neural.population import ClientPopulation, fit_population
+from servegen_ml.neural.population import ClientPopulation, fit_population, nearest_clients
 
 
 def test_draws_follow_client_count_not_traffic():
@@ -33,3 +33,10 @@ def test_single_client_population():
     pop = fit_population(np.array([[1.0, 2.0]]), n_components=4, seed=0)
     draws = pop.sample(100, np.random.default_rng(0))
     assert np.allclose(draws.mean(0), [1.0, 2.0], atol=0.05)
+
+
+def test_nearest_clients_in_units_of_the_spread():
+    # Dimension 1 spreads 100x more than dimension 0: distances count each in its own spread.
+    real = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 100.0]])
+    drawn = np.array([[0.9, 10.0], [0.1, 60.0], [0.4, -5.0]])
+    np.testing.assert_array_equal(nearest_clients(real, drawn, block=2), [1, 2, 0])

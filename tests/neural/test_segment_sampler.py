@@ -52,7 +52,9 @@ class _StubTPP:
 def test_straggler_split_keeps_the_partition():
     from servegen_ml.neural.sampling.segment_sampler import ClientTable
 
-    clients = ClientTable(np.zeros((2, 3)), np.zeros(2), np.ones(2), np.zeros((2, 1)), np.ones((2, 1)))
+    clients = ClientTable(
+        np.zeros((2, 3)), np.zeros(2), np.ones(2), np.zeros((2, 1)), np.ones((2, 1)), np.zeros((2, 4))
+    )
     lanes = _Lanes.start(
         _StubTPP(),
         clients,

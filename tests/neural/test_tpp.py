@@ -13,6 +13,7 @@ from servegen_ml.neural.data.normalizers import fit_normalizers, rate_curves
 from servegen_ml.neural.model.tpp import MarkedTPP
 from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
+from servegen_ml.neural.sampling.segment_sampler import ClientTable
 from servegen_ml.neural.training import scoring
 from tests.factories import synthetic_trace
 
@@ -81,9 +82,13 @@ def test_features_gru_and_heads_match_torch(setup):
             np.testing.assert_allclose(h, states[:, step].numpy(), atol=1e-5)
         cond = torch.randn(states.shape[0], len(F.condition_names(store.layout)))
         proj_t, proj_n = tpp.heads.project(states[:, 4]), ntpp.project(h)
+        # Random per-row head offsets: both sides add the same slice of them.
+        off = torch.randn(states.shape[0], tpp.heads.client_offsets.weight.shape[1])
         for name in ntpp.head_names:
             np.testing.assert_allclose(
-                ntpp.raw(name, proj_n, cond.numpy()), tpp.heads.raw(name, proj_t, cond).numpy(), atol=1e-5
+                ntpp.raw(name, proj_n, cond.numpy(), off.numpy()),
+                tpp.heads.raw(name, proj_t, cond, off).numpy(),
+                atol=1e-5,
             )
 
 
@@ -91,9 +96,9 @@ def test_sampled_gaps_follow_the_torch_distribution(setup):
     _, tpp, ntpp = setup
     n = 20_000
     h = np.tile(np.random.default_rng(0).uniform(-0.5, 0.5, (1, ntpp.hidden)).astype(np.float32), (n, 1))
-    gaps = ntpp.sample_gap(ntpp.project(h), np.random.default_rng(1))
+    gaps = ntpp.sample_gap(ntpp.project(h), None, np.random.default_rng(1))
     with torch.no_grad():
-        raw = tpp.heads.raw("time", tpp.heads.project(torch.from_numpy(h[:1])), None)
+        raw = tpp.heads.raw("time", tpp.heads.project(torch.from_numpy(h[:1])), None, None)
         dist = tpp.gap_dist(raw)
         p0 = float(torch.sigmoid(dist.zero_logit))
         w = torch.softmax(dist.comp_logits, -1).numpy()[0]
@@ -115,17 +120,17 @@ def test_sampler_conditions_on_marks_like_training(setup, monkeypatch):
     seen = {}
     raw = NumpyTPP.raw
 
-    def spy(self, name, projected, condition):
+    def spy(self, name, projected, condition, offsets):
         if name == "reasoning":
             seen["cond"] = condition.copy()
-        return raw(self, name, projected, condition)
+        return raw(self, name, projected, condition, offsets)
 
     monkeypatch.setattr(NumpyTPP, "raw", spy)
     n = 500
     h = np.random.default_rng(2).uniform(-1, 1, (n, ntpp.hidden)).astype(np.float32)
     gm, gs = np.zeros(n), np.ones(n)
-    gap = ntpp.sample_gap(ntpp.project(h), np.random.default_rng(3))
-    marks, items = ntpp.sample_marks(ntpp.project(h), gap, gm, gs, np.random.default_rng(4))
+    gap = ntpp.sample_gap(ntpp.project(h), None, np.random.default_rng(3))
+    marks, items = ntpp.sample_marks(ntpp.project(h), None, gap, gm, gs, np.random.default_rng(4))
     assert len(items["image"]) == marks["image_count"].sum()
     want = F.condition_features(
         np, store.layout, gap, gm, gs, marks, ntpp.mark_mean, ntpp.mark_std, ntpp.fields
@@ -136,13 +141,14 @@ def test_sampler_conditions_on_marks_like_training(setup, monkeypatch):
 
 def test_scoring_does_not_depend_on_chunk_length(setup, monkeypatch):
     store, tpp, _ = setup
-    emb = tpp.embedding.weight.detach().numpy()
-    gm, gs = tpp.gap_log_mean.numpy(), tpp.gap_log_std.numpy()
+    clients = ClientTable(
+        tpp.embedding.weight.detach().numpy(), tpp.gap_log_mean.numpy(), tpp.gap_log_std.numpy(),
+        tpp.activity.numpy(), tpp.rate_level.numpy(), tpp.heads.client_offsets.weight.detach().numpy(),
+    )  # fmt: skip
     monkeypatch.setattr(scoring, "BATCH_EVENTS", 16 * len(store.client_ids))
-    act, level = tpp.activity.numpy(), tpp.rate_level.numpy()
-    short = scoring.score_store(tpp, store, emb, gm, gs, act, level)
+    short = scoring.score_store(tpp, store, clients)
     monkeypatch.setattr(scoring, "BATCH_EVENTS", 1 << 18)
-    long = scoring.score_store(tpp, store, emb, gm, gs, act, level)
+    long = scoring.score_store(tpp, store, clients)
     for k in long:
         np.testing.assert_allclose(short[k], long[k], rtol=1e-6, atol=1e-6)
     assert all(np.isfinite(v).all() and (v <= 1e-9).all() for v in long.values())
@@ -152,9 +158,9 @@ def test_numpy_and_torch_draw_the_same_unit_gaps(setup):
     """Same history state and generator: the numpy step and the torch distribution give the same gaps."""
     _, tpp, ntpp = setup
     h = np.random.default_rng(5).uniform(-1, 1, (500, ntpp.hidden)).astype(np.float32)
-    a = ntpp.sample_gap(ntpp.project(h), np.random.default_rng(7))
+    a = ntpp.sample_gap(ntpp.project(h), None, np.random.default_rng(7))
     with torch.no_grad():
-        raw = tpp.heads.raw("time", tpp.heads.project(torch.from_numpy(h)), None)
+        raw = tpp.heads.raw("time", tpp.heads.project(torch.from_numpy(h)), None, None)
         b = tpp.gap_dist(raw).sample(np.random.default_rng(7))
     assert 0.01 < (a == 0).mean() < 0.99
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=0)

@@ -57,6 +57,7 @@ class FollowUpMarks:
             start, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client
         )
         projected = tpp.project(tpp.gru_step(h, x, emb_gates))
+        offsets = self.clients.offsets[client]
         # The mark heads condition on the gap in the client's unit time (servegen_ml.neural.rate_level).
         to_unit = unit_clock(self.clients.level, tpp.activity_bin_s, tpp.activity_span_s)
         previous = np.asarray(context.previous_timeline_s, np.float64)
@@ -69,7 +70,7 @@ class FollowUpMarks:
         cond[:, 1] = gap <= 0
         lists, item_total = {}, np.zeros(n, dtype=np.int64)
         for m in layout.modalities:
-            counts, tokens, _ = tpp._sample_items(m, projected, cond, names, rng)
+            counts, tokens, _ = tpp._sample_items(m, projected, offsets, cond, names, rng)
             lists[f"{m}_tokens"] = (counts, tokens)
             item_total += np.bincount(np.repeat(np.arange(n), counts), weights=tokens, minlength=n).astype(
                 np.int64
@@ -86,7 +87,7 @@ class FollowUpMarks:
         ints = {"output_tokens": output}
         if layout.has_reasoning:
             self._given(cond, names, "output", ints["output_tokens"])
-            raw = tpp.raw("reasoning", projected, cond).astype(np.float64)
+            raw = tpp.raw("reasoning", projected, cond, offsets).astype(np.float64)
             logits, comp, loc, log_scale = F.split_params(raw, 3, tpp.km)
             ints["reasoning_tokens"] = sample_ratio_tokens(
                 logits, comp, loc, log_scale, ints["output_tokens"], rng
@@ -102,12 +103,10 @@ class FollowUpMarks:
         cond[:, names.index(f"z_{field}")] = (np.log1p(value) - self.tpp.mark_mean[i]) / self.tpp.mark_std[i]
 
 
-def follow_up_log_prob(
-    tpp, store, embedding, gap_mean, gap_std, activity, level, previous_s: np.ndarray, span_s: float
-):
+def follow_up_log_prob(tpp, store, clients: ClientTable, previous_s: np.ndarray, span_s: float):
     """Mark log-likelihood parts per store event of follow-ups (torch ``MarkedTPP``; module docstring).
 
-    ``store``: the follow-ups as an EventStore (timeline positions); per-client
+    ``store``: the follow-ups as an EventStore (timeline positions); ``clients``: per-client
     inputs indexed like ``store.client_ids``; ``previous_s`` (n,) the previous
     turn's timeline position per store event. The ``time`` part returned is the
     cold-start gap's and ``output`` the TPP's output head's: the caller replaces both.
@@ -115,6 +114,7 @@ def follow_up_log_prob(
     import torch
 
     from servegen_ml.neural.data.datamodule import to_tensors
+    from servegen_ml.neural.training.scoring import client_tensors
 
     n = store.n_events
     client = store.client_of(np.arange(n))
@@ -141,11 +141,9 @@ def follow_up_log_prob(
         batch[f"items_{m}"] = np.asarray(tokens[: offsets[n]], dtype=np.int64)
         batch[f"items_{m}_owner"] = np.repeat(np.arange(n), np.diff(offsets[: n + 1]))
     batch = to_tensors(batch)
-    emb = torch.from_numpy(np.asarray(embedding, np.float32))[batch["client"]]
-    gm = torch.from_numpy(np.asarray(gap_mean, np.float32))[batch["client"]]
-    gs = torch.from_numpy(np.asarray(gap_std, np.float32))[batch["client"]]
-    act = torch.from_numpy(np.asarray(activity, np.float32))
-    lv = torch.from_numpy(np.asarray(level, np.float64))
+    emb_all, gm_all, gs_all, act, lv, offsets = client_tensors(clients)
+    c = batch["client"]
+    emb, gm, gs = emb_all[c], gm_all[c], gs_all[c]
     with torch.no_grad():
-        parts, _ = tpp(batch, emb, gm, gs, tpp.encoder.initial_state(emb), act, lv)
+        parts, _ = tpp(batch, emb, gm, gs, tpp.encoder.initial_state(emb), act, lv, offsets)
     return {name: value.numpy()[:, 0] for name, value in parts.items()}

@@ -4,7 +4,8 @@
   (:mod:`servegen_ml.neural.rate_level`; positive gaps), shrunk toward
   the all-client values for clients with few gaps;
 * per count field: mean and std of log1p(count), the frequent exact values
-  ("spikes") for the categorical head, and the largest value seen;
+  ("spikes": frequent overall or within one client) for the categorical head,
+  and the largest value seen;
 * per client: the empirical rate curve over the learned timeline (rate control).
 
 All passes run block by block, so memory-mapped stores are never loaded whole.
@@ -27,6 +28,8 @@ SHRINK_GAPS = 5.0
 MIN_GAP_LOG_STD = 0.5
 # Counts >= this are never spikes (keeps the value histogram small).
 SPIKE_VALUE_LIMIT = 1 << 20
+# A value frequent within one client is a spike candidate once that client holds it this often.
+MIN_CLIENT_SPIKE_COUNT = 20
 # The quantile functions stored for initializing the heads' mixtures, and the ratio histogram's bins.
 QUANTILE_PROBS = np.linspace(0.0, 1.0, 33)
 RATIO_BINS = 1000
@@ -92,6 +95,7 @@ def fit_normalizers(
     fields = store.layout.count_fields()
     marks = {f: _Moments() for f in fields}
     hist = {f: np.zeros(SPIKE_VALUE_LIMIT, dtype=np.int64) for f in fields}
+    within_client = {f: _ClientShares(n_clients) for f in fields}
     max_count = dict.fromkeys(fields, 0)
     ratio_hist = np.zeros(RATIO_BINS, dtype=np.int64)
     train_events = np.zeros(n_clients, dtype=np.int64)
@@ -113,10 +117,12 @@ def fit_normalizers(
         gap = np.where(t > prev, to_unit(client, t) - to_unit(prev_client, np.nan_to_num(prev)), 0.0)
         ok = train & ~first_of_client[lo:hi] & (gap > 0)
         gaps.add(np.log(gap[ok]), client[ok])
-        for f, values in _field_values(store, lo, hi, train):
+        for f, values, owner in _field_values(store, lo, hi, train, client):
             marks[f].add(np.log1p(values.astype(np.float64)))
             small = values[values < SPIKE_VALUE_LIMIT]
             hist[f] += np.bincount(small, minlength=SPIKE_VALUE_LIMIT)
+            # Events are grouped by client: every client before this block's last one is complete.
+            within_client[f].add(values, owner, complete_below=int(client[-1]))
             max_count[f] = max(max_count[f], int(values.max(initial=0)))
         if store.layout.has_reasoning:
             ratio_hist += _ratio_hist(store, lo, hi, train)
@@ -135,7 +141,10 @@ def fit_normalizers(
         gap_log_std=c_std.astype(np.float32),
         mark_mean={f: float(m[0]) for f, (m, _) in mark_stats.items()},
         mark_std={f: float(s[0]) for f, (_, s) in mark_stats.items()},
-        spikes={f: frequent_values(hist[f], max_spikes, min_spike_share) for f in fields},
+        spikes={
+            f: frequent_values(hist[f], max_spikes, min_spike_share, within_client[f].best_share())
+            for f in fields
+        },
         max_count=max_count,
         train_events=train_events,
         quantiles=_quantiles(hist, ratio_hist if store.layout.has_reasoning else None),
@@ -166,28 +175,70 @@ def _quantiles(hist: dict[str, np.ndarray], ratio_hist: np.ndarray | None) -> di
     return out
 
 
-def _field_values(store: EventStore, lo: int, hi: int, train: np.ndarray):
-    """(field, training values) of every count field in events [lo, hi)."""
+def _field_values(store: EventStore, lo: int, hi: int, train: np.ndarray, client: np.ndarray):
+    """(field, training values, their clients) of every count field in events [lo, hi)."""
+    client = client[train]
     for m in store.layout.modalities:
-        yield f"{m}_count", np.asarray(store.columns[f"{m}_count"][lo:hi])[train]
+        yield f"{m}_count", np.asarray(store.columns[f"{m}_count"][lo:hi])[train], client
         offsets, tokens = store.items[m]
         first, last = np.asarray(offsets[lo:hi]), np.asarray(offsets[lo + 1 : hi + 1])
         counts = (last - first)[train]
         idx = np.repeat(first[train], counts) + (
             np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         )
-        yield f"{m}_tokens", np.asarray(tokens)[idx] if len(idx) else np.zeros(0, dtype=np.int32)
-    yield "input", np.asarray(store.columns["input"][lo:hi])[train]
-    yield "output", np.asarray(store.columns["output"][lo:hi])[train]
+        values = np.asarray(tokens)[idx] if len(idx) else np.zeros(0, dtype=np.int32)
+        yield f"{m}_tokens", values, np.repeat(client, counts)
+    yield "input", np.asarray(store.columns["input"][lo:hi])[train], client
+    yield "output", np.asarray(store.columns["output"][lo:hi])[train], client
 
 
-def frequent_values(hist: np.ndarray, max_spikes: int, min_share: float) -> list[int]:
-    """The most frequent exact values (templates, caps, a finite support), each at least ``min_share``."""
+class _ClientShares:
+    """Per value, its largest share among the values of any one client (counted at least
+    MIN_CLIENT_SPIKE_COUNT times there); clients arrive grouped, so each client's counts are
+    reduced once it is complete and memory stays that of the clients in flight."""
+
+    def __init__(self, n_clients: int):
+        self.total = np.zeros(n_clients, dtype=np.int64)
+        self.best = np.zeros(SPIKE_VALUE_LIMIT)
+        self.pending = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)  # (client key, count)
+
+    def add(self, values: np.ndarray, client: np.ndarray, complete_below: int) -> None:
+        self.total += np.bincount(client, minlength=len(self.total))
+        small = values < SPIKE_VALUE_LIMIT
+        keys, counts = np.unique(client[small] * SPIKE_VALUE_LIMIT + values[small], return_counts=True)
+        keys, counts = np.concatenate([self.pending[0], keys]), np.concatenate([self.pending[1], counts])
+        keys, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse, weights=counts).astype(np.int64)
+        done = keys < complete_below * SPIKE_VALUE_LIMIT
+        self._reduce(keys[done], counts[done])
+        self.pending = keys[~done], counts[~done]
+
+    def _reduce(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        keep = counts >= MIN_CLIENT_SPIKE_COUNT
+        c, v = np.divmod(keys[keep], SPIKE_VALUE_LIMIT)
+        np.maximum.at(self.best, v, counts[keep] / self.total[c])
+
+    def best_share(self) -> np.ndarray:
+        self._reduce(*self.pending)
+        self.pending = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return self.best
+
+
+def frequent_values(
+    hist: np.ndarray, max_spikes: int, min_share: float, client_share: np.ndarray | None = None
+) -> list[int]:
+    """The most frequent exact values (templates, caps, a finite support), each at least ``min_share``
+    overall or, given ``client_share`` (per value, its largest share within one client), within one
+    client; ranked by the larger of the two shares."""
     total = hist.sum()
     if total == 0 or max_spikes == 0:
         return []
-    candidates = np.nonzero((hist >= min_share * total) & (hist >= 5))[0]
-    top = candidates[np.argsort(-hist[candidates], kind="stable")[:max_spikes]]
+    share = hist / total
+    share = np.where((share >= min_share) & (hist >= 5), share, 0.0)
+    if client_share is not None:
+        share = np.maximum(share, np.where(client_share >= min_share, client_share, 0.0))
+    candidates = np.nonzero(share > 0)[0]
+    top = candidates[np.argsort(-share[candidates], kind="stable")[:max_spikes]]
     return sorted(int(v) for v in top)
 
 

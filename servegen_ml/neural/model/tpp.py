@@ -70,7 +70,7 @@ class MarkedTPP(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.1)
         n_event = len(F.event_feature_names(self.layout, day_harmonics, week_harmonics))
         self.encoder = EventEncoder(n_event, embedding, hidden)
-        self.heads = HeadStack(hidden, head_hidden, self._head_specs())
+        self.heads = HeadStack(hidden, head_hidden, self._head_specs(), n_clients)
 
     def _head_specs(self) -> list[HeadSpec]:
         visible = F.visible_prefix(self.layout)
@@ -185,14 +185,17 @@ class MarkedTPP(nn.Module):
         h0: Tensor,
         activity: Tensor | None = None,
         level: Tensor | None = None,
+        offsets: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
         """Per-event log-likelihood parts (B, T) in ``compute_dtype`` of a batch (see data.chunks.gather_batch), and h_last.
 
-        ``activity`` and ``level`` are the tables ``batch["client"]`` indexes (default: the model's
-        own clients). The time part is log P(gap in [g, g + 1 ms)) in real time, computed exactly as
+        ``activity``, ``level`` and ``offsets`` (the heads' per-client offsets) are the tables
+        ``batch["client"]`` indexes (default: the model's own clients). The time part is log P(gap in [g, g + 1 ms)) in real time, computed exactly as
         the probability of that bin mapped into the client's unit time.
         """
         activity = self.activity if activity is None else activity
+        offsets = self.heads.client_offsets.weight if offsets is None else offsets
+        off = offsets[batch["client"]]
         unit = self.unit_clock(self.rate_level if level is None else level)
         client = batch["client"].unsqueeze(1)
         gm, gs = gap_mean.unsqueeze(1), gap_std.unsqueeze(1)
@@ -209,27 +212,30 @@ class MarkedTPP(nn.Module):
         )
         cond = torch.stack(cond, -1).float()
         proj = self.heads.project(states)
-        time_dist = self.gap_dist(self.heads.raw("time", proj, None))
+        off_t = off.unsqueeze(1)
+        time_dist = self.gap_dist(self.heads.raw("time", proj, None, off_t))
         parts = {"time": time_dist.log_prob_interval(gap, width, batch["gap_s"] > 0)}
-        survival = self._survival(batch, gap, states, emb, gm, gs, y_marks, activity, unit)
+        survival = self._survival(batch, gap, states, emb, gm, gs, y_marks, activity, unit, off)
         parts["time"] = parts["time"] + survival
         for m in self.layout.modalities:
             parts[f"{m}_count"] = self.count_dist(
-                f"{m}_count", self.heads.raw(f"{m}_count", proj, cond)
+                f"{m}_count", self.heads.raw(f"{m}_count", proj, cond, off_t)
             ).log_prob(batch[f"y_{m}_count"].long())
-            parts[f"{m}_tokens"] = self._items_log_prob(m, proj, cond, batch)
+            parts[f"{m}_tokens"] = self._items_log_prob(m, proj, cond, off_t, batch)
         for f in ("input", "output"):
-            parts[f] = self.count_dist(f, self.heads.raw(f, proj, cond)).log_prob(batch[f"y_{f}"].long())
+            raw = self.heads.raw(f, proj, cond, off_t)
+            parts[f] = self.count_dist(f, raw).log_prob(batch[f"y_{f}"].long())
         if self.layout.has_reasoning:
-            dist = self.ratio_dist(self.heads.raw("reasoning", proj, cond))
+            dist = self.ratio_dist(self.heads.raw("reasoning", proj, cond, off_t))
             parts["reasoning"] = dist.log_prob(batch["y_reasoning"].long(), batch["y_output"].long())
         mask = batch["mask"]
         return {k: torch.where(mask, v, torch.zeros_like(v)) for k, v in parts.items()}, h_last
 
-    def _survival(self, batch, gap, states, emb, gm, gs, y_marks, activity, unit) -> Tensor:
+    def _survival(self, batch, gap, states, emb, gm, gs, y_marks, activity, unit, off) -> Tensor:
         """log P(no event before the window end) after each segment's last event; 0 elsewhere.
 
-        ``gap``: the events' unit gaps; ``unit``: the clients' unit clock (:meth:`unit_clock`).
+        ``gap``: the events' unit gaps; ``unit``: the clients' unit clock (:meth:`unit_clock`);
+        ``off``: the lanes' rows of head offsets.
         """
         s = batch["survival_s"]
         out = torch.zeros_like(s)
@@ -246,16 +252,16 @@ class MarkedTPP(nn.Module):
         )  # fmt: skip
         # One more GRU step: the state after the last event itself sets the survival's gap distribution.
         _, h_after = self.encoder(x.unsqueeze(1), emb[b_idx], states[sel])
-        raw = self.heads.raw("time", self.heads.project(h_after), None)
+        raw = self.heads.raw("time", self.heads.project(h_after), None, off[b_idx])
         left = unit.span(client, t, t + s[sel])
         out[sel] = self.gap_dist(raw).log_survival(left).to(out.dtype)
         return out
 
-    def _items_log_prob(self, m: str, proj: Tensor, cond: Tensor, batch) -> Tensor:
+    def _items_log_prob(self, m: str, proj: Tensor, cond: Tensor, off: Tensor, batch) -> Tensor:
         """Sum over each event's items of log P(item tokens); items are i.i.d. given the event's context."""
         b, t = batch["mask"].shape
         owner = batch[f"items_{m}_owner"]
-        raw = self.heads.raw(f"{m}_tokens", proj, cond).reshape(b * t, -1)[owner]
+        raw = self.heads.raw(f"{m}_tokens", proj, cond, off).reshape(b * t, -1)[owner]
         lp = self.count_dist(f"{m}_tokens", raw).log_prob(batch[f"items_{m}"].long())
         total = torch.zeros(b * t, dtype=lp.dtype, device=lp.device).index_add_(0, owner, lp)
         return total.reshape(b, t)

@@ -18,6 +18,7 @@ import pandas as pd
 from servegen_ml.compose import merge_streams, segment_multipliers
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import ClientSpec, GenerationSpec
+from servegen_ml.neural.population import nearest_clients
 from servegen_ml.neural.rate_level import cumulative_table, flat_level, unit_time
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
 from servegen_ml.neural.sampling.segment_sampler import (
@@ -125,13 +126,22 @@ def select_clients(state: NeuralState, clients: ClientSpec, rng):
             w["gap_log_std"][idx],
             w["activity"][idx],
             level,
+            w["heads.client_offsets.weight"][idx],
         )
         return table, [state.client_ids[i] for i in idx]
-    vec = state.population.sample(clients.n, rng)
+    real = state.client_vectors()
+    # Within the real clients' range in every dimension, as a random set of real clients is: the
+    # mixture's tails (fitted to few points) would otherwise draw rates no real client has.
+    vec = np.clip(state.population.sample(clients.n, rng), real.min(0), real.max(0))
     e = state.embedding_dim
     activity = state.flat_activity(vec[:, e + 2])
     level = flat_level(np.exp(vec[:, e + 2]), w["rate_level"].shape[1])
-    table = ClientTable(vec[:, :e], vec[:, e], np.maximum(vec[:, e + 1], MIN_GAP_STD), activity, level)
+    # A new client's own head offsets (its spikes, components, gap shape): those of the real client
+    # nearest to its drawn vector, so lengths spread over new clients as over real ones.
+    offsets = w["heads.client_offsets.weight"][nearest_clients(real, vec)]
+    table = ClientTable(
+        vec[:, :e], vec[:, e], np.maximum(vec[:, e + 1], MIN_GAP_STD), activity, level, offsets
+    )
     return table, [f"new-{i}" for i in range(clients.n)]
 
 

@@ -54,6 +54,10 @@ class NumpyTPP:
         }
         self.w_out = {n: w[f"heads.out.{n}.weight"].T.copy() for n in self.head_names}
         self.b_out = {n: w[f"heads.out.{n}.bias"] for n in self.head_names}
+        # Per-client offsets of the heads' raw parameters (C, P), each head's slice in head order.
+        self.client_offsets = w["heads.client_offsets.weight"]
+        ends = np.cumsum([len(self.b_out[n]) for n in self.head_names])
+        self.slices = {n: (int(e - len(self.b_out[n])), int(e)) for n, e in zip(self.head_names, ends)}
 
     # -- recurrent part ---------------------------------------------------------------------
 
@@ -101,20 +105,25 @@ class NumpyTPP:
     def project(self, h: np.ndarray) -> np.ndarray:
         return h @ self.w_hist + self.b_hist
 
-    def raw(self, name: str, projected: np.ndarray, condition: np.ndarray | None) -> np.ndarray:
+    def raw(self, name: str, projected, condition, offsets: np.ndarray | None) -> np.ndarray:
+        """Raw parameters of head ``name``; ``offsets``: the rows' clients' head offsets (B, P) or None."""
         j = self.head_names.index(name)
         pre = projected[:, j * self.head_hidden : (j + 1) * self.head_hidden]
         if name in self.w_cond:
             pre = pre + condition[:, : self.w_cond[name].shape[0]] @ self.w_cond[name]
-        return np.maximum(pre, 0.0) @ self.w_out[name] + self.b_out[name]
+        out = np.maximum(pre, 0.0) @ self.w_out[name] + self.b_out[name]
+        if offsets is not None:
+            lo, hi = self.slices[name]
+            out += offsets[:, lo:hi]
+        return out
 
-    def sample_gap(self, projected, rng, forward: np.ndarray | None = None) -> np.ndarray:
+    def sample_gap(self, projected, offsets, rng, forward: np.ndarray | None = None) -> np.ndarray:
         """Next gap (B,) in the client's unit time (mean 1) given the projected history state.
 
         Where ``forward`` is set the row starts at an arbitrary moment rather than at an event:
         its first gap is the forward recurrence time (:func:`draws.sample_forward_gap`).
         """
-        raw = self.raw("time", projected, None).astype(np.float64)
+        raw = self.raw("time", projected, None, offsets).astype(np.float64)
         zero, comp, loc, log_scale = F.unit_gap_params(np, raw, self.kt)
         gap = S.sample_gap(zero, comp, loc, log_scale, rng)
         if forward is not None and forward.any():
@@ -132,8 +141,8 @@ class NumpyTPP:
         floor = F.count_floor(float(self.mark_mean[i]), float(self.mark_std[i]))
         return S.sample_count(spikes, logits, comp, loc, log_scale, cap, rng, floor)
 
-    def sample_marks(self, projected, gap_s, gap_mean, gap_std, rng) -> tuple[dict, dict]:
-        """Marks of events whose gap is drawn, in conditioning order.
+    def sample_marks(self, projected, offsets, gap_s, gap_mean, gap_std, rng) -> tuple[dict, dict]:
+        """Marks of events whose gap is drawn, in conditioning order (``offsets``: see :meth:`raw`).
 
         Returns (marks, items): marks has ``input`` (base tokens), ``output``,
         ``reasoning``, ``{m}_count``, ``{m}_item_log``; items maps a modality to
@@ -147,24 +156,24 @@ class NumpyTPP:
         marks, items = {}, {}
         for m in self.layout.modalities:
             marks[f"{m}_count"], items[m], marks[f"{m}_item_log"] = self._sample_items(
-                m, projected, cond, names, rng
+                m, projected, offsets, cond, names, rng
             )
         for f in ("input", "output"):
-            marks[f] = self._sample_count(f, self.raw(f, projected, cond), rng)
+            marks[f] = self._sample_count(f, self.raw(f, projected, cond, offsets), rng)
             i = self.fields.index(f)
             cond[:, names.index(f"z_{f}")] = (np.log1p(marks[f]) - self.mark_mean[i]) / self.mark_std[i]
         if self.layout.has_reasoning:
             logits, comp, loc, log_scale = F.split_params(
-                self.raw("reasoning", projected, cond).astype(np.float64), 3, self.km
+                self.raw("reasoning", projected, cond, offsets).astype(np.float64), 3, self.km
             )
             marks["reasoning"] = S.sample_ratio_tokens(logits, comp, loc, log_scale, marks["output"], rng)
         return marks, items
 
-    def _sample_items(self, m, projected, cond, names, rng):
-        counts = self._sample_count(f"{m}_count", self.raw(f"{m}_count", projected, cond), rng)
+    def _sample_items(self, m, projected, offsets, cond, names, rng):
+        counts = self._sample_count(f"{m}_count", self.raw(f"{m}_count", projected, cond, offsets), rng)
         i, j = self.fields.index(f"{m}_count"), self.fields.index(f"{m}_tokens")
         cond[:, names.index(f"z_{m}_count")] = (np.log1p(counts) - self.mark_mean[i]) / self.mark_std[i]
-        raw = self.raw(f"{m}_tokens", projected, cond)
+        raw = self.raw(f"{m}_tokens", projected, cond, offsets)
         tokens = self._sample_count(f"{m}_tokens", np.repeat(raw, counts, axis=0), rng)
         ends = np.cumsum(counts)
         log_sum = np.concatenate([[0.0], np.cumsum(np.log1p(tokens))])

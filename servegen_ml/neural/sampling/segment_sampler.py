@@ -45,14 +45,15 @@ MAX_WARMUP_S = 6 * 3600.0
 
 @dataclass
 class ClientTable:
-    """Per sampled client: embedding (C, E), log-gap normalizer (C,), (C,), activity rows (C, bins) and
-    rate level (C, bins) req/s (servegen_ml.neural.rate_level)."""
+    """Per sampled client: embedding (C, E), log-gap normalizer (C,), (C,), activity rows (C, bins),
+    rate level (C, bins) req/s (servegen_ml.neural.rate_level) and the heads' offsets (C, P)."""
 
     embedding: np.ndarray
     gap_mean: np.ndarray
     gap_std: np.ndarray
     activity: np.ndarray
     level: np.ndarray
+    offsets: np.ndarray
 
 
 @dataclass
@@ -243,7 +244,7 @@ def sample_rows(
             return recorder.result()
         if len(lanes.tau) <= few_rows:
             lanes = _split_stragglers(tpp, clients, lanes, tail_events, warmup_events)
-        lanes = _step(tpp, lanes, clients.activity, time_map, rng, recorder, warmup_events)
+        lanes = _step(tpp, lanes, clients, time_map, rng, recorder, warmup_events)
     raise RuntimeError(
         f"sampling did not finish within {max_steps} steps per row: the model draws far more events "
         "than its learned rate (a degenerate fit?)"
@@ -251,7 +252,13 @@ def sample_rows(
 
 
 def _step(
-    tpp: NumpyTPP, lanes: _Lanes, activity, time_map: TimeMap, rng, recorder: _Recorder, warmup_events: float
+    tpp: NumpyTPP,
+    lanes: _Lanes,
+    clients: ClientTable,
+    time_map: TimeMap,
+    rng,
+    recorder: _Recorder,
+    warmup_events: float,
 ) -> _Lanes:
     """One event for every running row; rows past their end drop out.
 
@@ -263,18 +270,19 @@ def _step(
     position = time_map.position(time_map.to_spec_time(lanes.client, lanes.tau))
     x = tpp.event_features(
         position, lanes.prev_gap, lanes.prev_start, lanes.gap_mean, lanes.gap_std, lanes.prev_marks,
-        activity, lanes.client,
+        clients.activity, lanes.client,
     )  # fmt: skip
     lanes.h = tpp.gru_step(lanes.h, x, lanes.emb_gates)
     projected = tpp.project(lanes.h)
     # A row's start (and a skip to its kept part) is an arbitrary moment, not an event: drawing
     # an ordinary gap there would add the mean overshoot of a heavy-tailed gap to every row.
-    gap = tpp.sample_gap(projected, rng, forward=lanes.prev_start | warmed)
+    offsets = clients.offsets[lanes.client]
+    gap = tpp.sample_gap(projected, offsets, rng, forward=lanes.prev_start | warmed)
     lanes.tau = lanes.tau + gap
     go = lanes.tau < lanes.tau_end
     if not go.all():
-        lanes, projected, gap = lanes.select(go), projected[go], gap[go]
-    marks, items = tpp.sample_marks(projected, gap, lanes.gap_mean, lanes.gap_std, rng)
+        lanes, projected, offsets, gap = lanes.select(go), projected[go], offsets[go], gap[go]
+    marks, items = tpp.sample_marks(projected, offsets, gap, lanes.gap_mean, lanes.gap_std, rng)
     keep = lanes.tau >= lanes.tau_keep
     lanes.warm = lanes.warm + ~keep
     if keep.any():

@@ -4,7 +4,9 @@ Lightning's ``CSVLogger`` writes ``metrics.csv`` with one row per logged step
 (``train_nll_step``), per epoch (``train_nll_epoch``) and per validation
 (``val_nll``), each row holding only the columns logged at that time. The
 figure plots every NLL column that has values against the global step, so a
-run that did not train, or did not learn, is visible at a glance.
+run that did not train, or did not learn, is visible at a glance. A resumed run
+logs into a new ``version_N`` beside the earlier ones (its steps continue
+theirs): the figure draws them all.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ def write_learning_curve(metrics_csv: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    log = pd.read_csv(metrics_csv)
-    if "step" not in log.columns:
-        raise ValueError(f"{metrics_csv}: no 'step' column; not a Lightning CSV log")
+    logs = []
+    for path in _run_logs(metrics_csv):
+        log = pd.read_csv(path)
+        if "step" not in log.columns:
+            raise ValueError(f"{path}: no 'step' column; not a Lightning CSV log")
+        logs.append(log)
+    log = pd.concat(logs, ignore_index=True)
     curves = {c: log[["step", c]].dropna() for c in CURVES if c in log.columns}
     curves = {c: d for c, d in curves.items() if len(d)}
     if not curves:
@@ -48,7 +54,7 @@ def write_learning_curve(metrics_csv: Path) -> Path | None:
         )
     ax.set_xlabel("global step")
     ax.set_ylabel("NLL per event (nats)")
-    ax.set_title("/".join(metrics_csv.parts[-4:-1]))  # run fingerprint/logs/version
+    ax.set_title("/".join(metrics_csv.parts[-4:-1]))  # run fingerprint/logs/version (the latest)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -58,3 +64,19 @@ def write_learning_curve(metrics_csv: Path) -> Path | None:
     plt.close(fig)
     tmp.replace(out)  # atomic
     return out
+
+
+def _run_logs(metrics_csv: Path) -> list[Path]:
+    """``metrics_csv`` after the logs of the same run's earlier versions (``version_0`` ... before it)."""
+
+    def number(path: Path) -> int | None:
+        name = path.parent.name
+        return int(name[len("version_") :]) if name.startswith("version_") and name[8:].isdigit() else None
+
+    current = number(metrics_csv)
+    if current is None:
+        return [metrics_csv]
+    earlier = [
+        p for p in metrics_csv.parent.parent.glob("version_*/metrics.csv") if (number(p) or 0) < current
+    ]
+    return sorted(earlier, key=number) + [metrics_csv]

@@ -14,6 +14,7 @@ from servegen_ml.neural.data.chunks import gather_batch, plan_lanes, whole_segme
 from servegen_ml.neural.data.datamodule import to_tensors
 from servegen_ml.neural.data.events import EventStore
 from servegen_ml.neural.model.tpp import MarkedTPP
+from servegen_ml.neural.sampling.segment_sampler import ClientTable
 
 # Events held at once in one scoring batch (lanes x chunk length).
 BATCH_EVENTS = 1 << 18
@@ -23,23 +24,15 @@ BATCH_EVENTS = 1 << 18
 def score_store(
     tpp: MarkedTPP,
     store: EventStore,
-    embedding: np.ndarray,
-    gap_mean: np.ndarray,
-    gap_std: np.ndarray,
-    activity: np.ndarray,
-    level: np.ndarray,
+    clients: ClientTable,
 ) -> dict[str, np.ndarray]:
-    """Log-likelihood parts per event in store order; per-client inputs indexed like ``store.client_ids``
-    (``level``: rate level rows, see servegen_ml.neural.rate_level)."""
+    """Log-likelihood parts per event in store order; ``clients``: per-client inputs indexed like
+    ``store.client_ids``."""
     segments = whole_segments(store)
     n_lanes = max(1, len(segments))
     chunk_len = int(np.clip(BATCH_EVENTS // n_lanes, 16, 1024))
     plan = plan_lanes(segments, n_lanes, chunk_len, rng=None)
-    emb_all = torch.from_numpy(np.asarray(embedding, dtype=np.float32))
-    gm_all = torch.from_numpy(np.asarray(gap_mean, dtype=np.float32))
-    gs_all = torch.from_numpy(np.asarray(gap_std, dtype=np.float32))
-    activity = torch.from_numpy(np.asarray(activity, dtype=np.float32))
-    level = torch.from_numpy(np.asarray(level, dtype=np.float64))
+    emb_all, gm_all, gs_all, activity, level, offsets = client_tensors(clients)
     out: dict[str, np.ndarray] = {}
     h = None
     tpp.eval()
@@ -50,9 +43,19 @@ def score_store(
         h0 = tpp.encoder.initial_state(emb)
         if h is not None:
             h0 = torch.where(batch["reset"].unsqueeze(1), h0, h)
-        parts, h = tpp(batch, emb, gm, gs, h0, activity, level)
+        parts, h = tpp(batch, emb, gm, gs, h0, activity, level, offsets)
         mask = batch["mask"].numpy()
         idx = (plan.lo[:, step, None] + np.arange(chunk_len)[None, :])[mask]
         for name, value in parts.items():
             out.setdefault(name, np.zeros(store.n_events))[idx] = value.numpy()[mask]
     return out
+
+
+def client_tensors(clients: ClientTable) -> tuple[torch.Tensor, ...]:
+    """The model's per-client inputs as tensors: embedding, gap normalizer (2), activity, level, offsets."""
+    f32 = (clients.embedding, clients.gap_mean, clients.gap_std, clients.activity)
+    return (
+        *(torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in f32),
+        torch.from_numpy(np.asarray(clients.level, dtype=np.float64)),
+        torch.from_numpy(np.asarray(clients.offsets, dtype=np.float32)),
+    )

@@ -61,6 +61,36 @@ def test_spikes_are_frequent_exact_values():
     assert norm.max_count["output"] == out.max()
 
 
+def test_a_value_frequent_within_one_small_client_is_a_spike(monkeypatch):
+    """Spikes are chosen by the larger of the overall and the within-client share, whatever the blocks."""
+    from servegen_ml.neural.data import normalizers
+
+    rng = np.random.default_rng(1)
+    big, small = 50_000, 400
+    inp = np.round(np.exp(rng.normal(7.0, 0.8, big + small))).astype(int)
+    inp[:big][rng.random(big) < 0.02] = 1234  # the big client's template
+    inp[big:][: small // 4] = 333  # a quarter of the small client's prompts: 0.2 % overall
+    trace = make_trace(
+        {
+            "timestamp": np.sort(rng.random(big + small)) * 1000,
+            "client_id": np.r_[np.full(big, "big"), np.full(small, "small")],
+            "input_tokens": inp,
+            "output_tokens": np.full(big + small, 10),
+        }
+    )
+    store = store_from_frame(trace)
+    wanted = fit_normalizers(store, seconds, None, max_spikes=2, min_spike_share=0.005).spikes["input"]
+    assert wanted == [333, 1234]
+    # Without the within-client share the small client's value is not frequent enough overall.
+    hist = np.bincount(inp, minlength=2000)
+    assert normalizers.frequent_values(hist, 2, 0.005) == [1234]
+    for block in (977, 10_000):  # blocks that split clients: the counts carry across
+        real = normalizers.iter_blocks
+        monkeypatch.setattr(normalizers, "iter_blocks", lambda n, block=block, real=real: real(n, block))
+        got = fit_normalizers(store, seconds, None, max_spikes=2, min_spike_share=0.005).spikes["input"]
+        assert got == wanted
+
+
 def test_rate_curves_count_events_per_bin():
     trace = synthetic_trace(seed=4, duration_s=1200.0, n_clients=2)
     store = store_from_frame(trace)
