@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument(
         "--no-conversations",
         action="store_true",
-        help="leave out conversation_id and turn (the parametric fit then streams instead of reading into memory)",
+        help="leave out conversation_id and turn (requests only: no conversation model to fit)",
     )
     args = parser.parse_args()
     for rows in args.rows:

@@ -10,17 +10,14 @@ sampling their openers) and the neural heads (:mod:`servegen_ml.conversations.ne
 See docs/conversations.md.
 """
 
-from servegen_ml.conversations.empirical import (
-    ConversationModel,
-    ConversationRoles,
-    conversation_roles,
-    fit_conversations,
-)
+from servegen_ml.conversations.empirical import ConversationModel, ConversationRoles, conversation_roles
+from servegen_ml.conversations.fit import ConversationFitter, fit_conversations
 from servegen_ml.conversations.likelihood import conversation_log_prob, log_prob_with_conversations
 from servegen_ml.conversations.sampling import conversation_plan, sample_follow_ups
 from servegen_ml.conversations.turns import TurnModel, Turns
 
 __all__ = [
+    "ConversationFitter",
     "ConversationModel",
     "ConversationRoles",
     "TurnModel",

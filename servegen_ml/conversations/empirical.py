@@ -3,7 +3,10 @@
 Roles (:func:`conversation_roles`). Rows sharing a ``conversation_id`` form a
 conversation, ordered by arrival: the first row *opens* it, every later row
 *follows* the row before it (its predecessor) at position k = 2, 3, ... A row
-without an id (missing or empty) is a conversation of one. Arrival order is
+without an id (missing or empty) is a conversation of one. The fit
+(:mod:`servegen_ml.conversations.fit`, streamed over time-sorted chunks)
+also closes a conversation silent for more than 6 h: a later row with its id
+opens a new one. Arrival order is
 what :mod:`servegen_ml.stats.conversations` measures gaps on, so a branching
 conversation (two turns answering one parent) is chained in arrival order.
 
@@ -157,138 +160,22 @@ class ConversationModel:
 
     # ------------------------------------------------------------ fitting
 
-    def fit(
-        self,
-        trace: pd.DataFrame,
-        client_ids: np.ndarray | None = None,
-        roles: ConversationRoles | None = None,
-    ) -> ConversationModel:
-        """Fit from a canonical trace; ``client_ids`` overrides the client labels (one label: an aggregate model)."""
-        roles = roles if roles is not None else conversation_roles(trace)
-        follow = np.flatnonzero(roles.predecessor >= 0)
-        if len(follow) == 0:
-            raise UserError("cannot fit a conversation model: the trace has no follow-up turns")
-        labels = _labels(trace, client_ids)[roles.opener_row]
-        clients, code = np.unique(labels, return_inverse=True)
-        self.clients_ = tuple(str(c) for c in clients)
-        code = code.astype(np.int64)
-        t = trace["timestamp"].to_numpy(np.float64)
-        inp = trace["input_tokens"].to_numpy(np.int64)
-        out = trace["output_tokens"].to_numpy(np.int64)
-        prev = roles.predecessor[follow]
-        cuts = np.arange(1, self.gap_buckets) / self.gap_buckets
-        self.output_edges_ = np.unique(np.quantile(out[prev], cuts)) if self.gap_buckets > 1 else np.zeros(0)
-        gap_s = t[follow] - t[prev]
-        gap_ms = np.floor(gap_s / TIME_RESOLUTION_S + 1e-6)
-        new_tokens = np.maximum(inp[follow] - inp[prev] - out[prev], 0)
-        self.values_ = pd.concat(
-            [
-                self._value_rows(
-                    GAP_MS, code[follow], self.output_bucket(out[prev]), gap_ms, _gap_weight(t, gap_s)
-                ),
-                self._value_rows(NEW_TOKENS, code[follow], np.full(len(follow), ALL_BUCKETS), new_tokens),
-            ],
-            ignore_index=True,
+    def fit(self, trace: pd.DataFrame, client_ids: np.ndarray | None = None) -> ConversationModel:
+        """Fit from a canonical trace sorted by time; ``client_ids`` overrides the client labels (one label: an
+        aggregate model). The trace is one chunk of :class:`~servegen_ml.conversations.fit.ConversationFitter`."""
+        from servegen_ml.conversations.fit import ConversationFitter
+
+        fitter = ConversationFitter(
+            gap_buckets=self.gap_buckets,
+            min_conversations=self.min_conversations,
+            min_follow_ups=self.min_follow_ups,
         )
-        self.burn_in_s_ = burn_in_s(t, roles)
-        self._compile_tables()
-        self.hazard_counts_ = self._hazard_counts(roles, code, np.ones(len(t)))
-        self._compile_hazards()
-        end_s = float(t.max()) + TIME_RESOLUTION_S
-        self.hazard_counts_ = self._hazard_counts(roles, code, self._stop_weight(roles, code, t, out, end_s))
-        self._compile_hazards()
-        self.summary_ = self._summary(roles, code, gap_ms, follow)
+        fitter.add(trace, client_ids)
+        fitted = fitter.finish()
+        if fitted is None:
+            raise UserError("cannot fit a conversation model: the trace has no follow-up turns")
+        self.__dict__.update(fitted.__dict__)
         return self
-
-    def _value_rows(self, table, client, bucket, value, weight=None) -> pd.DataFrame:
-        """(table, client, bucket, value, count, weight) rows of every stored cell (see fallback rules).
-
-        ``count`` is the number of observations, ``weight`` their censoring-corrected mass (what is sampled).
-        """
-        pop = len(self.clients_)
-        weight = np.ones(len(client)) if weight is None else weight
-        cells = [(client, bucket), (client, np.full(len(client), ALL_BUCKETS))]
-        cells += [
-            (np.full(len(client), pop), bucket),
-            (np.full(len(client), pop), np.full(len(client), ALL_BUCKETS)),
-        ]
-        frames = []
-        for c, b in cells:
-            df = pd.DataFrame(
-                {"client": c, "bucket": b, "value": np.asarray(value, np.float64), "weight": weight}
-            )
-            df = (
-                df.groupby(["client", "bucket", "value"], sort=True)["weight"]
-                .agg(["size", "sum"])
-                .reset_index()
-            )
-            df = df.rename(columns={"size": "count", "sum": "weight"})
-            size = df.groupby(["client", "bucket"])["count"].transform("sum")
-            whole_pop = (df["client"] == pop) & (df["bucket"] == ALL_BUCKETS)
-            frames.append(df[(size >= self.min_follow_ups) | whole_pop])
-        out = pd.concat(frames, ignore_index=True).drop_duplicates(["client", "bucket", "value"])
-        out.insert(0, "table", table)
-        out["count"] = out["count"].astype(np.int64)
-        return out.reset_index(drop=True)
-
-    def _hazard_counts(
-        self, roles: ConversationRoles, code: np.ndarray, stop_weight: np.ndarray
-    ) -> pd.DataFrame:
-        """Per (client incl. the population, position): conversations that reached it, continued past it, stopped at it."""
-        pop = len(self.clients_)
-        k_max = int(roles.position.max())
-        cont = (~roles.is_last).astype(np.float64)
-        stop = np.where(roles.is_last, stop_weight, 0.0)
-        frames = []
-        for c in (code, np.full(len(code), pop)):
-            key = c * (k_max + 1) + roles.position
-            n = (pop + 1) * (k_max + 1)
-            reached = np.bincount(key, minlength=n)
-            used = np.flatnonzero(reached)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "client": used // (k_max + 1),
-                        "position": used % (k_max + 1),
-                        "reached": reached[used],
-                        "continued": np.bincount(key, weights=cont, minlength=n)[used],
-                        "stopped": np.bincount(key, weights=stop, minlength=n)[used],
-                    }
-                )
-            )
-        return pd.concat(frames, ignore_index=True)
-
-    def _stop_weight(self, roles, code, t, out, end_s) -> np.ndarray:
-        """P(the conversation really stopped | no later turn before ``end_s``), per row (used on last turns)."""
-        group = self.hazard_group(code)
-        h = self.continue_prob(group, roles.position)
-        sf = np.exp(self.log_sf_gap(code, out, end_s - t))
-        return (1.0 - h) / (1.0 - h + h * sf)
-
-    def _summary(self, roles, code, gap_ms, follow) -> pd.DataFrame:
-        pop = len(self.clients_)
-        opener = roles.is_opener
-        rows = np.r_[code, np.full(len(code), pop)]
-        is_open = np.r_[opener, opener].astype(np.float64)
-        requests = np.bincount(rows, minlength=pop + 1)
-        conversations = np.bincount(rows, weights=is_open, minlength=pop + 1)
-        f_rows = np.r_[code[follow], np.full(len(follow), pop)]
-        follow_ups = np.bincount(f_rows, minlength=pop + 1)
-        gap_sum_s = np.bincount(f_rows, weights=np.r_[gap_ms, gap_ms] * TIME_RESOLUTION_S, minlength=pop + 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return pd.DataFrame(
-                {
-                    "client_id": [*self.clients_, POPULATION],
-                    "requests": requests.astype(np.int64),
-                    "conversations": conversations.astype(np.int64),
-                    "follow_ups": follow_ups.astype(np.int64),
-                    "opener_share": conversations / requests,
-                    "mean_turns": requests / conversations,
-                    "mean_gap_s": np.where(follow_ups > 0, gap_sum_s / np.maximum(follow_ups, 1), np.nan),
-                    "own_hazard": conversations >= self.min_conversations,
-                    "own_lengths": follow_ups >= self.min_follow_ups,
-                }
-            )
 
     # ------------------------------------------------------------ compiled lookups
 
@@ -307,6 +194,7 @@ class ConversationModel:
                 rows["weight"].to_numpy(np.float64),
                 n_rows,
                 slots,
+                width=rows["width"].to_numpy(np.float64) if "width" in rows else None,
             )
 
     def _compile_hazards(self) -> None:
@@ -498,20 +386,6 @@ def burn_in_s(t_s: np.ndarray, roles: ConversationRoles) -> float:
     return float(min(np.quantile(offset_s, 0.99), MAX_BURN_IN_S))
 
 
-def _labels(trace: pd.DataFrame, client_ids) -> np.ndarray:
-    if client_ids is not None:
-        return np.asarray(client_ids, dtype=object).astype(str)
-    return trace["client_id"].astype(str).to_numpy(dtype=object)
-
-
-def _gap_weight(t_s: np.ndarray, gap_s: np.ndarray) -> np.ndarray:
-    """1 / share of requests at least ``gap_s`` before the trace's end (capped): the censoring weight of a gap."""
-    t_sorted = np.sort(t_s)
-    end_s = t_sorted[-1] + TIME_RESOLUTION_S
-    share = np.searchsorted(t_sorted, end_s - gap_s, side="right") / len(t_sorted)
-    return np.minimum(1.0 / np.maximum(share, 1.0 / MAX_GAP_WEIGHT), MAX_GAP_WEIGHT)
-
-
 def _empirical_sf(table: FieldTable, group: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """P(V >= steps) under each group's empirical distribution."""
     entry_group = np.repeat(np.arange(table.n_groups), np.diff(table.group_start))
@@ -519,7 +393,15 @@ def _empirical_sf(table: FieldTable, group: np.ndarray, steps: np.ndarray) -> np
     idx = np.searchsorted(keys, group.astype(np.float64) * 2.0**33 + steps, side="left")
     inside = idx < table.group_start[group + 1]
     before = table.cdf_before[np.minimum(idx, len(keys) - 1)] - group
-    return np.where(inside, 1.0 - before, 0.0)
+    sf = np.where(inside, 1.0 - before, 0.0)
+    if table.width is None:
+        return sf
+    # A binned entry below ``steps`` may reach past it: the part of its mass at or above ``steps``.
+    prev = np.maximum(idx - 1, 0)
+    top = table.values[prev] + table.width[prev]
+    covers = (idx > table.group_start[group]) & (top > steps)
+    mass = table.cdf[prev] - table.cdf_before[prev]
+    return sf + np.where(covers, mass * (top - steps) / table.width[prev], 0.0)
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -546,18 +428,3 @@ def fit_conversation_roles(trace: pd.DataFrame) -> ConversationRoles | None:
         return None
     roles = conversation_roles(trace)
     return None if roles.is_opener.all() else roles
-
-
-def fit_conversations(
-    trace: pd.DataFrame, client_ids: np.ndarray | None = None, **model_options
-) -> tuple[pd.DataFrame, ConversationModel | None]:
-    """(the openers, on which a generator fits its arrival streams; the fitted conversation model).
-
-    A trace without conversation ids, or whose conversations all have one turn,
-    gives ``(trace, None)``: there is nothing to model beyond single requests.
-    """
-    roles = fit_conversation_roles(trace)
-    if roles is None:
-        return trace, None
-    model = ConversationModel(**model_options).fit(trace, client_ids, roles)
-    return trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True), model

@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from servegen_ml.compose import interarrival as ia
-from servegen_ml.conversations.empirical import ConversationModel, fit_conversations
+from servegen_ml.conversations.empirical import ConversationModel
+from servegen_ml.conversations.fit import ConversationFitter, openers_of
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.core.errors import CheckpointError, UserError
 from servegen_ml.core.spec import GenerationSpec
@@ -61,19 +62,13 @@ class NaiveGenerator(Generator):
         self.conversations_: ConversationModel | None = None
 
     def fit(self, trace: pd.DataFrame) -> NaiveGenerator:
-        if len(trace) == 0:
-            raise UserError("cannot fit a generator to an empty trace")
-        # With conversations, everything below describes the openers.
-        trace, self.conversations_ = fit_conversations(
-            trace, client_ids=np.full(len(trace), CLIENT_ID, dtype=object)
-        )
-        self._fit_requests([trace])
-        return self
+        return self.fit_chunks([trace])
 
     def fit_chunks(self, chunks: Iterable[pd.DataFrame]) -> NaiveGenerator:
-        """Fit on a time-sorted trace without conversations, streamed in chunks (bounded memory)."""
-        self.conversations_ = None
-        self._fit_requests(chunks)
+        """Fit on a time-sorted trace streamed in chunks (bounded memory); the same model as :meth:`fit`."""
+        conversations = ConversationFitter()
+        self._fit_requests(openers_of(chunks, conversations, client_ids=CLIENT_ID))
+        self.conversations_ = conversations.finish()
         return self
 
     def _fit_requests(self, chunks: Iterable[pd.DataFrame]) -> None:

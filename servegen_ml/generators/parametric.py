@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from servegen_ml.conversations.empirical import ConversationModel, fit_conversations
+from servegen_ml.conversations.empirical import ConversationModel
+from servegen_ml.conversations.fit import ConversationFitter, openers_of
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.stream import UnitSource, pool_unit_source
-from servegen_ml.pool import ClientPool, fit_client_pool, load_servegen_pool
+from servegen_ml.pool import ClientPool, load_servegen_pool
 from servegen_ml.pool.fit import PoolFitter
 from servegen_ml.pool.likelihood import pool_log_prob
 
@@ -67,16 +68,15 @@ class ParametricGenerator(Generator):
         return gen
 
     def fit(self, trace: pd.DataFrame) -> ParametricGenerator:
-        openers, self.conversations_ = fit_conversations(trace)
-        self.pool_ = fit_client_pool(openers, self.rate_window_s, self.data_window_s, self.min_events)
-        return self
+        return self.fit_chunks([trace])
 
     def fit_chunks(self, chunks: Iterable[pd.DataFrame]) -> ParametricGenerator:
-        """Fit on a time-sorted trace without conversations, streamed in chunks (bounded memory)."""
+        """Fit on a time-sorted trace streamed in chunks (bounded memory); the same model as :meth:`fit`."""
         fitter = PoolFitter(self.rate_window_s, self.data_window_s, self.min_events)
-        for chunk in chunks:
+        conversations = ConversationFitter()
+        for chunk in openers_of(chunks, conversations):
             fitter.add(chunk)
-        self.pool_, self.conversations_ = fitter.finish(), None
+        self.pool_, self.conversations_ = fitter.finish(), conversations.finish()
         return self
 
     def unit_source(self, spec: GenerationSpec, rng: np.random.Generator) -> UnitSource:

@@ -8,8 +8,8 @@ each part on the rest (held out) goes to ``OUT/metrics.json``. A ServeGen
 pool directory with ``model=parametric`` loads as a ready-made fit unless
 ``+data.duration_s`` asks for a sampled trace. A generator with ``fit_chunks``
 (naive, parametric) fits a trace file chunk by chunk of ``chunk_rows`` rows,
-in memory bounded by clients x windows, when ``split=0`` and the trace has no
-conversation ids and is sorted by time; otherwise the trace is read into
+in memory bounded by clients x windows and open conversations, when
+``split=0`` and the trace is sorted by time; otherwise the trace is read into
 memory (a trace larger than memory trains the neural model through the
 library: ``NeuralGenerator(...).fit(path)`` streams the file).
 """
@@ -123,8 +123,7 @@ def streams(gen: Generator, path: Path, data_format: str, split: float) -> bool:
 def _fit_streamed(gen: Generator, path: Path, cfg: DictConfig, options: dict, step) -> int:
     """Fit from the trace file chunk by chunk; the rows fitted, or 0 after a warning when it needs memory.
 
-    A trace whose rows go back in time across chunks, or that has conversation ids
-    (the conversation model needs whole conversations), is then read whole instead.
+    A trace whose rows go back in time across chunks is then read whole (and sorted) instead.
     """
     reader = TraceReader(
         path,
@@ -140,8 +139,6 @@ def _fit_streamed(gen: Generator, path: Path, cfg: DictConfig, options: dict, st
         for chunk in reader:
             if reader.report.globally_unsorted:
                 raise _NeedsWholeTrace("rows go back in time across chunks, so it is sorted in memory")
-            if "conversation_id" in chunk.columns:
-                raise _NeedsWholeTrace("it has conversation ids, and conversations are fitted in memory")
             rows += len(chunk)
             yield chunk
         report = reader.finish()

@@ -5,6 +5,12 @@ distribution, or the population's. All groups of a field live in flat arrays
 sorted by (group, value), so sampling any mix of groups is one ``searchsorted``
 (inverse CDF) and scoring is one exact-key lookup.
 
+An entry may stand for a bin of ``width`` consecutive integers starting at its
+value (a table compressed past its cap of distinct values, see
+:mod:`servegen_ml.pool.bins`): sampling then spreads the entry's mass
+uniformly over the bin, and the empirical PMF of each integer in it is the
+entry's mass over ``width``. Entries of width 1 are exact values.
+
 Smoothing (likelihood only; sampling draws the empirical PMF as ServeGen does):
 ``p(v) = (1 - eps) * empirical(v) + eps * q(v)`` where ``eps`` is the
 Good-Turing estimate of the unseen mass of the group (share of values seen
@@ -45,6 +51,7 @@ class FieldTable:
     client_mu: np.ndarray  # (n_clients,) mean of log1p(value) of the client's whole trace
     client_sigma: np.ndarray  # (n_clients,)
     ratio_hist_cdf: np.ndarray | None = None  # (n_clients, RATIO_BINS + 1) for the reasoning ratio
+    width: np.ndarray | None = None  # (n_entries,) integers each entry spans; None: all exact
 
     @property
     def n_groups(self) -> int:
@@ -62,16 +69,28 @@ class FieldTable:
         u = rng.random(len(group))
         idx = np.searchsorted(self.cdf, group + u, side="right")
         # Guard the float edge where u rounds onto the group's last cumulative value.
-        return self.values[np.minimum(idx, self.group_start[group + 1] - 1)]
+        idx = np.minimum(idx, self.group_start[group + 1] - 1)
+        if self.width is None:
+            return self.values[idx]
+        # Where u falls inside the entry's mass is itself uniform: it places the value inside a bin
+        # without drawing more numbers (so exact tables sample the same stream as before).
+        mass = self.cdf[idx] - self.cdf_before[idx]
+        inside = np.clip((group + u - self.cdf_before[idx]) / mass, 0.0, np.nextafter(1.0, 0.0))
+        return self.values[idx] + np.floor(inside * self.width[idx])
 
     def log_pmf(self, group: np.ndarray, client: np.ndarray, value: np.ndarray) -> np.ndarray:
         """Smoothed log-PMF of integer values (see module docstring)."""
         value = np.asarray(value, dtype=np.float64)
         key = _int_key(group, value)
-        idx = np.searchsorted(self._keys, key)
-        idx = np.minimum(idx, len(self._keys) - 1)
-        hit = self._keys[idx] == key
-        p_emp = np.where(hit, self.cdf[idx] - self.cdf_before[idx], 0.0)
+        if self.width is None:
+            idx = np.minimum(np.searchsorted(self._keys, key), len(self._keys) - 1)
+            hit = self._keys[idx] == key
+            p_emp = np.where(hit, self.cdf[idx] - self.cdf_before[idx], 0.0)
+        else:
+            # The entry at or below the value, if its bin reaches the value (same group: keys carry it).
+            idx = np.maximum(np.searchsorted(self._keys, key, side="right") - 1, 0)
+            hit = (self._keys[idx] <= key) & (key < self._keys[idx] + self.width[idx])
+            p_emp = np.where(hit, (self.cdf[idx] - self.cdf_before[idx]) / self.width[idx], 0.0)
         eps = self.eps[group]
         log_q = log_discretized_lognormal(value, self.client_mu[client], self.client_sigma[client])
         with np.errstate(divide="ignore"):
@@ -159,23 +178,30 @@ def build_field_table(
     n_clients: int,
     n_slots: int,
     ratio: bool = False,
+    width: np.ndarray | None = None,
 ) -> FieldTable:
     """Compile the PMF rows of one field.
 
     ``slot`` is the data-window index, with ``n_slots - 1`` for a client's whole
-    trace; ``count`` is the number of requests behind each (group, value).
+    trace; ``count`` is the number of requests behind each (group, value);
+    ``width`` the integers each entry spans (None or all ones: exact values).
     """
     client = np.asarray(client, dtype=np.int64)
     slot = np.asarray(slot, dtype=np.int64)
     value = np.asarray(value, dtype=np.float64)
     count = np.asarray(count, dtype=np.float64)
+    width = None if width is None else np.asarray(width, dtype=np.float64)
+    if width is not None and (width == 1).all():
+        width = None
     if not (count > 0).all():
         keep = count > 0
         client, slot, value, count = client[keep], slot[keep], value[keep], count[keep]
+        width = None if width is None else width[keep]
     gkey = client * n_slots + slot
     if not _sorted_by_group_value(gkey, value):
         order = np.lexsort((value, gkey))
         client, slot, value, count, gkey = client[order], slot[order], value[order], count[order], gkey[order]
+        width = None if width is None else width[order]
 
     new_group = np.ones(len(gkey), dtype=bool)
     new_group[1:] = gkey[1:] != gkey[:-1]
@@ -197,9 +223,11 @@ def build_field_table(
     singletons = np.bincount(group, weights=(np.round(count) == 1).astype(np.float64), minlength=n_groups)
     eps = np.clip(singletons / np.maximum(total, 1.0), *EPS_BOUNDS)
 
-    mu, sigma = _client_lognormal(client, slot, value, count, n_clients, n_slots - 1)
+    # A bin's mass sits, on average, at its middle integer.
+    centre = value if width is None else value + (width - 1) / 2
+    mu, sigma = _client_lognormal(client, slot, centre, count, n_clients, n_slots - 1)
     hist = _client_ratio_hist(client, slot, value, count, n_clients, n_slots - 1) if ratio else None
-    return FieldTable(group_of, value, group_start, cdf, cdf_before, eps, mu, sigma, hist)
+    return FieldTable(group_of, value, group_start, cdf, cdf_before, eps, mu, sigma, hist, width)
 
 
 def _sorted_by_group_value(gkey, value) -> bool:

@@ -29,8 +29,17 @@ import pandas as pd
 from servegen_ml.compose import interarrival as ia
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S
+from servegen_ml.pool import bins
 from servegen_ml.pool.empirical import count_by_keys
-from servegen_ml.pool.table import FIELDS, MODALITIES, POPULATION, RATE_COLUMNS, WHOLE_TRACE, ClientPool
+from servegen_ml.pool.table import (
+    BIN_WIDTH,
+    FIELDS,
+    MODALITIES,
+    POPULATION,
+    RATE_COLUMNS,
+    WHOLE_TRACE,
+    ClientPool,
+)
 from servegen_ml.trace.schema import list_lengths, list_values
 from servegen_ml.trace.validate import require_time_span_of
 
@@ -56,7 +65,10 @@ class PoolFitter:
     Everything the fit needs is a sum over requests or comes from one rate window:
     a rate window's gaps are fitted as soon as the stream has moved past it (the
     trace is sorted, so no later row can fall into it), value counts per (field,
-    client, data window) are added up, and each client's last timestamp carries
+    client, data window) are added up (exact up to a cap of distinct values, then
+    compressed onto a fixed grid: :mod:`servegen_ml.pool.bins`; the client's
+    whole-trace and the population's tables are binned where any of their parts
+    is or where they pass the cap themselves), and each client's last timestamp carries
     the gaps across chunk boundaries. Only the whole-trace fit of each client
     needs all of its gaps: they are kept in memory up to :data:`GAPS_IN_MEMORY`
     and spilled to a temporary file beyond, which the Gamma/Weibull fits then read
@@ -92,7 +104,10 @@ class PoolFitter:
         self._open_gaps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (client, window, gap)
         self._closed: list[dict[str, np.ndarray]] = []
         self._client_gaps = _GapStore()
-        self._values = _CountTable(2)  # (packed field, client, slot; value) -> requests
+        self._values = bins.ValueTable()  # (table; value) -> requests, bounded
+        self._table_packed = np.zeros(0, dtype=np.int64)  # table -> packed (field, client, slot)
+        self._lookup_packed = np.zeros(0, dtype=np.int64)  # sorted packed groups ...
+        self._lookup_table = np.zeros(0, dtype=np.int64)  # ... and their tables
         self._slot_requests = _CountTable(2)  # (client, slot) -> requests
         self._max_slot = -1
 
@@ -100,9 +115,20 @@ class PoolFitter:
 
     def add(self, chunk: pd.DataFrame) -> PoolFitter:
         """Add the next chunk; chunks continue in time (a row earlier than the one before is an error)."""
+        start = 0
+        while start < len(chunk):
+            # Pieces end on fixed row counts, where the value tables keep their budget (chunking-free).
+            piece = chunk.iloc[start : start + bins.CHECK_ROWS - self.rows % bins.CHECK_ROWS]
+            self._add(piece)
+            start += len(piece)
+            if self.rows % bins.CHECK_ROWS == 0:
+                self._values.checkpoint(self._table_order())
+        return self
+
+    def _add(self, chunk: pd.DataFrame) -> None:
         n = len(chunk)
         if n == 0:
-            return self
+            return
         t = chunk["timestamp"].to_numpy(np.float64)
         backwards = np.flatnonzero(t[1:] < t[:-1])
         if t[0] < self.t_max or len(backwards):
@@ -127,9 +153,30 @@ class PoolFitter:
         self._max_slot = max(self._max_slot, int(slot.max()))
         self._slot_requests.add([client, slot], np.ones(n))
         for name, (value, row) in request_fields(chunk).items():
-            group = _pack_group(FIELDS.index(name), client[row], slot[row])
-            self._values.add([group, np.asarray(value, np.float64)], np.ones(len(row)))
-        return self
+            table = self._tables_of(_pack_group(FIELDS.index(name), client[row], slot[row]))
+            ratio = name == "reason_ratio"
+            self._values.add(table, bins.value_codes(value, ratio, f"{self.source or 'the trace'}, {name}"))
+
+    def _tables_of(self, packed: np.ndarray) -> np.ndarray:
+        """The value table of each packed (field, client, slot), new ones numbered as they come."""
+        uniq, inverse = np.unique(packed, return_inverse=True)
+        pos = np.minimum(np.searchsorted(self._lookup_packed, uniq), max(len(self._lookup_packed) - 1, 0))
+        known = (self._lookup_packed[pos] == uniq) if len(self._lookup_packed) else np.zeros(len(uniq), bool)
+        table = np.where(known, self._lookup_table[pos] if len(self._lookup_table) else 0, -1)
+        new = uniq[~known]
+        if len(new):
+            table[~known] = len(self._table_packed) + np.arange(len(new))
+            self._table_packed = np.r_[self._table_packed, new]
+            self._values.grow(_unpack_group(new)[0] == FIELDS.index("reason_ratio"))
+            order = np.argsort(self._table_packed)
+            self._lookup_packed, self._lookup_table = self._table_packed[order], order
+        return table[inverse]
+
+    def _table_order(self) -> np.ndarray:
+        """Rank of each table's (field, client, slot): an order that does not depend on the chunking."""
+        order = np.empty(len(self._table_packed), dtype=np.int64)
+        order[self._lookup_table] = np.arange(len(self._table_packed))
+        return order
 
     def _client_codes(self, ids: pd.Series) -> np.ndarray:
         codes, names = pd.factorize(ids.astype(str), sort=False)
@@ -283,8 +330,9 @@ class PoolFitter:
         """Per-window, whole-trace and population value counts of every field, sorted for loading."""
         n_clients = len(names)
         whole = self._max_slot + 1
-        (group, v), n = self._values.result()
-        f, c, s = _unpack_group(group)
+        table, code, n = self._values.result(self._table_order())
+        binned = self._values.binned[table]
+        f, c, s = _unpack_group(self._table_packed[table])
         c = rank[c]
         (rc, rs), requests = self._slot_requests.result()
         radix = whole + 1
@@ -292,19 +340,31 @@ class PoolFitter:
         key = c * radix + s
         pos = np.minimum(np.searchsorted(dense_keys, key), max(len(dense_keys) - 1, 0))
         dense = (dense_keys[pos] == key) if len(dense_keys) else np.zeros(len(key), dtype=bool)
-        (wf, wc, wv), wn = count_by_keys([f, c, v], n)
-        (pf, pv), pn = count_by_keys([f, v], n)
+        # Whole-trace tables (field, client) and population tables (field): binned where a part is.
+        ratio = FIELDS.index("reason_ratio")
+        per_field = n_clients + 1
+        forced = np.zeros(len(FIELDS) * per_field, dtype=bool)
+        forced[(f * per_field + c)[binned]] = True
+        is_ratio = np.arange(len(forced)) // per_field == ratio
+        wt, wcode, wn, w_binned = bins.over_cap_and_fold(f * per_field + c, code, n, is_ratio, forced)
+        wf, wc = wt // per_field, wt % per_field
+        forced = np.zeros(len(FIELDS), dtype=bool)
+        forced[wf[w_binned]] = True
+        is_ratio = np.arange(len(FIELDS)) == ratio
+        pf, pcode, pn, p_binned = bins.over_cap_and_fold(wf, wcode, wn, is_ratio, forced)
+        v, wv, pv = (bins.code_values(x, y == ratio) for x, y in ((code, f), (wcode, wf), (pcode, pf)))
         f = np.concatenate([f[dense], wf, pf])
         c = np.concatenate([c[dense], wc, np.full(len(pf), n_clients)])
         s = np.concatenate([s[dense], np.full(len(wf) + len(pf), whole)])
         v = np.concatenate([v[dense], wv, pv])
         n = np.concatenate([n[dense], wn, pn])
+        binned = np.concatenate([binned[dense], w_binned, p_binned])
         # Sorted by (field, client with the population last, window with the whole trace last, value).
         order = np.lexsort((v, s, c, f))
-        f, c, s, v, n = f[order], c[order], s[order], v[order], n[order]
+        f, c, s, v, n, binned = f[order], c[order], s[order], v[order], n[order], binned[order]
         group = np.cumsum(np.r_[True, (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])]) - 1
         totals = np.bincount(group, weights=n)
-        return pd.DataFrame(
+        pmfs = pd.DataFrame(
             {
                 "client_id": pd.Categorical.from_codes(c, categories=[*names, POPULATION]),
                 "window_start_s": np.where(s == whole, float(WHOLE_TRACE), s * data_window_s),
@@ -314,6 +374,11 @@ class PoolFitter:
                 "count": n,
             }
         )
+        if binned.any():
+            # Exact pools keep the columns they always had (and their bytes).
+            width = np.where(binned & (f != ratio), bins.bin_width(v), 1.0)
+            pmfs[BIN_WIDTH] = width.astype(np.int64)
+        return pmfs
 
 
 # A count table merges its chunk parts once they hold this many rows (or a quarter of the table).

@@ -15,7 +15,11 @@ Two tables describe every client, as ServeGen's client pool does:
     whole-trace distribution (used where a window is missing or too sparse);
     ``client_id == "*"`` holds the population's distribution (used to score
     clients the pool has never seen). ``count`` is the number of requests
-    behind the value (``prob = count / sum(count)`` per group).
+    behind the value (``prob = count / sum(count)`` per group). A table
+    compressed past its cap of distinct values (:mod:`servegen_ml.pool.bins`)
+    adds the column ``width``: the entry covers the integers
+    ``value .. value + width - 1`` uniformly (1: the exact value); a pool
+    without the column is exact.
     Fields: ``input_tokens``, ``output_tokens``, ``text_tokens``,
     ``{image,audio,video}_count`` (items per request),
     ``{image,audio,video}_tokens`` (tokens per item), ``reason_ratio``.
@@ -46,6 +50,7 @@ from servegen_ml.pool.empirical import FieldTable, build_field_table
 
 RATE_COLUMNS = ("client_id", "window_start_s", "rate", "cv", "family", "shape", "scale")
 PMF_COLUMNS = ("client_id", "window_start_s", "field", "value", "prob", "count")
+BIN_WIDTH = "width"  # optional pmfs column (compressed tables)
 WHOLE_TRACE = -1
 POPULATION = "*"
 MODALITIES = ("image", "audio", "video")
@@ -133,6 +138,7 @@ class ClientPool:
             "window": self.pmfs["window_start_s"].to_numpy(np.float64),
             "value": self.pmfs["value"].to_numpy(np.float64),
             "count": self.pmfs["count"].to_numpy(np.float64),
+            "width": self.pmfs[BIN_WIDTH].to_numpy(np.float64) if BIN_WIDTH in self.pmfs else None,
         }
 
     @cached_property
@@ -194,6 +200,7 @@ class ClientPool:
                 self.n_clients + 1,
                 n_slots,
                 ratio=name == "reason_ratio",
+                width=None if cols["width"] is None else cols["width"][rows],
             )
         return cache[name]
 
@@ -241,7 +248,7 @@ class ClientPool:
         }
         (directory / "pool.json").write_text(json.dumps(meta, indent=1) + "\n")
         _write_parquet(self.rates[list(RATE_COLUMNS)], directory / "rates.parquet")
-        _write_parquet(self.pmfs[list(PMF_COLUMNS)], directory / "pmfs.parquet")
+        _write_parquet(self.pmfs[_pmf_columns_of(self.pmfs)], directory / "pmfs.parquet")
 
     @classmethod
     def load(cls, directory: str | Path) -> ClientPool:
@@ -265,7 +272,7 @@ class ClientPool:
                 )
         population_rate = check_number(meta.get("population_rate", 0.0), path, "population_rate", minimum=0)
         rates = _read_parquet(directory / "rates.parquet", RATE_COLUMNS)
-        pmfs = _read_parquet(directory / "pmfs.parquet", PMF_COLUMNS)
+        pmfs = _read_parquet(directory / "pmfs.parquet", PMF_COLUMNS, optional=(BIN_WIDTH,))
         _check_rates(rates, directory / "rates.parquet", set(clients), span_s)
         _check_pmfs(pmfs, directory / "pmfs.parquet", set(clients), span_s)
         return cls(
@@ -280,6 +287,10 @@ class ClientPool:
             source=str(meta.get("source", "")),
             notes=list(meta.get("notes", [])),
         )
+
+
+def _pmf_columns_of(pmfs: pd.DataFrame) -> list[str]:
+    return [*PMF_COLUMNS, BIN_WIDTH] if BIN_WIDTH in pmfs else list(PMF_COLUMNS)
 
 
 def _distinct(column: pd.Series, path: Path) -> set[str]:
@@ -323,6 +334,7 @@ def _check_pmfs(pmfs: pd.DataFrame, path: Path, clients: set[str], span_s: float
             "value": ("f", 0.0, None),
             "prob": ("f", 0.0, 1.0),
             "count": ("f", 0.0, None),
+            **({BIN_WIDTH: ("i", 1, None)} if BIN_WIDTH in pmfs else {}),
         },
     )
     window = pmfs["window_start_s"].to_numpy(np.float64)
@@ -359,7 +371,7 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     pq.write_table(pa.table(arrays), path, compression="lz4")
 
 
-def _read_parquet(path: Path, columns) -> pd.DataFrame:
+def _read_parquet(path: Path, columns, optional=()) -> pd.DataFrame:
     if not path.is_file():
         raise CheckpointError(f"client pool file {path} is missing")
     try:
@@ -367,6 +379,6 @@ def _read_parquet(path: Path, columns) -> pd.DataFrame:
         missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise CheckpointError(f"{path}: missing columns {missing}")
-        return table.select(list(columns)).to_pandas()
+        return table.select([*columns, *(c for c in optional if c in table.column_names)]).to_pandas()
     except (pa.ArrowException, OSError) as e:
         raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None

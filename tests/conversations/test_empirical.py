@@ -8,12 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from servegen_ml.conversations.empirical import (
-    ConversationModel,
-    _gap_weight,
-    conversation_roles,
-    fit_conversations,
-)
+from servegen_ml.conversations.empirical import ConversationModel, conversation_roles
+from servegen_ml.conversations.fit import ConversationFitter, fit_conversations
 from servegen_ml.conversations.likelihood import conversation_log_prob
 from servegen_ml.conversations.sampling import (
     assemble_conversations,
@@ -129,7 +125,10 @@ def test_new_tokens_are_the_prompt_growth_beyond_the_previous_turn():
 
 def test_gap_weight_undoes_end_of_trace_censoring():
     t = np.linspace(0.0, 1000.0, 100_001)
-    weight = _gap_weight(t, np.array([0.0, 500.0, 900.0, 999.99]))
+    fitter = ConversationFitter()
+    ones = np.ones(len(t), dtype=np.int64)
+    fitter.add(pd.DataFrame({"timestamp": t, "client_id": "c", "input_tokens": ones, "output_tokens": ones}))
+    weight = fitter._gap_weight(fitter.t_max + 1e-3, np.array([0.0, 500.0, 900.0, 999.99]))
     np.testing.assert_allclose(weight[:3], [1.0, 2.0, 10.0], rtol=1e-3)
     assert weight[3] == 10.0  # capped
 

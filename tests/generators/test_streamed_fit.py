@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from servegen_ml.compose import interarrival as ia
+from servegen_ml.conversations.empirical import conversation_roles
+from servegen_ml.conversations.fit import ConversationFitter, fit_conversations
 from servegen_ml.core.config import compose
 from servegen_ml.core.errors import UserError
 from servegen_ml.generators.naive import NaiveGenerator
@@ -18,7 +20,7 @@ from servegen_ml.pool import ClientPool
 from servegen_ml.pool import fit as pool_fit
 from servegen_ml.pool.fit import PoolFitter, fit_client_pool
 from servegen_ml.trace.io import write_trace
-from tests.factories import synthetic_trace
+from tests.factories import conversational_trace, synthetic_trace
 
 
 def _chunks(trace: pd.DataFrame, rows: int):
@@ -116,14 +118,69 @@ def test_train_streams_the_file_and_matches_the_in_memory_fit(tmp_path):
     _assert_same_pool(ClientPool.load(tmp_path / "ckpt"), ClientPool.load(tmp_path / "memory"))
 
 
-def test_train_reads_conversations_into_memory_with_a_warning(tmp_path):
-    trace = synthetic_trace(seed=2, duration_s=3_600)
-    trace["conversation_id"] = pd.array([f"c{i // 2}" for i in range(len(trace))], dtype="string[pyarrow]")
+def _assert_same_conversations(a, b) -> None:
+    for name in ("values_", "hazard_counts_", "summary_"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=False, rtol=1e-10)
+    np.testing.assert_array_equal(a.output_edges_, b.output_edges_)
+    assert a.burn_in_s_ == b.burn_in_s_ and a.clients_ == b.clients_
+
+
+@pytest.mark.parametrize("rows", [97, 1_000, 10_000])
+def test_train_streams_conversations_and_matches_the_in_memory_fit(rows, tmp_path, monkeypatch):
+    from servegen_ml.conversations import fit as conversation_fit
+
+    monkeypatch.setattr(conversation_fit, "RECORDS_IN_MEMORY", 500)  # records go through the files too
+    trace = conversational_trace(seed=3)
+    solo = trace.index[::29]  # conversations of one turn
+    trace.loc[solo, "conversation_id"] = [f"solo-{i}" for i in range(len(solo))]
     write_trace(trace, tmp_path / "t.parquet")
-    cfg = compose("train", [f"data.path={tmp_path / 't.parquet'}", f"out={tmp_path / 'ckpt'}", "quiet=true"])
-    with pytest.warns(UserWarning, match="conversations are fitted in memory"):
-        fit_from_config(cfg)
-    assert (tmp_path / "ckpt" / "conversations.json").exists()
+    args = [
+        f"data.path={tmp_path / 't.parquet'}",
+        f"out={tmp_path / 'ckpt'}",
+        f"chunk_rows={rows}",
+        "quiet=true",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # streamed: no fallback to the in-memory read
+        metrics = fit_from_config(compose("train", args))
+    assert metrics["train_events"] == len(trace)
+    streamed = ParametricGenerator.load(tmp_path / "ckpt")
+    ParametricGenerator().fit(trace).save(tmp_path / "memory")
+    whole = ParametricGenerator.load(tmp_path / "memory")
+    _assert_same_pool(streamed.pool_, whole.pool_)
+    _assert_same_conversations(streamed.conversations_, whole.conversations_)
+
+
+def test_streamed_conversations_equal_the_chaining_of_conversation_roles():
+    trace = conversational_trace(seed=5)
+    openers, model = fit_conversations(trace)
+    roles = conversation_roles(trace)
+    pd.testing.assert_frame_equal(openers, trace[roles.is_opener].reset_index(drop=True))
+    summary = model.summary_.set_index("client_id")
+    assert summary.loc["*", "follow_ups"] == (~roles.is_opener).sum()
+    assert summary.loc["*", "conversations"] == roles.is_opener.sum()
+    hazards = model.hazard_counts_
+    assert hazards.loc[hazards["client"] == len(model.clients_), "reached"].sum() == len(trace)
+
+
+def test_a_conversation_silent_past_idle_s_restarts():
+    trace = conversational_trace(seed=5).iloc[:200].copy()
+    fitter = ConversationFitter(idle_s=1.0)
+    opener = fitter.add(trace)
+    gap = trace.groupby("conversation_id")["timestamp"].diff().to_numpy()
+    # Every row opens a conversation unless it follows its predecessor within a second.
+    np.testing.assert_array_equal(opener, ~(gap <= 1.0))
+    # Open conversations stay bounded by the idle rule, not by the rows.
+    assert len(fitter._open.keys) <= (trace["timestamp"] > trace["timestamp"].iloc[-1] - 1.0).sum()
+
+
+def test_naive_streams_conversations_too():
+    trace = conversational_trace(seed=3)
+    whole = NaiveGenerator().fit(trace)
+    streamed = NaiveGenerator().fit_chunks(_chunks(trace, 333))
+    _assert_same_pool(whole.pool_, streamed.pool_)
+    _assert_same_conversations(whole.conversations_, streamed.conversations_)
+    assert whole.conversations_.clients_ == ("all",)
 
 
 def test_client_without_two_requests_in_one_window_is_poisson_not_nan():
@@ -157,3 +214,28 @@ def test_conversation_checkpoint_with_a_client_without_follow_ups_loads(tmp_path
     assert gen.conversations_ is not None
     gen.save(tmp_path / "ckpt")
     assert load_generator(tmp_path / "ckpt").conversations_ is not None
+
+
+def test_conversation_tables_past_the_cap_are_binned_whatever_the_chunking(monkeypatch):
+    from servegen_ml.conversations import fit as conversation_fit
+    from servegen_ml.pool import bins
+
+    monkeypatch.setattr(bins, "VALUE_CAP", 60)
+    trace = conversational_trace(seed=3)
+    _, whole = fit_conversations(trace)
+    monkeypatch.setattr(conversation_fit, "RECORDS_IN_MEMORY", 300)  # several blocks, binned as they come
+    fitter = ConversationFitter()
+    for chunk in _chunks(trace, 250):
+        fitter.add(chunk)
+    streamed = fitter.finish()
+    _assert_same_conversations(whole, streamed)
+    gaps = whole.values_[whole.values_["table"] == "gap_ms"]
+    assert (gaps["width"] > 1).any()
+    assert gaps.groupby(["client", "bucket"]).size().max() <= bins.EXACT_BELOW + 25 * bins.BINS_PER_OCTAVE
+    # The gap survival stays a survival function across bins, and sampled gaps fill the bins.
+    x = np.linspace(0.0, 600.0, 400)
+    sf = np.exp(whole.log_sf_gap(np.zeros(len(x), dtype=np.int64), np.full(len(x), 200), x))
+    assert sf[0] == pytest.approx(1.0) and (np.diff(sf) <= 1e-12).all() and sf[-1] < 0.2
+    drawn = whole.sample_gap_s(np.zeros(5_000, dtype=np.int64), np.full(5_000, 200), np.random.default_rng(0))
+    steps = np.floor(drawn / 1e-3)
+    assert (~np.isin(steps[steps >= bins.EXACT_BELOW], bins._EDGES)).mean() > 0.9
