@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.neural import NeuralGenerator
-from servegen_ml.trace.io import write_trace
+from servegen_ml.trace.io import read_trace, write_trace
 from tests.factories import conversational_trace, synthetic_trace
 
 TINY = {
@@ -128,9 +128,20 @@ def test_streamed_fit_from_parquet_resumes_from_last_checkpoint(trace, tmp_path)
     assert second.state_.training["epochs"] == 2
 
 
-def test_streamed_fit_warns_that_it_learns_no_conversations(tmp_path):
+def test_streamed_fit_learns_conversations_like_the_in_memory_fit(tmp_path):
+    # Several chunks: conversations run across chunk borders, openers are picked from the whole file.
     path = tmp_path / "conversations.parquet"
     write_trace(conversational_trace(seed=0, duration_s=1800.0), path)
-    with pytest.warns(UserWarning, match="follow-up turns.*no conversation model"):
-        gen = NeuralGenerator(**TINY, trainer={**FAST, "max_epochs": 1}).fit(path)
-    assert gen.conversations_ is None
+    trace = read_trace(path)
+    settings = {**TINY, "trainer": {**FAST, "max_epochs": 1}}
+    streamed = NeuralGenerator(**settings).fit(path, chunk_rows=97)
+    whole = NeuralGenerator(**settings).fit(trace)
+    assert streamed.conversations_ is not None and streamed.rows_fitted_ == len(trace)
+    assert streamed.state_.training["train_events"] + streamed.state_.training["val_events"] < len(trace)
+    for a, b in (
+        (streamed.state_.weights, whole.state_.weights),
+        (streamed.conversations_.weights, whole.conversations_.weights),
+    ):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)

@@ -118,6 +118,19 @@ class LanePlan:
     def lanes(self, keep: slice | np.ndarray) -> LanePlan:
         return LanePlan(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
 
+    def padded(self, n_steps: int) -> LanePlan:
+        """The plan run to ``n_steps`` with empty steps (no events): DDP ranks must take the same steps."""
+        extra = n_steps - self.n_steps
+        if extra <= 0:
+            return self
+        fill = {"length": 0, "prev": -1, "reset": True, "survival_end_s": np.nan}
+        return LanePlan(
+            *(
+                np.concatenate([a, np.full((a.shape[0], extra), fill.get(f, 0), dtype=a.dtype)], axis=1)
+                for f, a in ((f, getattr(self, f)) for f in self.__dataclass_fields__)
+            )
+        )
+
 
 def plan_lanes(segments: Segments, n_lanes: int, chunk_len: int, rng: np.random.Generator | None) -> LanePlan:
     """Pack segments (shuffled by ``rng``; in order when None) into lanes of chunks, balancing lane lengths."""
