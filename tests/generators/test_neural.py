@@ -6,12 +6,16 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
+from servegen_ml import pool
+from servegen_ml.core.config import compose
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator
 from servegen_ml.generators.neural import NeuralGenerator
+from servegen_ml.generators.training import fit_from_config
 from servegen_ml.trace.io import read_trace, write_trace
 from tests.factories import conversational_trace, synthetic_trace
 
@@ -145,3 +149,34 @@ def test_streamed_fit_learns_conversations_like_the_in_memory_fit(tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+
+
+def test_train_command_streams_a_conversational_trace(tmp_path, monkeypatch):
+    path = tmp_path / "t.parquet"
+    trace = conversational_trace(seed=1, duration_s=1800.0)
+    write_trace(trace, path)
+
+    def whole_trace_read(*args, **kwargs):
+        raise AssertionError("train read the whole trace into memory")
+
+    monkeypatch.setattr(pool, "read_source", whole_trace_read)
+    overrides = ["+experiment=neural_small", "trainer.max_epochs=1", "chunk_rows=101", "quiet=true"]
+    cfg = compose("train", [f"data.path={path}", f"out={tmp_path / 'ck'}", *overrides])
+    metrics = fit_from_config(cfg)
+    assert metrics["train_events"] == len(trace)
+    gen = load_generator(tmp_path / "ck")
+    assert gen.conversations_ is not None
+    sample = gen.sample(GenerationSpec.from_values(duration_s=1800.0), np.random.default_rng(0))
+    assert sample["conversation_id"].duplicated().any()  # follow-up turns
+
+
+def test_train_command_sorts_a_trace_unsorted_across_chunks_in_memory(tmp_path):
+    trace = synthetic_trace(seed=2, duration_s=900.0, n_clients=2)
+    path = tmp_path / "t.csv"
+    half = len(trace) // 2
+    write_trace(pd.concat([trace.iloc[half:], trace.iloc[:half]], ignore_index=True), path)
+    overrides = ["+experiment=neural_small", "trainer.max_epochs=1", f"chunk_rows={half}", "quiet=true"]
+    cfg = compose("train", [f"data.path={path}", f"out={tmp_path / 'ck'}", *overrides])
+    with pytest.warns(UserWarning, match="read into memory for training: trace is not sorted"):
+        metrics = fit_from_config(cfg)
+    assert metrics["train_events"] == len(trace)
