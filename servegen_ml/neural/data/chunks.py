@@ -95,10 +95,6 @@ def cold_starts(
     )
 
 
-def concat_segments(a: Segments, b: Segments) -> Segments:
-    return Segments(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in a.__dataclass_fields__))
-
-
 @dataclass
 class LanePlan:
     """(lanes, steps) arrays: chunk ``[lo, lo + length)`` of lane b at step k."""

@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from servegen_ml.neural.data.chunks import (
+    LanePlan,
     Segments,
     cold_starts,
-    concat_segments,
     cut_long,
     gather_batch,
     plan_lanes,
@@ -112,11 +112,15 @@ def prepare_shard(
 
 
 class LaneDataset(IterableDataset):
-    """Yields whole batches (dicts of tensors) of one epoch's lane plan of this rank's segments.
+    """Yields whole batches (dicts of tensors) of one epoch's lane plans of this rank's segments.
 
     Training epochs add ``cold_starts`` segments (random start times, see
     :func:`servegen_ml.neural.data.chunks.cold_starts`): ``per_client`` per client plus
-    ``per_hour`` per hour of its window, one chunk each, redrawn every epoch.
+    ``per_hour`` per hour of its window, redrawn every epoch, each of at most ``cold_len``
+    events. They go to batches of their own, ``cold_len`` events long with as many more lanes
+    (the same events per batch), interleaved with the others: a short segment in a
+    ``chunk_len`` slot would cost a whole slot. ``lane_group`` (0, 1 for cold starts) tells
+    the module which lanes' hidden state a batch carries on.
     """
 
     def __init__(
@@ -129,36 +133,57 @@ class LaneDataset(IterableDataset):
         shuffle: bool,
         cold_per_client: int = 0,
         cold_per_hour: float = 0.0,
+        cold_len: int = 32,
     ):
         self.store, self.segments = store, segments
         self.lanes, self.chunk_len, self.seed, self.shuffle = lanes, chunk_len, seed, shuffle
-        self.cold_per_client, self.cold_per_hour = cold_per_client, cold_per_hour
+        self.cold_per_client, self.cold_per_hour, self.cold_len = cold_per_client, cold_per_hour, cold_len
         self.epoch = 0
 
-    def _plan(self, rank: int, world: int):
+    def _plans(self, rank: int, world: int) -> list[tuple[LanePlan, int]]:
+        """(lane plan, chunk length) of each lane group."""
         # One process keeps its historical stream; DDP ranks shuffle their own shards differently.
         key = [self.seed, self.epoch] if world == 1 else [self.seed, self.epoch, rank]
         rng = np.random.default_rng(key) if self.shuffle else None
-        total_chunks = int((-(-(self.segments.hi - self.segments.lo) // self.chunk_len)).sum())
-        # Small traces get fewer lanes, so an epoch still takes several optimizer steps.
-        n_lanes = max(1, min(self.lanes, total_chunks // MIN_STEPS_PER_EPOCH))
-        # Cut long streams so the busiest lane is not much longer than the average.
-        max_events = max(1, -(-total_chunks // n_lanes)) * self.chunk_len
-        segments = cut_long(self.segments, max_events)
+        plans = [(self._plan(self.segments, self.lanes, self.chunk_len, rng, cut=True), self.chunk_len)]
         if self.cold_per_client or self.cold_per_hour:
+            cold_len = min(self.cold_len, self.chunk_len)
             cold = cold_starts(
-                self.store, self.segments, self.cold_per_client, self.cold_per_hour, self.chunk_len, rng
+                self.store, self.segments, self.cold_per_client, self.cold_per_hour, cold_len, rng
             )
-            segments = concat_segments(segments, cold)
-        return plan_lanes(segments, n_lanes, self.chunk_len, rng)
+            lanes = max(1, self.lanes * self.chunk_len // cold_len)
+            plans.append((self._plan(cold, lanes, cold_len, rng, cut=False), cold_len))
+        return plans
+
+    @staticmethod
+    def _plan(segments: Segments, lanes: int, chunk_len: int, rng, cut: bool) -> LanePlan:
+        total_chunks = int((-(-(segments.hi - segments.lo) // chunk_len)).sum())
+        # Small traces get fewer lanes, so an epoch still takes several optimizer steps.
+        n_lanes = max(1, min(lanes, total_chunks // MIN_STEPS_PER_EPOCH))
+        if cut:
+            # Cut long streams so the busiest lane is not much longer than the average.
+            segments = cut_long(segments, max(1, -(-total_chunks // n_lanes)) * chunk_len)
+        return plan_lanes(segments, n_lanes, chunk_len, rng)
 
     def __iter__(self):
         rank, world = rank_world()
-        plan = self._plan(rank, world)
-        plan = plan.padded(int(all_reduce(np.array([plan.n_steps]), "max")[0]))
+        plans = self._plans(rank, world)
+        steps = all_reduce(np.array([p.n_steps for p, _ in plans]), "max")
+        plans = [(p.padded(int(n)), length) for (p, length), n in zip(plans, steps)]
         self.epoch += 1
-        for step in range(plan.n_steps):
-            yield to_tensors(gather_batch(self.store, plan, step, self.chunk_len))
+        taken = [0] * len(plans)
+        for group in interleave(steps):
+            plan, length = plans[group]
+            batch = gather_batch(self.store, plan, taken[group], length)
+            taken[group] += 1
+            yield to_tensors({**batch, "lane_group": np.array(group)})
+
+
+def interleave(steps) -> np.ndarray:
+    """Group of each step when groups of ``steps[g]`` steps are spread evenly over one epoch."""
+    position = np.concatenate([(np.arange(n) + 0.5) / n for n in steps])
+    group = np.repeat(np.arange(len(steps)), steps)
+    return group[np.argsort(position, kind="stable")]
 
 
 class EventDataModule(L.LightningDataModule):
@@ -172,12 +197,13 @@ class EventDataModule(L.LightningDataModule):
         seed: int = 0,
         cold_per_client: int = 16,
         cold_per_hour: float = 1.0,
+        cold_len: int = 32,
     ):
         super().__init__()
         self.prepare = prepare  # () -> PreparedData, run once the process group exists
         self.prepared: PreparedData | None = None
         self.lanes, self.chunk_len, self.seed = lanes, chunk_len, seed
-        self.cold_per_client, self.cold_per_hour = cold_per_client, cold_per_hour
+        self.cold_per_client, self.cold_per_hour, self.cold_len = cold_per_client, cold_per_hour, cold_len
 
     def setup(self, stage: str) -> None:
         if self.prepared is None:
@@ -194,6 +220,7 @@ class EventDataModule(L.LightningDataModule):
             True,
             self.cold_per_client,
             self.cold_per_hour,
+            self.cold_len,
         )
         return DataLoader(ds, batch_size=None)
 

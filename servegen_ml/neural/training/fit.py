@@ -30,6 +30,7 @@ import inspect
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
         seed,
         config.cold_starts_per_client,
         config.cold_starts_per_hour,
+        config.cold_start_events,
     )
 
     def build():
@@ -123,6 +125,7 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
     ):
         trainer_obj = _make_trainer(trainer, run_dir, monitor)
         ckpt_path = _resume_path(run_dir, trainer)
+        started = time.perf_counter()
         try:
             trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
         except SystemExit:
@@ -146,6 +149,7 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
             "world_size": int(trainer_obj.world_size),
             "shard_events": prepared.shard_events,
             "global_steps": int(trainer_obj.global_step),
+            "fit_seconds": round(time.perf_counter() - started, 3),  # shards, statistics and training
             "monitor": module.monitor,
             "best_score": _float(trainer_obj.checkpoint_callback.best_model_score),
             "train_events": int(norm.train_events.sum()),

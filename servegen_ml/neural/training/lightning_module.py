@@ -28,7 +28,7 @@ class TPPLightningModule(L.LightningModule):
         self.tpp: MarkedTPP | None = None
         self.lr, self.weight_decay, self.monitor = lr, weight_decay, monitor
         # Per stage: each lane's last hidden state, detached (gradients stop at chunk borders).
-        self._carry: dict[str, torch.Tensor] = {}
+        self._carry: dict[tuple[str, int], torch.Tensor] = {}
         self._val_sum = torch.zeros(2, dtype=torch.float64)  # validation NLL and events this epoch
 
     def configure_model(self) -> None:
@@ -39,11 +39,13 @@ class TPPLightningModule(L.LightningModule):
     def _nll(self, batch: dict, stage: str) -> tuple[torch.Tensor, int]:
         emb, gap_mean, gap_std = self.tpp.client_inputs(batch["client"])
         h0 = self.tpp.encoder.initial_state(emb)
-        carry = self._carry.get(stage)
+        # Each lane group (datamodule.LaneDataset) carries its own lanes' state.
+        key = (stage, int(batch["lane_group"]) if "lane_group" in batch else 0)
+        carry = self._carry.get(key)
         if carry is not None and carry.shape == h0.shape:
             h0 = torch.where(batch["reset"].unsqueeze(1), h0, carry)
         parts, h_last = self.tpp(batch, emb, gap_mean, gap_std, h0)
-        self._carry[stage] = h_last.detach()
+        self._carry[key] = h_last.detach()
         n_events = int(batch["mask"].sum())
         total = torch.stack(list(parts.values())).sum()
         return -total / max(n_events, 1), n_events
@@ -67,10 +69,10 @@ class TPPLightningModule(L.LightningModule):
         self.log("val_nll", float(total[0] / max(float(total[1]), 1.0)), prog_bar=True)
 
     def on_train_epoch_start(self) -> None:
-        self._carry.pop("train", None)
+        self._carry = {k: v for k, v in self._carry.items() if k[0] != "train"}
 
     def on_validation_epoch_start(self) -> None:
-        self._carry.pop("val", None)
+        self._carry = {k: v for k, v in self._carry.items() if k[0] != "val"}
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
