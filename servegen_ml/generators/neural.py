@@ -379,7 +379,10 @@ def conversation_turns(chunks: Iterable[pd.DataFrame]) -> pd.DataFrame | None:
         if "conversation_id" not in chunk.columns:
             return None
         for k in TURN_COLUMNS:
-            parts[k].append(pa.array(chunk[k].to_numpy(), from_pandas=True) if k in ID_COLUMNS else chunk[k])
+            column = chunk[k]
+            parts[k].append(
+                pa.array(column.to_numpy(), type=pa.string(), from_pandas=True) if k in ID_COLUMNS else column
+            )
     if not parts["timestamp"]:
         return None
     out = {k: pd.concat(parts[k], ignore_index=True) for k in TURN_COLUMNS if k not in ID_COLUMNS}
