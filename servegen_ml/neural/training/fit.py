@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 
 from servegen_ml.core.configs import TRAINER_BASE, NeuralConfig
 from servegen_ml.core.errors import WorkerFinished
-from servegen_ml.core.interrupt import Terminated
+from servegen_ml.core.interrupt import Terminated, raise_if_terminated
 from servegen_ml.neural.data.events import StoreSource
 from servegen_ml.neural.data.normalizers import Normalizers
 from servegen_ml.neural.data.validation import ValidationBlocks
@@ -132,6 +132,8 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
             # Lightning turns ^C and SIGTERM into SystemExit(1); give the caller the interrupt back.
             if not trainer_obj.interrupted:
                 raise
+            # A SIGTERM while the shards were set up came before Lightning installed its own handler.
+            raise_if_terminated()
             sigterm = getattr(getattr(trainer_obj, "_signal_connector", None), "received_sigterm", False)
             raise (Terminated if sigterm else KeyboardInterrupt)("training interrupted") from None
         if trainer_obj.global_rank != 0:
