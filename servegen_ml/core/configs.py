@@ -66,6 +66,9 @@ class NeuralConfig:
     # idle periods included): this many per client, plus this many per hour of its span.
     cold_starts_per_client: int = 16
     cold_starts_per_hour: float = 1.0
+    # Events trained after each such start (about the sampler's warm-up): the part a warm stream's
+    # chunks do not already teach; they run in short batches of their own (neural/data/datamodule.py).
+    cold_start_events: int = 32
     seed: int = 0
     # -- after training and at sampling time
     population_components: int = 4  # Gaussian mixture components over client embeddings (clients=new:N)

@@ -11,7 +11,7 @@ trained step in numpy over many stream segments at once
 (:mod:`servegen_ml.neural.sampling.segment_sampler`); ``clients=new:N`` draws from a
 Gaussian mixture over the client vectors, every client counted once (as a random set of real clients looks).
 
-Conversations (a DataFrame with ``conversation_id`` and follow-ups): the
+Conversations (a trace with ``conversation_id`` and follow-ups): the
 point process learns the conversation openers, and conversation heads
 (:mod:`servegen_ml.conversations.neural.heads`) learn whether a turn is
 followed, after what gap, with how many new prompt tokens and what output;
@@ -21,7 +21,8 @@ sampling, upsampling modes and the ``conversation`` likelihood part follow
 
 ``fit`` takes a canonical DataFrame, or a path to a trace file, which is
 streamed chunk by chunk into memory-mapped columns (``store_dir``, default a
-temporary directory) so traces larger than memory train (without conversations).
+temporary directory) so traces larger than memory train; under DDP each rank
+builds only its clients' shard (:mod:`servegen_ml.neural.data.datamodule`).
 
 Likelihood (M1): ``time`` is log P(gap in [g, g + 1 ms)) under the model,
 with the survival to the window end on each client's last event; the window
@@ -37,11 +38,14 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
 from servegen_ml.conversations.empirical import fit_conversation_roles
@@ -54,13 +58,17 @@ from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.stream import UnitSource, plain_plan
-from servegen_ml.neural.data.events import build_store, store_from_frame
+from servegen_ml.neural.data.events import StoreSource, store_from_frame
 from servegen_ml.neural.population import fit_population, nearest_clients
 from servegen_ml.neural.rate_level import flat_level
 from servegen_ml.neural.sampling import ClientTable, NumpyTPP, natural_rates, sample_trace, select_clients
 from servegen_ml.neural.state import NeuralState
-from servegen_ml.trace.io import iter_trace_chunks
+from servegen_ml.trace.io import TraceReader
 from servegen_ml.trace.validate import require_time_span
+
+# What the conversation heads learn from (conversations.neural.fit), and which of those are ids.
+TURN_COLUMNS = ("timestamp", "client_id", "conversation_id", "input_tokens", "output_tokens")
+ID_COLUMNS = ("client_id", "conversation_id")
 
 # Trace columns of each model part in log_prob's output.
 PART_COLUMNS = {
@@ -80,30 +88,49 @@ class NeuralGenerator(Generator):
         self.trainer = dict(trainer or {"accelerator": "cpu", "devices": 1, "max_epochs": 20})
         self.state_ = None
         self.conversations_ = None
+        self.rows_fitted_ = 0  # requests of the last trace file fitted (fit_file)
         self._numpy_tpp = None
         self._torch_tpp = None
 
     # -- learning -----------------------------------------------------------------------------
 
-    def fit(self, trace: pd.DataFrame | str | os.PathLike) -> NeuralGenerator:
-        """Train on a canonical trace (DataFrame) or stream one from a trace file (path)."""
-        if isinstance(trace, pd.DataFrame):
-            require_time_span(trace)
-            roles = fit_conversation_roles(trace)
+    def fit(self, trace: pd.DataFrame | str | os.PathLike, **read_options) -> NeuralGenerator:
+        """Train on a canonical trace (DataFrame) or stream one from a trace file (path; ``read_options``:
+        ``format``, ``chunk_rows``, ``skip_bad_rows`` and the format's options, as for ``iter_trace_chunks``)."""
+        if not isinstance(trace, pd.DataFrame):
+            return self.fit_file(trace, **read_options)
+        require_time_span(trace)
+        roles = fit_conversation_roles(trace)
+        if roles is None:
+            self.conversations_ = None
+            return self._fit_source(StoreSource(lambda: [trace]))
+        # Conversations: the point process learns the openers; the conversation heads the turns.
+        openers = trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True)
+        self._fit_source(StoreSource(lambda: [openers]))
+        self._fit_conversations(trace, roles)
+        return self
+
+    def fit_file(self, path: str | os.PathLike, **read_options) -> NeuralGenerator:
+        """Stream a trace file: its events go to memory-mapped columns (``store_dir``), never a DataFrame.
+
+        With conversations a first pass keeps five narrow columns per request (time, client, conversation,
+        input and output tokens) for the conversation heads; the point process streams the openers.
+        A file whose rows go back in time across chunks raises
+        :class:`~servegen_ml.neural.data.events.UnsortedChunksError` (sort it, or fit the DataFrame).
+        """
+        chunks = TraceChunks(Path(path), read_options)
+        turns = conversation_turns(chunks())
+        roles = None if turns is None else fit_conversation_roles(turns)
+        with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.config_.store_dir) as tmp:
             if roles is None:
                 self.conversations_ = None
-                return self._fit_store(store_from_frame(trace))
-            # Conversations: the point process learns the openers; the conversation heads the turns.
-            self._fit_store(
-                store_from_frame(trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True))
-            )
-            self._fit_conversations(trace, roles)
-            return self
-        path = Path(trace)
-        self.conversations_ = None
-        with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.config_.store_dir) as tmp:
-            store = build_store(lambda: _warn_on_conversations(iter_trace_chunks(path), path), directory=tmp)
-            return self._fit_store(store)
+                source = StoreSource(chunks, tmp)
+                self.rows_fitted_ = source.n_events
+                return self._fit_source(source)
+            self._fit_source(StoreSource(_rows_of(chunks, roles.is_opener), tmp))
+        self._fit_conversations(turns, roles)
+        self.rows_fitted_ = len(turns)
+        return self
 
     def _fit_conversations(self, trace: pd.DataFrame, roles) -> None:
         # torch (fitting and scoring only) loads on first use, so loading and sampling never import it.
@@ -113,20 +140,20 @@ class NeuralGenerator(Generator):
             trace, roles, self.state_, self._follow_up_marks, self.config_, self.trainer
         )
 
-    def _fit_store(self, store) -> NeuralGenerator:
+    def _fit_source(self, source: StoreSource) -> NeuralGenerator:
         from servegen_ml.neural.training.fit import train_tpp  # torch
 
-        result = train_tpp(store, self.config_, self.trainer, self.config_.seed)
+        result = train_tpp(source, self.config_, self.trainer, self.config_.seed)
         state = NeuralState(
             model=result.model,
             weights=result.weights,
             max_count=result.normalizers.max_count,
             normalizers=result.normalizers.to_json(),
-            client_ids=list(store.client_ids),
-            traffic=store.counts.astype(np.int64),
+            client_ids=list(source.client_ids),
+            traffic=source.counts,
             rate_curves=result.rates,
             rate_bin_s=self.config_.rate_bin_s,
-            origin_s=float(store.origin_s),
+            origin_s=float(source.origin_s),
             span_s=result.span_s,
             population=None,
             training=result.summary,
@@ -321,15 +348,61 @@ def _parts_frame(parts: dict[str, np.ndarray], order: np.ndarray) -> pd.DataFram
     return df
 
 
-def _warn_on_conversations(chunks, path: Path):
-    """Pass chunks through; warn once if the file has conversation ids, which streamed training does not learn."""
-    warned = False
+class TraceChunks:
+    """Re-iterable validated canonical chunks of a trace file (each call reads it again); the rows
+    ``skip_bad_rows`` drops are reported once."""
+
+    def __init__(self, path: Path, read_options: dict):
+        self.path, self.read_options, self.reported = path, dict(read_options), False
+
+    def __call__(self) -> Iterator[pd.DataFrame]:
+        reader = TraceReader(self.path, **self.read_options)
+        yield from reader
+        report = reader.finish()
+        if report.rows_dropped and not self.reported:
+            warnings.warn(report.describe(), stacklevel=2)
+            self.reported = True
+
+
+def conversation_turns(chunks: Iterable[pd.DataFrame]) -> pd.DataFrame | None:
+    """The columns the conversation model learns from, of every request (None without conversation ids).
+
+    Ids are dictionary-encoded (exact; ``conversation_id`` becomes a float code, NaN for none), so the
+    table holds numbers, not a Python object per request.
+    """
+    parts: dict[str, list] = {k: [] for k in TURN_COLUMNS}
     for chunk in chunks:
-        if not warned and "turn" in chunk.columns and (chunk["turn"] > 1).any():
-            warnings.warn(
-                f"{path}: has follow-up turns, but a streamed fit learns every request as an arrival "
-                "(no conversation model); pass the trace as a DataFrame to learn conversations",
-                stacklevel=4,
+        if "conversation_id" not in chunk.columns:
+            return None
+        for k in TURN_COLUMNS:
+            column = chunk[k]
+            parts[k].append(
+                pa.array(column.to_numpy(), type=pa.string(), from_pandas=True) if k in ID_COLUMNS else column
             )
-            warned = True
-        yield chunk
+    if not parts["timestamp"]:
+        return None
+    out = {k: pd.concat(parts[k], ignore_index=True) for k in TURN_COLUMNS if k not in ID_COLUMNS}
+    for k in ID_COLUMNS:
+        ids = pa.chunked_array(parts[k], type=pa.string()).combine_chunks().dictionary_encode()
+        codes = pc.fill_null(ids.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        labels = ids.dictionary.to_numpy(zero_copy_only=False)
+        if k == "client_id":
+            out[k] = pd.Categorical.from_codes(codes, pd.Index(labels, dtype=object))
+        else:
+            # An empty id means no conversation, like a missing one (conversation_roles).
+            codes[np.isin(codes, np.flatnonzero(labels == ""))] = -1
+            out[k] = np.where(codes >= 0, codes.astype(np.float64), np.nan)
+    return pd.DataFrame(out)[list(TURN_COLUMNS)]
+
+
+def _rows_of(chunks: Callable[[], Iterable[pd.DataFrame]], keep: np.ndarray):
+    """``chunks`` with only the rows (in file order) where ``keep`` is True."""
+
+    def filtered() -> Iterator[pd.DataFrame]:
+        row = 0
+        for chunk in chunks():
+            mask = keep[row : row + len(chunk)]
+            row += len(chunk)
+            yield chunk[mask].reset_index(drop=True)
+
+    return filtered

@@ -9,9 +9,9 @@ pool directory with ``model=parametric`` loads as a ready-made fit unless
 ``+data.duration_s`` asks for a sampled trace. A generator with ``fit_chunks``
 (naive, parametric) fits a trace file chunk by chunk of ``chunk_rows`` rows,
 in memory bounded by clients x windows and open conversations, when
-``split=0`` and the trace is sorted by time; otherwise the trace is read into
-memory (a trace larger than memory trains the neural model through the
-library: ``NeuralGenerator(...).fit(path)`` streams the file).
+``split=0`` and the trace is sorted by time; a generator with ``fit_file``
+(neural) streams a time-sorted trace file itself when ``split=0``
+(conversations included); otherwise the trace is read into memory.
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ def fit_from_config(cfg: DictConfig, step: Callable[[str], None] = lambda name: 
         rows := _fit_streamed(gen, path, cfg, options, step)
     ):
         metrics["train_events"] = rows
+    elif streams_file(gen, path, str(cfg.data.format), split) and (
+        rows := _fit_file(gen, path, cfg, options, step)
+    ):
+        metrics["train_events"] = rows
     else:
         step("read trace")
         trace = read_source(
@@ -118,6 +122,30 @@ class _NeedsWholeTrace(Exception):
 def streams(gen: Generator, path: Path, data_format: str, split: float) -> bool:
     """Whether ``train`` fits ``gen`` chunk by chunk: it can (``fit_chunks``), the input is a file, no split."""
     return hasattr(gen, "fit_chunks") and split == 0.0 and path.is_file() and data_format != "servegen"
+
+
+def streams_file(gen: Generator, path: Path, data_format: str, split: float) -> bool:
+    """Whether ``train`` lets ``gen`` stream the trace file itself (``fit_file``): a file, no split."""
+    return hasattr(gen, "fit_file") and split == 0.0 and path.is_file() and data_format != "servegen"
+
+
+def _fit_file(gen: Generator, path: Path, cfg: DictConfig, options: dict, step) -> int:
+    """``gen.fit_file`` on the trace file; the rows fitted, or 0 after a warning when it must be sorted in memory."""
+    from servegen_ml.neural.data.events import UnsortedChunksError
+
+    step("read and fit trace (streamed)")
+    try:
+        gen.fit_file(
+            path,
+            format=str(cfg.data.format),
+            chunk_rows=int(cfg.get("chunk_rows", DEFAULT_CHUNK_ROWS)),
+            skip_bad_rows=bool(cfg.data.skip_bad_rows),
+            **options,
+        )
+    except UnsortedChunksError as why:
+        warnings.warn(f"{path}: read into memory for training: {why}", stacklevel=2)
+        return 0
+    return int(gen.rows_fitted_)
 
 
 def _fit_streamed(gen: Generator, path: Path, cfg: DictConfig, options: dict, step) -> int:

@@ -6,13 +6,18 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
+from servegen_ml import pool
+from servegen_ml.conversations.empirical import conversation_roles
+from servegen_ml.core.config import compose
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator
-from servegen_ml.generators.neural import NeuralGenerator
-from servegen_ml.trace.io import write_trace
+from servegen_ml.generators.neural import NeuralGenerator, conversation_turns
+from servegen_ml.generators.training import fit_from_config
+from servegen_ml.trace.io import read_trace, write_trace
 from tests.factories import conversational_trace, synthetic_trace
 
 TINY = {
@@ -128,9 +133,71 @@ def test_streamed_fit_from_parquet_resumes_from_last_checkpoint(trace, tmp_path)
     assert second.state_.training["epochs"] == 2
 
 
-def test_streamed_fit_warns_that_it_learns_no_conversations(tmp_path):
+def test_streamed_fit_learns_conversations_like_the_in_memory_fit(tmp_path):
+    # Several chunks: conversations run across chunk borders, openers are picked from the whole file.
     path = tmp_path / "conversations.parquet"
     write_trace(conversational_trace(seed=0, duration_s=1800.0), path)
-    with pytest.warns(UserWarning, match="follow-up turns.*no conversation model"):
-        gen = NeuralGenerator(**TINY, trainer={**FAST, "max_epochs": 1}).fit(path)
-    assert gen.conversations_ is None
+    trace = read_trace(path)
+    settings = {**TINY, "trainer": {**FAST, "max_epochs": 1}}
+    streamed = NeuralGenerator(**settings).fit(path, chunk_rows=97)
+    whole = NeuralGenerator(**settings).fit(trace)
+    assert streamed.conversations_ is not None and streamed.rows_fitted_ == len(trace)
+    assert streamed.state_.training["train_events"] + streamed.state_.training["val_events"] < len(trace)
+    for a, b in (
+        (streamed.state_.weights, whole.state_.weights),
+        (streamed.conversations_.weights, whole.conversations_.weights),
+    ):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+
+
+def test_train_command_streams_a_conversational_trace(tmp_path, monkeypatch):
+    path = tmp_path / "t.parquet"
+    trace = conversational_trace(seed=1, duration_s=1800.0)
+    write_trace(trace, path)
+
+    def whole_trace_read(*args, **kwargs):
+        raise AssertionError("train read the whole trace into memory")
+
+    monkeypatch.setattr(pool, "read_source", whole_trace_read)
+    overrides = ["+experiment=neural_small", "trainer.max_epochs=1", "chunk_rows=101", "quiet=true"]
+    cfg = compose("train", [f"data.path={path}", f"out={tmp_path / 'ck'}", *overrides])
+    metrics = fit_from_config(cfg)
+    assert metrics["train_events"] == len(trace)
+    gen = load_generator(tmp_path / "ck")
+    assert gen.conversations_ is not None
+    sample = gen.sample(GenerationSpec.from_values(duration_s=1800.0), np.random.default_rng(0))
+    assert sample["conversation_id"].duplicated().any()  # follow-up turns
+
+
+def test_train_command_sorts_a_trace_unsorted_across_chunks_in_memory(tmp_path):
+    trace = synthetic_trace(seed=2, duration_s=900.0, n_clients=2)
+    path = tmp_path / "t.csv"
+    half = len(trace) // 2
+    write_trace(pd.concat([trace.iloc[half:], trace.iloc[:half]], ignore_index=True), path)
+    overrides = ["+experiment=neural_small", "trainer.max_epochs=1", f"chunk_rows={half}", "quiet=true"]
+    cfg = compose("train", [f"data.path={path}", f"out={tmp_path / 'ck'}", *overrides])
+    with pytest.warns(UserWarning, match="read into memory for training: trace is not sorted"):
+        metrics = fit_from_config(cfg)
+    assert metrics["train_events"] == len(trace)
+
+
+def test_conversation_turns_chain_like_the_whole_frame_across_chunks():
+    ids = [None, "x", "", "y", "x", None, "y", "x"]
+    frame = pd.DataFrame(
+        {
+            "timestamp": np.arange(8.0),
+            "client_id": list("abababab"),
+            "conversation_id": ids,
+            "input_tokens": np.arange(8) + 10,
+            "output_tokens": np.ones(8, dtype=np.int64),
+        }
+    )
+    chunks = [frame.iloc[:1], frame.iloc[1:2], frame.iloc[2:]]  # the first chunk has no id at all
+    turns = conversation_turns(iter(chunks))
+    want, got = conversation_roles(frame), conversation_roles(turns)
+    np.testing.assert_array_equal(got.predecessor, want.predecessor)
+    np.testing.assert_array_equal(got.position, want.position)
+    assert turns["client_id"].astype(str).tolist() == list("abababab")
+    assert conversation_turns(iter([frame.drop(columns="conversation_id")])) is None

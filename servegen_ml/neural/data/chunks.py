@@ -95,10 +95,6 @@ def cold_starts(
     )
 
 
-def concat_segments(a: Segments, b: Segments) -> Segments:
-    return Segments(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in a.__dataclass_fields__))
-
-
 @dataclass
 class LanePlan:
     """(lanes, steps) arrays: chunk ``[lo, lo + length)`` of lane b at step k."""
@@ -117,6 +113,19 @@ class LanePlan:
 
     def lanes(self, keep: slice | np.ndarray) -> LanePlan:
         return LanePlan(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
+
+    def padded(self, n_steps: int) -> LanePlan:
+        """The plan run to ``n_steps`` with empty steps (no events): DDP ranks must take the same steps."""
+        extra = n_steps - self.n_steps
+        if extra <= 0:
+            return self
+        fill = {"length": 0, "prev": -1, "reset": True, "survival_end_s": np.nan}
+        return LanePlan(
+            *(
+                np.concatenate([a, np.full((a.shape[0], extra), fill.get(f, 0), dtype=a.dtype)], axis=1)
+                for f, a in ((f, getattr(self, f)) for f in self.__dataclass_fields__)
+            )
+        )
 
 
 def plan_lanes(segments: Segments, n_lanes: int, chunk_len: int, rng: np.random.Generator | None) -> LanePlan:

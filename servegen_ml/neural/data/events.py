@@ -6,6 +6,12 @@ two passes over an iterable of canonical chunks, so a trace larger than memory
 is streamed from Parquet into memory-mapped column files (one ``.npy`` each);
 an in-memory trace is the one-chunk case.
 
+Rank shards (DDP): :class:`StoreSource` scans the trace once (clients, counts,
+window, marks) and builds the store of one rank's clients
+(:func:`shard_owner`): every rank keeps the whole client index, so client
+rows, embeddings and per-client statistics line up across ranks, but holds
+only its own clients' events.
+
 Columns (N events): ``time_s`` float64 timeline position; ``input`` int32 base
 prompt tokens (input minus the items' tokens when items are part of the input);
 ``output`` int32; ``reasoning`` int32 (if present); per modality ``m`` with
@@ -30,6 +36,10 @@ from servegen_ml.trace.schema import LIST_COLUMNS, list_lengths, list_values
 # Timestamps above this are read as epoch seconds: the timeline then starts at that day's midnight (UTC).
 EPOCH_THRESHOLD_S = 1e8
 DAY_S = 86_400.0
+
+
+class UnsortedChunksError(UserError):
+    """A streamed trace goes back in time across chunks (the store needs time-sorted chunks)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class _LayoutScan:
     items_seen: dict[str, int] = field(default_factory=dict)
     item_totals: dict[str, dict[str, int]] = field(default_factory=dict)
     items_within_input: bool = True
+    time_sum: float = 0.0  # a checksum of the timestamps (run fingerprints)
 
     def add(self, chunk: pd.DataFrame) -> None:
         cols = set(chunk.columns)
@@ -97,10 +108,11 @@ class _LayoutScan:
             return
         ts = chunk["timestamp"].to_numpy(np.float64)
         if ts.min() < self.last_s:
-            raise UserError(
+            raise UnsortedChunksError(
                 "trace is not sorted by timestamp across chunks; sort it (e.g. servegen-ml convert) before streaming"
             )
         self.first_s, self.last_s = min(self.first_s, ts.min()), max(self.last_s, ts.max())
+        self.time_sum += float(ts.sum())
         ids = chunk["client_id"].astype(str)
         for cid, n in ids.value_counts(sort=False).items():
             self.client_counts[cid] = self.client_counts.get(cid, 0) + int(n)
@@ -174,6 +186,32 @@ class EventStore:
             self.columns, self.items = _open_columns(self.directory, self.layout)
 
 
+def scan_chunks(chunks: Iterable[pd.DataFrame]) -> _LayoutScan:
+    """Pass 1 over canonical, time-sorted chunks: clients and their counts, the span, which marks exist."""
+    scan = _LayoutScan()
+    for chunk in chunks:
+        scan.add(chunk)
+    if not scan.client_counts:
+        raise UserError("trace has no events")
+    return scan
+
+
+def shard_owner(counts: np.ndarray, world: int) -> np.ndarray:
+    """(C,) rank of each client: the busiest client first onto the rank with the fewest events so far.
+
+    Deterministic (ties by client index), so every rank computes the same assignment.
+    """
+    owner = np.zeros(len(counts), dtype=np.int64)
+    if world <= 1:
+        return owner
+    load = np.zeros(world, dtype=np.int64)
+    for c in np.argsort(-np.asarray(counts), kind="stable"):
+        rank = int(np.argmin(load))
+        owner[c] = rank
+        load[rank] += counts[c]
+    return owner
+
+
 def build_store(
     chunks: Callable[[], Iterable[pd.DataFrame]],
     client_ids: list[str] | None = None,
@@ -181,6 +219,8 @@ def build_store(
     origin_s: float | None = None,
     window: tuple[float | None, float | None] = (None, None),
     directory: str | Path | None = None,
+    scan: _LayoutScan | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> EventStore:
     """Two passes over ``chunks()`` (canonical, time-sorted) -> :class:`EventStore`.
 
@@ -188,25 +228,29 @@ def build_store(
     order); ``layout``/``origin_s`` default to those detected from the trace.
     ``window`` is the observation window in trace timestamps (default: first and
     last timestamp). With ``directory`` the columns are memory-mapped files there.
+    ``scan``: pass 1 already done (:func:`scan_chunks`). ``shard=(rank, world)``
+    keeps only the events of the clients :func:`shard_owner` gives to ``rank``.
     """
-    scan = _LayoutScan()
-    for chunk in chunks():
-        scan.add(chunk)
-    if not scan.client_counts:
-        raise UserError("trace has no events")
+    scan = scan_chunks(chunks()) if scan is None else scan
     layout = layout or scan.layout()
     origin_s = timeline_origin(scan.first_s) if origin_s is None else origin_s
     known = list(client_ids or [])
     ids = known + sorted(set(scan.client_counts) - set(known))
     counts = np.array([scan.client_counts.get(c, 0) for c in ids], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    rank, world = shard
+    mine = shard_owner(counts, world) == rank
+    offsets = np.concatenate([[0], np.cumsum(np.where(mine, counts, 0))])
     item_offsets = {
-        m: np.concatenate([[0], np.cumsum([scan.item_totals[m].get(c, 0) for c in ids])]).astype(np.int64)
+        m: np.concatenate(
+            [[0], np.cumsum([scan.item_totals[m].get(c, 0) if own else 0 for c, own in zip(ids, mine)])]
+        ).astype(np.int64)
         for m in layout.modalities
     }
     alloc = _allocator(directory)
     columns, items = _allocate(alloc, int(offsets[-1]), layout, item_offsets)
-    writer = _Scatter(ids, offsets, item_offsets, layout, origin_s, columns, items)
+    writer = _Scatter(
+        ids, offsets, item_offsets, layout, origin_s, columns, items, None if mine.all() else mine
+    )
     for chunk in chunks():
         writer.add(chunk)
     writer.finish()
@@ -225,6 +269,57 @@ def build_store(
         items=items,
         directory=None if directory is None else Path(directory),
     )
+
+
+@dataclass
+class StoreSource:
+    """A trace to train on: ``chunks()`` (re-iterable canonical chunks, time-sorted), scanned once.
+
+    Everything every rank must agree on comes from the scan (clients, their
+    counts, the window, the marks); :meth:`build` makes one rank's shard.
+    ``directory``: where shards' columns are memory-mapped (None: in memory).
+    """
+
+    chunks: Callable[[], Iterable[pd.DataFrame]]
+    directory: str | Path | None = None
+    scan: _LayoutScan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scan = scan_chunks(self.chunks())
+
+    @property
+    def client_ids(self) -> list[str]:
+        return sorted(self.scan.client_counts)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(C,) events per client in the whole trace."""
+        return np.array([self.scan.client_counts[c] for c in self.client_ids], dtype=np.int64)
+
+    @property
+    def n_events(self) -> int:
+        return int(sum(self.scan.client_counts.values()))
+
+    @property
+    def origin_s(self) -> float:
+        return timeline_origin(self.scan.first_s)
+
+    @property
+    def window_s(self) -> tuple[float, float]:
+        """(start, end) of the observation window on the learned timeline."""
+        return self.scan.first_s - self.origin_s, self.scan.last_s - self.origin_s
+
+    @property
+    def layout(self) -> MarkLayout:
+        return self.scan.layout()
+
+    def fingerprint_data(self) -> list:
+        """What identifies the trace for resuming a run (the same on every rank)."""
+        return [self.n_events, *self.window_s, self.client_ids, self.scan.time_sum]
+
+    def build(self, rank: int = 0, world: int = 1) -> EventStore:
+        directory = None if self.directory is None else Path(self.directory) / f"rank{rank}"
+        return build_store(self.chunks, directory=directory, scan=self.scan, shard=(rank, world))
 
 
 def store_from_frame(trace: pd.DataFrame, **kwargs) -> EventStore:
@@ -280,8 +375,9 @@ def _open_columns(directory: Path, layout: MarkLayout):
 class _Scatter:
     """Pass 2: write each chunk's events to their client-major positions."""
 
-    def __init__(self, ids, offsets, item_offsets, layout, origin_s, columns, items):
+    def __init__(self, ids, offsets, item_offsets, layout, origin_s, columns, items, keep=None):
         self.code = {cid: i for i, cid in enumerate(ids)}
+        self.keep = keep  # (C,) bool: clients whose events this store holds (None: all)
         self.offsets, self.item_offsets = offsets, item_offsets
         self.layout, self.origin_s = layout, origin_s
         self.columns, self.items = columns, items
@@ -292,6 +388,12 @@ class _Scatter:
         if len(chunk) == 0:
             return
         codes = chunk["client_id"].astype(str).map(self.code).to_numpy(np.int64)
+        if self.keep is not None:
+            rows = self.keep[codes]
+            if not rows.all():
+                chunk, codes = chunk[rows].reset_index(drop=True), codes[rows]
+                if len(chunk) == 0:
+                    return
         order = np.lexsort((chunk["timestamp"].to_numpy(), codes))
         c = codes[order]
         rank = _rank_within(c)

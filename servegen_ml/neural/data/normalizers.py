@@ -84,11 +84,13 @@ def fit_normalizers(
     validation: ValidationBlocks | None = None,
     max_spikes: int = 32,
     min_spike_share: float = 0.005,
+    reduce: Callable[[np.ndarray, str], np.ndarray] | None = None,
 ) -> Normalizers:
     """Normalizers from the training events of ``store`` (outside the validation blocks; None: all).
 
     ``to_unit(client, time_s)``: the clients' unit time (:mod:`servegen_ml.neural.rate_level`),
-    in which the gaps' statistics are taken.
+    in which the gaps' statistics are taken. ``reduce(array, "sum" | "max")`` combines the
+    running sums over the shards of a DDP run (:mod:`servegen_ml.neural.data.datamodule`).
     """
     n_clients = len(store.client_ids)
     gaps = _Moments(n_clients)
@@ -126,6 +128,12 @@ def fit_normalizers(
             max_count[f] = max(max_count[f], int(values.max(initial=0)))
         if store.layout.has_reasoning:
             ratio_hist += _ratio_hist(store, lo, hi, train)
+    if reduce is not None:
+        for moments in (gaps, *marks.values()):
+            moments.n, moments.s, moments.ss = (reduce(x, "sum") for x in (moments.n, moments.s, moments.ss))
+        hist = {f: reduce(h, "sum") for f, h in hist.items()}
+        max_count = {f: int(reduce(np.array([v]), "max")[0]) for f, v in max_count.items()}
+        ratio_hist, train_events = reduce(ratio_hist, "sum"), reduce(train_events, "sum")
     all_gaps = _Moments()
     all_gaps.n, all_gaps.s, all_gaps.ss = (
         gaps.n.sum(keepdims=True),

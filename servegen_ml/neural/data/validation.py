@@ -81,6 +81,8 @@ class ValidationBlocks:
         time = store.columns["time_s"]
         parts = []
         for c, (lo, hi) in enumerate(zip(store.offsets[:-1], store.offsets[1:])):
+            if hi == lo:  # a client without events here (another DDP rank's, or unseen)
+                continue
             t = np.asarray(time[lo:hi])
             if self.period == 0:
                 block = np.zeros(len(t), dtype=np.int64)

@@ -30,6 +30,7 @@ import inspect
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,12 @@ from omegaconf import OmegaConf
 
 from servegen_ml.core.configs import TRAINER_BASE, NeuralConfig
 from servegen_ml.core.errors import WorkerFinished
-from servegen_ml.core.interrupt import Terminated
-from servegen_ml.neural.data.events import EventStore
-from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
+from servegen_ml.core.interrupt import Terminated, raise_if_terminated
+from servegen_ml.neural.data.events import StoreSource
+from servegen_ml.neural.data.normalizers import Normalizers
 from servegen_ml.neural.data.validation import ValidationBlocks
-from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
+from servegen_ml.neural.model.tpp import MarkedTPP
+from servegen_ml.neural.rate_level import fit_rate_level
 
 # Settings that shape the network (the rest of the settings are training options).
 ARCHITECTURE_KEYS = (
@@ -70,94 +72,116 @@ class TrainResult:
     summary: dict  # epochs, best validation NLL, where logs went, ...
 
 
-def train_tpp(store: EventStore, config: NeuralConfig, trainer: dict, seed: int) -> TrainResult:
-    """Fit on ``store`` with the generator's ``config``; trainer: see module docstring."""
-    from servegen_ml.neural.data.datamodule import EventDataModule
+def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: int) -> TrainResult:
+    """Fit on the trace of ``source`` with the generator's ``config``; trainer: see module docstring.
+
+    Each DDP rank builds and trains on its own clients' shard (:mod:`servegen_ml.neural.data.datamodule`).
+    """
+    from servegen_ml.neural.data.datamodule import EventDataModule, prepare_shard
     from servegen_ml.neural.training.lightning_module import TPPLightningModule
 
-    blocks = ValidationBlocks.for_window(store.window_start_s, store.window_end_s, config.val_fraction)
-    span_s, bin_s = learned_span(store), config.rate_bin_s
-    # Training sees the rates of training events only (validation bins interpolated).
-    train_rates = rate_curves(store, bin_s, span_s, blocks)
-    train_level = fit_rate_level(train_rates, bin_s, span_s)
-    norm = fit_normalizers(
-        store, unit_clock(train_level, bin_s, span_s), blocks, config.max_spikes, config.min_spike_share
-    )
-    rates = rate_curves(store, bin_s, span_s)
-    model = {
-        "n_clients": len(store.client_ids),
-        "layout": store.layout.to_dict(),
-        "spikes": norm.spikes,
-        "activity_bins": rates.shape[1],
+    start_s, end_s = source.window_s
+    blocks = ValidationBlocks.for_window(start_s, end_s, config.val_fraction)
+    span_s, bin_s = learned_span(end_s), config.rate_bin_s
+    shape = {
+        "n_clients": len(source.client_ids),
+        "layout": source.layout.to_dict(),
+        "activity_bins": max(1, int(np.ceil(span_s / bin_s))),
         "activity_bin_s": bin_s,
         **{k: getattr(config, k) for k in ARCHITECTURE_KEYS},
     }
-    train, val = blocks.split(store)
-    monitor = "val_nll" if len(val) else "train_nll_epoch"
-    torch.manual_seed(seed)
-    module = TPPLightningModule(model, lr=config.lr, weight_decay=config.weight_decay, monitor=monitor)
-    module.tpp.set_normalizers(norm)
-    module.tpp.init_mixtures(norm)
-    module.tpp.set_activity(train_rates, span_s)
-    module.tpp.set_rate_level(train_level)
     data = EventDataModule(
-        store,
-        train,
-        val if len(val) else None,
+        lambda: prepare_shard(
+            source, blocks, shape, span_s, bin_s, config.max_spikes, config.min_spike_share
+        ),
         config.lanes,
         config.chunk_len,
         seed,
         config.cold_starts_per_client,
         config.cold_starts_per_hour,
+        config.cold_start_events,
     )
-    fingerprint = _fingerprint(model, config.to_dict(), store)
+
+    def build():
+        # The training rates and level: the model never sees a validation count.
+        p = data.prepared
+        torch.manual_seed(seed)
+        tpp = MarkedTPP(**p.model)
+        tpp.set_normalizers(p.norm)
+        tpp.init_mixtures(p.norm)
+        tpp.set_activity(p.train_rates, span_s)
+        tpp.set_rate_level(p.train_level)
+        if p.val_events == 0:
+            _monitor(trainer_obj, module, "train_nll_epoch")
+        return tpp
+
+    # Whether any event validates is known once the shards are set up; until then validation is assumed.
+    monitor = "val_nll" if blocks.period else "train_nll_epoch"
+    module = TPPLightningModule(build, lr=config.lr, weight_decay=config.weight_decay, monitor=monitor)
+    fingerprint = _fingerprint(shape, config.to_dict(), source)
     with (
         _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir,
         torch_threads(trainer.get("num_threads")),
     ):
         trainer_obj = _make_trainer(trainer, run_dir, monitor)
         ckpt_path = _resume_path(run_dir, trainer)
+        started = time.perf_counter()
         try:
             trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
         except SystemExit:
             # Lightning turns ^C and SIGTERM into SystemExit(1); give the caller the interrupt back.
             if not trainer_obj.interrupted:
                 raise
+            # A SIGTERM while the shards were set up came before Lightning installed its own handler.
+            raise_if_terminated()
             sigterm = getattr(getattr(trainer_obj, "_signal_connector", None), "received_sigterm", False)
             raise (Terminated if sigterm else KeyboardInterrupt)("training interrupted") from None
         if trainer_obj.global_rank != 0:
             # A subprocess-launched DDP worker: training is its only job; its entry point exits 0.
             raise WorkerFinished(f"rank {trainer_obj.global_rank} finished training")
+        prepared = data.prepared
         curve = _learning_curve(trainer_obj)
         best = trainer_obj.checkpoint_callback.best_model_path
         if best:
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
+        norm = prepared.norm
         summary = {
             "epochs": int(trainer_obj.current_epoch),
             "world_size": int(trainer_obj.world_size),
+            "shard_events": prepared.shard_events,
             "global_steps": int(trainer_obj.global_step),
-            "monitor": monitor,
+            "fit_seconds": round(time.perf_counter() - started, 3),  # shards, statistics and training
+            "monitor": module.monitor,
             "best_score": _float(trainer_obj.checkpoint_callback.best_model_score),
             "train_events": int(norm.train_events.sum()),
-            "val_events": int(store.n_events - norm.train_events.sum()),
+            "val_events": prepared.val_events,
             "validation": blocks.to_dict(),
             "run_dir": str(run_dir) if trainer.get("default_root_dir") else None,
             "resumed_from": str(ckpt_path) if ckpt_path else None,
             "learning_curve": str(curve) if curve and trainer.get("default_root_dir") else None,
         }
     # The point process learned the gaps' shape; the level of the whole trace is the final one.
+    rates = prepared.rates
     module.tpp.set_activity(rates, span_s)
     module.tpp.set_rate_level(fit_rate_level(rates, bin_s, span_s))
     weights = {k: v.detach().cpu().numpy() for k, v in module.tpp.state_dict().items()}
     return TrainResult(
-        model=model, weights=weights, normalizers=norm, rates=rates, span_s=span_s, summary=summary
+        model=prepared.model, weights=weights, normalizers=norm, rates=rates, span_s=span_s, summary=summary
     )
 
 
-def learned_span(store: EventStore) -> float:
+def _monitor(trainer_obj, module, metric: str) -> None:
+    """Switch what the module's LR schedule and the trainer's callbacks (checkpoint, early stop) watch."""
+    module.monitor = metric
+    for callback in trainer_obj.callbacks:
+        if getattr(callback, "monitor", None) is not None:
+            callback.monitor = metric
+
+
+def learned_span(window_end_s: float) -> float:
     """The learned timeline is [0, span_s): up to the last event of the training trace."""
-    return max(float(store.window_end_s), 1e-3)
+    return max(float(window_end_s), 1e-3)
 
 
 @contextlib.contextmanager
@@ -176,15 +200,9 @@ def _float(x) -> float | None:
     return None if x is None else float(x)
 
 
-def _fingerprint(model: dict, settings: dict, store: EventStore) -> str:
-    ids = hashlib.sha256("\n".join(store.client_ids).encode()).hexdigest()
-    data = [
-        store.n_events,
-        store.window_start_s,
-        store.window_end_s,
-        ids,
-        float(np.asarray(store.columns["time_s"][-1:]).sum()),
-    ]
+def _fingerprint(model: dict, settings: dict, source: StoreSource) -> str:
+    """The run directory's name: the same on every rank (it hashes the whole trace's scan)."""
+    data = source.fingerprint_data()
     blob = json.dumps([model, settings, data], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

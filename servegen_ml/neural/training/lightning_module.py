@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 import torch
 
@@ -11,23 +13,39 @@ from servegen_ml.neural.model.tpp import MarkedTPP
 class TPPLightningModule(L.LightningModule):
     """Minimizes the NLL per event (time, marks and window survival) of a :class:`MarkedTPP`."""
 
-    def __init__(self, model: dict, lr: float = 1e-3, weight_decay: float = 0.0, monitor: str = "val_nll"):
+    def __init__(
+        self,
+        build: Callable[[], MarkedTPP],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        monitor: str = "val_nll",
+    ):
+        """``build()`` makes the model in ``configure_model``: its shape depends on statistics of the
+        data, which under DDP exist only once every rank has set up its shard."""
         super().__init__()
-        self.save_hyperparameters()
-        self.tpp = MarkedTPP(**model)
-        self.tpp.compute_dtype = torch.float32
+        self.save_hyperparameters(ignore=["build"])
+        self.build = build
+        self.tpp: MarkedTPP | None = None
         self.lr, self.weight_decay, self.monitor = lr, weight_decay, monitor
         # Per stage: each lane's last hidden state, detached (gradients stop at chunk borders).
-        self._carry: dict[str, torch.Tensor] = {}
+        self._carry: dict[tuple[str, int], torch.Tensor] = {}
+        self._val_sum = torch.zeros(2, dtype=torch.float64)  # validation NLL and events this epoch
+
+    def configure_model(self) -> None:
+        if self.tpp is None:
+            self.tpp = self.build()
+            self.tpp.compute_dtype = torch.float32
 
     def _nll(self, batch: dict, stage: str) -> tuple[torch.Tensor, int]:
         emb, gap_mean, gap_std = self.tpp.client_inputs(batch["client"])
         h0 = self.tpp.encoder.initial_state(emb)
-        carry = self._carry.get(stage)
+        # Each lane group (datamodule.LaneDataset) carries its own lanes' state.
+        key = (stage, int(batch["lane_group"]) if "lane_group" in batch else 0)
+        carry = self._carry.get(key)
         if carry is not None and carry.shape == h0.shape:
             h0 = torch.where(batch["reset"].unsqueeze(1), h0, carry)
         parts, h_last = self.tpp(batch, emb, gap_mean, gap_std, h0)
-        self._carry[stage] = h_last.detach()
+        self._carry[key] = h_last.detach()
         n_events = int(batch["mask"].sum())
         total = torch.stack(list(parts.values())).sum()
         return -total / max(n_events, 1), n_events
@@ -39,13 +57,22 @@ class TPPLightningModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         nll, n = self._nll(batch, "val")
-        self.log("val_nll", nll.float(), batch_size=max(n, 1), prog_bar=True, on_epoch=True, sync_dist=True)
+        self._val_sum += torch.tensor([float(nll) * n, n], dtype=torch.float64)
+
+    def on_validation_epoch_end(self) -> None:
+        # Per event over every rank's validation events (ranks hold different clients, so a mean of
+        # the ranks' means would weigh them wrongly); every rank logs the same value.
+        total = self._val_sum.clone()
+        self._val_sum.zero_()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+        self.log("val_nll", float(total[0] / max(float(total[1]), 1.0)), prog_bar=True)
 
     def on_train_epoch_start(self) -> None:
-        self._carry.pop("train", None)
+        self._carry = {k: v for k, v in self._carry.items() if k[0] != "train"}
 
     def on_validation_epoch_start(self) -> None:
-        self._carry.pop("val", None)
+        self._carry = {k: v for k, v in self._carry.items() if k[0] != "val"}
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
