@@ -128,7 +128,10 @@ def fit_normalizers(
             max_count[f] = max(max_count[f], int(values.max(initial=0)))
         if store.layout.has_reasoning:
             ratio_hist += _ratio_hist(store, lo, hi, train)
+    client_share = {f: within_client[f].best_share() for f in fields}
     if reduce is not None:
+        # A rank's shard holds whole clients, so the largest within-client share is the max over ranks.
+        client_share = {f: reduce(x, "max") for f, x in client_share.items()}
         for moments in (gaps, *marks.values()):
             moments.n, moments.s, moments.ss = (reduce(x, "sum") for x in (moments.n, moments.s, moments.ss))
         hist = {f: reduce(h, "sum") for f, h in hist.items()}
@@ -149,10 +152,7 @@ def fit_normalizers(
         gap_log_std=c_std.astype(np.float32),
         mark_mean={f: float(m[0]) for f, (m, _) in mark_stats.items()},
         mark_std={f: float(s[0]) for f, (_, s) in mark_stats.items()},
-        spikes={
-            f: frequent_values(hist[f], max_spikes, min_spike_share, within_client[f].best_share())
-            for f in fields
-        },
+        spikes={f: frequent_values(hist[f], max_spikes, min_spike_share, client_share[f]) for f in fields},
         max_count=max_count,
         train_events=train_events,
         quantiles=_quantiles(hist, ratio_hist if store.layout.has_reasoning else None),
