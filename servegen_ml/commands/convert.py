@@ -16,6 +16,7 @@ leading ``+``, e.g. ``+data.client_by=model``.
 from __future__ import annotations
 
 from servegen_ml.commands.validate import adapter_options
+from servegen_ml.core.errors import UserError
 from servegen_ml.core.outputs import check_output_file
 from servegen_ml.pool import convert_source
 from servegen_ml.trace.summary import format_summary
@@ -23,16 +24,22 @@ from servegen_ml.trace.summary import format_summary
 
 def run(cfg) -> int:
     check_output_file(str(cfg.out))
+    options = adapter_options(cfg.data)
+    span = {}
+    # train and export take the sampled span under data (+data.start_s=...): accept that spelling too.
+    for key in ("start_s", "duration_s", "seed"):
+        under_data = options.pop(key, None)
+        if under_data is not None and cfg.get(key) is not None:
+            raise UserError(f"convert: {key} is given twice ({key}= and +data.{key}=); give it once")
+        span[key] = cfg.get(key) if under_data is None else under_data
     summary, report = convert_source(
         cfg.data.path,
         cfg.out,
         cfg.data.format,
         bool(cfg.data.skip_bad_rows),
-        start_s=cfg.start_s,
-        duration_s=cfg.duration_s,
-        seed=cfg.seed,
         chunk_rows=int(cfg.chunk_rows),
-        **adapter_options(cfg.data),
+        **span,
+        **options,
     )
     print(f"wrote {cfg.out}")
     print(format_summary(summary))

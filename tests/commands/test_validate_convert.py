@@ -119,3 +119,16 @@ def test_convert_servegen_pool(shared_traces, tmp_path, capsys, pool, field):
     trace = read_trace(out)
     assert len(trace) > 1000 and trace["client_id"].nunique() > 5 and field in trace
     assert trace["timestamp"].min() >= 0 and trace["timestamp"].max() < 600
+
+
+def test_convert_takes_the_window_under_data_too_but_not_twice(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "timestamp,client_id,input_tokens,output_tokens\n" + "".join(f"{t},a,10,5\n" for t in range(10))
+    )
+    out = tmp_path / "w.jsonl"
+    assert main(["convert", f"data.path={path}", f"out={out}", "+data.start_s=3", "+data.duration_s=4"]) == 0
+    assert read_trace(out)["timestamp"].tolist() == [3.0, 4.0, 5.0, 6.0]
+    again = tmp_path / "again.jsonl"
+    assert main(["convert", f"data.path={path}", f"out={again}", "start_s=1", "+data.start_s=3"]) == 2
+    assert "start_s is given twice" in capsys.readouterr().err and not again.exists()
