@@ -42,6 +42,7 @@ from servegen_ml.conversations.empirical import (
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.pool import bins
+from servegen_ml.pool.empirical import CountTable
 from servegen_ml.trace.keymap import hash_strings
 
 IDLE_S = 21_600.0
@@ -479,30 +480,19 @@ def _hazard_counts(
     return pd.concat(frames, ignore_index=True)
 
 
-class _Counts:
-    """Summed values per int64 key, added in parts (merged when they grow): memory follows the distinct keys."""
+class _Counts(CountTable):
+    """Summed values per int64 key: a one-key :class:`~servegen_ml.pool.empirical.CountTable`."""
 
     def __init__(self):
-        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
-        self._size = 0
+        super().__init__(1)
 
     def add(self, key: np.ndarray, value: np.ndarray) -> None:
-        if len(key) == 0:
-            return
-        uniq, inv = np.unique(np.asarray(key, dtype=np.int64), return_inverse=True)
-        self._parts.append((uniq, np.bincount(inv, weights=value, minlength=len(uniq))))
-        self._size += len(uniq)
-        if len(self._parts) > 64:
-            self._parts = [self.result()]
+        if len(key):
+            super().add([np.asarray(key, dtype=np.int64)], np.asarray(value, dtype=np.float64))
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self._parts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        if len(self._parts) > 1:
-            keys = np.concatenate([k for k, _ in self._parts])
-            uniq, inv = np.unique(keys, return_inverse=True)
-            self._parts = [(uniq, np.bincount(inv, weights=np.concatenate([v for _, v in self._parts])))]
-        return self._parts[0]
+        (keys,), sums = super().result()
+        return keys, sums
 
 
 class _OpenConversations:

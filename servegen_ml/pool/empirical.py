@@ -258,6 +258,10 @@ def _client_ratio_hist(client, slot, value, count, n_clients, whole_slot):
     return np.concatenate([np.zeros((n_clients, 1)), np.cumsum(probs, axis=1)], axis=1)
 
 
+# A count table merges its chunk parts once they hold this many rows (or a quarter of the table).
+MERGE_MIN_ROWS = 1_000_000
+
+
 def count_by_keys(keys: list[np.ndarray], count: np.ndarray):
     """Distinct key tuples (sorted, first key primary) and the summed ``count`` of each.
 
@@ -282,6 +286,36 @@ def count_by_keys(keys: list[np.ndarray], count: np.ndarray):
     sums = np.add.reduceat(np.asarray(count, dtype=np.float64)[order], starts) if len(starts) else np.zeros(0)
     first = order[starts]
     return [u[inv[first]] for u, inv in zip(uniques, codes, strict=True)], sums
+
+
+class CountTable:
+    """Summed counts per distinct key tuple, added chunk by chunk; memory follows the distinct keys."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self._parts: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self._pending = 0
+        self._merged = 0
+
+    def add(self, keys: list[np.ndarray], counts: np.ndarray) -> None:
+        part = count_by_keys(keys, counts)
+        self._parts.append(part)
+        self._pending += len(part[1])
+        # Merging often keeps the pending parts (and the merge's temporaries) small next to the table.
+        if self._pending > max(self._merged // 4, MERGE_MIN_ROWS):
+            self._merge()
+
+    def _merge(self) -> None:
+        keys = [np.concatenate([p[0][i] for p in self._parts]) for i in range(self.width)]
+        merged = count_by_keys(keys, np.concatenate([p[1] for p in self._parts]))
+        self._parts, self._pending, self._merged = [merged], 0, len(merged[1])
+
+    def result(self) -> tuple[list[np.ndarray], np.ndarray]:
+        if not self._parts:
+            return [np.zeros(0, dtype=np.int64) for _ in range(self.width)], np.zeros(0)
+        if len(self._parts) > 1:
+            self._merge()
+        return self._parts[0]
 
 
 def _rank(values: np.ndarray):

@@ -30,7 +30,7 @@ from servegen_ml.compose import interarrival as ia
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.pool import bins
-from servegen_ml.pool.empirical import count_by_keys
+from servegen_ml.pool.empirical import CountTable, count_by_keys
 from servegen_ml.pool.table import (
     BIN_WIDTH,
     FIELDS,
@@ -108,7 +108,7 @@ class PoolFitter:
         self._table_packed = np.zeros(0, dtype=np.int64)  # table -> packed (field, client, slot)
         self._lookup_packed = np.zeros(0, dtype=np.int64)  # sorted packed groups ...
         self._lookup_table = np.zeros(0, dtype=np.int64)  # ... and their tables
-        self._slot_requests = _CountTable(2)  # (client, slot) -> requests
+        self._slot_requests = CountTable(2)  # (client, slot) -> requests
         self._max_slot = -1
 
     # ------------------------------------------------------------------ streaming
@@ -381,8 +381,6 @@ class PoolFitter:
         return pmfs
 
 
-# A count table merges its chunk parts once they hold this many rows (or a quarter of the table).
-MERGE_MIN_ROWS = 1_000_000
 # (field, client, data window) packed into one int64: 4 + 30 + 29 bits.
 _CLIENT_BITS, _SLOT_BITS = 30, 29
 
@@ -446,36 +444,6 @@ class _GapStore:
                 yield gaps, rank[np.concatenate([c for c, _ in self._memory])]
 
         return read
-
-
-class _CountTable:
-    """Summed counts per distinct key tuple, added chunk by chunk; memory follows the distinct keys."""
-
-    def __init__(self, width: int):
-        self.width = width
-        self._parts: list[tuple[list[np.ndarray], np.ndarray]] = []
-        self._pending = 0
-        self._merged = 0
-
-    def add(self, keys: list[np.ndarray], counts: np.ndarray) -> None:
-        part = count_by_keys(keys, counts)
-        self._parts.append(part)
-        self._pending += len(part[1])
-        # Merging often keeps the pending parts (and the merge's temporaries) small next to the table.
-        if self._pending > max(self._merged // 4, MERGE_MIN_ROWS):
-            self._merge()
-
-    def _merge(self) -> None:
-        keys = [np.concatenate([p[0][i] for p in self._parts]) for i in range(self.width)]
-        merged = count_by_keys(keys, np.concatenate([p[1] for p in self._parts]))
-        self._parts, self._pending, self._merged = [merged], 0, len(merged[1])
-
-    def result(self) -> tuple[list[np.ndarray], np.ndarray]:
-        if not self._parts:
-            return [np.zeros(0, dtype=np.int64) for _ in range(self.width)], np.zeros(0)
-        if len(self._parts) > 1:
-            self._merge()
-        return self._parts[0]
 
 
 def request_fields(trace: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:

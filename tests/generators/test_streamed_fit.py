@@ -17,6 +17,7 @@ from servegen_ml.generators.naive import NaiveGenerator
 from servegen_ml.generators.parametric import ParametricGenerator
 from servegen_ml.generators.training import fit_from_config
 from servegen_ml.pool import ClientPool
+from servegen_ml.pool import empirical as pool_empirical
 from servegen_ml.pool import fit as pool_fit
 from servegen_ml.pool.fit import PoolFitter, fit_client_pool
 from servegen_ml.trace.io import write_trace
@@ -54,7 +55,7 @@ def _trace() -> pd.DataFrame:
 
 @pytest.mark.parametrize("rows", [101, 997, 5_000])
 def test_chunked_pool_equals_whole_trace_fit(rows, monkeypatch):
-    monkeypatch.setattr(pool_fit, "MERGE_MIN_ROWS", 50)  # count tables merge many times along the way
+    monkeypatch.setattr(pool_empirical, "MERGE_MIN_ROWS", 50)  # count tables merge many times along the way
     trace = _trace()
     whole = fit_client_pool(trace, 600, 3_600, 20)
     fitter = PoolFitter(600, 3_600, 20)
