@@ -107,8 +107,15 @@ class TraceReader:
             raise UserError(f"{self.path}: {POOL_SAMPLED}")
         self.container = container_of(self.path)
         self.chunk_rows = int(chunk_rows)
+        self.skip_bad_rows = skip_bad_rows
+        self.collect = collect
+        self.adapter_options = adapter_options
+        self.max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else float(max_tokens)
         self.adapter = ADAPTERS[self.format](str(self.path), **adapter_options)
-        self.validator = TraceValidator(
+        self.validator = self._validator(skip_bad_rows, collect)
+
+    def _validator(self, skip_bad_rows: bool, collect: bool, known_duplicates=None) -> TraceValidator:
+        return TraceValidator(
             str(self.path),
             skip_bad_rows,
             column_labels=self.adapter.column_labels,
@@ -117,14 +124,35 @@ class TraceReader:
             row_label="line" if self.container == "jsonl" else "row",
             collect=collect,
             unique_column=self.adapter.unique_column,
-            max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else float(max_tokens),
+            max_tokens=self.max_tokens,
+            known_duplicates=known_duplicates,
         )
+
+    def _cross_chunk_duplicates(self) -> np.ndarray | None:
+        """skip_bad_rows: a first pass over the file for the rows whose id an earlier chunk has (None if
+        the file is one chunk: then the chunk's own check finds every duplicate)."""
+        scan = self._validator(skip_bad_rows=False, collect=True)
+        adapter = ADAPTERS[self.format](str(self.path), **self.adapter_options)
+        chunks = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the second pass gives the same warnings
+            for raw, row_numbers in read_chunks(
+                self.path, self.container, self.chunk_rows, adapter.string_columns
+            ):
+                mapped, problems = adapter.map_chunk(raw, row_numbers)
+                scan.check(mapped, row_numbers, problems, raw)
+                chunks += 1
+        return scan.cross_chunk_duplicates()[0] if chunks > 1 else None
 
     @property
     def report(self) -> ValidationReport:
         return self.validator.report
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
+        if self.skip_bad_rows and self._has_ids():
+            known = self._cross_chunk_duplicates()
+            if known is not None:
+                self.validator = self._validator(self.skip_bad_rows, self.collect, known)
         chunks = read_chunks(self.path, self.container, self.chunk_rows, self.adapter.string_columns)
         seen = False
         for raw, row_numbers in chunks:
@@ -140,6 +168,11 @@ class TraceReader:
             mapped, problems = self.adapter.map_chunk(raw, np.zeros(0, dtype=np.int64))
             valid, _ = self.validator.check(mapped, np.zeros(0, dtype=np.int64), problems, raw)
             yield self.adapter.finish_chunk(valid)
+
+    def _has_ids(self) -> bool:
+        unique = self.adapter.unique_column
+        columns = peek_columns(self.path, self.container)
+        return unique in columns or self.adapter.column_labels.get(unique, unique) in columns
 
     def finish(self) -> ValidationReport:
         return self.validator.finish()

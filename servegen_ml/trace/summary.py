@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from servegen_ml.trace.keymap import KeyMap, hash_strings
+from servegen_ml.trace.keymap import hash_strings
 from servegen_ml.trace.schema import COLUMN_ORDER
+from servegen_ml.trace.spill import HashSpill, distinct_keys
 
 
 class TraceSummary:
-    """Accumulates :func:`summarize` over chunks with memory bounded by clients and conversations."""
+    """Accumulates :func:`summarize` over chunks with memory bounded by the clients and the chunk size
+    (conversation ids are counted from hashes spilled to disk, :mod:`servegen_ml.trace.spill`)."""
 
     def __init__(self):
         self.rows = 0
@@ -23,7 +25,7 @@ class TraceSummary:
         self._fields: set[str] = set()
         self._t_min, self._t_max = np.inf, -np.inf
         self._token_sums = {"input_tokens": 0, "output_tokens": 0}
-        self._conversations = KeyMap()
+        self._conversations = HashSpill()
         self._conversation_rows = 0
         self._follow_ups = 0
 
@@ -40,9 +42,7 @@ class TraceSummary:
             self._token_sums[col] += int(chunk[col].sum())
         if "conversation_id" in chunk:
             keys = np.unique(hash_strings(chunk["conversation_id"]))
-            self._conversations.update(
-                keys[~self._conversations.contains(keys)]
-            )  # keep levels disjoint: len() = distinct
+            self._conversations.add(keys, np.zeros(len(keys), dtype=np.int64))
             self._conversation_rows += len(chunk)
         if "turn" in chunk:
             self._follow_ups += int((chunk["turn"].to_numpy() > 1).sum())
@@ -62,7 +62,7 @@ class TraceSummary:
             },
         }
         if "conversation_id" in self._fields:
-            n_conv = len(self._conversations)
+            n_conv = distinct_keys(self._conversations)
             out["conversations"] = n_conv
             out["mean_turns_per_conversation"] = self._conversation_rows / n_conv if n_conv else float("nan")
         if "turn" in self._fields:

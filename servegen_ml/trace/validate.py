@@ -15,8 +15,17 @@ Unsorted rows are sorted stably with a warning. Each kind lists its first
 readable error.
 
 :class:`TraceValidator` keeps the state that spans chunks of a streamed file
-(request ids seen, as 64-bit hashes; the last timestamp; problem counts);
-:func:`validate_trace` is the one-chunk form.
+(the last timestamp; problem counts; request ids as 64-bit hashes, spilled to
+disk, see below); :func:`validate_trace` is the one-chunk form.
+
+Duplicate ids within a chunk are found with the chunk. Ids repeating an
+earlier chunk's are found after the last chunk, from (hash, row) pairs spilled
+to hash-partitioned temporary files (:mod:`servegen_ml.trace.spill`), so no
+set of all ids is kept in memory. Hence :meth:`TraceValidator.finish` raises
+them (readers call it before a consumer commits its output, which is written
+atomically). With ``skip_bad_rows`` rows already passed on cannot be taken
+back: :class:`~servegen_ml.trace.io.TraceReader` then makes a first pass that
+only finds them (``known_duplicates``) and drops them in the second.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from servegen_ml.core.errors import UserError
-from servegen_ml.trace.keymap import KeyMap, hash_strings, splitmix64
+from servegen_ml.trace.keymap import hash_strings, splitmix64
 from servegen_ml.trace.schema import (
     COLUMN_ORDER,
     LIST_COLUMNS,
@@ -39,6 +48,7 @@ from servegen_ml.trace.schema import (
     STRING_DTYPE,
     make_list_column,
 )
+from servegen_ml.trace.spill import HashSpill, repeated_rows
 
 MAX_LISTED_ROWS = 20
 # Token counts above this are refused as implausible (configurable: data.max_tokens): ten times the
@@ -394,6 +404,7 @@ class TraceValidator:
         collect: bool = False,
         unique_column: str = "request_id",
         max_tokens: float = DEFAULT_MAX_TOKENS,
+        known_duplicates: np.ndarray | None = None,
     ):
         self.source = source
         self.max_tokens = float(max_tokens)
@@ -407,7 +418,9 @@ class TraceValidator:
         self.report = ValidationReport(source)
         self.problems: dict[tuple, Problem] = {}
         self._columns: list[str] | None = None
-        self._request_ids = KeyMap()
+        # Ids of earlier chunks: spilled (hash, row) pairs, or the rows a first pass found repeating them.
+        self._id_spill = HashSpill()
+        self._known_duplicates = None if known_duplicates is None else np.sort(known_duplicates)
         self._last_timestamp = -np.inf
         self._first_timestamp = np.inf
         self._whole_seconds = True
@@ -431,22 +444,48 @@ class TraceValidator:
             raise self._error([Problem("column_set_changed", None, detail=detail)])
         return columns
 
-    def _duplicate_ids(self, ids, usable: np.ndarray) -> np.ndarray:
-        """Rows whose id an earlier row (this chunk or before) has; ids are compared as 64-bit hashes."""
+    def _duplicate_ids(self, ids, usable: np.ndarray, row_numbers: np.ndarray) -> np.ndarray:
+        """Rows whose id an earlier row of this chunk has (compared as 64-bit hashes), or a row of an
+        earlier chunk when a first pass found them; the rest are spilled for :meth:`cross_chunk_duplicates`."""
         if isinstance(ids, np.ndarray):
             hashes = splitmix64(ids.astype(np.int64).view(np.uint64))
         else:
             hashes = hash_strings(pd.Series(ids))
         duplicate = pd.Series(hashes).duplicated().to_numpy().copy()
-        if len(self._request_ids):
-            # Looked up in sorted order (cache-friendly), then mapped back through the few found.
-            ordered = np.sort(hashes)
-            seen = ordered[self._request_ids.contains(ordered)]
-            if len(seen):
-                duplicate |= np.isin(hashes, seen)
         duplicate &= usable
-        self._request_ids.update(hashes[usable & ~duplicate])
+        if self._known_duplicates is not None:
+            duplicate |= np.isin(row_numbers, self._known_duplicates)
+        else:
+            first = usable & ~duplicate
+            self._id_spill.add(hashes[first], np.asarray(row_numbers, dtype=np.int64)[first])
         return duplicate
+
+    def cross_chunk_duplicates(self) -> tuple[np.ndarray, np.ndarray]:
+        """After the last chunk: (rows whose id a row of an earlier chunk has, that row), by row."""
+        rows, first = repeated_rows(self._id_spill)
+        self._id_spill.close()
+        return rows, first
+
+    def _record_cross_chunk_duplicates(self) -> bool:
+        """Add the ids repeating an earlier chunk's to the problems; whether there were any."""
+        if self._known_duplicates is not None or self.unique_column not in (self._columns or []):
+            return False
+        rows, first = self.cross_chunk_duplicates()
+        if not len(rows):
+            return False
+        problem = self.problems.setdefault(
+            ("duplicate_id", self.unique_column), Problem("duplicate_id", self.unique_column)
+        )
+        # Merged with the duplicates found within chunks, so the listed rows are the first of the file.
+        listed = sorted(
+            [*zip(problem.rows, problem.values), *((int(r), f"as row {int(f)}") for r, f in zip(rows, first))]
+        )[:MAX_LISTED_ROWS]
+        problem.rows, problem.values = [r for r, _ in listed], [v for _, v in listed]
+        problem.count += len(rows)
+        if self.skip_bad_rows:
+            # Kept in the chunks already passed on: only a first pass (known_duplicates) can drop them.
+            problem.detail = "in an earlier chunk; skip_bad_rows drops these only with known_duplicates"
+        return True
 
     def check(
         self,
@@ -475,7 +514,7 @@ class TraceValidator:
             over = (out["reasoning_tokens"] > out["output_tokens"]) & ~bad_cells
             masks.append(("reasoning_gt_output", "reasoning_tokens", over))
         if self.unique_column in out:
-            duplicate = self._duplicate_ids(out[self.unique_column], ~bad_cells)
+            duplicate = self._duplicate_ids(out[self.unique_column], ~bad_cells, row_numbers)
             masks.append(("duplicate_id", self.unique_column, duplicate))
         bad = self._record(masks, df if raw is None else raw.reset_index(drop=True), row_numbers)
         self.report.rows_read += n
@@ -554,7 +593,10 @@ class TraceValidator:
         return notes
 
     def finish(self) -> ValidationReport:
-        """End of the stream: in collect mode, raise the error for the whole file if anything was wrong."""
+        """End of the stream: ids repeating an earlier chunk's are found here; then, unless rows are
+        skipped, the error for the whole file (collect mode) or for those ids is raised."""
+        if self._record_cross_chunk_duplicates() and self.skip_bad_rows:
+            raise self._error([self.problems[("duplicate_id", self.unique_column)]])
         if self.problems and not self.skip_bad_rows:
             raise self._error(list(self.problems.values()))
         if not self.report.notes:

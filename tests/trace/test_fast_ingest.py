@@ -134,3 +134,48 @@ def test_background_write_error_surfaces_and_leaves_nothing(tmp_path):
             writer.write(good)
             writer.write(bad)
     assert not out.exists() and not list(tmp_path.glob(".o.parquet*"))
+
+
+def _with_duplicates(tmp_path, n: int = 60):
+    lines = _rows(n)
+    for row, dup_of in ((43, 8), (51, 8), (52, 8), (56, 21)):  # 1-based data rows
+        lines[row - 1] = lines[row - 1].replace(f",r{row - 1},", f",r{dup_of - 1},")
+    return _csv(tmp_path, lines)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 50, 1000])
+def test_duplicate_ids_found_at_every_chunk_size(tmp_path, chunk_rows):
+    path = _with_duplicates(tmp_path)
+    reader = TraceReader(path, chunk_rows=chunk_rows, collect=True)
+    with pytest.raises(TraceValidationError) as err:
+        for _ in reader:
+            pass
+        reader.finish()
+    [problem] = err.value.problems
+    assert (problem.kind, problem.rows, problem.count) == ("duplicate_id", [43, 51, 52, 56], 4)
+    assert f"{path}, row 52, column 'request_id': duplicate id" in str(err.value)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1000])
+def test_skip_bad_rows_drops_later_duplicates_across_chunks(tmp_path, chunk_rows):
+    path = _with_duplicates(tmp_path)
+    with pytest.warns(UserWarning, match=r"dropped 4 bad rows of 60 \(rows by problem: duplicate_id: 4\)"):
+        trace = read_trace(path, skip_bad_rows=True, chunk_rows=chunk_rows)
+    kept = [f"r{i}" for i in range(60) if i + 1 not in (43, 51, 52, 56)]
+    assert trace["request_id"].tolist() == kept
+
+
+def test_duplicate_check_holds_no_set_of_all_ids(tmp_path):
+    n, chunk = 20_000, 1_000
+    path = _csv(tmp_path, _rows(n))
+    reader = TraceReader(path, chunk_rows=chunk)
+    for _ in reader:
+        pass
+    spill = reader.validator._id_spill
+    assert (
+        spill.pairs == n and spill.largest_chunk == chunk
+    )  # every id spilled, one chunk in memory at a time
+    big = [k for k, v in vars(reader.validator).items() if isinstance(v, np.ndarray) and len(v) > chunk]
+    assert big == []
+    reader.finish()
+    assert 0 < spill.largest_partition <= 2 * n // 256  # reading back: one hash partition at a time
