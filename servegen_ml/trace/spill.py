@@ -6,7 +6,10 @@ Instead each chunk's (key, row) pairs are appended to one of
 :data:`PARTITIONS` temporary files by the key's top bits; after the last
 chunk each partition (1/256 of the keys) is read and sorted on its own. So
 memory is a chunk plus one partition, the disk holds 16 bytes a row until
-:meth:`HashSpill.close`, and the cost is one sequential write and read.
+:meth:`HashSpill.close` (or the object is collected), and the cost is one
+sequential write and read. Used for duplicate request ids (the validator),
+distinct conversations (the trace summary) and conversation statistics
+(characterize).
 """
 
 from __future__ import annotations
@@ -20,18 +23,18 @@ from pathlib import Path
 import numpy as np
 
 PARTITIONS = 256
-_PAIR = np.dtype([("key", "<u8"), ("row", "<i8")])
 
 
 class HashSpill:
-    """Append (uint64 key, int64 row) pairs chunk by chunk; then read them back partition by partition.
+    """Append (uint64 key, value) pairs chunk by chunk; then read them back partition by partition.
 
     Keys are expected to be well-mixed hashes (the partition is the top 8 bits).
-    Pairs must be added in increasing row order, so a stable sort by key keeps
-    each key's rows in file order.
+    Values are a row number (int64) or a time (float64, ``value_dtype``); a
+    stable sort by key keeps each key's values in the order they were added.
     """
 
-    def __init__(self):
+    def __init__(self, value_dtype=np.int64):
+        self._pair = np.dtype([("key", "<u8"), ("value", np.dtype(value_dtype).newbyteorder("<"))])
         self._dir: Path | None = None
         self._finalizer = None
         self.pairs = 0
@@ -45,14 +48,14 @@ class HashSpill:
             self._finalizer = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         return self._dir
 
-    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         n = len(keys)
         if n == 0:
             return
         part = (np.asarray(keys, dtype=np.uint64) >> np.uint64(56)).astype(np.uint8)
         order = np.argsort(part, kind="stable")
-        pairs = np.empty(n, dtype=_PAIR)
-        pairs["key"], pairs["row"] = keys[order], rows[order]
+        pairs = np.empty(n, dtype=self._pair)
+        pairs["key"], pairs["value"] = keys[order], values[order]
         bounds = np.searchsorted(part[order], np.arange(PARTITIONS + 1))
         directory = self._directory()
         for p in np.flatnonzero(np.diff(bounds)):
@@ -62,17 +65,17 @@ class HashSpill:
         self.largest_chunk = max(self.largest_chunk, n)
 
     def partitions(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(keys, rows) of each non-empty partition, sorted by key and, within a key, by row."""
+        """(keys, values) of each non-empty partition, sorted by key and, within a key, in the order added."""
         if self._dir is None:
             return
         for p in range(PARTITIONS):
             path = self._dir / f"{p:03d}.bin"
             if not path.exists():
                 continue
-            pairs = np.fromfile(path, dtype=_PAIR)
+            pairs = np.fromfile(path, dtype=self._pair)
             self.largest_partition = max(self.largest_partition, len(pairs))
             order = np.argsort(pairs["key"], kind="stable")
-            yield pairs["key"][order], pairs["row"][order]
+            yield pairs["key"][order], pairs["value"][order]
 
     def close(self) -> None:
         if self._finalizer is not None:
@@ -81,7 +84,8 @@ class HashSpill:
 
 
 def repeated_rows(spill: HashSpill) -> tuple[np.ndarray, np.ndarray]:
-    """(rows whose key an earlier row has, that earlier first row), both sorted by the repeating row."""
+    """(rows whose key an earlier row has, that earlier first row), both sorted by the repeating row;
+    the values of ``spill`` are row numbers, added in increasing order."""
     found, first_of = [], []
     for keys, rows in spill.partitions():
         repeat = np.flatnonzero(keys[1:] == keys[:-1]) + 1

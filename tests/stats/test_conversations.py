@@ -55,3 +55,14 @@ def test_long_silence_inside_a_chunk_also_splits():
     r = acc.result()
     assert r["conversations"] == 2 and r["turns_per_conversation"]["max"] == 2
     assert r["follow_up_share"] == pytest.approx(2 / 4)
+
+
+def test_memory_is_bounded_by_the_chunk_not_the_open_conversations():
+    trace = _trace(3, n=20_000)  # ~5,000 conversations, most open across every chunk
+    acc = ConversationAccumulator(idle_s=1e9)
+    for part in np.array_split(np.arange(len(trace)), 20):
+        c = trace.iloc[part]
+        acc.add(c["timestamp"].to_numpy(), c["conversation_id"])
+    held = [k for k, v in vars(acc).items() if isinstance(v, np.ndarray) and len(v) > 1_000]
+    assert held == [] and acc._spill.largest_chunk <= 1_000
+    assert acc.result()["conversations"] == len(conversation_stats(trace)["turns"])
