@@ -46,6 +46,10 @@ from servegen_ml.pool.empirical import CountTable
 from servegen_ml.trace.keymap import hash_strings
 
 IDLE_S = 21_600.0
+# Entries of one gap or new-token table (client x bucket x value) before its largest cells are binned;
+# a binned cell holds at most BINNED_CELL_ENTRIES (the grid below EXACT_BELOW plus 24 octaves).
+CELL_BUDGET = 1 << 20
+BINNED_CELL_ENTRIES = bins.EXACT_BELOW + 24 * bins.BINS_PER_OCTAVE
 # Records kept in memory per store before they go to a temporary file; blocks read back at most this many.
 RECORDS_IN_MEMORY = 1_000_000
 BURN_IN_QUANTILE = 0.99
@@ -380,8 +384,12 @@ class _CellTable:
     """(client, bucket, value) -> (count, weight), summed block by block; a cell past the cap is binned.
 
     Binning (:mod:`servegen_ml.pool.bins`' grid, on whole time steps and tokens) commutes with
-    the sums, so the result does not depend on the blocks: exact while a cell holds at most
-    VALUE_CAP values, else binned, with ``width`` the steps or tokens an entry spans.
+    the sums: exact while a cell holds at most VALUE_CAP values, else binned, with ``width`` the
+    steps or tokens an entry spans. When the table holds more than :data:`CELL_BUDGET` entries
+    (gaps in milliseconds are nearly all distinct, so a client-level table grows with the
+    follow-ups), its largest cells are binned too, until it holds three quarters of the budget.
+    Blocks are a fixed number of records (:meth:`_RecordStore.blocks`), so these decisions do not
+    depend on the chunking of the trace.
     """
 
     def __init__(self):
@@ -393,12 +401,24 @@ class _CellTable:
             part = self._fold(part, self._binned_rows(part))
         table = part if self.table is None else pd.concat([self.table, part]).groupby(level=[0, 1, 2]).sum()
         sizes = table.groupby(level=[0, 1]).size()
-        over = sizes[sizes > bins.VALUE_CAP].index
-        new = {cell for cell in over if cell not in self.binned}
+        new = {cell for cell in sizes[sizes > bins.VALUE_CAP].index if cell not in self.binned}
+        if len(table) > CELL_BUDGET:
+            new |= self._over_budget(sizes, new, len(table))
         if new:
             self.binned |= new
             table = self._fold(table, self._binned_rows(table))
         self.table = table
+
+    def _over_budget(self, sizes: pd.Series, chosen: set, entries: int) -> set:
+        """The largest exact cells whose binning brings the table to 3/4 of CELL_BUDGET (ties: by cell)."""
+        exact = sizes[[cell not in self.binned and cell not in chosen for cell in sizes.index]]
+        cells = exact.index.to_numpy()
+        n = exact.to_numpy()
+        order = np.lexsort((np.arange(len(n)), -n))  # the index is sorted, so position breaks ties by cell
+        saved = np.cumsum(np.maximum(n[order] - BINNED_CELL_ENTRIES, 0))
+        excess = entries - CELL_BUDGET * 3 // 4
+        take = int(np.searchsorted(saved, excess)) + 1
+        return set(cells[order[:take]].tolist())
 
     def _binned_rows(self, table: pd.DataFrame) -> np.ndarray:
         cells = pd.MultiIndex.from_tuples(sorted(self.binned), names=["client", "bucket"])
@@ -558,15 +578,28 @@ class _RecordStore:
         self._memory, self._held, self._on_disk = [], 0, 0
 
     def blocks(self):
-        """The records in order, in blocks of at most RECORDS_IN_MEMORY (the memory's as one)."""
+        """The records in order, in blocks of RECORDS_IN_MEMORY * scale (the last may be shorter),
+        whatever the sizes they were appended in, so block-wise decisions do not depend on the chunking."""
+        size = RECORDS_IN_MEMORY * self.scale
+        pending, held = [], 0
+        for part in self._parts(size):
+            pending.append(part)
+            held += len(part)
+            while held >= size:
+                joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                yield joined[:size]
+                rest = joined[size:]
+                pending, held = ([rest] if len(rest) else []), len(rest)
+        if held:
+            yield np.concatenate(pending)
+
+    def _parts(self, size: int):
         if self._file is not None:
             self._file.flush()
-            block = RECORDS_IN_MEMORY * self.scale
-            for start in range(0, self._on_disk, block):
+            for start in range(0, self._on_disk, size):
                 self._file.seek(start * self.dtype.itemsize)
-                yield np.fromfile(self._file, dtype=self.dtype, count=min(block, self._on_disk - start))
-        if self._memory:
-            yield np.concatenate(self._memory)
+                yield np.fromfile(self._file, dtype=self.dtype, count=min(size, self._on_disk - start))
+        yield from self._memory
 
 
 def fit_conversations(

@@ -240,3 +240,31 @@ def test_conversation_tables_past_the_cap_are_binned_whatever_the_chunking(monke
     drawn = whole.sample_gap_s(np.zeros(5_000, dtype=np.int64), np.full(5_000, 200), np.random.default_rng(0))
     steps = np.floor(drawn / 1e-3)
     assert (~np.isin(steps[steps >= bins.EXACT_BELOW], bins._EDGES)).mean() > 0.9
+
+
+def test_conversation_tables_stay_within_their_budget_whatever_the_chunking(monkeypatch):
+    from servegen_ml.conversations import fit as conversation_fit
+
+    monkeypatch.setattr(conversation_fit, "RECORDS_IN_MEMORY", 300)
+    trace = conversational_trace(seed=3)
+    exact = ConversationFitter()
+    for chunk in _chunks(trace, 250):
+        exact.add(chunk)
+    exact = exact.finish()
+    exact_gaps = exact.values_[exact.values_["table"] == "gap_ms"]
+    own_exact = exact_gaps[(exact_gaps["client"] < len(exact.clients_)) & (exact_gaps["bucket"] >= 0)]
+    budget = len(own_exact) // 2
+    monkeypatch.setattr(conversation_fit, "CELL_BUDGET", budget)
+    models = []
+    for rows in (97, 250, 1_000):
+        fitter = ConversationFitter()
+        for chunk in _chunks(trace, rows):
+            fitter.add(chunk)
+        models.append(fitter.finish())
+    _assert_same_conversations(models[0], models[1])
+    _assert_same_conversations(models[0], models[2])
+    gaps = models[0].values_[models[0].values_["table"] == "gap_ms"]
+    assert "width" not in exact_gaps and (gaps["width"] > 1).any()
+    # The table of every client's own gaps (bucket by bucket) is held to the budget.
+    own = gaps[(gaps["client"] < len(models[0].clients_)) & (gaps["bucket"] >= 0)]
+    assert len(own) <= budget
