@@ -516,12 +516,17 @@ class _Counts(CountTable):
 
 
 class _OpenConversations:
-    """Open conversations as arrays sorted by id hash."""
+    """Open conversations as arrays sorted by id hash (client and turn as int32: 48 bytes each).
+
+    This is the one state of the fit that grows with the trace rather than the chunk: the
+    conversations active within ``idle_s``. Inserting merges by position instead of re-sorting,
+    so a chunk costs one copy of one field at a time on top of it.
+    """
 
     def __init__(self):
         self.keys = np.zeros(0, dtype=np.uint64)
-        self.client = np.zeros(0, dtype=np.int64)
-        self.position = np.zeros(0, dtype=np.int64)
+        self.client = np.zeros(0, dtype=np.int32)
+        self.position = np.zeros(0, dtype=np.int32)
         self.last_t = np.zeros(0)
         self.last_in = np.zeros(0, dtype=np.int64)
         self.last_out = np.zeros(0, dtype=np.int64)
@@ -544,9 +549,11 @@ class _OpenConversations:
             setattr(self, name, getattr(self, name)[keep])
 
     def insert(self, *columns) -> None:
-        order = np.argsort(np.concatenate([self.keys, columns[0]]), kind="stable")
+        """Add conversations whose keys (sorted, none open) are given first, then their fields."""
+        at = np.searchsorted(self.keys, columns[0])
         for name, new in zip(self._FIELDS, columns, strict=True):
-            setattr(self, name, np.concatenate([getattr(self, name), new])[order])
+            old = getattr(self, name)
+            setattr(self, name, np.insert(old, at, np.asarray(new).astype(old.dtype, copy=False)))
 
 
 class _RecordStore:
