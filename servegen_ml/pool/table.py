@@ -379,6 +379,8 @@ def _read_parquet(path: Path, columns, optional=()) -> pd.DataFrame:
         missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise CheckpointError(f"{path}: missing columns {missing}")
-        return table.select([*columns, *(c for c in optional if c in table.column_names)]).to_pandas()
+        table = table.select([*columns, *(c for c in optional if c in table.column_names)])
+        # Column by column, each Arrow column freed once converted: the table is never held twice.
+        return table.to_pandas(split_blocks=True, self_destruct=True)
     except (pa.ArrowException, OSError) as e:
         raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None
