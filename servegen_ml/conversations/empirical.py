@@ -408,7 +408,8 @@ def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise CheckpointError(f"conversation model file {path} is missing")
     try:
-        table = pq.read_table(path).to_pandas()
+        # Column by column, each Arrow column freed once converted: the table is never held twice.
+        table = pq.read_table(path).to_pandas(split_blocks=True, self_destruct=True)
     except (pa.ArrowException, OSError) as e:
         raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None
     for name in table.columns:
