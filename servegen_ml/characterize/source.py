@@ -55,7 +55,7 @@ def _parquet_chunks(path: Path, chunk_rows: int, skip_bad_rows: bool) -> Iterato
             f"{path}: only Parquet traces can be streamed until servegen_ml.trace.io is installed"
         )
     validator = TraceValidator(str(path), skip_bad_rows)
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows):
         chunk, _ = validator.check(from_arrow(pa.Table.from_batches([batch])))
         yield chunk
     validator.finish()

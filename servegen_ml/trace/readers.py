@@ -251,9 +251,15 @@ def _pandas_csv_chunks(
             offset += len(frame)
 
 
+def open_parquet(path) -> pq.ParquetFile:
+    """A ParquetFile for streaming: with Arrow's pre-buffering (its default) ``iter_batches`` keeps
+    every row group's bytes it read until the file is closed (27 MB per 10^6 rows of a trace)."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+
+
 def _parquet_chunks(path: Path, chunk_rows: int, string_columns) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     offset = 0
-    with pq.ParquetFile(path) as pf:
+    with open_parquet(path) as pf:
         for batch in pf.iter_batches(batch_size=chunk_rows):
             frame = batch.to_pandas(types_mapper=_arrow_types)
             yield frame, offset + 1 + np.arange(len(frame), dtype=np.int64)
