@@ -36,6 +36,7 @@ from servegen_ml.core.errors import CheckpointError
 from servegen_ml.neural.data.events import MarkLayout
 from servegen_ml.neural.data.normalizers import flat_activity
 from servegen_ml.neural.population import ClientPopulation
+from servegen_ml.neural.sampling.draws import RATIO_SPIKE_SCALE
 
 MODEL_FILE, CLIENTS_FILE, META_FILE = "model.safetensors", "clients.safetensors", "neural.json"
 
@@ -153,8 +154,16 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
             "rate level, whose time head this version cannot sample; retrain it (servegen-ml train, "
             "or scripts/build_checkpoints.sh neural for the shipped ones)"
         )
+    if model.get("layout", {}).get("has_reasoning") and "spikes_reasoning" not in weights:
+        # A checkpoint from before the reasoning ratio's spikes: its head has none.
+        weights["spikes_reasoning"] = np.zeros(0, dtype=np.int64)
     for name, array in weights.items():
         check_array(array, weights_path, name, kind="i" if name.startswith("spikes_") else "f")
+    if "spikes_reasoning" in weights:
+        check_array(
+            weights["spikes_reasoning"], weights_path, "spikes_reasoning", shape=(None,),
+            kind="i", minimum=0, maximum=RATIO_SPIKE_SCALE,
+        )  # fmt: skip
     hidden, embedding = dims["hidden"], dims["embedding"]
     expected = {
         "embedding.weight": (n, embedding),

@@ -10,6 +10,7 @@ from scipy import stats
 from scipy.special import expit, logit
 
 from servegen_ml.neural.model.distributions import CountMixture, GapMixture, RatioMixture, log_normal_interval
+from servegen_ml.neural.sampling.draws import RATIO_SPIKE_SCALE
 
 RES = 1e-3
 
@@ -146,6 +147,31 @@ def ratio_dist():
     )
 
 
+def spiked_ratio_dist():
+    """Spike ratios 0.0333, 0.5, 0.5001 (two land on the same part for small totals) and 1."""
+    d = ratio_dist()
+    logits = torch.tensor([[-1.0, -2.0, 1.0, 0.5, -0.3, 0.2, -1.0]], dtype=torch.float64)
+    keys = torch.tensor([333, 5000, 5001, RATIO_SPIKE_SCALE])
+    return RatioMixture(logits, d.comp_logits, d.loc, d.log_scale, spike_keys=keys)
+
+
+@pytest.mark.parametrize("total", [1, 2, 7, 1000, 30000])
+def test_ratio_spikes_put_their_mass_on_the_part_they_round_to(total):
+    d, plain = spiked_ratio_dist(), ratio_dist()
+    k = torch.arange(0, total + 1).unsqueeze(0)
+    lp = d.log_prob(k, torch.full_like(k, total)).numpy()[0]
+    assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-9)
+    pi = torch.softmax(d.logits[0], -1).numpy()
+    # Besides its spikes it is the plain mixture (same first three logits) scaled by their weight.
+    plain_lp = plain.log_prob(k, torch.full_like(k, total)).numpy()[0]
+    spike_mass = np.zeros(total + 1)
+    for key, p in zip([333, 5000, 5001, RATIO_SPIKE_SCALE], pi[3:], strict=True):
+        spike_mass[int(np.floor(key / RATIO_SPIKE_SCALE * total + 0.5))] += p
+    np.testing.assert_allclose(
+        np.exp(lp), np.exp(plain_lp) * pi[:3].sum() + spike_mass, rtol=1e-9, atol=1e-15
+    )
+
+
 @pytest.mark.parametrize("total", [1, 2, 7, 1000, 30000])
 def test_ratio_log_prob_sums_to_one_and_matches_scipy(total):
     d = ratio_dist()
@@ -176,6 +202,21 @@ def test_ratio_zero_total_and_sampler():
     freq = np.bincount(s, minlength=total + 1) / n
     assert np.abs(freq - lp).max() < 0.006
     assert 0.5 * np.abs(freq - lp).sum() < 0.02
+
+
+@pytest.mark.parametrize("total", [3, 50, 20000])
+def test_ratio_sampler_draws_spikes_as_scored(total):
+    d = spiked_ratio_dist()
+    n = 100_000
+    rep = RatioMixture(
+        *(x.expand(n, -1) for x in (d.logits, d.comp_logits, d.loc, d.log_scale)), spike_keys=d.spike_keys
+    )
+    s = rep.sample(np.full(n, total), np.random.default_rng(3))
+    assert s.min() >= 0 and s.max() <= total
+    parts = np.unique(np.floor(np.array([333, 5000, 5001]) / RATIO_SPIKE_SCALE * total + 0.5).astype(int))
+    lp = d.log_prob(torch.from_numpy(parts)[None], torch.full((1, len(parts)), total)).numpy()[0]
+    for part, p in zip(parts, np.exp(lp), strict=True):
+        assert np.mean(s == part) == pytest.approx(p, abs=4 * math.sqrt(p / n) + 1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

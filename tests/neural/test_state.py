@@ -1,10 +1,14 @@
 """NeuralState checkpoint files: the rate level round-trips; a checkpoint without one asks to be rebuilt."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
 from servegen_ml.core.errors import CheckpointError
+from servegen_ml.neural.sampling.draws import RATIO_SPIKE_SCALE
 from servegen_ml.neural.state import MODEL_FILE, NeuralState
 from tests.neural.test_generate import model  # noqa: F401 (fixture)
 
@@ -40,3 +44,17 @@ def test_a_bad_rate_level_is_refused(model, tmp_path, bad):  # noqa: F811
     save_file(weights, str(tmp_path / MODEL_FILE))
     with pytest.raises(CheckpointError, match="rate_level"):
         NeuralState.load(tmp_path)
+
+
+def test_reasoning_spikes_off_the_ratio_grid_are_refused(tmp_path):
+    """A shipped reasoning checkpoint from before the ratio spikes loads with none; keys beyond
+    ratio 1 would give more reasoning than output and are refused."""
+    shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "reasoning" / "neural"
+    ckpt = tmp_path / "neural"
+    shutil.copytree(shipped, ckpt)
+    assert len(NeuralState.load(ckpt).weights["spikes_reasoning"]) == 0
+    weights = load_file(str(ckpt / MODEL_FILE))
+    weights["spikes_reasoning"] = np.array([RATIO_SPIKE_SCALE + 1], dtype=np.int64)
+    save_file(weights, str(ckpt / MODEL_FILE))
+    with pytest.raises(CheckpointError, match="spikes_reasoning.*above"):
+        NeuralState.load(ckpt)

@@ -5,7 +5,8 @@
   the all-client values for clients with few gaps;
 * per count field: mean and std of log1p(count), the frequent exact values
   ("spikes": frequent overall or within one client) for the categorical head,
-  and the largest value seen;
+  and the largest value seen; the same spikes for the reasoning ratio, on a
+  grid of 1 / RATIO_SPIKE_SCALE;
 * per client: the empirical rate curve over the learned timeline (rate control).
 
 All passes run block by block, so memory-mapped stores are never loaded whole.
@@ -20,6 +21,7 @@ import numpy as np
 
 from servegen_ml.neural.data.events import EventStore, iter_blocks
 from servegen_ml.neural.data.validation import ValidationBlocks
+from servegen_ml.neural.sampling.draws import RATIO_SPIKE_SCALE, ratio_key
 
 # Gaps a client needs before its own log-gap statistics outweigh the all-client ones.
 SHRINK_GAPS = 5.0
@@ -30,9 +32,8 @@ MIN_GAP_LOG_STD = 0.5
 SPIKE_VALUE_LIMIT = 1 << 20
 # A value frequent within one client is a spike candidate once that client holds it this often.
 MIN_CLIENT_SPIKE_COUNT = 20
-# The quantile functions stored for initializing the heads' mixtures, and the ratio histogram's bins.
+# The quantile functions stored for initializing the heads' mixtures.
 QUANTILE_PROBS = np.linspace(0.0, 1.0, 33)
-RATIO_BINS = 1000
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Normalizers:
     gap_log_std: np.ndarray  # (C,)
     mark_mean: dict[str, float]  # field -> mean log1p(count)
     mark_std: dict[str, float]
-    spikes: dict[str, list[int]]  # field -> sorted frequent exact values
+    spikes: dict[str, list[int]]  # field -> sorted frequent exact values ("reasoning": ratio grid keys)
     max_count: dict[str, int]  # field -> largest value seen in training
     train_events: np.ndarray  # (C,) events per client before the split
     # field -> log1p(count) at probabilities 0, 1/32, ..., 1 ("reasoning": logit of 0 < ratio < 1)
@@ -99,7 +100,8 @@ def fit_normalizers(
     hist = {f: np.zeros(SPIKE_VALUE_LIMIT, dtype=np.int64) for f in fields}
     within_client = {f: _ClientShares(n_clients) for f in fields}
     max_count = dict.fromkeys(fields, 0)
-    ratio_hist = np.zeros(RATIO_BINS, dtype=np.int64)
+    ratio_hist = np.zeros(RATIO_SPIKE_SCALE + 1, dtype=np.int64)
+    ratio_within_client = _ClientShares(n_clients)
     train_events = np.zeros(n_clients, dtype=np.int64)
     time = store.columns["time_s"]
     first_of_client = np.zeros(store.n_events + 1, dtype=bool)
@@ -127,16 +129,23 @@ def fit_normalizers(
             within_client[f].add(values, owner, complete_below=int(client[-1]))
             max_count[f] = max(max_count[f], int(values.max(initial=0)))
         if store.layout.has_reasoning:
-            ratio_hist += _ratio_hist(store, lo, hi, train)
+            keys, owner = _ratio_keys(store, lo, hi, train, client)
+            ratio_hist += np.bincount(keys, minlength=len(ratio_hist))
+            ratio_within_client.add(keys, owner, complete_below=int(client[-1]))
     client_share = {f: within_client[f].best_share() for f in fields}
+    spike_hist = dict(hist)
+    if store.layout.has_reasoning:
+        spike_hist["reasoning"] = ratio_hist
+        client_share["reasoning"] = ratio_within_client.best_share()[: len(ratio_hist)]
     if reduce is not None:
         # A rank's shard holds whole clients, so the largest within-client share is the max over ranks.
         client_share = {f: reduce(x, "max") for f, x in client_share.items()}
         for moments in (gaps, *marks.values()):
             moments.n, moments.s, moments.ss = (reduce(x, "sum") for x in (moments.n, moments.s, moments.ss))
-        hist = {f: reduce(h, "sum") for f, h in hist.items()}
+        spike_hist = {f: reduce(h, "sum") for f, h in spike_hist.items()}
+        hist = {f: spike_hist[f] for f in hist}
         max_count = {f: int(reduce(np.array([v]), "max")[0]) for f, v in max_count.items()}
-        ratio_hist, train_events = reduce(ratio_hist, "sum"), reduce(train_events, "sum")
+        train_events = reduce(train_events, "sum")
     all_gaps = _Moments()
     all_gaps.n, all_gaps.s, all_gaps.ss = (
         gaps.n.sum(keepdims=True),
@@ -152,21 +161,22 @@ def fit_normalizers(
         gap_log_std=c_std.astype(np.float32),
         mark_mean={f: float(m[0]) for f, (m, _) in mark_stats.items()},
         mark_std={f: float(s[0]) for f, (_, s) in mark_stats.items()},
-        spikes={f: frequent_values(hist[f], max_spikes, min_spike_share, client_share[f]) for f in fields},
+        spikes={
+            f: frequent_values(h, max_spikes, min_spike_share, client_share[f]) for f, h in spike_hist.items()
+        },
         max_count=max_count,
         train_events=train_events,
-        quantiles=_quantiles(hist, ratio_hist if store.layout.has_reasoning else None),
+        quantiles=_quantiles(hist, spike_hist.get("reasoning")),
     )
 
 
-def _ratio_hist(store: EventStore, lo: int, hi: int, train: np.ndarray) -> np.ndarray:
-    """Histogram of reasoning / output over (0, 1) in RATIO_BINS equal bins."""
-    r = np.asarray(store.columns["reasoning"][lo:hi])[train].astype(np.float64)
-    o = np.asarray(store.columns["output"][lo:hi])[train].astype(np.float64)
+def _ratio_keys(store: EventStore, lo: int, hi: int, train: np.ndarray, client: np.ndarray):
+    """Grid keys of reasoning / output strictly inside (0, 1) (ratios 0 and 1 have their own masses),
+    and their clients."""
+    r = np.asarray(store.columns["reasoning"][lo:hi])[train].astype(np.int64)
+    o = np.asarray(store.columns["output"][lo:hi])[train].astype(np.int64)
     inside = (r > 0) & (r < o)
-    return np.bincount((r[inside] / o[inside] * RATIO_BINS).astype(np.int64), minlength=RATIO_BINS)[
-        :RATIO_BINS
-    ]
+    return ratio_key(r[inside], o[inside]), client[train][inside]
 
 
 def _quantiles(hist: dict[str, np.ndarray], ratio_hist: np.ndarray | None) -> dict[str, list[float]]:
@@ -178,7 +188,8 @@ def _quantiles(hist: dict[str, np.ndarray], ratio_hist: np.ndarray | None) -> di
         out[f] = np.log1p(values.astype(np.float64)).tolist()
     if ratio_hist is not None:
         cdf = np.cumsum(ratio_hist) / max(ratio_hist.sum(), 1)
-        x = (np.searchsorted(cdf, QUANTILE_PROBS.clip(1e-9, 1 - 1e-9)) + 0.5) / RATIO_BINS
+        key = np.searchsorted(cdf, QUANTILE_PROBS.clip(1e-9, 1 - 1e-9))
+        x = np.clip(key / RATIO_SPIKE_SCALE, 0.5 / RATIO_SPIKE_SCALE, 1 - 0.5 / RATIO_SPIKE_SCALE)
         out["reasoning"] = np.log(x / (1 - x)).tolist()
     return out
 

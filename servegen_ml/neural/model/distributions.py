@@ -7,7 +7,8 @@
   values ("spikes") plus a normal mixture on ``log(n + 1)`` discretized to the
   integers (bin of n is ``[log(n + 0.5), log(n + 1.5))``).
 * :class:`RatioMixture` — a part of a total (reasoning of output tokens): point
-  masses at ratio 0 and 1 plus a logit-normal mixture discretized to integers.
+  masses at ratio 0 and 1, at frequent ratios ("spikes", each giving the part
+  round(ratio * total)) and a logit-normal mixture discretized to integers.
 
 Parameters are in data units (log-seconds, log-tokens, logits). Log-probs are
 computed in ``dtype``: float64 for scoring (bins can be a millionth of a
@@ -222,11 +223,14 @@ class CountMixture:
 
 @dataclass
 class RatioMixture:
-    """A part k of a total n (0 <= k <= n): ratio 0, ratio 1, or a logit-normal mixture rounded to k.
+    """A part k of a total n (0 <= k <= n): ratio 0, ratio 1, a spike ratio, or a logit-normal
+    mixture rounded to k.
 
-    logits (..., 3) [ratio 0, ratio 1, continuous]; comp_logits, loc, log_scale
-    (..., K) of logit(ratio). The continuous bin of k is ratio in
-    [(k - 0.5) / n, (k + 0.5) / n) clipped to [0, 1]; a total of 0 has k = 0 surely.
+    logits (..., 3 + V) [ratio 0, ratio 1, continuous, V spikes]; comp_logits, loc, log_scale
+    (..., K) of logit(ratio); spike_keys (V,) int64 grid keys of the spike ratios
+    (:data:`~servegen_ml.neural.sampling.draws.RATIO_SPIKE_SCALE`). The continuous bin of k is
+    ratio in [(k - 0.5) / n, (k + 0.5) / n) clipped to [0, 1]; a spike holds the k it rounds to
+    for this n; a total of 0 has k = 0 surely.
     """
 
     logits: Tensor
@@ -234,6 +238,7 @@ class RatioMixture:
     loc: Tensor
     log_scale: Tensor
     dtype: torch.dtype = torch.float64
+    spike_keys: Tensor | None = None
 
     def log_prob(self, part: Tensor, total: Tensor) -> Tensor:
         """log P(part | total) for integer tensors (...) -> (...)."""
@@ -255,7 +260,12 @@ class RatioMixture:
         minus_inf = torch.full_like(cont, -math.inf)
         at_zero = torch.where(k == 0, log_pi[..., 0], minus_inf)
         at_one = torch.where(k == n, log_pi[..., 1], minus_inf)
-        out = torch.logsumexp(torch.stack([at_zero, at_one, log_pi[..., 2] + cont], -1), -1)
+        terms = [at_zero, at_one, log_pi[..., 2] + cont]
+        if self.spike_keys is not None and len(self.spike_keys):
+            keys = self.spike_keys.to(part.device)
+            hit = sampling.ratio_spike_part(keys, total.long().unsqueeze(-1)) == part.long().unsqueeze(-1)
+            terms.append(torch.logsumexp(log_pi[..., 3:].masked_fill(~hit, -math.inf), -1))
+        out = torch.logsumexp(torch.stack(terms, -1), -1)
         return torch.where(n > 0, out, torch.zeros_like(out))
 
     def sample(self, total: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -266,4 +276,5 @@ class RatioMixture:
             _flat(self.log_scale),
             np.asarray(total).reshape(-1),
             rng,
+            None if self.spike_keys is None else self.spike_keys.cpu().numpy(),
         )

@@ -53,7 +53,8 @@ class MarkedTPP(nn.Module):
         self.register_buffer("gap_log_std", torch.ones(n_clients))
         self.register_buffer("mark_mean", torch.zeros(len(self.fields)))
         self.register_buffer("mark_std", torch.ones(len(self.fields)))
-        for f in self.fields:
+        # Count fields' spikes are values; the reasoning ratio's are grid keys (draws.RATIO_SPIKE_SCALE).
+        for f in self.fields + (["reasoning"] if self.layout.has_reasoning else []):
             self.register_buffer(f"spikes_{f}", torch.tensor(sorted(spikes.get(f, [])), dtype=torch.long))
         # Per client, the standardized log empirical rate per time bin of the learned timeline (see features).
         self.activity_bin_s = float(activity_bin_s)
@@ -80,7 +81,8 @@ class MarkedTPP(nn.Module):
             v = len(self.spikes(f)) + 1
             specs.append(HeadSpec(f, v + 3 * km, visible[f], v + km, km))
         if self.layout.has_reasoning:
-            specs.append(HeadSpec("reasoning", 3 + 3 * km, visible["reasoning"], 3 + km, km))
+            v = 3 + len(self.spikes("reasoning"))
+            specs.append(HeadSpec("reasoning", v + 3 * km, visible["reasoning"], v + km, km))
         return specs
 
     def spikes(self, field: str) -> Tensor:
@@ -162,7 +164,9 @@ class MarkedTPP(nn.Module):
         return CountMixture(spikes, logits, comp, loc, log_scale, self.compute_dtype, *floor)
 
     def ratio_dist(self, raw: Tensor) -> RatioMixture:
-        return RatioMixture(*F.split_params(raw, 3, self.mark_components), self.compute_dtype)
+        spikes = self.spikes("reasoning")
+        params = F.split_params(raw, 3 + len(spikes), self.mark_components)
+        return RatioMixture(*params, self.compute_dtype, spikes)
 
     # -- scoring ----------------------------------------------------------------------------
 

@@ -13,6 +13,18 @@ import numpy as np
 # Log-scale bounds of every mixture component, shared with the torch side.
 LOG_SCALE_MIN = -7.0
 LOG_SCALE_MAX = 3.0
+# Ratio spikes are frequent ratios on this grid (key k means ratio k / RATIO_SPIKE_SCALE).
+RATIO_SPIKE_SCALE = 10_000
+
+
+def ratio_key(part, total):
+    """Grid key of part / total, rounded to nearest (integer arithmetic: numpy or torch, total > 0)."""
+    return (2 * part * RATIO_SPIKE_SCALE + total) // (2 * total)
+
+
+def ratio_spike_part(key, total):
+    """The part a spike ratio gives for ``total``: round(key / RATIO_SPIKE_SCALE * total), at most total."""
+    return (2 * key * total + RATIO_SPIKE_SCALE) // (2 * RATIO_SPIKE_SCALE)
 
 
 def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -115,14 +127,20 @@ def sample_ratio_tokens(
     log_scale: np.ndarray,
     total: np.ndarray,
     rng: np.random.Generator,
+    spike_keys: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Part of ``total`` (e.g. reasoning of output tokens): ratio 0, ratio 1, or a logit-normal mixture.
+    """Part of ``total`` (e.g. reasoning of output tokens): ratio 0, ratio 1, a logit-normal mixture
+    or a spike ratio.
 
-    logits (B, 3): [ratio = 0, ratio = 1, continuous]; comp_logits, loc, log_scale
-    (B, K) of logit(ratio). The continuous ratio x gives round(x * total).
+    logits (B, 3 + V): [ratio = 0, ratio = 1, continuous, V spike ratios (``spike_keys``, grid keys
+    of :data:`RATIO_SPIKE_SCALE`)]; comp_logits, loc, log_scale (B, K) of logit(ratio). A ratio x
+    gives round(x * total).
     """
     cat = sample_categorical(logits, rng)
     x = 1.0 / (1.0 + np.exp(-sample_mixture_normal(comp_logits, loc, log_scale, rng)))
     total = np.asarray(total, dtype=np.int64)
-    cont = np.clip(np.floor(x * total + 0.5), 0, total).astype(np.int64)
-    return np.where(cat == 0, 0, np.where(cat == 1, total, cont))
+    out = np.clip(np.floor(x * total + 0.5), 0, total).astype(np.int64)
+    if spike_keys is not None and len(spike_keys):
+        key = np.asarray(spike_keys, dtype=np.int64)[np.clip(cat - 3, 0, len(spike_keys) - 1)]
+        out = np.where(cat >= 3, ratio_spike_part(key, total), out)
+    return np.where(cat == 0, 0, np.where(cat == 1, total, out))

@@ -27,7 +27,8 @@ class NumpyTPP:
         self.kt, self.km = model.get("time_components", 8), model.get("mark_components", 6)
         self.max_count = max_count
         w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items() if not k.startswith("spikes_")}
-        self.spikes = {f: np.asarray(weights[f"spikes_{f}"], dtype=np.int64) for f in self.fields}
+        spiked = self.fields + (["reasoning"] if self.layout.has_reasoning else [])
+        self.spikes = {f: np.asarray(weights[f"spikes_{f}"], dtype=np.int64) for f in spiked}
         self.embedding = w["embedding.weight"]
         self.activity, self.activity_bin_s = w["activity"], float(model.get("activity_bin_s", 600.0))
         self.activity_span_s = float(weights["activity_span_s"])
@@ -163,10 +164,13 @@ class NumpyTPP:
             i = self.fields.index(f)
             cond[:, names.index(f"z_{f}")] = (np.log1p(marks[f]) - self.mark_mean[i]) / self.mark_std[i]
         if self.layout.has_reasoning:
+            spikes = self.spikes["reasoning"]
             logits, comp, loc, log_scale = F.split_params(
-                self.raw("reasoning", projected, cond, offsets).astype(np.float64), 3, self.km
+                self.raw("reasoning", projected, cond, offsets).astype(np.float64), 3 + len(spikes), self.km
             )
-            marks["reasoning"] = S.sample_ratio_tokens(logits, comp, loc, log_scale, marks["output"], rng)
+            marks["reasoning"] = S.sample_ratio_tokens(
+                logits, comp, loc, log_scale, marks["output"], rng, spikes
+            )
         return marks, items
 
     def _sample_items(self, m, projected, offsets, cond, names, rng):

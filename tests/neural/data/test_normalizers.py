@@ -91,6 +91,41 @@ def test_a_value_frequent_within_one_small_client_is_a_spike(monkeypatch):
         assert got == wanted
 
 
+def test_frequent_reasoning_ratios_are_spikes_within_their_client(monkeypatch):
+    """Reasoning spikes are frequent ratios on the grid, counted within clients across blocks;
+    ratios 0 and 1 have their own masses and are not candidates."""
+    from servegen_ml.neural.data import normalizers
+
+    rng = np.random.default_rng(2)
+    n = 6_000
+    output = rng.integers(10_000, 30_000, n)  # totals >= the grid's 10,000: a ratio's key is exact
+    ratio = rng.uniform(0.05, 0.95, n)  # smooth: no grid key holds 0.05 % within a client
+    client = np.where(np.arange(n) < n // 2, "a", "b")
+    ratio[:300] = 0.9501  # 10 % of client a's requests
+    ratio[n // 2 : n // 2 + 40] = 0.25  # 1.3 % of client b's
+    reasoning = np.floor(ratio * output + 0.5).astype(int)
+    reasoning[n - 50 :] = output[n - 50 :]  # all-reasoning answers: ratio 1, not a spike
+    trace = make_trace(
+        {
+            "timestamp": np.sort(rng.random(n)) * 1000,
+            "client_id": client,
+            "input_tokens": np.full(n, 10),
+            "output_tokens": output,
+            "reasoning_tokens": reasoning,
+        }
+    )
+    store = store_from_frame(trace)
+    want = [2500, 9501]
+    assert (
+        fit_normalizers(store, seconds, None, max_spikes=8, min_spike_share=0.005).spikes["reasoning"] == want
+    )
+    for block in (977, 10_000):
+        real = normalizers.iter_blocks
+        monkeypatch.setattr(normalizers, "iter_blocks", lambda n, block=block, real=real: real(n, block))
+        got = fit_normalizers(store, seconds, None, max_spikes=8, min_spike_share=0.005).spikes["reasoning"]
+        assert got == want
+
+
 def test_rate_curves_count_events_per_bin():
     trace = synthetic_trace(seed=4, duration_s=1200.0, n_clients=2)
     store = store_from_frame(trace)
