@@ -87,7 +87,7 @@ def run(cfg) -> int:
             summary = WorkloadSummary(spec.duration_s)
         bar.step("sample and write")
         with WorkloadWriter(out, str(cfg.format), meta) as writer:
-            for block in gen.generate_blocks(spec, block_s, workers):
+            for block in gen.generate_blocks(spec, block_s, workers, checkpoint=checkpoint):
                 raise_if_terminated()
                 writer.write(block.frame, block.continues)
                 if summary is not None:

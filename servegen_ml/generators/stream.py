@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -272,7 +273,24 @@ def _concat(blocks: list[Block]) -> Block:
 _WORKER_STATE: dict = {}
 
 
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint directory and its digest: what workers load instead of a pickled generator."""
+
+    path: Path
+    digest: str
+
+    def load(self):
+        from servegen_ml.generators.base import checkpoint_digest, load_generator
+
+        if checkpoint_digest(self.path) != self.digest:
+            raise UserError(f"{self.path}: the checkpoint changed on disk while generating from it")
+        return load_generator(self.path)
+
+
 def _worker_init(gen, spec: GenerationSpec, unit_s: float) -> None:
+    if isinstance(gen, CheckpointRef):
+        gen = gen.load()
     _WORKER_STATE.update(source=gen.unit_source(spec, setup_rng(spec.seed)), unit_s=unit_s, seed=spec.seed)
 
 

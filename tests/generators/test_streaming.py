@@ -176,3 +176,21 @@ def test_parquet_row_groups_do_not_depend_on_blocks(tmp_path, monkeypatch):
     assert meta.num_row_groups > 3
     assert {meta.row_group(i).num_rows for i in range(meta.num_row_groups - 1)} == {1000}
     assert len(read_trace(tmp_path / "a.parquet")) == meta.num_rows
+
+
+def test_workers_load_the_checkpoint_instead_of_a_pickled_copy(tmp_path):
+    import shutil
+
+    from servegen_ml.generators.stream import CheckpointRef
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(REPO / "checkpoints" / "conversational" / "parametric", ckpt)
+    gen = load_generator(ckpt)
+    spec = GenerationSpec.from_values(duration_s=900.0, seed=5)
+    one = pd.concat([b.frame for b in gen.generate_blocks(spec, unit_s=300.0)], ignore_index=True)
+    two = [b.frame for b in gen.generate_blocks(spec, unit_s=300.0, workers=2, checkpoint=ckpt)]
+    pd.testing.assert_frame_equal(one, pd.concat(two, ignore_index=True))
+    # What a worker gets is the path and digest; a checkpoint changed since the load is refused.
+    ref = CheckpointRef(ckpt, "0" * 64)
+    with pytest.raises(UserError, match="changed on disk"):
+        ref.load()
