@@ -135,4 +135,4 @@ def resolved_gap(xp, gap, gap_s, resolution_s: float):
     if resolution_s <= 0:
         return gap
     short = (gap_s > 0) & (gap_s < resolution_s)
-    return xp.where(short, gap * resolution_s / xp.where(short, gap_s, 1.0 + 0.0 * gap_s), gap)
+    return xp.where(short, gap * resolution_s / xp.where(short, gap_s, resolution_s), gap)

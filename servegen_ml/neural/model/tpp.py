@@ -243,8 +243,8 @@ class MarkedTPP(nn.Module):
     def _survival(self, batch, gap, states, emb, gm, gs, y_marks, activity, unit, off) -> Tensor:
         """log P(no event before the window end) after each segment's last event; 0 elsewhere.
 
-        ``gap``: the events' unit gaps as the features read them; ``unit``: the clients' unit clock (:meth:`unit_clock`);
-        ``off``: the lanes' rows of head offsets.
+        ``gap``: the events' unit gaps as the features read them; ``unit``: the clients' unit
+        clock (:meth:`unit_clock`); ``off``: the lanes' rows of head offsets.
         """
         s = batch["survival_s"]
         out = torch.zeros_like(s)
