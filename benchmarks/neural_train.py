@@ -36,76 +36,53 @@ def training_trace(hours: float, start_s: float) -> Path:
 
 
 def measure(path: Path, threads: int, epochs: int, max_steps: int, max_spikes: int | None) -> dict:
-    import lightning as L
+    """Train the default model on ``path`` through ``NeuralGenerator.fit`` (streamed, as the CLI
+    does), timing the training batches with :class:`BatchTimer`."""
     import torch
 
     from servegen_ml.generators.neural import NeuralGenerator
-    from servegen_ml.neural.data.chunks import split_segments
-    from servegen_ml.neural.data.datamodule import EventDataModule
-    from servegen_ml.neural.data.events import store_from_frame
-    from servegen_ml.neural.data.normalizers import fit_normalizers
-    from servegen_ml.neural.training.fit import ARCHITECTURE_KEYS
-    from servegen_ml.neural.training.lightning_module import TPPLightningModule
-    from servegen_ml.trace.io import read_trace
 
     torch.set_num_threads(threads)
-    s = NeuralGenerator().config_.to_dict()
-    if max_spikes is not None:
-        s["max_spikes"] = max_spikes
-    store = store_from_frame(read_trace(path))
-    split_s = store.window_start_s + 0.9 * (store.window_end_s - store.window_start_s)
-    norm = fit_normalizers(store, split_s, s["max_spikes"], s["min_spike_share"])
-    model = {
-        "n_clients": len(store.client_ids),
-        "layout": store.layout.to_dict(),
-        "spikes": norm.spikes,
-        **{k: s[k] for k in ARCHITECTURE_KEYS},
+    BatchTimer.events, BatchTimer.seconds, BatchTimer.start = 0, 0.0, None
+    trainer = {
+        "max_epochs": epochs,
+        "max_steps": max_steps or -1,
+        "num_threads": threads,
+        "default_root_dir": None,
+        "enable_progress_bar": False,
+        "callbacks": {"batch_timer": {"_target_": f"{__name__}.BatchTimer"}, "early_stopping": None},
     }
-    module = TPPLightningModule(model, lr=s["lr"])
-    module.tpp.set_normalizers(norm)
-    train, _ = split_segments(store, split_s)
-    data = EventDataModule(
-        store,
-        train,
-        None,
-        s["lanes"],
-        s["chunk_len"],
-        0,
-        s["cold_starts_per_client"],
-        s["cold_starts_per_hour"],
-    )
-    timer = _EpochTimer()
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=epochs, max_steps=max_steps or -1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-    )  # fmt: skip
-    trainer.fit(module, datamodule=data)
+    config = {} if max_spikes is None else {"max_spikes": max_spikes}
+    NeuralGenerator(trainer=trainer, **config).fit(path)
     return {
         "threads": threads,
-        "events": timer.events,
-        "seconds": timer.seconds,
-        "events_per_s": timer.events / timer.seconds,
+        "events": BatchTimer.events,
+        "seconds": BatchTimer.seconds,
+        "events_per_s": BatchTimer.events / max(BatchTimer.seconds, 1e-9),
     }
 
 
-class _EpochTimer:
-    """Target events and wall time from the first training batch to the last one (data loading included)."""
+def _batch_timer():
+    from lightning.pytorch.callbacks import Callback
 
-    def __new__(cls):
-        from lightning.pytorch.callbacks import Callback
+    class Timer(Callback):
+        """Target events (class-wide: the trainer builds its own instance) and wall time from the first
+        training batch to the last one, data loading included."""
 
-        class Timer(Callback):
-            events, seconds, _t0 = 0, 0.0, None
+        events, seconds, start = 0, 0.0, None
 
-            def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                if self._t0 is None:
-                    self._t0 = time.perf_counter()
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if Timer.start is None:
+                Timer.start = time.perf_counter()
 
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                self.seconds = time.perf_counter() - self._t0
-                self.events += int(batch["mask"].sum())
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            Timer.seconds = time.perf_counter() - Timer.start
+            Timer.events += int(batch["mask"].sum())
 
-        return Timer()
+    return Timer
+
+
+BatchTimer = _batch_timer()
 
 
 def main() -> None:

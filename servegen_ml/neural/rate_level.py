@@ -121,3 +121,18 @@ def unit_clock(level: np.ndarray, bin_s: float, span_s: float) -> UnitClock:
     """The numpy unit clock of a level table (C, bins): ``clock(client, position_s)`` -> unit time."""
     level = np.asarray(level, dtype=np.float64)
     return UnitClock(np, level, cumulative_table(level, bin_s, span_s), bin_s, span_s)
+
+
+def resolved_gap(xp, gap, gap_s, resolution_s: float):
+    """The unit gap the features read: a positive gap shorter than ``resolution_s`` seconds
+    (``gap_s``: the same gap in seconds) reads as one resolution long.
+
+    The likelihood scores every gap below the clock's resolution as one bin, so the sampler
+    draws them at no particular size; reading their recorded size (often 1e-7 s) would give
+    the history a signal that sampling never reproduces (bursty clients then lose their
+    bursts when sampled free). ``resolution_s`` 0 reads gaps as they are.
+    """
+    if resolution_s <= 0:
+        return gap
+    short = (gap_s > 0) & (gap_s < resolution_s)
+    return xp.where(short, gap * resolution_s / xp.where(short, gap_s, resolution_s), gap)

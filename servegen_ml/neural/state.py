@@ -144,6 +144,8 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
         dims[key] = int(
             check_number(meta_field(model, key, meta_path, int), meta_path, f"model.{key}", minimum=1)
         )
+    if "gap_resolution_s" in model:  # absent in checkpoints from before it: gaps read as recorded
+        check_number(model["gap_resolution_s"], meta_path, "model.gap_resolution_s", minimum=0)
     if dims["n_clients"] != n:
         raise CheckpointError(
             f"{meta_path}: model.n_clients={dims['n_clients']} but client_ids lists {n} clients"

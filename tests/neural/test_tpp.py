@@ -5,16 +5,18 @@ import pytest
 import torch
 from scipy import stats
 
+from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.neural import features as F
 from servegen_ml.neural.data.chunks import gather_batch, plan_lanes, whole_segments
 from servegen_ml.neural.data.datamodule import to_tensors
 from servegen_ml.neural.data.events import store_from_frame
 from servegen_ml.neural.data.normalizers import fit_normalizers, rate_curves
 from servegen_ml.neural.model.tpp import MarkedTPP
-from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
+from servegen_ml.neural.rate_level import fit_rate_level, resolved_gap, unit_clock
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
 from servegen_ml.neural.sampling.segment_sampler import ClientTable
 from servegen_ml.neural.training import scoring
+from servegen_ml.trace.schema import make_trace
 from tests.factories import synthetic_trace
 
 
@@ -204,3 +206,47 @@ def test_numpy_and_torch_read_the_reasoning_head_with_its_spikes(setup, monkeypa
         (log_scale, dist.log_scale),
     ):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-5)
+
+
+def test_gaps_below_the_clock_resolution_read_alike():
+    """Training reads a sub-millisecond gap as one millisecond long, whatever its recorded size
+    (the sampler draws such gaps at no particular size); the likelihood still scores the gap."""
+    res = TIME_RESOLUTION_S
+    unit_gap = np.array([0.0, 2e-7, 4e-4, 5e-3, 3.0])
+    gap_s = unit_gap / 2.0  # a rate level of 2 units per second
+    want = np.array([0.0, 2 * res, 2 * res, 5e-3, 3.0])
+    np.testing.assert_allclose(resolved_gap(np, unit_gap, gap_s, res), want)
+    got = resolved_gap(torch, torch.from_numpy(unit_gap), torch.from_numpy(gap_s), res)
+    np.testing.assert_allclose(got.numpy(), want)
+    np.testing.assert_array_equal(resolved_gap(np, unit_gap, gap_s, 0.0), unit_gap)
+
+    def encoder_inputs(tiny):
+        t = np.array([0.0, 1.0, 1.0 + tiny, 2.5, 4.0, 7.0])
+        trace = make_trace(
+            {"timestamp": t, "client_id": ["a"] * 6, "input_tokens": [5] * 6, "output_tokens": [9] * 6}
+        )
+        store = store_from_frame(trace)
+        norm = fit_normalizers(store, lambda c, u: u, gap_resolution_s=res)
+        torch.manual_seed(0)
+        tpp = MarkedTPP(**tpp_kwargs(store, norm), hidden=6, embedding=3, head_hidden=5, gap_resolution_s=res)
+        tpp.set_normalizers(norm)
+        tpp.set_activity(np.ones((1, 3)), 900.0)
+        tpp.set_rate_level(np.ones((1, 3)))  # unit time is seconds
+        seen = {}
+        real = tpp.encoder.forward
+
+        def spy(x, emb, h0):
+            seen.setdefault("x", x.detach().clone())  # the first call: the whole chunk
+            return real(x, emb, h0)
+
+        tpp.encoder.forward = spy
+        b = to_tensors(gather_batch(store, plan_lanes(whole_segments(store), 1, 8, rng=None), 0, 8))
+        emb, gm, gs = tpp.client_inputs(b["client"])
+        with torch.no_grad():
+            parts, _ = tpp(b, emb, gm, gs, tpp.encoder.initial_state(emb))
+        return seen["x"][0, 3], parts["time"][0, 2]
+
+    x_a, lp_a = encoder_inputs(1e-7)
+    x_b, lp_b = encoder_inputs(6e-4)
+    torch.testing.assert_close(x_a, x_b)  # the event after the short gap sees the same history
+    assert float(lp_a) != float(lp_b)  # while the gap's own likelihood is of its recorded value

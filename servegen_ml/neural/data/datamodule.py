@@ -91,7 +91,13 @@ def prepare_shard(
     train_rates = all_reduce(rate_curves(store, bin_s, span_s, blocks))
     train_level = fit_rate_level(train_rates, bin_s, span_s)
     norm = fit_normalizers(
-        store, unit_clock(train_level, bin_s, span_s), blocks, max_spikes, min_spike_share, reduce=all_reduce
+        store,
+        unit_clock(train_level, bin_s, span_s),
+        blocks,
+        max_spikes,
+        min_spike_share,
+        reduce=all_reduce,
+        gap_resolution_s=model.get("gap_resolution_s", 0.0),
     )
     rates = all_reduce(rate_curves(store, bin_s, span_s))
     train, val = blocks.split(store)

@@ -21,6 +21,7 @@ import numpy as np
 
 from servegen_ml.neural.data.events import EventStore, iter_blocks
 from servegen_ml.neural.data.validation import ValidationBlocks
+from servegen_ml.neural.rate_level import resolved_gap
 from servegen_ml.neural.sampling.draws import RATIO_SPIKE_SCALE, ratio_key
 
 # Gaps a client needs before its own log-gap statistics outweigh the all-client ones.
@@ -86,12 +87,14 @@ def fit_normalizers(
     max_spikes: int = 32,
     min_spike_share: float = 0.005,
     reduce: Callable[[np.ndarray, str], np.ndarray] | None = None,
+    gap_resolution_s: float = 0.0,
 ) -> Normalizers:
     """Normalizers from the training events of ``store`` (outside the validation blocks; None: all).
 
     ``to_unit(client, time_s)``: the clients' unit time (:mod:`servegen_ml.neural.rate_level`),
     in which the gaps' statistics are taken. ``reduce(array, "sum" | "max")`` combines the
     running sums over the shards of a DDP run (:mod:`servegen_ml.neural.data.datamodule`).
+    Gaps are read as the model's features read them (``rate_level.resolved_gap``).
     """
     n_clients = len(store.client_ids)
     gaps = _Moments(n_clients)
@@ -119,6 +122,7 @@ def fit_normalizers(
         )
         # Within one client the unit gap is positive exactly where the gap in seconds is.
         gap = np.where(t > prev, to_unit(client, t) - to_unit(prev_client, np.nan_to_num(prev)), 0.0)
+        gap = resolved_gap(np, gap, np.nan_to_num(t - prev), gap_resolution_s)
         ok = train & ~first_of_client[lo:hi] & (gap > 0)
         gaps.add(np.log(gap[ok]), client[ok])
         for f, values, owner in _field_values(store, lo, hi, train, client):

@@ -25,7 +25,7 @@ from servegen_ml.neural.data.normalizers import Normalizers, activity_table
 from servegen_ml.neural.model.distributions import CountMixture, GapMixture, RatioMixture
 from servegen_ml.neural.model.encoder import EventEncoder
 from servegen_ml.neural.model.heads import HeadSpec, HeadStack
-from servegen_ml.neural.rate_level import UnitClock, cumulative_table
+from servegen_ml.neural.rate_level import UnitClock, cumulative_table, resolved_gap
 
 
 class MarkedTPP(nn.Module):
@@ -43,6 +43,7 @@ class MarkedTPP(nn.Module):
         week_harmonics: int = 2,
         activity_bins: int = 1,
         activity_bin_s: float = 600.0,
+        gap_resolution_s: float = 0.0,
     ):
         super().__init__()
         self.layout = MarkLayout.from_dict(layout)
@@ -58,6 +59,8 @@ class MarkedTPP(nn.Module):
             self.register_buffer(f"spikes_{f}", torch.tensor(sorted(spikes.get(f, [])), dtype=torch.long))
         # Per client, the standardized log empirical rate per time bin of the learned timeline (see features).
         self.activity_bin_s = float(activity_bin_s)
+        # Gaps shorter than this are read as this long by the features (rate_level.resolved_gap).
+        self.gap_resolution_s = float(gap_resolution_s)
         self.register_buffer("activity", torch.zeros(n_clients, activity_bins))
         self.register_buffer("activity_span_s", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer("activity_log_mean", torch.tensor(0.0))
@@ -207,19 +210,21 @@ class MarkedTPP(nn.Module):
         gap = unit.span(client, t_prev, t).clamp(min=0.0)
         width = unit.span(client, t, t + TIME_RESOLUTION_S)
         x_gap = unit.span(client, t_prev - batch["x_gap_s"], t_prev).clamp(min=0.0)
+        x_gap = resolved_gap(torch, x_gap, batch["x_gap_s"], self.gap_resolution_s)
+        read_gap = resolved_gap(torch, gap, batch["gap_s"], self.gap_resolution_s)
         x_marks = {name: batch[f"x_{name}"] for name in self.layout.mark_columns()}
         x = self.event_features(t_prev, x_gap, batch["x_start"], gm, gs, x_marks, client, activity)
         states, h_last = self.encoder(x, emb, h0)
         y_marks = {name: batch[f"y_{name}"] for name in self.layout.mark_columns()}
         cond = F.condition_features(
-            torch, self.layout, gap, gm, gs, y_marks, self.mark_mean, self.mark_std, self.fields
+            torch, self.layout, read_gap, gm, gs, y_marks, self.mark_mean, self.mark_std, self.fields
         )
         cond = torch.stack(cond, -1).float()
         proj = self.heads.project(states)
         off_t = off.unsqueeze(1)
         time_dist = self.gap_dist(self.heads.raw("time", proj, None, off_t))
         parts = {"time": time_dist.log_prob_interval(gap, width, batch["gap_s"] > 0)}
-        survival = self._survival(batch, gap, states, emb, gm, gs, y_marks, activity, unit, off)
+        survival = self._survival(batch, read_gap, states, emb, gm, gs, y_marks, activity, unit, off)
         parts["time"] = parts["time"] + survival
         for m in self.layout.modalities:
             parts[f"{m}_count"] = self.count_dist(
@@ -238,8 +243,8 @@ class MarkedTPP(nn.Module):
     def _survival(self, batch, gap, states, emb, gm, gs, y_marks, activity, unit, off) -> Tensor:
         """log P(no event before the window end) after each segment's last event; 0 elsewhere.
 
-        ``gap``: the events' unit gaps; ``unit``: the clients' unit clock (:meth:`unit_clock`);
-        ``off``: the lanes' rows of head offsets.
+        ``gap``: the events' unit gaps as the features read them; ``unit``: the clients' unit
+        clock (:meth:`unit_clock`); ``off``: the lanes' rows of head offsets.
         """
         s = batch["survival_s"]
         out = torch.zeros_like(s)

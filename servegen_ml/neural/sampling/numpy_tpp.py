@@ -26,6 +26,7 @@ class NumpyTPP:
         self.harmonics = (model.get("day_harmonics", 3), model.get("week_harmonics", 2))
         self.kt, self.km = model.get("time_components", 8), model.get("mark_components", 6)
         self.max_count = max_count
+        self.gap_resolution_s = float(model.get("gap_resolution_s", 0.0))
         w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items() if not k.startswith("spikes_")}
         spiked = self.fields + (["reasoning"] if self.layout.has_reasoning else [])
         self.spikes = {f: np.asarray(weights[f"spikes_{f}"], dtype=np.int64) for f in spiked}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servegen_ml.core.spec import wrap_period, wrap_time
+from servegen_ml.neural.rate_level import resolved_gap
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
 
 # A straggler is cut into at most this many new rows at once.
@@ -267,7 +268,8 @@ def _step(
     """
     warmed = (lanes.warm >= WARMUP_OVERRUN * warmup_events) & (lanes.tau < lanes.tau_keep)
     lanes.tau = np.where(warmed, lanes.tau_keep, lanes.tau)
-    position = time_map.position(time_map.to_spec_time(lanes.client, lanes.tau))
+    t_prev = time_map.to_spec_time(lanes.client, lanes.tau)
+    position = time_map.position(t_prev)
     x = tpp.event_features(
         position, lanes.prev_gap, lanes.prev_start, lanes.gap_mean, lanes.gap_std, lanes.prev_marks,
         clients.activity, lanes.client,
@@ -281,12 +283,21 @@ def _step(
     lanes.tau = lanes.tau + gap
     go = lanes.tau < lanes.tau_end
     if not go.all():
-        lanes, projected, offsets, gap = lanes.select(go), projected[go], offsets[go], gap[go]
-    marks, items = tpp.sample_marks(projected, offsets, gap, lanes.gap_mean, lanes.gap_std, rng)
+        lanes, projected, offsets, gap, t_prev = (
+            lanes.select(go),
+            projected[go],
+            offsets[go],
+            gap[go],
+            t_prev[go],
+        )
+    t = time_map.to_spec_time(lanes.client, lanes.tau)
+    # The gap as the features read it (training reads recorded gaps the same way).
+    read_gap = resolved_gap(np, gap, t - t_prev, tpp.gap_resolution_s)
+    marks, items = tpp.sample_marks(projected, offsets, read_gap, lanes.gap_mean, lanes.gap_std, rng)
     keep = lanes.tau >= lanes.tau_keep
     lanes.warm = lanes.warm + ~keep
     if keep.any():
-        recorder.add(lanes.client, time_map.to_spec_time(lanes.client, lanes.tau), marks, items, keep)
+        recorder.add(lanes.client, t, marks, items, keep)
     lanes.recent_gap = lanes.recent_gap + PACE_WEIGHT * (gap - lanes.recent_gap)
-    lanes.prev_gap, lanes.prev_start, lanes.prev_marks = gap, np.zeros(len(gap), dtype=bool), marks
+    lanes.prev_gap, lanes.prev_start, lanes.prev_marks = read_gap, np.zeros(len(gap), dtype=bool), marks
     return lanes

@@ -42,6 +42,7 @@ from omegaconf import OmegaConf
 from servegen_ml.core.configs import TRAINER_BASE, NeuralConfig
 from servegen_ml.core.errors import WorkerFinished
 from servegen_ml.core.interrupt import Terminated, raise_if_terminated
+from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.neural.data.events import StoreSource
 from servegen_ml.neural.data.normalizers import Normalizers
 from servegen_ml.neural.data.validation import ValidationBlocks
@@ -88,6 +89,7 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
         "layout": source.layout.to_dict(),
         "activity_bins": max(1, int(np.ceil(span_s / bin_s))),
         "activity_bin_s": bin_s,
+        "gap_resolution_s": TIME_RESOLUTION_S,
         **{k: getattr(config, k) for k in ARCHITECTURE_KEYS},
     }
     data = EventDataModule(
