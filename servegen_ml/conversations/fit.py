@@ -39,11 +39,11 @@ from servegen_ml.conversations.empirical import (
     POPULATION,
     ConversationModel,
 )
+from servegen_ml.conversations.last_turns import LastTurns, conversation_keys, pair_checksum
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.pool import bins
 from servegen_ml.pool.empirical import CountTable
-from servegen_ml.trace.keymap import hash_strings
 
 IDLE_S = 21_600.0
 # Entries of one gap or new-token table (client x bucket x value) before its largest cells are binned;
@@ -76,8 +76,10 @@ class ConversationFitter:
     single label).
     """
 
-    def __init__(self, idle_s: float = IDLE_S, **model_options):
+    def __init__(self, idle_s: float = IDLE_S, last_turns: LastTurns | None = None, **model_options):
         self.idle_s = float(idle_s)
+        self.last_turns = last_turns
+        self._checksum = 0
         self.model_options = model_options
         self.rows = 0
         self.follow_ups = 0
@@ -111,13 +113,11 @@ class ConversationFitter:
         )
         inp = chunk["input_tokens"].to_numpy(np.int64)
         out = chunk["output_tokens"].to_numpy(np.int64)
-        has_id = np.zeros(n, dtype=bool)
-        key = np.zeros(n, dtype=np.uint64)
-        if "conversation_id" in chunk.columns:
-            ids = chunk["conversation_id"].reset_index(drop=True)
-            has_id = ~(ids.isna() | (ids == "")).to_numpy(dtype=bool)
-            if has_id.any():
-                key[has_id] = hash_strings(ids[has_id])
+        has_id, key = conversation_keys(chunk)
+        ends = np.zeros(n, dtype=bool)
+        if self.last_turns is not None:
+            ends = self.last_turns.of(self.rows, n)
+            self._checksum = (self._checksum + pair_checksum(key, has_id, self.rows)) % (1 << 64)
         # Sorted by conversation (rows without an id alone), then arrival.
         lone = np.where(has_id, 0, 1 + np.arange(n))
         order = np.lexsort((np.arange(n), key, lone))
@@ -184,9 +184,10 @@ class ConversationFitter:
         times["t"] = t
         self._times.append(times)
 
-        # Each id's last segment stays open; earlier segments and rows without an id end here.
+        # Each id's last segment stays open unless it ends at the id's last turn; earlier segments and
+        # rows without an id end here.
         seg_end = np.r_[seg_start[1:], n] - 1
-        stays = has[seg_start] & np.r_[~same[seg_start[1:]], True]
+        stays = has[seg_start] & np.r_[~same[seg_start[1:]], True] & ~ends[order[seg_end]]
         self._write_last(
             seg_client[~stays], position[seg_end[~stays]], ts[seg_end[~stays]], out_s[seg_end[~stays]]
         )
@@ -231,6 +232,12 @@ class ConversationFitter:
                 store.close()
 
     def _finish(self) -> ConversationModel | None:
+        marks = self.last_turns
+        if marks is not None and (marks.rows != self.rows or marks.checksum != self._checksum):
+            raise RuntimeError(
+                f"the last-turn pass saw other rows ({marks.rows:,}) than the fit ({self.rows:,}); "
+                "conversations would be cut"
+            )
         self._close_open(np.arange(len(self._open.keys)))
         if self.follow_ups == 0:
             return None
