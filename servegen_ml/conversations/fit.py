@@ -7,7 +7,12 @@ with one rule that bounds memory: a conversation silent for more than
 a new one. The trace is sorted by time, so a conversation's turns arrive in
 order and one open record per conversation (its client, turn count, last
 arrival, input and output, opening time) is all the state that crosses
-chunks. Ids are keyed by 64-bit hashes (two ids sharing a hash, about one
+chunks. Given the rows that are their id's last (``last_turns``, from
+:mod:`~servegen_ml.conversations.last_turns`, which ``train`` computes in a
+first pass), a conversation is closed at its last turn instead of idle_s
+later, so only conversations with a later turn stay open; which rows chain,
+and so the model, is the same (up to the order of float sums of the stop
+weights). Ids are keyed by 64-bit hashes (two ids sharing a hash, about one
 chance in 10**8 among a million open conversations, would be chained).
 
 Every statistic of the model is a sum, apart from four things that need the

@@ -100,15 +100,15 @@ def last_turns_of_file(
 
     def chunks():
         nonlocal unusable
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the fit's own pass gives the same warnings
-            for chunk in reader:
-                if "conversation_id" not in chunk.columns or reader.report.globally_unsorted:
-                    unusable = True
-                    return
-                yield chunk[["conversation_id"]]
+        for chunk in reader:
+            if "conversation_id" not in chunk.columns or reader.report.globally_unsorted:
+                unusable = True
+                return
+            yield chunk[["conversation_id"]]
 
-    marks = mark_last_turns(chunks())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fit's own pass gives the same warnings
+        marks = mark_last_turns(chunks())
     return None if unusable else marks
 
 
