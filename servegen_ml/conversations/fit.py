@@ -7,7 +7,12 @@ with one rule that bounds memory: a conversation silent for more than
 a new one. The trace is sorted by time, so a conversation's turns arrive in
 order and one open record per conversation (its client, turn count, last
 arrival, input and output, opening time) is all the state that crosses
-chunks. Ids are keyed by 64-bit hashes (two ids sharing a hash, about one
+chunks. Given the rows that are their id's last (``last_turns``, from
+:mod:`~servegen_ml.conversations.last_turns`, which ``train`` computes in a
+first pass), a conversation is closed at its last turn instead of idle_s
+later, so only conversations with a later turn stay open; which rows chain,
+and so the model, is the same (up to the order of float sums of the stop
+weights). Ids are keyed by 64-bit hashes (two ids sharing a hash, about one
 chance in 10**8 among a million open conversations, would be chained).
 
 Every statistic of the model is a sum, apart from four things that need the
@@ -24,6 +29,7 @@ clients and the distinct values of the tables, not by the rows.
 
 from __future__ import annotations
 
+import collections
 import tempfile
 from collections.abc import Iterable, Iterator
 
@@ -39,11 +45,11 @@ from servegen_ml.conversations.empirical import (
     POPULATION,
     ConversationModel,
 )
+from servegen_ml.conversations.last_turns import LastTurns, conversation_keys, pair_checksum
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.pool import bins
 from servegen_ml.pool.empirical import CountTable
-from servegen_ml.trace.keymap import hash_strings
 
 IDLE_S = 21_600.0
 # Entries of one gap or new-token table (client x bucket x value) before its largest cells are binned;
@@ -76,14 +82,17 @@ class ConversationFitter:
     single label).
     """
 
-    def __init__(self, idle_s: float = IDLE_S, **model_options):
+    def __init__(self, idle_s: float = IDLE_S, last_turns: LastTurns | None = None, **model_options):
         self.idle_s = float(idle_s)
+        self.last_turns = last_turns
+        self._checksum = 0
         self.model_options = model_options
         self.rows = 0
         self.follow_ups = 0
         self.t_max = -np.inf
         self._labels: dict[str, int] = {}  # client label -> code, in order of first opener
         self._open = _OpenConversations()
+        self._ended = _EndedConversations()
         self._follow = _RecordStore(_FOLLOW_UP)
         self._last = _RecordStore(_LAST_TURN)
         self._times = _RecordStore(_TIME, scale=8)  # 8-byte records: larger blocks, fewer passes
@@ -111,13 +120,11 @@ class ConversationFitter:
         )
         inp = chunk["input_tokens"].to_numpy(np.int64)
         out = chunk["output_tokens"].to_numpy(np.int64)
-        has_id = np.zeros(n, dtype=bool)
-        key = np.zeros(n, dtype=np.uint64)
-        if "conversation_id" in chunk.columns:
-            ids = chunk["conversation_id"].reset_index(drop=True)
-            has_id = ~(ids.isna() | (ids == "")).to_numpy(dtype=bool)
-            if has_id.any():
-                key[has_id] = hash_strings(ids[has_id])
+        has_id, key = conversation_keys(chunk)
+        ends = np.zeros(n, dtype=bool)
+        if self.last_turns is not None:
+            ends = self.last_turns.of(self.rows, n)
+            self._checksum = (self._checksum + pair_checksum(key, has_id, self.rows)) % (1 << 64)
         # Sorted by conversation (rows without an id alone), then arrival.
         lone = np.where(has_id, 0, 1 + np.arange(n))
         order = np.lexsort((np.arange(n), key, lone))
@@ -184,18 +191,23 @@ class ConversationFitter:
         times["t"] = t
         self._times.append(times)
 
-        # Each id's last segment stays open; earlier segments and rows without an id end here.
+        # Each id's last segment stays open unless it ends at the id's last turn; earlier segments and
+        # rows without an id end here.
         seg_end = np.r_[seg_start[1:], n] - 1
         stays = has[seg_start] & np.r_[~same[seg_start[1:]], True]
         self._write_last(
             seg_client[~stays], position[seg_end[~stays]], ts[seg_end[~stays]], out_s[seg_end[~stays]]
         )
+        ended = stays & ends[order[seg_end]]
+        e = seg_end[ended]
+        self._ended.push(k[e], seg_client[ended], position[e], ts[e], out_s[e])
+        stays &= ~ended
         e = seg_end[stays]
         self._open.insert(k[e], seg_client[stays], position[e], ts[e], inp_s[e], out_s[e], seg_first_t[stays])
         self.rows += n
         self.t_max = float(t[-1])
         # Nothing can continue a conversation silent for longer than idle_s: close it.
-        self._close_open(np.flatnonzero(self._open.last_t < self.t_max - self.idle_s))
+        self._close_idle(self.t_max - self.idle_s)
         opener = np.zeros(n, dtype=bool)
         opener[order[seg_start[~continues]]] = True
         return opener
@@ -213,11 +225,24 @@ class ConversationFitter:
         record["client"], record["position"], record["t"], record["output"] = client, position, t, output
         self._last.append(record)
 
-    def _close_open(self, pos: np.ndarray) -> None:
-        if len(pos) == 0:
-            return
+    def _close_idle(self, before_t: float) -> None:
+        """Close the conversations whose last turn is before ``before_t``: open ones and ended ones, in the
+        order of their id hashes, as if the ended ones had stayed open."""
         o = self._open
-        self._write_last(o.client[pos], o.position[pos], o.last_t[pos], o.last_out[pos])
+        pos = np.flatnonzero(o.last_t < before_t)
+        ended = self._ended.due(before_t)
+        if len(ended) == 0:
+            if len(pos):
+                self._write_last(o.client[pos], o.position[pos], o.last_t[pos], o.last_out[pos])
+                o.drop(pos)
+            return
+        by_key = np.argsort(np.concatenate([o.keys[pos], ended["key"]]), kind="stable")
+        self._write_last(
+            np.concatenate([o.client[pos], ended["client"]])[by_key],
+            np.concatenate([o.position[pos], ended["position"]])[by_key],
+            np.concatenate([o.last_t[pos], ended["t"]])[by_key],
+            np.concatenate([o.last_out[pos], ended["output"]])[by_key],
+        )
         o.drop(pos)
 
     # ------------------------------------------------------------ result
@@ -227,11 +252,17 @@ class ConversationFitter:
         try:
             return self._finish()
         finally:
-            for store in (self._follow, self._last, self._times):
+            for store in (self._follow, self._last, self._times, self._ended):
                 store.close()
 
     def _finish(self) -> ConversationModel | None:
-        self._close_open(np.arange(len(self._open.keys)))
+        marks = self.last_turns
+        if marks is not None and (marks.rows != self.rows or marks.checksum != self._checksum):
+            raise RuntimeError(
+                f"the last-turn pass saw other rows ({marks.rows:,}) than the fit ({self.rows:,}); "
+                "conversations would be cut"
+            )
+        self._close_idle(np.inf)
         if self.follow_ups == 0:
             return None
         names = list(self._labels)
@@ -554,6 +585,75 @@ class _OpenConversations:
         for name, new in zip(self._FIELDS, columns, strict=True):
             old = getattr(self, name)
             setattr(self, name, np.insert(old, at, np.asarray(new).astype(old.dtype, copy=False)))
+
+
+_ENDED = np.dtype(
+    [
+        ("key", np.uint64),
+        ("client", np.int64),
+        ("position", np.int64),
+        ("t", np.float64),
+        ("output", np.int64),
+    ]
+)
+
+
+class _EndedConversations:
+    """Conversations closed at their marked last turn, queued in a temporary file until the idle rule would
+    have closed them: their last-turn records then go out in the order of a fit without marks, so the
+    stop weights (float sums) come out bit for bit the same. Memory: the records of the chunks that
+    straddle the closing time, not the 6 h window."""
+
+    def __init__(self):
+        self._file = None
+        self._chunks: collections.deque[tuple[int, int, float]] = (
+            collections.deque()
+        )  # (offset, count, min t)
+        self._size = 0
+        self._head = np.zeros(0, dtype=_ENDED)
+
+    def push(self, key, client, position, t, output) -> None:
+        if len(key) == 0:
+            return
+        record = np.empty(len(key), dtype=_ENDED)
+        record["key"], record["client"], record["position"], record["t"], record["output"] = (
+            key,
+            client,
+            position,
+            t,
+            output,
+        )
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="servegen-conversations-")
+        self._file.seek(self._size * _ENDED.itemsize)
+        record.tofile(self._file)
+        self._chunks.append((self._size, len(record), float(record["t"].min())))
+        self._size += len(record)
+
+    def due(self, before_t: float) -> np.ndarray:
+        """The queued records whose last turn is before ``before_t``, in the order queued."""
+        parts = [self._head]
+        while self._chunks and self._chunks[0][2] < before_t:
+            offset, count, _ = self._chunks.popleft()
+            self._file.seek(offset * _ENDED.itemsize)
+            parts.append(np.fromfile(self._file, dtype=_ENDED, count=count))
+        if len(parts) == 1 and not len(self._head):
+            return self._head
+        queued = np.concatenate(parts)
+        take = queued["t"] < before_t
+        self._head = queued[~take]
+        if not self._chunks and self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()  # all read: the file starts over
+            self._size = 0
+        return queued[take]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._chunks.clear()
+        self._head = np.zeros(0, dtype=_ENDED)
 
 
 class _RecordStore:

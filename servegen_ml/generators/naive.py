@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from servegen_ml.compose import interarrival as ia
 from servegen_ml.conversations.empirical import ConversationModel
 from servegen_ml.conversations.fit import ConversationFitter, openers_of
+from servegen_ml.conversations.last_turns import LastTurns
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.core.errors import CheckpointError, UserError
 from servegen_ml.core.spec import GenerationSpec
@@ -64,9 +65,15 @@ class NaiveGenerator(Generator):
     def fit(self, trace: pd.DataFrame) -> NaiveGenerator:
         return self.fit_chunks([trace])
 
-    def fit_chunks(self, chunks: Iterable[pd.DataFrame]) -> NaiveGenerator:
-        """Fit on a time-sorted trace streamed in chunks (bounded memory); the same model as :meth:`fit`."""
-        conversations = ConversationFitter()
+    def fit_chunks(
+        self, chunks: Iterable[pd.DataFrame], last_turns: LastTurns | None = None
+    ) -> NaiveGenerator:
+        """Fit on a time-sorted trace streamed in chunks (bounded memory); the same model as :meth:`fit`.
+
+        ``last_turns`` (:func:`~servegen_ml.conversations.last_turns.mark_last_turns` of the same chunks)
+        lets the conversation fit close each conversation at its last turn: less memory, the same model.
+        """
+        conversations = ConversationFitter(last_turns=last_turns)
         self._fit_requests(openers_of(chunks, conversations, client_ids=CLIENT_ID))
         self.conversations_ = conversations.finish()
         return self

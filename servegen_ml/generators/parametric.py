@@ -34,6 +34,7 @@ import pandas as pd
 
 from servegen_ml.conversations.empirical import ConversationModel
 from servegen_ml.conversations.fit import ConversationFitter, openers_of
+from servegen_ml.conversations.last_turns import LastTurns
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import GenerationSpec
@@ -70,10 +71,16 @@ class ParametricGenerator(Generator):
     def fit(self, trace: pd.DataFrame) -> ParametricGenerator:
         return self.fit_chunks([trace])
 
-    def fit_chunks(self, chunks: Iterable[pd.DataFrame]) -> ParametricGenerator:
-        """Fit on a time-sorted trace streamed in chunks (bounded memory); the same model as :meth:`fit`."""
+    def fit_chunks(
+        self, chunks: Iterable[pd.DataFrame], last_turns: LastTurns | None = None
+    ) -> ParametricGenerator:
+        """Fit on a time-sorted trace streamed in chunks (bounded memory); the same model as :meth:`fit`.
+
+        ``last_turns`` (:func:`~servegen_ml.conversations.last_turns.mark_last_turns` of the same chunks)
+        lets the conversation fit close each conversation at its last turn: less memory, the same model.
+        """
         fitter = PoolFitter(self.rate_window_s, self.data_window_s, self.min_events)
-        conversations = ConversationFitter()
+        conversations = ConversationFitter(last_turns=last_turns)
         for chunk in openers_of(chunks, conversations):
             fitter.add(chunk)
         self.pool_, self.conversations_ = fitter.finish(), conversations.finish()

@@ -29,6 +29,7 @@ import pandas as pd
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from servegen_ml.conversations.last_turns import last_turns_of_file
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.outputs import check_checkpoint_dir
 from servegen_ml.generators.base import Generator, summarize_log_prob
@@ -160,6 +161,16 @@ def _fit_streamed(gen: Generator, path: Path, cfg: DictConfig, options: dict, st
         bool(cfg.data.skip_bad_rows),
         **options,
     )
+    last_turns = None
+    if "last_turns" in inspect.signature(gen.fit_chunks).parameters:
+        step("mark each conversation's last turn (first pass)")
+        last_turns = last_turns_of_file(
+            path,
+            str(cfg.data.format),
+            int(cfg.get("chunk_rows", DEFAULT_CHUNK_ROWS)),
+            bool(cfg.data.skip_bad_rows),
+            **options,
+        )
     rows = 0
 
     def chunks():
@@ -175,7 +186,7 @@ def _fit_streamed(gen: Generator, path: Path, cfg: DictConfig, options: dict, st
 
     step("read and fit trace (streamed)")
     try:
-        gen.fit_chunks(chunks())
+        gen.fit_chunks(chunks(), last_turns) if last_turns is not None else gen.fit_chunks(chunks())
     except _NeedsWholeTrace as why:
         warnings.warn(f"{path}: read into memory for training: {why}", stacklevel=2)
         return 0
