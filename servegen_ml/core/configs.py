@@ -129,6 +129,10 @@ class NeuralModel(NeuralConfig):
 # ``trainer/lightning_base`` in the ConfigStore; a trainer dict from Python is merged onto it.
 TRAINER_BASE = {
     "_target_": "lightning.pytorch.Trainer",
+    # Early stopping cannot end a run before this many optimizer steps (max_epochs/max_steps still
+    # cap it): a short trace's validation blocks hold a few hundred events, and their noise
+    # stopped training after 4 epochs (docs/neural.md, Training).
+    "min_steps": 1000,
     "callbacks": {
         "checkpoint": {
             "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",

@@ -85,9 +85,7 @@ class NeuralGenerator(Generator):
     def __init__(self, trainer: dict | None = None, **config):
         """``config``: the keys of :class:`~servegen_ml.core.configs.NeuralConfig`; ``trainer``: Lightning's."""
         self.config_ = NeuralConfig(**config)
-        self.trainer = dict(
-            trainer or {"accelerator": "cpu", "devices": 1, "max_epochs": 20, "min_steps": 1000}
-        )
+        self.trainer = dict(trainer or {"accelerator": "cpu", "devices": 1, "max_epochs": 20})
         self.state_ = None
         self.conversations_ = None
         self.rows_fitted_ = 0  # requests of the last trace file fitted (fit_file)
