@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 
 POOL = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "servegen" / "language" / "m-large"
@@ -62,27 +63,19 @@ def measure(path: Path, threads: int, epochs: int, max_steps: int, max_spikes: i
     }
 
 
-def _batch_timer():
-    from lightning.pytorch.callbacks import Callback
+class BatchTimer(Callback):
+    """Target events (class-wide: the trainer builds its own instance from ``_target_``) and wall
+    time from the first training batch to the last one, data loading included."""
 
-    class Timer(Callback):
-        """Target events (class-wide: the trainer builds its own instance) and wall time from the first
-        training batch to the last one, data loading included."""
+    events, seconds, start = 0, 0.0, None
 
-        events, seconds, start = 0, 0.0, None
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if BatchTimer.start is None:
+            BatchTimer.start = time.perf_counter()
 
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if Timer.start is None:
-                Timer.start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            Timer.seconds = time.perf_counter() - Timer.start
-            Timer.events += int(batch["mask"].sum())
-
-    return Timer
-
-
-BatchTimer = _batch_timer()
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        BatchTimer.seconds = time.perf_counter() - BatchTimer.start
+        BatchTimer.events += int(batch["mask"].sum())
 
 
 def main() -> None:

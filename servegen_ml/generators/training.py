@@ -161,16 +161,14 @@ def _fit_streamed(gen: Generator, path: Path, cfg: DictConfig, options: dict, st
         bool(cfg.data.skip_bad_rows),
         **options,
     )
-    last_turns = None
-    if "last_turns" in inspect.signature(gen.fit_chunks).parameters:
-        step("mark each conversation's last turn (first pass)")
-        last_turns = last_turns_of_file(
-            path,
-            str(cfg.data.format),
-            int(cfg.get("chunk_rows", DEFAULT_CHUNK_ROWS)),
-            bool(cfg.data.skip_bad_rows),
-            **options,
-        )
+    step("mark each conversation's last turn (first pass)")
+    last_turns = last_turns_of_file(
+        path,
+        str(cfg.data.format),
+        int(cfg.get("chunk_rows", DEFAULT_CHUNK_ROWS)),
+        bool(cfg.data.skip_bad_rows),
+        **options,
+    )
     rows = 0
 
     def chunks():
@@ -186,7 +184,7 @@ def _fit_streamed(gen: Generator, path: Path, cfg: DictConfig, options: dict, st
 
     step("read and fit trace (streamed)")
     try:
-        gen.fit_chunks(chunks(), last_turns) if last_turns is not None else gen.fit_chunks(chunks())
+        gen.fit_chunks(chunks(), last_turns)
     except _NeedsWholeTrace as why:
         warnings.warn(f"{path}: read into memory for training: {why}", stacklevel=2)
         return 0
