@@ -48,13 +48,16 @@ def test_a_bad_rate_level_is_refused(model, tmp_path, bad):  # noqa: F811
 
 
 def test_reasoning_spikes_off_the_ratio_grid_are_refused(tmp_path):
-    """A shipped reasoning checkpoint from before the ratio spikes loads with none; keys beyond
-    ratio 1 would give more reasoning than output and are refused."""
+    """A reasoning checkpoint from before the ratio spikes (the shipped one without its
+    spikes_reasoning) loads with none; keys beyond ratio 1 would give more reasoning than output
+    and are refused."""
     shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "reasoning" / "neural"
     ckpt = tmp_path / "neural"
     shutil.copytree(shipped, ckpt)
-    assert len(NeuralState.load(ckpt).weights["spikes_reasoning"]) == 0
     weights = load_file(str(ckpt / MODEL_FILE))
+    assert len(weights.pop("spikes_reasoning")) > 0
+    save_file(weights, str(ckpt / MODEL_FILE))
+    assert len(NeuralState.load(ckpt).weights["spikes_reasoning"]) == 0
     weights["spikes_reasoning"] = np.array([RATIO_SPIKE_SCALE + 1], dtype=np.int64)
     save_file(weights, str(ckpt / MODEL_FILE))
     with pytest.raises(CheckpointError, match="spikes_reasoning.*above"):
