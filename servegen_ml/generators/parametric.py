@@ -24,6 +24,7 @@ the likelihood :mod:`servegen_ml.conversations.likelihood`.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from servegen_ml.conversations.empirical import ConversationModel
 from servegen_ml.conversations.fit import ConversationFitter, openers_of
@@ -83,7 +85,17 @@ class ParametricGenerator(Generator):
         conversations = ConversationFitter(last_turns=last_turns)
         for chunk in openers_of(chunks, conversations):
             fitter.add(chunk)
-        self.pool_, self.conversations_ = fitter.finish(), conversations.finish()
+        pool = fitter.finish()
+        del fitter
+        if conversations.follow_ups == 0:
+            self.pool_, self.conversations_ = pool, conversations.finish()
+            return self
+        # The two finishes are the fit's largest steps: the pool waits on disk while the conversations finish.
+        with tempfile.TemporaryDirectory(prefix="servegen-pool-") as spool:
+            pool.write_into(Path(spool))
+            del pool
+            self.conversations_ = conversations.finish()
+            self.pool_ = ClientPool.load(spool)
         return self
 
     def unit_source(self, spec: GenerationSpec, rng: np.random.Generator) -> UnitSource:
@@ -119,6 +131,8 @@ class ParametricGenerator(Generator):
         self.conversations_ = (
             ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
         )
+        # The checks and compiled tables freed Arrow-allocated pages its allocator would keep.
+        pa.default_memory_pool().release_unused()
 
     @property
     def is_fitted(self) -> bool:
