@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from servegen_ml.conversations.empirical import ConversationModel
 from servegen_ml.conversations.fit import ConversationFitter, openers_of
 from servegen_ml.conversations.last_turns import LastTurns
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.core.errors import UserError
+from servegen_ml.core.memory import release_freed_memory
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.stream import UnitSource, pool_unit_source
@@ -87,6 +87,7 @@ class ParametricGenerator(Generator):
             fitter.add(chunk)
         pool = fitter.finish()
         del fitter
+        release_freed_memory()
         if conversations.follow_ups == 0:
             self.pool_, self.conversations_ = pool, conversations.finish()
             return self
@@ -94,6 +95,7 @@ class ParametricGenerator(Generator):
         with tempfile.TemporaryDirectory(prefix="servegen-pool-") as spool:
             pool.write_into(Path(spool))
             del pool
+            release_freed_memory()
             self.conversations_ = conversations.finish()
             self.pool_ = ClientPool.load(spool)
         return self
@@ -131,8 +133,8 @@ class ParametricGenerator(Generator):
         self.conversations_ = (
             ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
         )
-        # The checks and compiled tables freed Arrow-allocated pages its allocator would keep.
-        pa.default_memory_pool().release_unused()
+        # Reading, checking and compiling the tables leave freed memory resident otherwise.
+        release_freed_memory()
 
     @property
     def is_fitted(self) -> bool:
