@@ -340,6 +340,7 @@ class PoolFitter:
         key = c * radix + s
         pos = np.minimum(np.searchsorted(dense_keys, key), max(len(dense_keys) - 1, 0))
         dense = (dense_keys[pos] == key) if len(dense_keys) else np.zeros(len(key), dtype=bool)
+        del table, key, pos, dense_keys  # the fold below is this step's peak: nothing held that is done with
         # Whole-trace tables (field, client) and population tables (field): binned where a part is.
         ratio = FIELDS.index("reason_ratio")
         per_field = n_clients + 1
