@@ -354,18 +354,25 @@ class PoolFitter:
         is_ratio = np.arange(len(FIELDS)) == ratio
         pf, pcode, pn, p_binned = bins.over_cap_and_fold(wf, wcode, wn, is_ratio, forced)
         # The table has ~3 rows per window entry: built one narrow column at a time, each freed once used.
-        parts = ((f[dense], c[dense], s[dense], code[dense], n[dense], binned[dense]),)
-        del f, c, s, code, n, binned, dense
-        parts += ((wf, wc, np.full(len(wf), whole), wcode, wn, w_binned),)
-        parts += ((pf, np.full(len(pf), n_clients), np.full(len(pf), whole), pcode, pn, p_binned),)
-        del wf, wc, wcode, wn, w_binned, pf, pcode, pn, p_binned
-        f = np.concatenate([p[0] for p in parts]).astype(np.int8)
-        v = np.concatenate([bins.code_values(p[3], p[0] == ratio) for p in parts])
-        c = np.concatenate([p[1] for p in parts]).astype(np.int32)
-        s = np.concatenate([p[2] for p in parts]).astype(np.int32)
-        n = np.concatenate([p[4] for p in parts])
-        binned = np.concatenate([p[5] for p in parts])
-        del parts
+        parts = [
+            [f[dense], c[dense], s[dense], code[dense], n[dense], binned[dense]],
+            [wf, wc, np.full(len(wf), whole), wcode, wn, w_binned],
+            [pf, np.full(len(pf), n_clients), np.full(len(pf), whole), pcode, pn, p_binned],
+        ]
+        del f, c, s, code, n, binned, dense, wf, wc, wcode, wn, w_binned, pf, pcode, pn, p_binned
+
+        def column(i: int, value=None) -> np.ndarray:
+            out = np.concatenate([value(p) if value else p[i] for p in parts])
+            for p in parts:
+                p[i] = None
+            return out
+
+        v = column(3, lambda p: bins.code_values(p[3], p[0] == ratio))
+        f = column(0).astype(np.int8)
+        c = column(1).astype(np.int32)
+        s = column(2).astype(np.int32)
+        n = column(4)
+        binned = column(5)
         # Sorted by (field, client with the population last, window with the whole trace last, value).
         order = np.lexsort((v, s, c, f))
         f = f[order]
@@ -375,18 +382,25 @@ class PoolFitter:
         n = n[order]
         binned = binned[order]
         del order
-        group = np.cumsum(np.r_[True, (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])]) - 1
-        prob = n / np.bincount(group, weights=n)[group]
+        group = np.cumsum(np.r_[True, (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])])
+        group -= 1
+        prob = np.bincount(group, weights=n)[group]
         del group
+        np.divide(n, prob, out=prob)
         columns = {"client_id": pd.Categorical.from_codes(c, categories=[*names, POPULATION])}
         del c
-        columns["window_start_s"] = np.where(s == whole, float(WHOLE_TRACE), s * data_window_s)
+        window = s * data_window_s
+        window[s == whole] = float(WHOLE_TRACE)
         del s
+        columns["window_start_s"] = window
         columns["field"] = pd.Categorical.from_codes(f, categories=list(FIELDS))
         columns["value"], columns["prob"], columns["count"] = v, prob, n
         if binned.any():
             # Exact pools keep the columns they always had (and their bytes).
-            columns[BIN_WIDTH] = np.where(binned & (f != ratio), bins.bin_width(v), 1.0).astype(np.int64)
+            rows = binned & (f != ratio)
+            width = np.ones(len(v), dtype=np.int64)
+            width[rows] = bins.bin_width(v[rows]).astype(np.int64)
+            columns[BIN_WIDTH] = width
         # copy=False: the columns are not copied into one 2-D block per dtype.
         return pd.DataFrame(columns, copy=False)
 
