@@ -97,6 +97,8 @@ class ParametricGenerator(Generator):
             del pool
             release_freed_memory()
             self.conversations_ = conversations.finish()
+            del conversations
+            release_freed_memory()
             self.pool_ = ClientPool.load(spool)
         return self
 
