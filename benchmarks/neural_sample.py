@@ -1,6 +1,7 @@
 """Neural sampling throughput: one hour at an aggregate 100 req/s over the m-large client mix, and load time.
 
     python benchmarks/neural_sample.py [--train-hours 24] [--max-steps 1400] [--repeats 3] [--rate 100|natural]
+    python benchmarks/neural_sample.py --checkpoint checkpoints/language/neural --hours 4 --workers 2
 
 Training trace: the ServeGen language m-large pool sampled for ``--train-hours``
 from t = 0 (about 100 clients in a day, a heavy-tailed mix), fitted with the
@@ -14,6 +15,12 @@ on the training only through the rates the model learned. Then:
 * sampling: ``rate=--rate`` (a constant, or ``natural``), ``clients=all``, ``duration_s=3600``
   from ``--start-s``; requests per second of wall time, best and median of
   ``--repeats`` runs.
+
+``--checkpoint DIR`` samples an existing checkpoint instead (a shipped one, say).
+``--workers N`` measures what ``servegen-ml generate workers=N`` does instead of one
+in-process ``sample``: ``--hours`` of rows streamed in the generator's time units by N
+worker processes (units are an hour for the neural generator, so one hour keeps one
+worker busy), counted as they arrive, not written.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT.parent / "shared" / "data" / "traces" / "servegen" / "language" / "m-large"
@@ -78,23 +86,37 @@ def main() -> None:
     ap.add_argument("--start-s", type=float, default=12 * 3600.0)
     ap.add_argument("--rate", default="100", help="target: a constant req/s (default 100) or natural")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--checkpoint", type=Path, help="sample this checkpoint instead of training one")
+    ap.add_argument("--workers", type=int, default=0, help="N >= 1: stream with N worker processes")
+    ap.add_argument("--hours", type=float, default=1.0, help="span sampled (with --workers)")
     args = ap.parse_args()
     from servegen_ml.core.spec import GenerationSpec
     from servegen_ml.generators.base import load_generator
 
-    ck = checkpoint(args.train_hours, args.max_steps)
+    ck = args.checkpoint.resolve() if args.checkpoint else checkpoint(args.train_hours, args.max_steps)
     in_process, fresh = load_seconds(ck)
     gen = load_generator(ck)
-    spec = GenerationSpec.from_values(duration_s=3600.0, start_s=args.start_s, rate=args.rate, clients="all")
+    duration_s = 3600.0 * (args.hours if args.workers else 1.0)
     runs = []
     for seed in range(args.repeats):
+        spec = GenerationSpec.from_values(
+            duration_s=duration_s, start_s=args.start_s, rate=args.rate, clients="all", seed=seed
+        )
         t0 = time.perf_counter()
-        out = gen.sample(spec, np.random.default_rng(seed))
+        if args.workers:
+            blocks = [
+                b.frame["client_id"] for b in gen.generate_blocks(spec, None, args.workers, checkpoint=ck)
+            ]
+            clients = pd.concat(blocks) if blocks else pd.Series([], dtype=object)
+        else:
+            clients = gen.sample(spec, np.random.default_rng(seed))["client_id"]
         seconds = time.perf_counter() - t0
-        runs.append((len(out) / seconds, len(out), seconds, out["client_id"].nunique()))
+        runs.append((len(clients) / seconds, len(clients), seconds, clients.nunique()))
     rates = [r[0] for r in runs]
     result = {
-        "checkpoint": str(ck.relative_to(ROOT)),
+        "checkpoint": str(ck),
+        "workers": args.workers or "in process",
+        "hours": duration_s / 3600.0,
         "checkpoint_bytes": sum(p.stat().st_size for p in ck.iterdir()),
         "clients_in_checkpoint": len(gen.clients),
         "active_clients_in_sample": runs[0][3],

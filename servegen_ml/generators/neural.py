@@ -157,6 +157,7 @@ class NeuralGenerator(Generator):
             span_s=result.span_s,
             population=None,
             training=result.summary,
+            time_quantum_s=source.time_quantum_s,
         )
         state.population = fit_population(
             state.client_vectors(),
@@ -192,14 +193,16 @@ class NeuralGenerator(Generator):
             with threadpool_limits(limits=1, user_api="blas"):
                 return sample_trace(state, tpp, sub, unit_rng, s.segment_events, s.warmup_events, selected)
 
+        # Output goes on the lattice of slots the training trace was stamped in (none: unchanged).
+        quantum_s = state.time_quantum_s
         if self.conversations_ is None:
-            return UnitSource(plain_plan(spec), sample_openers)
+            return UnitSource(plain_plan(spec), sample_openers, time_quantum_s=quantum_s)
         rates = None
         if spec.rate.kind in ("constant", "curve"):
             # The model's own opener rates: its rate level over the window.
             rates = natural_rates(state, tpp, spec, rng, selected)
         plan = conversation_plan(spec, self.conversations_, state.span_s, rates)
-        return UnitSource(plan, sample_openers, self.conversations_, self._follow_up_marks())
+        return UnitSource(plan, sample_openers, self.conversations_, self._follow_up_marks(), quantum_s)
 
     # -- scoring ------------------------------------------------------------------------------
 

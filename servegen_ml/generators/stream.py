@@ -38,6 +38,7 @@ from servegen_ml.conversations.sampling import MarksFn, UpsamplePlan, conversati
 from servegen_ml.conversations.turns import TurnModel
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import GenerationSpec
+from servegen_ml.stats.lattice import on_lattice
 from servegen_ml.trace.schema import STRING_DTYPE, ordered_columns
 
 # Spawn-key tag of the per-unit seeds; setup draws (new clients) use SETUP_KEY.
@@ -54,12 +55,15 @@ class UnitSource:
     piece of ``plan.opener_spec`` (timestamps since the piece's start). With
     ``conversations`` (a :class:`~servegen_ml.conversations.turns.TurnModel`)
     those are conversation openers whose follow-ups ``follow_up_marks`` marks.
+    ``time_quantum_s`` > 0: output times are moved down to multiples of it from the
+    spec's start (:mod:`servegen_ml.stats.lattice`: a trace stamped in slots).
     """
 
     plan: UpsamplePlan
     sample_openers: Callable[[GenerationSpec, np.random.Generator], pd.DataFrame]
     conversations: TurnModel | None = None
     follow_up_marks: MarksFn | None = None
+    time_quantum_s: float = 0.0
 
 
 @dataclass
@@ -140,6 +144,7 @@ class _Emitter:
         self.duration_s = (self.plan.opener_spec.duration_s - self.plan.burn_in_s) / self.plan.time_factor
         self.unit_s = unit_s
         self.conversational = source.conversations is not None
+        self.time_quantum_s = source.time_quantum_s
         self.carry: pd.DataFrame | None = None
         self.next_id = 0
 
@@ -172,7 +177,9 @@ class _Emitter:
 
     def _output_time(self, tau: np.ndarray) -> np.ndarray:
         t = (tau - self.plan.burn_in_s) / self.plan.time_factor
-        return np.minimum(np.maximum(t, 0.0), np.nextafter(self.duration_s, 0.0))
+        return on_lattice(
+            np.minimum(np.maximum(t, 0.0), np.nextafter(self.duration_s, 0.0)), self.time_quantum_s
+        )
 
     def _number_conversations(self, due: pd.DataFrame) -> np.ndarray:
         """Ids in order of each conversation's first row in the window; later rows reuse them."""

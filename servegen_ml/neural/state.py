@@ -55,6 +55,7 @@ class NeuralState:
     span_s: float  # learned span: positions [0, span_s)
     population: ClientPopulation
     training: dict
+    time_quantum_s: float = 0.0  # the slot the training trace's times are stamped in (0: none)
 
     @property
     def layout(self) -> MarkLayout:
@@ -96,6 +97,7 @@ class NeuralState:
             "span_s": self.span_s,
             "population": self.population.to_json(),
             "training": self.training,
+            "time_quantum_s": self.time_quantum_s,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
@@ -120,6 +122,7 @@ class NeuralState:
             span_s=float(meta["span_s"]),
             population=ClientPopulation.from_json(meta["population"]),
             training=meta["training"],
+            time_quantum_s=float(meta.get("time_quantum_s", 0.0)),  # absent before it: no lattice
         )
 
 
@@ -144,6 +147,8 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
         dims[key] = int(
             check_number(meta_field(model, key, meta_path, int), meta_path, f"model.{key}", minimum=1)
         )
+    if "time_quantum_s" in meta:
+        check_number(meta["time_quantum_s"], meta_path, "time_quantum_s", minimum=0)
     if "gap_resolution_s" in model:  # absent in checkpoints from before it: gaps read as recorded
         check_number(model["gap_resolution_s"], meta_path, "model.gap_resolution_s", minimum=0)
     if dims["n_clients"] != n:

@@ -201,3 +201,25 @@ def test_conversation_turns_chain_like_the_whole_frame_across_chunks():
     np.testing.assert_array_equal(got.position, want.position)
     assert turns["client_id"].astype(str).tolist() == list("abababab")
     assert conversation_turns(iter([frame.drop(columns="conversation_id")])) is None
+
+
+def test_a_trace_stamped_in_slots_is_generated_in_the_same_slots(trace, tmp_path):
+    # A log that stamps times in 2 s slots: the fitted generator writes its output in 2 s slots
+    # too (from the spec's start), and keeps the quantum through save and load.
+    slotted = trace.assign(timestamp=np.floor(trace["timestamp"] / 2.0) * 2.0)
+    gen = NeuralGenerator(**TINY, trainer={**FAST, "max_epochs": 1}).fit(slotted)
+    assert gen.state_.time_quantum_s == 2.0
+    gen.save(tmp_path / "ck")
+    loaded = load_generator(tmp_path / "ck")
+    assert loaded.state_.time_quantum_s == 2.0
+    spec = GenerationSpec.from_values(duration_s=600.0, seed=0)
+    t = loaded.sample(spec, np.random.default_rng(0))["timestamp"].to_numpy()
+    assert len(t) > 50 and np.all(np.mod(t, 2.0) == 0.0)
+
+
+def test_a_continuous_trace_has_no_slots(fitted):
+    assert fitted.state_.time_quantum_s == 0.0
+    t = fitted.sample(GenerationSpec.from_values(duration_s=600.0, seed=0), np.random.default_rng(0))[
+        "timestamp"
+    ]
+    assert np.mean(np.mod(t.to_numpy(), 1.0) == 0.0) < 0.01

@@ -18,7 +18,6 @@ import torch
 from scipy import stats
 
 from servegen_ml.conversations.empirical import conversation_roles
-from servegen_ml.conversations.neural.fit import timestamp_quantum
 from servegen_ml.conversations.neural.heads import ConversationHeads
 from servegen_ml.conversations.neural.model import NeuralConversationModel
 from servegen_ml.conversations.neural.numpy_heads import NumpyConversationHeads
@@ -185,14 +184,6 @@ def test_lattice_gaps_are_a_proper_distribution_sampled_as_scored():
         assert np.mean(slot <= q) == pytest.approx(lattice[: int(q) + 1].sum() / on_seen[1], abs=0.012)
     # The survival counts whole slots: a gap of at least 4 s is one of at least 2 slots.
     assert np.exp(np_heads.log_sf_gap(x, np.array([4.0])))[0] == pytest.approx(np.mean(slot >= 2), abs=0.01)
-
-
-def test_timestamp_lattice_is_detected_only_where_there_is_one():
-    rng = np.random.default_rng(0)
-    slots = np.sort(rng.integers(0, 1200, 3000)) * 3.0
-    assert timestamp_quantum(slots + rng.choice([-0.001, 0.0, 0.002], size=3000)) == 3.0
-    assert timestamp_quantum(np.sort(rng.uniform(0, 3600, 3000))) == 0.0
-    assert timestamp_quantum(np.round(np.sort(rng.uniform(0, 3600, 3000)))) == 1.0
 
 
 # ------------------------------------------------------------------ a fitted generator

@@ -275,3 +275,27 @@ def test_count_floor_mixes_in_a_broad_normal():
     for k in (0, 100, 30):
         p = math.exp(float(floored.log_prob(torch.tensor([k]))[0]))
         assert np.mean(s == k) == pytest.approx(p, abs=4 * math.sqrt(p / m) + 1e-4)
+
+
+@pytest.mark.parametrize("k", [5, 63, 64, 200, 257])
+def test_categorical_draws_match_softmax_and_skip_zero_weights(k):
+    # Both draw paths (one cumulative sum below 4 groups, group then member above) against the
+    # softmax by a chi-square test; categories with probability 0 (logit -inf) are never drawn.
+    from servegen_ml.neural.sampling.draws import sample_categorical
+
+    rng = np.random.default_rng(k)
+    logits = (rng.standard_normal((3, k)) * 2).astype(np.float32)
+    logits[:, ::7] = -np.inf
+    n = 60_000
+    draws = sample_categorical(np.repeat(logits, n, axis=0), np.random.default_rng(1)).reshape(3, n)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    assert not np.isin(draws, np.arange(0, k, 7)).any()
+    assert draws.max() < k
+    for row in range(3):
+        counts = np.bincount(draws[row], minlength=k)
+        expected = p[row] * n
+        ok = expected >= 10
+        chi2 = ((counts[ok] - expected[ok]) ** 2 / expected[ok]).sum()
+        assert stats.chi2.sf(chi2, ok.sum() - 1) > 1e-4, (row, chi2, ok.sum())
+        assert counts[~ok].sum() < 3 * max(expected[~ok].sum(), 3)

@@ -1,5 +1,6 @@
 """NeuralState checkpoint files: the rate level round-trips; a checkpoint without one asks to be rebuilt."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from servegen_ml.core.errors import CheckpointError
 from servegen_ml.neural.sampling.draws import RATIO_SPIKE_SCALE
-from servegen_ml.neural.state import MODEL_FILE, NeuralState
+from servegen_ml.neural.state import META_FILE, MODEL_FILE, NeuralState
 from tests.neural.test_generate import model  # noqa: F401 (fixture)
 
 
@@ -58,3 +59,19 @@ def test_reasoning_spikes_off_the_ratio_grid_are_refused(tmp_path):
     save_file(weights, str(ckpt / MODEL_FILE))
     with pytest.raises(CheckpointError, match="spikes_reasoning.*above"):
         NeuralState.load(ckpt)
+
+
+@pytest.mark.parametrize("quantum", [-3.0, "3", None])
+def test_a_bad_time_quantum_is_refused_and_an_absent_one_is_none(model, tmp_path, quantum):  # noqa: F811
+    state, _ = model
+    state.save(tmp_path)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    if quantum is None:
+        del meta["time_quantum_s"]  # a checkpoint from before the lattice
+        (tmp_path / META_FILE).write_text(json.dumps(meta))
+        assert NeuralState.load(tmp_path).time_quantum_s == 0.0
+        return
+    meta["time_quantum_s"] = quantum
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="time_quantum_s"):
+        NeuralState.load(tmp_path)

@@ -33,11 +33,8 @@ from servegen_ml.core.interrupt import interrupt_of_lightning_exit
 from servegen_ml.core.spec import DAY_S, TIME_RESOLUTION_S, WEEK_S
 from servegen_ml.neural.data.normalizers import frequent_values
 from servegen_ml.neural.training.fit import torch_threads, trainer_spec
+from servegen_ml.stats.lattice import timestamp_quantum
 
-# Timestamp quanta looked for (s, largest first), and how close (s) a timestamp must lie to the lattice:
-# a log that stamps requests in slots puts (nearly) all of them within a few ms of one.
-QUANTA_S = (60.0, 30.0, 15.0, 10.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.1, 0.01)
-LATTICE_TOLERANCE_S, LATTICE_SHARE = 0.005, 0.99
 # New-token values that become exact spikes: at most this many, each at least this share of follow-ups.
 MAX_NEW_SPIKES, MIN_NEW_SPIKE_SHARE = 32, 0.005
 
@@ -78,22 +75,6 @@ def turn_table(
     next_in[prev], next_out[prev] = inp[follow], out[follow]
     client = client[roles.opener_row]
     return TurnTable(client, roles.position, inp, out, t, next_t, new, next_in, next_out, window_end_s)
-
-
-def timestamp_quantum(timeline_s: np.ndarray) -> float:
-    """The largest quantum q of QUANTA_S with LATTICE_SHARE of the timestamps within min(5 ms, q / 10) of
-    a multiple of q (counted from the first), or 0 (no lattice)."""
-    t = np.asarray(timeline_s, np.float64)
-    if len(t) < 2:
-        return 0.0
-    rel = t - t.min()
-    for q in QUANTA_S:
-        if q <= TIME_RESOLUTION_S:
-            break
-        off = rel - np.round(rel / q) * q
-        if np.mean(np.abs(off) <= min(LATTICE_TOLERANCE_S, q / 10)) >= LATTICE_SHARE:
-            return q
-    return 0.0
 
 
 def gap_jitter(gaps_s: np.ndarray, quantum_s: float) -> tuple[list[int], list[float]]:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.core.errors import UserError
+from servegen_ml.stats.lattice import LatticeCounter
 from servegen_ml.trace.schema import LIST_COLUMNS, list_lengths, list_values
 
 # Timestamps above this are read as epoch seconds: the timeline then starts at that day's midnight (UTC).
@@ -97,6 +98,7 @@ class _LayoutScan:
     item_totals: dict[str, dict[str, int]] = field(default_factory=dict)
     items_within_input: bool = True
     time_sum: float = 0.0  # a checksum of the timestamps (run fingerprints)
+    lattice: LatticeCounter = field(default_factory=LatticeCounter)  # slots the log stamps times in
 
     def add(self, chunk: pd.DataFrame) -> None:
         cols = set(chunk.columns)
@@ -113,6 +115,7 @@ class _LayoutScan:
             )
         self.first_s, self.last_s = min(self.first_s, ts.min()), max(self.last_s, ts.max())
         self.time_sum += float(ts.sum())
+        self.lattice.add(ts)
         ids = chunk["client_id"].astype(str)
         for cid, n in ids.value_counts(sort=False).items():
             self.client_counts[cid] = self.client_counts.get(cid, 0) + int(n)
@@ -312,6 +315,11 @@ class StoreSource:
     @property
     def layout(self) -> MarkLayout:
         return self.scan.layout()
+
+    @property
+    def time_quantum_s(self) -> float:
+        """The slot the trace's times are stamped in (servegen_ml.stats.lattice), 0: none."""
+        return self.scan.lattice.quantum()
 
     def fingerprint_data(self) -> list:
         """What identifies the trace for resuming a run (the same on every rank)."""

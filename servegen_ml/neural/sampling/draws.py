@@ -15,6 +15,8 @@ LOG_SCALE_MIN = -7.0
 LOG_SCALE_MAX = 3.0
 # Ratio spikes are frequent ratios on this grid (key k means ratio k / RATIO_SPIKE_SCALE).
 RATIO_SPIKE_SCALE = 10_000
+# Categories per group of the two-stage categorical draw (sample_categorical).
+CATEGORY_GROUP = 16
 
 
 def ratio_key(part, total):
@@ -30,15 +32,39 @@ def ratio_spike_part(key, total):
 def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Index drawn from softmax(logits) per row (inverse CDF); logits (B, K) -> (B,) int64.
 
-    The CDF is left unnormalized (the uniform is scaled by its total instead) and
-    kept in the logits' dtype: with a few hundred spike values per field this is
-    the sampling step's widest array.
+    Probabilities stay unnormalized (each uniform is scaled by its row's total) and
+    in the logits' dtype. Past CATEGORY_GROUP * 4 categories (the spike values, a few
+    hundred per field: the sampling step's widest arrays) the index is drawn in two
+    stages, a group of every CATEGORY_GROUP-th category then a category within it,
+    so no row needs a cumulative sum over all K (numpy's cumsum along a row is the
+    step's slowest operation).
     """
-    cdf = logits - logits.max(axis=-1, keepdims=True)
-    np.exp(cdf, out=cdf)
-    np.cumsum(cdf, axis=-1, out=cdf)
-    u = (rng.random((logits.shape[0], 1)) * cdf[:, -1:]).astype(cdf.dtype)
-    return np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
+    b, k = logits.shape
+    if k < 4 * CATEGORY_GROUP:
+        p = logits - logits.max(axis=-1, keepdims=True)
+        np.exp(p, out=p)
+        return _inverse_cdf(p, rng.random(b))
+    m = -(-k // CATEGORY_GROUP)
+    # Group g holds categories g, g + G, g + 2G, ...; the padding past K has probability 0.
+    p = np.zeros((b, m * CATEGORY_GROUP), dtype=logits.dtype)
+    body = p[:, :k]
+    np.subtract(logits, logits.max(axis=-1, keepdims=True), out=body)
+    np.exp(body, out=body)
+    u = rng.random((2, b))
+    group = _inverse_cdf(np.ones(m, dtype=p.dtype) @ p.reshape(b, m, CATEGORY_GROUP), u[0])
+    members = (np.arange(b) * p.shape[1] + group)[:, None] + CATEGORY_GROUP * np.arange(m)
+    return group + CATEGORY_GROUP * _inverse_cdf(p.ravel().take(members), u[1])
+
+
+def _inverse_cdf(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row, the first index whose cumulative weight reaches u times the row's total.
+
+    A category of weight 0 is never drawn while u > 0: the cumulative weight only
+    reaches the target where it rises.
+    """
+    cdf = np.cumsum(weights, axis=-1)
+    target = (u * cdf[:, -1]).astype(cdf.dtype)
+    return np.count_nonzero(cdf < target[:, None], axis=-1)
 
 
 def sample_mixture_normal(
