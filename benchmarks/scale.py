@@ -10,7 +10,8 @@ multi-turn conversations (``--no-conversations`` leaves them out). Then it runs,
 process under ``/usr/bin/time -v`` (peak resident memory):
 
 convert (CSV -> Parquet), validate, characterize, train parametric, train
-neural (one epoch), generate one day from the parametric checkpoint at the
+neural (one epoch, or ``--neural-max-steps N`` optimizer steps after building
+the whole event store), generate one day from the parametric checkpoint at the
 trace's own rate.
 
 It prints a Markdown table of wall time, rows/s and peak memory per step (and
@@ -177,8 +178,10 @@ def run_step(name: str, args: list[str], log: Path) -> dict:
     }
 
 
-def steps_for(work: Path, csv: Path, rows: int) -> dict[str, list[str]]:
+def steps_for(work: Path, csv: Path, rows: int, neural_max_steps: int = 0) -> dict[str, list[str]]:
     parquet = work / "trace.parquet"
+    # A bounded neural run: the store is built in full, then training stops after that many steps.
+    bounded = [f"+trainer.max_steps={neural_max_steps}", "trainer.min_steps=0"] if neural_max_steps else []
     return {
         "convert": ["convert", f"data.path={csv}", f"out={parquet}"],
         "validate": ["validate", f"data.path={parquet}"],
@@ -196,6 +199,7 @@ def steps_for(work: Path, csv: Path, rows: int) -> dict[str, list[str]]:
             f"data.path={parquet}",
             "model=neural",
             "trainer.max_epochs=1",
+            *bounded,
             "trainer.default_root_dir=null",
             f"out={work / 'neural'}",
             "overwrite=true",
@@ -222,6 +226,12 @@ def main() -> None:
         action="store_true",
         help="leave out conversation_id and turn (requests only: no conversation model to fit)",
     )
+    parser.add_argument(
+        "--neural-max-steps",
+        type=int,
+        default=0,
+        help="stop the neural training after this many steps (0: one whole epoch); the store is built in full",
+    )
     args = parser.parse_args()
     for rows in args.rows:
         work = args.workdir / f"rows_{rows}{'_noconv' if args.no_conversations else ''}"
@@ -236,7 +246,7 @@ def main() -> None:
                 f"in {time.perf_counter() - started:.0f} s",
                 flush=True,
             )
-        commands = steps_for(work, csv, rows)
+        commands = steps_for(work, csv, rows, args.neural_max_steps)
         lines = [
             f"**{rows:,} rows** ({csv.stat().st_size / 2**20:,.0f} MB CSV"
             f"{', no conversation ids' if args.no_conversations else ''})",

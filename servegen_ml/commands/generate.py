@@ -86,8 +86,10 @@ def run(cfg) -> int:
 
             summary = WorkloadSummary(spec.duration_s)
         bar.step("sample and write")
+        blocks = gen.generate_blocks(spec, block_s, workers, checkpoint=checkpoint)
+        del gen  # with workers, only they hold the model (they load the checkpoint themselves)
         with WorkloadWriter(out, str(cfg.format), meta) as writer:
-            for block in gen.generate_blocks(spec, block_s, workers, checkpoint=checkpoint):
+            for block in blocks:
                 raise_if_terminated()
                 writer.write(block.frame, block.continues)
                 if summary is not None:

@@ -410,6 +410,7 @@ def _read(path: Path) -> pd.DataFrame:
     try:
         # Column by column, each Arrow column freed once converted: the table is never held twice.
         table = pq.read_table(path).to_pandas(split_blocks=True, self_destruct=True)
+        pa.default_memory_pool().release_unused()  # the conversion's freed pages are not needed again
     except (pa.ArrowException, OSError) as e:
         raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None
     for name in table.columns:

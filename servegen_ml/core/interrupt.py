@@ -43,3 +43,17 @@ def terminate_as_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         _received.clear()
+
+
+def interrupt_of_lightning_exit(trainer) -> KeyboardInterrupt | None:
+    """The interrupt behind a Lightning Trainer's ``SystemExit`` (None: a real exit, re-raise it).
+
+    Lightning turns ^C and SIGTERM during ``fit`` into ``SystemExit(1)``; the caller raises what this
+    returns instead, so the command unwinds and exits 130 or 143 like any other interrupt.
+    """
+    if not getattr(trainer, "interrupted", False):
+        return None
+    # A SIGTERM that came before Lightning installed its own handler.
+    raise_if_terminated()
+    sigterm = getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False)
+    return (Terminated if sigterm else KeyboardInterrupt)("training interrupted")

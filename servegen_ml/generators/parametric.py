@@ -24,6 +24,7 @@ the likelihood :mod:`servegen_ml.conversations.likelihood`.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,7 @@ from servegen_ml.conversations.fit import ConversationFitter, openers_of
 from servegen_ml.conversations.last_turns import LastTurns
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.core.errors import UserError
+from servegen_ml.core.memory import release_freed_memory
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.stream import UnitSource, pool_unit_source
@@ -83,7 +85,21 @@ class ParametricGenerator(Generator):
         conversations = ConversationFitter(last_turns=last_turns)
         for chunk in openers_of(chunks, conversations):
             fitter.add(chunk)
-        self.pool_, self.conversations_ = fitter.finish(), conversations.finish()
+        pool = fitter.finish()
+        del fitter
+        release_freed_memory()
+        if conversations.follow_ups == 0:
+            self.pool_, self.conversations_ = pool, conversations.finish()
+            return self
+        # The two finishes are the fit's largest steps: the pool waits on disk while the conversations finish.
+        with tempfile.TemporaryDirectory(prefix="servegen-pool-") as spool:
+            pool.write_into(Path(spool))
+            del pool
+            release_freed_memory()
+            self.conversations_ = conversations.finish()
+            del conversations
+            release_freed_memory()
+            self.pool_ = ClientPool.load(spool)
         return self
 
     def unit_source(self, spec: GenerationSpec, rng: np.random.Generator) -> UnitSource:
@@ -119,6 +135,8 @@ class ParametricGenerator(Generator):
         self.conversations_ = (
             ConversationModel.load(directory) if ConversationModel.saved_in(directory) else None
         )
+        # Reading, checking and compiling the tables leave freed memory resident otherwise.
+        release_freed_memory()
 
     @property
     def is_fitted(self) -> bool:

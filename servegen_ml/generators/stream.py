@@ -37,6 +37,7 @@ import pandas as pd
 from servegen_ml.conversations.sampling import MarksFn, UpsamplePlan, conversations_from
 from servegen_ml.conversations.turns import TurnModel
 from servegen_ml.core.errors import UserError
+from servegen_ml.core.memory import release_freed_memory
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.stats.lattice import on_lattice
 from servegen_ml.trace.schema import STRING_DTYPE, ordered_columns
@@ -257,6 +258,10 @@ def generate_blocks(
     units = unit_range(source, unit_s)
     if workers > 1 and (unit_generator is not None or rebuild is None):
         raise ValueError("parallel generation seeds every unit itself and needs (generator, spec) to rebuild")
+    if workers > 1 and len(units) > 1:
+        # The workers sample every unit; this process only orders, numbers and writes: no model kept here.
+        source = _ordering_only(source)
+        release_freed_memory()
     rng_of = unit_generator or (lambda u: unit_rng(seed, u))
     emitter = _Emitter(source, unit_s)
     pending: list[Block] = []
@@ -268,6 +273,20 @@ def generate_blocks(
         if len(pending) == units_per_block or unit == units[-1]:
             yield _concat(pending)
             pending = []
+
+
+# Stands for the turn model in a process that only orders rows (the workers hold the model).
+_TURNS_IN_WORKERS = object()
+
+
+def _ordering_only(source: UnitSource) -> UnitSource:
+    """What the main process of a parallel run needs of ``source``: the plan and whether turns follow."""
+
+    def sampled_in_workers(sub: GenerationSpec, rng: np.random.Generator) -> pd.DataFrame:
+        raise RuntimeError("in a parallel run the workers sample every unit")
+
+    turns = None if source.conversations is None else _TURNS_IN_WORKERS
+    return UnitSource(source.plan, sampled_in_workers, turns, None, source.time_quantum_s)
 
 
 def _concat(blocks: list[Block]) -> Block:

@@ -171,8 +171,10 @@ def over_cap_and_fold(
     (table, code, count, binned per row), sorted by (table, code).
     """
     fold = forced[table]
-    code = np.where(fold, fold_codes(code, is_ratio[table]), code)
+    code = np.array(code, dtype=np.int64)  # a copy: the caller's codes stay as they are
+    code[fold] = fold_codes(code[fold], is_ratio[table[fold]])
     keys = (table.astype(np.int64) << 32) | code
+    del code, fold
     order = np.argsort(keys, kind="stable")
     keys, count = _sum_runs(keys[order], np.asarray(count, np.float64)[order])
     sizes = np.bincount(keys >> 32, minlength=len(forced))

@@ -340,6 +340,7 @@ class PoolFitter:
         key = c * radix + s
         pos = np.minimum(np.searchsorted(dense_keys, key), max(len(dense_keys) - 1, 0))
         dense = (dense_keys[pos] == key) if len(dense_keys) else np.zeros(len(key), dtype=bool)
+        del table, key, pos, dense_keys  # the fold below is this step's peak: nothing held that is done with
         # Whole-trace tables (field, client) and population tables (field): binned where a part is.
         ratio = FIELDS.index("reason_ratio")
         per_field = n_clients + 1
@@ -352,33 +353,56 @@ class PoolFitter:
         forced[wf[w_binned]] = True
         is_ratio = np.arange(len(FIELDS)) == ratio
         pf, pcode, pn, p_binned = bins.over_cap_and_fold(wf, wcode, wn, is_ratio, forced)
-        v, wv, pv = (bins.code_values(x, y == ratio) for x, y in ((code, f), (wcode, wf), (pcode, pf)))
-        f = np.concatenate([f[dense], wf, pf])
-        c = np.concatenate([c[dense], wc, np.full(len(pf), n_clients)])
-        s = np.concatenate([s[dense], np.full(len(wf) + len(pf), whole)])
-        v = np.concatenate([v[dense], wv, pv])
-        n = np.concatenate([n[dense], wn, pn])
-        binned = np.concatenate([binned[dense], w_binned, p_binned])
+        # The table has ~3 rows per window entry: built one narrow column at a time, each freed once used.
+        parts = [
+            [f[dense], c[dense], s[dense], code[dense], n[dense], binned[dense]],
+            [wf, wc, np.full(len(wf), whole), wcode, wn, w_binned],
+            [pf, np.full(len(pf), n_clients), np.full(len(pf), whole), pcode, pn, p_binned],
+        ]
+        del f, c, s, code, n, binned, dense, wf, wc, wcode, wn, w_binned, pf, pcode, pn, p_binned
+
+        def column(i: int, value=None) -> np.ndarray:
+            out = np.concatenate([value(p) if value else p[i] for p in parts])
+            for p in parts:
+                p[i] = None
+            return out
+
+        v = column(3, lambda p: bins.code_values(p[3], p[0] == ratio))
+        f = column(0).astype(np.int8)
+        c = column(1).astype(np.int32)
+        s = column(2).astype(np.int32)
+        n = column(4)
+        binned = column(5)
         # Sorted by (field, client with the population last, window with the whole trace last, value).
         order = np.lexsort((v, s, c, f))
-        f, c, s, v, n, binned = f[order], c[order], s[order], v[order], n[order], binned[order]
-        group = np.cumsum(np.r_[True, (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])]) - 1
-        totals = np.bincount(group, weights=n)
-        pmfs = pd.DataFrame(
-            {
-                "client_id": pd.Categorical.from_codes(c, categories=[*names, POPULATION]),
-                "window_start_s": np.where(s == whole, float(WHOLE_TRACE), s * data_window_s),
-                "field": pd.Categorical.from_codes(f, categories=list(FIELDS)),
-                "value": v,
-                "prob": n / totals[group],
-                "count": n,
-            }
-        )
+        f = f[order]
+        c = c[order]
+        s = s[order]
+        v = v[order]
+        n = n[order]
+        binned = binned[order]
+        del order
+        group = np.cumsum(np.r_[True, (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])])
+        group -= 1
+        prob = np.bincount(group, weights=n)[group]
+        del group
+        np.divide(n, prob, out=prob)
+        columns = {"client_id": pd.Categorical.from_codes(c, categories=[*names, POPULATION])}
+        del c
+        window = s * data_window_s
+        window[s == whole] = float(WHOLE_TRACE)
+        del s
+        columns["window_start_s"] = window
+        columns["field"] = pd.Categorical.from_codes(f, categories=list(FIELDS))
+        columns["value"], columns["prob"], columns["count"] = v, prob, n
         if binned.any():
             # Exact pools keep the columns they always had (and their bytes).
-            width = np.where(binned & (f != ratio), bins.bin_width(v), 1.0)
-            pmfs[BIN_WIDTH] = width.astype(np.int64)
-        return pmfs
+            rows = binned & (f != ratio)
+            width = np.ones(len(v), dtype=np.int64)
+            width[rows] = bins.bin_width(v[rows]).astype(np.int64)
+            columns[BIN_WIDTH] = width
+        # copy=False: the columns are not copied into one 2-D block per dtype.
+        return pd.DataFrame(columns, copy=False)
 
 
 # (field, client, data window) packed into one int64: 4 + 30 + 29 bits.
@@ -399,14 +423,17 @@ def _unpack_group(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 # Gaps kept in memory for the whole-trace client fits (16 bytes each); beyond, they go to a temporary file.
 GAPS_IN_MEMORY = 16_000_000
+# Gaps per block read back from that file: each fit pass holds ~10 float arrays of a block's length.
+GAPS_PER_BLOCK = 2_000_000
 _GAP_RECORD = np.dtype([("client", np.int64), ("gap", np.float64)])
 
 
 class _GapStore:
     """(client, gap) pairs in arrival order; read back in blocks for :func:`ia.fit_renewal_blocks`."""
 
-    def __init__(self, in_memory: int | None = None):
+    def __init__(self, in_memory: int | None = None, per_block: int | None = None):
         self.in_memory = GAPS_IN_MEMORY if in_memory is None else in_memory
+        self.per_block = GAPS_PER_BLOCK if per_block is None else per_block
         self._memory: list[tuple[np.ndarray, np.ndarray]] = []
         self._held = 0
         self._file = None
@@ -429,17 +456,23 @@ class _GapStore:
         self._memory, self._held = [], 0
 
     def blocks(self, rank: np.ndarray):
-        """A callable giving (gap, client rank) blocks: the file's in order, then those in memory as one."""
+        """A callable giving (gap, client rank) blocks: all in memory as one, or the file's in fixed-size blocks.
+
+        Once gaps have spilled, the rest follow them to the file, so the blocks (and so the float
+        sums over them) are the same whatever the chunking, and no block is larger than ``per_block``.
+        """
+        if self._file is not None and self._memory:
+            self._spill()
 
         def read():
             if self._file is not None:
                 self._file.flush()
-                for start in range(0, self._on_disk, self.in_memory):
+                for start in range(0, self._on_disk, self.per_block):
                     self._file.seek(start * _GAP_RECORD.itemsize)
-                    count = min(self.in_memory, self._on_disk - start)
+                    count = min(self.per_block, self._on_disk - start)
                     record = np.fromfile(self._file, dtype=_GAP_RECORD, count=count)
-                    yield record["gap"], rank[record["client"]]
-            if self._memory:
+                    yield record["gap"].copy(), rank[record["client"]]
+            elif self._memory:
                 gaps = np.concatenate([g for _, g in self._memory])
                 yield gaps, rank[np.concatenate([c for c, _ in self._memory])]
 

@@ -123,37 +123,41 @@ class ClientPool:
         return int(np.ceil(self.span_s / self.data_window_s - 1e-9))
 
     @cached_property
-    def _pmf_columns(self) -> dict[str, np.ndarray]:
-        """The pmfs table as numpy arrays with integer field and client codes."""
+    def _field_codes(self) -> np.ndarray:
+        """The field code of every pmfs row (int8: the only per-row array kept beside the table)."""
         field = self.pmfs["field"]
         field = field if isinstance(field.dtype, pd.CategoricalDtype) else field.astype("category")
         known = {name: i for i, name in enumerate(FIELDS)}
         unknown = [str(c) for c in field.cat.categories if str(c) not in known]
         if unknown:
             raise UserError(f"client pool: unknown fields {unknown}; expected some of {FIELDS}")
-        mapping = np.array([known[str(c)] for c in field.cat.categories], dtype=np.int64)
+        mapping = np.array([known[str(c)] for c in field.cat.categories], dtype=np.int8)
+        return mapping[field.cat.codes.to_numpy()] if len(mapping) else np.zeros(0, dtype=np.int8)
+
+    def _pmf_rows(self, rows) -> dict[str, np.ndarray | None]:
+        """Client codes, window, value, count and width of some pmfs rows (a slice: views where it can)."""
+        pmfs = self.pmfs
         return {
-            "field": mapping[field.cat.codes.to_numpy()] if len(mapping) else np.zeros(0, dtype=np.int64),
-            "client": self._codes(self.pmfs["client_id"]),
-            "window": self.pmfs["window_start_s"].to_numpy(np.float64),
-            "value": self.pmfs["value"].to_numpy(np.float64),
-            "count": self.pmfs["count"].to_numpy(np.float64),
-            "width": self.pmfs[BIN_WIDTH].to_numpy(np.float64) if BIN_WIDTH in self.pmfs else None,
+            "client": self._codes(pmfs["client_id"], rows),
+            "window": pmfs["window_start_s"].to_numpy(np.float64)[rows],
+            "value": pmfs["value"].to_numpy(np.float64)[rows],
+            "count": pmfs["count"].to_numpy()[rows],
+            "width": pmfs[BIN_WIDTH].to_numpy()[rows] if BIN_WIDTH in pmfs else None,
         }
 
     @cached_property
     def fields(self) -> tuple[str, ...]:
-        present = np.bincount(self._pmf_columns["field"], minlength=len(FIELDS)) > 0
+        present = np.bincount(self._field_codes, minlength=len(FIELDS)) > 0
         return tuple(f for f, p in zip(FIELDS, present, strict=True) if p)
 
     @cached_property
     def modalities(self) -> tuple[str, ...]:
         """Modalities whose item count can be positive."""
-        cols = self._pmf_columns
+        value = self.pmfs["value"].to_numpy(np.float64)
         out = []
         for m in MODALITIES:
-            rows = cols["field"] == FIELDS.index(f"{m}_count")
-            if (cols["value"][rows] > 0).any():
+            rows = _rows_of(self._field_codes, FIELDS.index(f"{m}_count"))
+            if (value[rows] > 0).any():
                 out.append(m)
         return tuple(out)
 
@@ -181,10 +185,9 @@ class ClientPool:
         """The compiled distributions of one field (built on first use)."""
         cache = self.__dict__.setdefault("_field_tables", {})
         if name not in cache:
-            cols = self._pmf_columns
-            rows = _rows_of(cols["field"], FIELDS.index(name))
+            cols = self._pmf_rows(_rows_of(self._field_codes, FIELDS.index(name)))
             n_slots = self.n_data_windows + 1
-            window = cols["window"][rows]
+            window = cols["window"]
             slot = np.where(window < 0, n_slots - 1, np.floor(window / self.data_window_s + 1e-9)).astype(
                 np.int64
             )
@@ -193,19 +196,19 @@ class ClientPool:
                     f"client pool: {name} has data windows at or after the learned span ({self.span_s} s)"
                 )
             cache[name] = build_field_table(
-                cols["client"][rows],
+                cols["client"],
                 slot,
-                cols["value"][rows],
-                cols["count"][rows],
+                cols["value"],
+                cols["count"],
                 self.n_clients + 1,
                 n_slots,
                 ratio=name == "reason_ratio",
-                width=None if cols["width"] is None else cols["width"][rows],
+                width=cols["width"],
             )
         return cache[name]
 
-    def _codes(self, column: pd.Series) -> np.ndarray:
-        """Client codes of a client_id column; the population row is ``n_clients``."""
+    def _codes(self, column: pd.Series, rows=slice(None)) -> np.ndarray:
+        """Client codes of a client_id column (of its ``rows``); the population row is ``n_clients``."""
         cat = column.astype("category") if not isinstance(column.dtype, pd.CategoricalDtype) else column
         names = [str(c) for c in cat.cat.categories]
         lookup = {c: i for i, c in enumerate(self.clients)}
@@ -214,7 +217,7 @@ class ClientPool:
         if missing:
             raise UserError(f"client pool: client ids {missing[:5]} have rows but are not in the client list")
         mapping = np.array([lookup[c] for c in names], dtype=np.int64)
-        codes = cat.cat.codes.to_numpy()
+        codes = cat.cat.codes.to_numpy()[rows]
         return mapping[codes] if len(mapping) else codes.astype(np.int64)
 
     # ------------------------------------------------------------ persistence
@@ -381,6 +384,10 @@ def _read_parquet(path: Path, columns, optional=()) -> pd.DataFrame:
             raise CheckpointError(f"{path}: missing columns {missing}")
         table = table.select([*columns, *(c for c in optional if c in table.column_names)])
         # Column by column, each Arrow column freed once converted: the table is never held twice.
-        return table.to_pandas(split_blocks=True, self_destruct=True)
+        frame = table.to_pandas(split_blocks=True, self_destruct=True)
+        del table
+        # Arrow's allocator keeps freed pages for reuse; the conversion's are not needed again.
+        pa.default_memory_pool().release_unused()
+        return frame
     except (pa.ArrowException, OSError) as e:
         raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None

@@ -564,11 +564,14 @@ class TraceValidator:
             chunk = chunk.iloc[np.argsort(t, kind="stable")].reset_index(drop=True)
         if t.min() < self._last_timestamp:
             self.report.globally_unsorted = True
+        gaps = np.diff(np.sort(t))
+        if t.min() > self._last_timestamp > -np.inf:
+            # The gap across the chunk border counts too (with 1-row chunks it is the only one).
+            gaps = np.r_[t.min() - self._last_timestamp, gaps]
+        gaps = gaps[gaps > 0]
         self._last_timestamp = max(self._last_timestamp, float(t.max()))
         self._first_timestamp = min(self._first_timestamp, float(t.min()))
         self._whole_seconds &= bool(np.all(t == np.floor(t)))
-        gaps = np.diff(np.sort(t))
-        gaps = gaps[gaps > 0]
         self._gaps += len(gaps)
         self._long_gaps += int(np.count_nonzero(gaps >= MS_SUSPECT_MEDIAN_GAP_S))
         return chunk

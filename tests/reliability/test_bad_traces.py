@@ -51,6 +51,22 @@ def test_all_equal_timestamps_warn_and_training_refuses(tmp_path, capsys):
     assert "same timestamp" in capsys.readouterr().err and not (tmp_path / "ck").exists()
 
 
+def test_one_row_chunks_see_the_gaps_across_chunk_borders(tmp_path):
+    # Every gap of a trace read one row at a time crosses a chunk border.
+    good_frame().to_csv(tmp_path / "s.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["validate", f"data.path={tmp_path / 's.csv'}", "chunk_rows=1"]) == 0
+    good_frame().assign(timestamp=5.0).to_csv(tmp_path / "eq.csv", index=False)
+    with pytest.warns(UserWarning, match="same timestamp"):
+        assert main(["validate", f"data.path={tmp_path / 'eq.csv'}", "chunk_rows=1"]) == 0
+    good_frame().assign(timestamp=lambda f: (f.index * 100).astype(int)).to_csv(
+        tmp_path / "ms.csv", index=False
+    )
+    with pytest.warns(UserWarning, match="look like milliseconds"):
+        assert main(["validate", f"data.path={tmp_path / 'ms.csv'}", "chunk_rows=1"]) == 0
+
+
 def test_one_row_trace_validates_and_characterizes(tmp_path, capsys):
     good_frame(1).to_csv(tmp_path / "one.csv", index=False)
     assert main(["validate", f"data.path={tmp_path / 'one.csv'}"]) == 0

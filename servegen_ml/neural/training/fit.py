@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 
 from servegen_ml.core.configs import TRAINER_BASE, NeuralConfig
 from servegen_ml.core.errors import WorkerFinished
-from servegen_ml.core.interrupt import Terminated, raise_if_terminated
+from servegen_ml.core.interrupt import interrupt_of_lightning_exit
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.neural.data.events import StoreSource
 from servegen_ml.neural.data.normalizers import Normalizers
@@ -131,13 +131,10 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
         try:
             trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
         except SystemExit:
-            # Lightning turns ^C and SIGTERM into SystemExit(1); give the caller the interrupt back.
-            if not trainer_obj.interrupted:
+            interrupt = interrupt_of_lightning_exit(trainer_obj)
+            if interrupt is None:
                 raise
-            # A SIGTERM while the shards were set up came before Lightning installed its own handler.
-            raise_if_terminated()
-            sigterm = getattr(getattr(trainer_obj, "_signal_connector", None), "received_sigterm", False)
-            raise (Terminated if sigterm else KeyboardInterrupt)("training interrupted") from None
+            raise interrupt from None
         if trainer_obj.global_rank != 0:
             # A subprocess-launched DDP worker: training is its only job; its entry point exits 0.
             raise WorkerFinished(f"rank {trainer_obj.global_rank} finished training")
