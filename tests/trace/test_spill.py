@@ -70,14 +70,16 @@ def test_a_killed_run_leaves_no_spill_behind(tmp_path, sig):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
+    # Held open and already unlinked (where the OS cannot create it nameless, tempfile creates
+    # then unlinks it at once: a poll may land in between, so wait for the unlinked state).
     while (
-        not (held := _open_files_in(proc.pid, spill_dir))
+        not ((held := _open_files_in(proc.pid, spill_dir)) and all("(deleted)" in t for t in held))
         and proc.poll() is None
         and time.monotonic() < deadline
     ):
         time.sleep(0.02)
     assert held, "the run ended before spilling (make the trace longer)"
-    assert all("(deleted)" in t for t in held)  # unlinked from the start
+    assert all("(deleted)" in t for t in held)  # unlinked while in use
     proc.send_signal(sig)
     proc.wait(60)
     assert proc.returncode in {signal.SIGTERM: (143,), signal.SIGINT: (130,), signal.SIGKILL: (-9,)}[sig]
