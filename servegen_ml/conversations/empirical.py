@@ -83,6 +83,7 @@ from servegen_ml.conversations.turns import Turns
 from servegen_ml.core.checkpoint_checks import check_array
 from servegen_ml.core.clients import client_codes
 from servegen_ml.core.errors import CheckpointError, UserError
+from servegen_ml.core.memory import release_freed_memory
 from servegen_ml.core.metafile import read_meta
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.pool.empirical import FieldTable, build_field_table
@@ -410,7 +411,7 @@ def _read(path: Path) -> pd.DataFrame:
     try:
         # Column by column, each Arrow column freed once converted: the table is never held twice.
         table = pq.read_table(path).to_pandas(split_blocks=True, self_destruct=True)
-        pa.default_memory_pool().release_unused()  # the conversion's freed pages are not needed again
+        release_freed_memory()  # the conversion's freed pages are not needed again
     except (pa.ArrowException, OSError) as e:
         raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None
     for name in table.columns:

@@ -587,15 +587,8 @@ class _OpenConversations:
             setattr(self, name, np.insert(old, at, np.asarray(new).astype(old.dtype, copy=False)))
 
 
-_ENDED = np.dtype(
-    [
-        ("key", np.uint64),
-        ("client", np.int64),
-        ("position", np.int64),
-        ("t", np.float64),
-        ("output", np.int64),
-    ]
-)
+# A last-turn record with its conversation's key (the order the idle rule would close it in).
+_ENDED = np.dtype([("key", np.uint64), *_LAST_TURN.descr])
 
 
 class _EndedConversations:
@@ -606,9 +599,7 @@ class _EndedConversations:
 
     def __init__(self):
         self._file = None
-        self._chunks: collections.deque[tuple[int, int, float]] = (
-            collections.deque()
-        )  # (offset, count, min t)
+        self._chunks: collections.deque[tuple[int, int, float]] = collections.deque()  # offset, count, min t
         self._size = 0
         self._head = np.zeros(0, dtype=_ENDED)
 
@@ -616,13 +607,8 @@ class _EndedConversations:
         if len(key) == 0:
             return
         record = np.empty(len(key), dtype=_ENDED)
-        record["key"], record["client"], record["position"], record["t"], record["output"] = (
-            key,
-            client,
-            position,
-            t,
-            output,
-        )
+        for name, values in zip(_ENDED.names, (key, client, position, t, output), strict=True):
+            record[name] = values
         if self._file is None:
             self._file = tempfile.TemporaryFile(prefix="servegen-conversations-")
         self._file.seek(self._size * _ENDED.itemsize)

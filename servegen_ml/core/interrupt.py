@@ -45,15 +45,19 @@ def terminate_as_interrupt() -> Iterator[None]:
         _received.clear()
 
 
-def interrupt_of_lightning_exit(trainer) -> KeyboardInterrupt | None:
-    """The interrupt behind a Lightning Trainer's ``SystemExit`` (None: a real exit, re-raise it).
+def fit_interruptibly(trainer, *args, **kwargs) -> None:
+    """``trainer.fit(*args, **kwargs)`` of a Lightning Trainer, an interrupt given back as one.
 
-    Lightning turns ^C and SIGTERM during ``fit`` into ``SystemExit(1)``; the caller raises what this
-    returns instead, so the command unwinds and exits 130 or 143 like any other interrupt.
+    Lightning turns ^C and SIGTERM during ``fit`` into ``SystemExit(1)``; this raises
+    KeyboardInterrupt or :class:`Terminated` instead, so the command unwinds and exits 130 or
+    143 like any other interrupt. A real ``SystemExit`` passes through.
     """
-    if not getattr(trainer, "interrupted", False):
-        return None
-    # A SIGTERM that came before Lightning installed its own handler.
-    raise_if_terminated()
-    sigterm = getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False)
-    return (Terminated if sigterm else KeyboardInterrupt)("training interrupted")
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if not getattr(trainer, "interrupted", False):
+            raise
+        # A SIGTERM that came before Lightning installed its own handler.
+        raise_if_terminated()
+        sigterm = getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False)
+        raise (Terminated if sigterm else KeyboardInterrupt)("training interrupted") from None

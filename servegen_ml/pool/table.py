@@ -45,6 +45,7 @@ from servegen_ml.core.atomic import atomic_dir
 from servegen_ml.core.checkpoint_checks import check_ids, check_number, check_table, meta_field
 from servegen_ml.core.clients import client_codes
 from servegen_ml.core.errors import CheckpointError, UserError
+from servegen_ml.core.memory import release_freed_memory
 from servegen_ml.core.metafile import read_meta
 from servegen_ml.pool.empirical import FieldTable, build_field_table
 
@@ -386,8 +387,7 @@ def _read_parquet(path: Path, columns, optional=()) -> pd.DataFrame:
         # Column by column, each Arrow column freed once converted: the table is never held twice.
         frame = table.to_pandas(split_blocks=True, self_destruct=True)
         del table
-        # Arrow's allocator keeps freed pages for reuse; the conversion's are not needed again.
-        pa.default_memory_pool().release_unused()
+        release_freed_memory()  # the conversion's freed pages are not needed again
         return frame
     except (pa.ArrowException, OSError) as e:
         raise CheckpointError(f"{path}: corrupt Parquet ({e})") from None

@@ -29,7 +29,7 @@ from servegen_ml.conversations.neural.features import (
 )
 from servegen_ml.conversations.neural.heads import ConversationHeads
 from servegen_ml.core.configs import NeuralConfig
-from servegen_ml.core.interrupt import interrupt_of_lightning_exit
+from servegen_ml.core.interrupt import fit_interruptibly
 from servegen_ml.core.spec import DAY_S, TIME_RESOLUTION_S, WEEK_S
 from servegen_ml.neural.data.normalizers import frequent_values
 from servegen_ml.neural.training.fit import torch_threads, trainer_spec
@@ -233,13 +233,7 @@ def train_conversation_heads(
             num_sanity_val_steps=0,
             callbacks=[EarlyStopping(monitor=monitor, mode="min", patience=patience, strict=False)],
         )
-        try:
-            trainer_obj.fit(module, *loaders)
-        except SystemExit:
-            interrupt = interrupt_of_lightning_exit(trainer_obj)
-            if interrupt is None:
-                raise
-            raise interrupt from None
+        fit_interruptibly(trainer_obj, module, *loaders)
         if module.best_state is not None:
             heads.load_state_dict(module.best_state)
     weights = {k: v.detach().cpu().numpy() for k, v in heads.state_dict().items()}

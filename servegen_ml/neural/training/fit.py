@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 
 from servegen_ml.core.configs import TRAINER_BASE, NeuralConfig
 from servegen_ml.core.errors import WorkerFinished
-from servegen_ml.core.interrupt import interrupt_of_lightning_exit
+from servegen_ml.core.interrupt import fit_interruptibly
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.neural.data.events import StoreSource
 from servegen_ml.neural.data.normalizers import Normalizers
@@ -128,13 +128,7 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
         trainer_obj = _make_trainer(trainer, run_dir, monitor)
         ckpt_path = _resume_path(run_dir, trainer)
         started = time.perf_counter()
-        try:
-            trainer_obj.fit(module, datamodule=data, ckpt_path=ckpt_path)
-        except SystemExit:
-            interrupt = interrupt_of_lightning_exit(trainer_obj)
-            if interrupt is None:
-                raise
-            raise interrupt from None
+        fit_interruptibly(trainer_obj, module, datamodule=data, ckpt_path=ckpt_path)
         if trainer_obj.global_rank != 0:
             # A subprocess-launched DDP worker: training is its only job; its entry point exits 0.
             raise WorkerFinished(f"rank {trainer_obj.global_rank} finished training")
