@@ -52,7 +52,7 @@ def test_checkpoint_is_readable_loads_fast_and_without_torch(fitted, tmp_path):
         "means",
         "covariances",
     }
-    assert set(meta["normalizers"]) == {"mark_mean", "mark_std", "spikes", "max_count", "quantiles"}
+    assert set(meta["normalizers"]) == {"mark_mean", "mark_std", "spikes", "max_count"}
     weights = load_file(str(ck / "model.safetensors"))
     for k, v in weights.items():
         np.testing.assert_array_equal(v, fitted.state_.weights[k])

@@ -27,6 +27,7 @@ from servegen_ml.neural.data.chunks import (
     gather_batch,
     plan_lanes,
 )
+from servegen_ml.neural.data.client_marks import ClientMarks, fit_client_marks
 from servegen_ml.neural.data.events import EventStore, StoreSource
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
 from servegen_ml.neural.data.validation import ValidationBlocks
@@ -63,6 +64,7 @@ class PreparedData:
     train: Segments
     val: Segments
     norm: Normalizers
+    client_marks: ClientMarks  # each client's training marginals, where its head offsets start
     train_rates: np.ndarray  # (C, bins) req/s of training events (validation bins interpolated)
     train_level: np.ndarray  # (C, bins) rate level fitted on them
     rates: np.ndarray  # (C, bins) req/s of all events
@@ -108,6 +110,7 @@ def prepare_shard(
         train=train,
         val=val,
         norm=norm,
+        client_marks=fit_client_marks(store, norm, blocks).reduce(all_reduce),
         train_rates=train_rates,
         train_level=train_level,
         rates=rates,
