@@ -30,6 +30,7 @@ from servegen_ml.neural.data.chunks import (
 from servegen_ml.neural.data.client_marks import ClientMarks, fit_client_marks
 from servegen_ml.neural.data.events import EventStore, StoreSource
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
+from servegen_ml.neural.data.slots import spread_within_slots
 from servegen_ml.neural.data.validation import ValidationBlocks
 from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
 
@@ -88,6 +89,7 @@ def prepare_shard(
     """
     rank, world = rank_world()
     store = source.build(rank, world)
+    spread_within_slots(store, source.time_quantum_s)
     # Every statistic below is per client (zero rows for other ranks' clients) or a sum: the totals
     # over ranks are the whole trace's.
     train_rates = all_reduce(rate_curves(store, bin_s, span_s, blocks))

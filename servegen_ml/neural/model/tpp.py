@@ -204,12 +204,15 @@ class MarkedTPP(nn.Module):
         activity: Tensor | None = None,
         level: Tensor | None = None,
         offsets: Tensor | None = None,
+        slots: tuple[float, float] | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
         """Per-event log-likelihood parts (B, T) in ``compute_dtype`` of a batch (see data.chunks.gather_batch), and h_last.
 
         ``activity``, ``level`` and ``offsets`` (the heads' per-client offsets) are the tables
         ``batch["client"]`` indexes (default: the model's own clients). The time part is log P(gap in [g, g + 1 ms)) in real time, computed exactly as
-        the probability of that bin mapped into the client's unit time.
+        the probability of that bin mapped into the client's unit time. ``slots=(origin_s, quantum_s)``:
+        the events' times are spread within slots (data.slots); the time part is then the probability
+        that the event falls in its slot, given the previous event's (spread) time.
         """
         activity = self.activity if activity is None else activity
         offsets = self.heads.client_offsets.weight if offsets is None else offsets
@@ -219,7 +222,14 @@ class MarkedTPP(nn.Module):
         gm, gs = gap_mean.unsqueeze(1), gap_std.unsqueeze(1)
         t, t_prev = batch["time_s"], batch["x_time_s"]
         gap = unit.span(client, t_prev, t).clamp(min=0.0)
-        width = unit.span(client, t, t + TIME_RESOLUTION_S)
+        if slots is None:
+            lower, width, positive = gap, unit.span(client, t, t + TIME_RESOLUTION_S), batch["gap_s"] > 0
+        else:
+            origin, quantum = slots
+            start = origin + torch.floor((t - origin) / quantum) * quantum
+            after = torch.maximum(start, t_prev)
+            lower = unit.span(client, t_prev, after).clamp(min=0.0)
+            width, positive = unit.span(client, after, start + quantum), start > t_prev
         x_gap = unit.span(client, t_prev - batch["x_gap_s"], t_prev).clamp(min=0.0)
         x_gap = resolved_gap(torch, x_gap, batch["x_gap_s"], self.gap_resolution_s)
         read_gap = resolved_gap(torch, gap, batch["gap_s"], self.gap_resolution_s)
@@ -234,7 +244,7 @@ class MarkedTPP(nn.Module):
         proj = self.heads.project(states)
         off_t = off.unsqueeze(1)
         time_dist = self.gap_dist(self.heads.raw("time", proj, None, off_t))
-        parts = {"time": time_dist.log_prob_interval(gap, width, batch["gap_s"] > 0)}
+        parts = {"time": time_dist.log_prob_interval(lower, width, positive)}
         survival = self._survival(batch, read_gap, states, emb, gm, gs, y_marks, activity, unit, off)
         parts["time"] = parts["time"] + survival
         for m in self.layout.modalities:
