@@ -9,7 +9,7 @@ slot are spread over the slot, in their recorded order, at the order
 statistics of uniform draws (what a Poisson stream within the slot looks like).
 The model learns continuous gaps; its output is put back on the slots when
 generated. Scoring a slotted trace asks for each event's slot
-(:meth:`servegen_ml.neural.model.tpp.MarkedTPP.forward`, ``slot_s``).
+(:meth:`servegen_ml.neural.model.tpp.MarkedTPP.forward`, ``slots``).
 
 The draws are a hash of (client index, position in the client's stream), so the
 spread is the same for every seed, block size and DDP shard.
@@ -51,7 +51,7 @@ def _group_aligned_blocks(store: EventStore, quantum_s: float):
 
     def same_slot(i: int) -> bool:  # events i - 1 and i
         c = store.client_of(np.array([i - 1, i]))
-        s = np.round((np.array([time[i - 1], time[i]], dtype=np.float64) - origin) / quantum_s)
+        s = np.round((np.asarray(time[i - 1 : i + 1], dtype=np.float64) - origin) / quantum_s)
         return c[0] == c[1] and s[0] == s[1]
 
     lo = 0
