@@ -25,6 +25,7 @@ clients, head sizes, normalizers, burn-in, training summary).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -153,24 +154,28 @@ class NeuralConversationModel:
 
 
 def simulated_mean_turns(
-    model: NeuralConversationModel, openers: pd.DataFrame, marks, seed: int
+    model: NeuralConversationModel,
+    opener_counts: np.ndarray,
+    openers_at: Callable[[np.ndarray], pd.DataFrame],
+    marks,
+    seed: int,
 ) -> np.ndarray:
     """Mean turns per conversation of each client row (the last row: the opener-weighted mean over clients).
 
     Simulates the conversations of (up to SIMULATED_OPENERS per client of) the
-    training ``openers`` (timestamps on the learned timeline) with a fixed seed
-    (``marks``: the generator's follow-up marks), counting the turns that come
-    within ``burn_in_s`` of their opener: what the steady state of a sampled
-    window holds (the sampler opens conversations from that far back).
+    training openers (``opener_counts`` (population,) per client code;
+    ``openers_at(k)``, k (population,) lists of each client's k-th openers in
+    arrival order, gives those openers in arrival order, timestamps on the
+    learned timeline) with a fixed seed (``marks``: the generator's follow-up
+    marks), counting the turns that come within ``burn_in_s`` of their opener:
+    what the steady state of a sampled window holds (the sampler opens
+    conversations from that far back).
     """
     from servegen_ml.conversations.sampling import sample_follow_ups
 
     rng = np.random.default_rng(seed)
-    code = model.client_codes(openers["client_id"].astype(str).to_numpy(dtype=object))
-    rows = np.concatenate(
-        [rng.permutation(np.flatnonzero(code == c))[:SIMULATED_OPENERS] for c in range(model.population)]
-    )
-    chosen = openers.iloc[np.sort(rows)].reset_index(drop=True)
+    picked = [rng.permutation(int(opener_counts[c]))[:SIMULATED_OPENERS] for c in range(model.population)]
+    chosen = openers_at(picked)
     follow = sample_follow_ups(model, chosen, np.inf, 0.0, marks, rng, max_turns=SIMULATED_MAX_TURNS)
     offset_s = follow.timestamp - chosen["timestamp"].to_numpy(np.float64)[follow.conversation]
     counted = follow.conversation[offset_s < max(model.burn_in_s_, 0.0)]
@@ -179,5 +184,5 @@ def simulated_mean_turns(
     n = np.bincount(c, minlength=model.population)
     per_client = np.bincount(c, weights=turns, minlength=model.population) / np.maximum(n, 1)
     per_client = np.where(n > 0, per_client, 1.0)
-    opened = np.bincount(code, minlength=model.population).astype(np.float64)
+    opened = np.asarray(opener_counts, np.float64)
     return np.r_[per_client, (per_client * opened).sum() / max(opened.sum(), 1.0)]

@@ -468,7 +468,7 @@ class _Scatter:
                     return
         order = np.lexsort((chunk["timestamp"].to_numpy(), codes))
         c = codes[order]
-        rank = _rank_within(c)
+        rank = rank_within(c)
         pos = self.offsets[c] + self.filled[c] + rank
         item_sum = self._write_items(chunk, order, c, pos)
         inputs = chunk["input_tokens"].to_numpy(np.int64)[order]
@@ -512,7 +512,7 @@ class _Scatter:
             self.items[m][0][n] = self.item_offsets[m][-1]
 
 
-def _rank_within(sorted_codes: np.ndarray) -> np.ndarray:
+def rank_within(sorted_codes: np.ndarray) -> np.ndarray:
     """0, 1, 2, ... within each run of equal codes (codes sorted)."""
     idx = np.arange(len(sorted_codes))
     starts = np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]])

@@ -9,7 +9,7 @@
   grid of 1 / RATIO_SPIKE_SCALE;
 * per client: the empirical rate curve over the learned timeline (rate control).
 
-All passes run block by block, so memory-mapped stores are never loaded whole.
+All passes run block by block, so stores on disk are never loaded whole.
 """
 
 from __future__ import annotations
