@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from servegen_ml.conversations.empirical import conversation_roles
+from servegen_ml.conversations.empirical import MAX_BURN_IN_S, conversation_roles
 from servegen_ml.conversations.last_turns import mark_last_turns
 from servegen_ml.conversations.neural.table import TurnTableBuilder, build_turn_table
 from servegen_ml.neural.data.events import UnsortedChunksError
@@ -75,3 +75,63 @@ def test_rows_going_back_in_time_are_refused():
     chunks = [frame.iloc[50:100], frame.iloc[:50]]
     with pytest.raises(UnsortedChunksError, match="back in time"):
         build_turn_table(lambda: iter(chunks), mark_last_turns(iter(chunks)))
+
+
+@pytest.mark.parametrize("n", [384, 398])  # a whole number of batches, and a partial last one
+@pytest.mark.parametrize("exhaust", [False, True])  # stop at len() (as Lightning does), or run out
+def test_the_heads_shuffle_draws_like_a_shuffled_dataloader(n, exhaust):
+    import torch
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    from servegen_ml.conversations.neural.fit import _EpochShuffle, _whole_batch
+
+    class Rows(Dataset):
+        def __len__(self):
+            return n
+
+        def __getitems__(self, index):
+            return torch.as_tensor(np.asarray(index, np.int64))
+
+    def epochs(loader, unpack):
+        out = []
+        for _ in range(3):
+            it = iter(loader)
+            out.append([unpack(next(it)) for _ in range(len(loader))])
+            if exhaust:
+                assert next(it, None) is None
+        return out
+
+    g_old, g_new = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    old = DataLoader(TensorDataset(torch.arange(n)), batch_size=128, shuffle=True, generator=g_old)
+    new = DataLoader(
+        Rows(), batch_sampler=_EpochShuffle(n, 128, g_new), generator=g_new, collate_fn=_whole_batch
+    )
+    for a, b in zip(epochs(old, lambda batch: batch[0]), epochs(new, lambda batch: batch), strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+    assert torch.equal(g_old.get_state(), g_new.get_state())
+
+
+def test_turn_normalizers_in_blocks_agree_with_one_block(monkeypatch):
+    from servegen_ml.conversations.neural import fit
+    from servegen_ml.conversations.neural import table as table_module
+
+    trace = conversational_trace(seed=2, duration_s=3600.0)
+    chunks = _chunks(trace, 500)
+    table = build_turn_table(chunks, mark_last_turns(chunks()))
+    split_s = 0.8 * float(trace["timestamp"].max())
+    n_train = fit.training_rows(table, 0.0, split_s)
+    whole = fit.fit_turn_normalizers(table, 0.0, n_train, split_s, 3600.0, (0, 0))
+    monkeypatch.setattr(table_module, "BLOCK_ROWS", 37)
+    assert fit.training_rows(table, 0.0, split_s) == n_train
+    blocked = fit.fit_turn_normalizers(table, 0.0, n_train, split_s, 3600.0, (0, 0))
+    assert blocked.keys() == whole.keys()
+    for k, v in whole.items():
+        np.testing.assert_allclose(blocked[k], v, rtol=1e-12, err_msg=k)
+    # The burn-in (an order statistic of the follow-ups' opener-to-turn times) is exact in any blocks.
+    roles = conversation_roles(trace)
+    t = trace["timestamp"].to_numpy(np.float64)
+    follow = ~roles.is_opener
+    want = min(np.quantile(t[follow] - t[roles.opener_row[follow]], 0.99), MAX_BURN_IN_S)
+    monkeypatch.setattr(table_module, "BLOCK_ROWS", 1)
+    assert fit._burn_in_s(table, 0.0) == want > 0
