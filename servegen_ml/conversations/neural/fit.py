@@ -253,6 +253,10 @@ class _HeadInputs:
     norm: dict
 
 
+def _early_stopping(monitor: str, spec: dict) -> EarlyStopping:
+    return EarlyStopping(monitor=monitor, mode="min", patience=int(spec["patience"]), strict=False)
+
+
 def _whole_batch(batch):
     return batch
 
@@ -342,7 +346,9 @@ def train_conversation_heads(
             loaders.append(
                 DataLoader(val, batch_sampler=in_order, generator=val_generator, collate_fn=_whole_batch)
             )
-        patience = int(trainer_spec(trainer)["callbacks"]["early_stopping"]["patience"])
+        # The TPP's early stopping, or none where the trainer turns it off (callbacks.early_stopping: null).
+        stopping = trainer_spec(trainer)["callbacks"].get("early_stopping")
+        callbacks = [] if stopping is None else [_early_stopping(monitor, stopping)]
         trainer_obj = L.Trainer(
             accelerator=trainer.get("accelerator", "cpu"),
             devices=1,
@@ -352,7 +358,7 @@ def train_conversation_heads(
             enable_progress_bar=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            callbacks=[EarlyStopping(monitor=monitor, mode="min", patience=patience, strict=False)],
+            callbacks=callbacks,
         )
         fit_interruptibly(trainer_obj, module, *loaders)
         if module.best_state is not None:
