@@ -44,6 +44,7 @@ WEIGHTS_FILE, META_FILE = "conversation.safetensors", "conversation.json"
 FORMAT, VERSION = "servegen_ml.neural_conversation_model", 1
 # Simulating mean turns: openers per client, and the turn at which a simulated conversation is ended.
 SIMULATED_OPENERS, SIMULATED_MAX_TURNS = 2000, 500
+SIMULATED_BATCH = 1 << 15  # openers simulated at once
 
 
 class NeuralConversationModel:
@@ -176,10 +177,14 @@ def simulated_mean_turns(
     rng = np.random.default_rng(seed)
     picked = [rng.permutation(int(opener_counts[c]))[:SIMULATED_OPENERS] for c in range(model.population)]
     chosen = openers_at(picked)
-    follow = sample_follow_ups(model, chosen, np.inf, 0.0, marks, rng, max_turns=SIMULATED_MAX_TURNS)
-    offset_s = follow.timestamp - chosen["timestamp"].to_numpy(np.float64)[follow.conversation]
-    counted = follow.conversation[offset_s < max(model.burn_in_s_, 0.0)]
-    turns = 1.0 + np.bincount(counted, minlength=len(chosen))
+    turns = np.ones(len(chosen))
+    # In batches of openers (one random stream through them), so memory is set by the batch.
+    for lo in range(0, len(chosen), SIMULATED_BATCH):
+        part = chosen.iloc[lo : lo + SIMULATED_BATCH].reset_index(drop=True)
+        follow = sample_follow_ups(model, part, np.inf, 0.0, marks, rng, max_turns=SIMULATED_MAX_TURNS)
+        offset_s = follow.timestamp - part["timestamp"].to_numpy(np.float64)[follow.conversation]
+        counted = follow.conversation[offset_s < max(model.burn_in_s_, 0.0)]
+        turns[lo : lo + len(part)] += np.bincount(counted, minlength=len(part))
     c = model.client_codes(chosen["client_id"].astype(str).to_numpy(dtype=object))
     n = np.bincount(c, minlength=model.population)
     per_client = np.bincount(c, weights=turns, minlength=model.population) / np.maximum(n, 1)

@@ -32,7 +32,7 @@ from servegen_ml.conversations.last_turns import LastTurns, conversation_keys
 from servegen_ml.neural.data.events import DiskColumn, UnsortedChunksError
 
 # Rows per block when a pass reads the table back.
-BLOCK_ROWS = 4_000_000
+BLOCK_ROWS = 1 << 20
 
 TURN = np.dtype(
     [
