@@ -135,3 +135,25 @@ def test_turn_normalizers_in_blocks_agree_with_one_block(monkeypatch):
     want = min(np.quantile(t[follow] - t[roles.opener_row[follow]], 0.99), MAX_BURN_IN_S)
     monkeypatch.setattr(table_module, "BLOCK_ROWS", 1)
     assert fit._burn_in_s(table, 0.0) == want > 0
+
+
+def test_simulated_openers_come_in_batches_of_the_same_rows():
+    from servegen_ml.conversations.neural.fit import _openers_at
+
+    trace = conversational_trace(seed=1, duration_s=1800.0)
+    chunks = _chunks(trace, 1000)
+    table = build_turn_table(chunks, mark_last_turns(chunks()))
+    code = np.arange(len(table.labels))
+    counts = np.bincount(np.asarray(table.turn)["client"][np.asarray(table.turn)["position"] == 1])
+    picked = [np.random.default_rng(c).permutation(n)[: max(1, n // 2)] for c, n in enumerate(counts)]
+    whole = pd.concat(list(_openers_at(table, code, picked, 5.0, 10**9)), ignore_index=True)
+    assert len(whole) == sum(len(k) for k in picked)
+    # Each client's picked openers, in arrival order: its k-th opener for each picked rank k.
+    opener = trace.iloc[np.flatnonzero(conversation_roles(trace).is_opener)]
+    for c, label in enumerate(table.labels):
+        mine = opener[opener["client_id"].astype(str) == label]
+        want = np.sort(mine["timestamp"].to_numpy()[np.sort(picked[c])]) - 5.0
+        np.testing.assert_array_equal(whole.loc[whole["client_id"] == label, "timestamp"], want)
+    parts = list(_openers_at(table, code, picked, 5.0, 7))
+    assert all(len(p) == 7 for p in parts[:-1]) and 0 < len(parts[-1]) <= 7
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)

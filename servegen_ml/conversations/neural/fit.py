@@ -12,6 +12,7 @@ NLL per turn; the best epoch's weights are kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lightning as L
@@ -483,8 +484,8 @@ def fit_neural_conversations(table: TurnTable, state, follow_up_marks, config: N
         counts += np.bincount(code[turn["client"][turn["position"] == 1]], minlength=len(counts))
     counts = counts[: draft.population]
 
-    def openers_at(picked: list[np.ndarray]) -> pd.DataFrame:
-        return _openers_at(table, code, picked, origin_s)
+    def openers_at(picked: list[np.ndarray], batch: int) -> Iterator[pd.DataFrame]:
+        return _openers_at(table, code, picked, origin_s, batch)
 
     mean_turns = simulated_mean_turns(draft, counts, openers_at, follow_up_marks(draft), config.seed)
     summary["mean_turns_simulated"] = float(mean_turns[-1])
@@ -511,13 +512,16 @@ def _burn_in_s(table: TurnTable, origin_s: float) -> float:
 
 
 def _openers_at(
-    table: TurnTable, code: np.ndarray, picked: list[np.ndarray], origin_s: float
-) -> pd.DataFrame:
-    """The openers ``picked[c]`` (ranks among client code c's openers, in arrival order), in arrival order."""
+    table: TurnTable, code: np.ndarray, picked: list[np.ndarray], origin_s: float, batch: int
+) -> Iterator[pd.DataFrame]:
+    """The openers ``picked[c]`` (ranks among client code c's openers, in arrival order), in arrival order,
+    in frames of ``batch`` rows."""
     radix = table.rows + 1
     wanted = np.sort(np.concatenate([c * radix + np.asarray(k, np.int64) for c, k in enumerate(picked)]))
+    if len(wanted) == 0:
+        return
     seen = np.zeros(len(picked) + 1, dtype=np.int64)
-    parts = []
+    pending = np.zeros(0, TURN)
     for _, turn, _ in table.blocks():
         opener = turn[turn["position"] == 1]
         c = code[opener["client"]]
@@ -525,14 +529,22 @@ def _openers_at(
         rank = np.empty(len(c), dtype=np.int64)
         rank[by_client] = rank_within(c[by_client]) + seen[c[by_client]]
         seen += np.bincount(c, minlength=len(seen))
-        at = np.minimum(np.searchsorted(wanted, c * radix + rank), max(len(wanted) - 1, 0))
-        parts.append(opener[(wanted[at] == c * radix + rank)] if len(wanted) else opener[:0])
-    chosen = np.concatenate(parts) if parts else np.zeros(0, TURN)
+        key = c * radix + rank
+        at = np.minimum(np.searchsorted(wanted, key), len(wanted) - 1)
+        pending = np.concatenate([pending, opener[wanted[at] == key]])
+        while len(pending) >= batch:
+            yield _opener_frame(table, pending[:batch], origin_s)
+            pending = pending[batch:]
+    if len(pending):
+        yield _opener_frame(table, pending, origin_s)
+
+
+def _opener_frame(table: TurnTable, turns: np.ndarray, origin_s: float) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "client_id": np.asarray(table.labels, dtype=object)[chosen["client"]],
-            "timestamp": chosen["timestamp"] - origin_s,
-            "input_tokens": chosen["input_tokens"],
-            "output_tokens": chosen["output_tokens"],
+            "client_id": np.asarray(table.labels, dtype=object)[turns["client"]],
+            "timestamp": turns["timestamp"] - origin_s,
+            "input_tokens": turns["input_tokens"],
+            "output_tokens": turns["output_tokens"],
         }
     )
