@@ -51,7 +51,7 @@ def test_checkpoint_is_readable_loads_fast_and_without_torch(fitted, tmp_path):
         "means",
         "covariances",
     }
-    assert set(meta["normalizers"]) == {"mark_mean", "mark_std", "spikes", "max_count", "quantiles"}
+    assert set(meta["normalizers"]) == {"mark_mean", "mark_std", "spikes", "max_count"}
     weights = load_file(str(ck / "model.safetensors"))
     for k, v in weights.items():
         np.testing.assert_array_equal(v, fitted.state_.weights[k])
@@ -194,6 +194,11 @@ def test_a_trace_stamped_in_slots_is_generated_in_the_same_slots(trace, tmp_path
     spec = GenerationSpec.from_values(duration_s=600.0, seed=0)
     t = loaded.sample(spec, np.random.default_rng(0))["timestamp"].to_numpy()
     assert len(t) > 50 and np.all(np.mod(t, 2.0) == 0.0)
+    # Each event's time is scored as its slot: a probability, where a density at 1 ms bins of the
+    # spread times would be another number.
+    time_part = loaded.log_prob(slotted)["time"].to_numpy()
+    assert np.isfinite(time_part).all() and (time_part <= 0).all()
+    assert time_part.mean() > np.log(1e-3)
 
 
 def test_a_continuous_trace_has_no_slots(fitted):

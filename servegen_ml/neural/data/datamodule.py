@@ -27,8 +27,10 @@ from servegen_ml.neural.data.chunks import (
     gather_batch,
     plan_lanes,
 )
+from servegen_ml.neural.data.client_marks import ClientMarks, fit_client_marks
 from servegen_ml.neural.data.events import EventStore, StoreSource
 from servegen_ml.neural.data.normalizers import Normalizers, fit_normalizers, rate_curves
+from servegen_ml.neural.data.slots import spread_within_slots
 from servegen_ml.neural.data.validation import ValidationBlocks
 from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
 
@@ -63,6 +65,7 @@ class PreparedData:
     train: Segments
     val: Segments
     norm: Normalizers
+    client_marks: ClientMarks  # each client's training marginals, where its head offsets start
     train_rates: np.ndarray  # (C, bins) req/s of training events (validation bins interpolated)
     train_level: np.ndarray  # (C, bins) rate level fitted on them
     rates: np.ndarray  # (C, bins) req/s of all events
@@ -86,6 +89,7 @@ def prepare_shard(
     """
     rank, world = rank_world()
     store = source.build(rank, world)
+    spread_within_slots(store, source.time_quantum_s)
     # Every statistic below is per client (zero rows for other ranks' clients) or a sum: the totals
     # over ranks are the whole trace's.
     train_rates = all_reduce(rate_curves(store, bin_s, span_s, blocks))
@@ -108,6 +112,7 @@ def prepare_shard(
         train=train,
         val=val,
         norm=norm,
+        client_marks=fit_client_marks(store, norm, blocks).reduce(all_reduce),
         train_rates=train_rates,
         train_level=train_level,
         rates=rates,

@@ -33,8 +33,6 @@ MIN_GAP_LOG_STD = 0.5
 SPIKE_VALUE_LIMIT = 1 << 20
 # A value frequent within one client is a spike candidate once that client holds it this often.
 MIN_CLIENT_SPIKE_COUNT = 20
-# The quantile functions stored for initializing the heads' mixtures.
-QUANTILE_PROBS = np.linspace(0.0, 1.0, 33)
 
 
 @dataclass
@@ -46,8 +44,6 @@ class Normalizers:
     spikes: dict[str, list[int]]  # field -> sorted frequent exact values ("reasoning": ratio grid keys)
     max_count: dict[str, int]  # field -> largest value seen in training
     train_events: np.ndarray  # (C,) events per client before the split
-    # field -> log1p(count) at probabilities 0, 1/32, ..., 1 ("reasoning": logit of 0 < ratio < 1)
-    quantiles: dict[str, list[float]]
 
     def to_json(self) -> dict:
         return {
@@ -55,7 +51,6 @@ class Normalizers:
             "mark_std": self.mark_std,
             "spikes": self.spikes,
             "max_count": self.max_count,
-            "quantiles": self.quantiles,
         }
 
 
@@ -123,7 +118,7 @@ def fit_normalizers(
         gap = resolved_gap(np, gap, np.nan_to_num(t - prev), gap_resolution_s)
         ok = train & (store.offsets[client] != np.arange(lo, hi)) & (gap > 0)  # not a client's first
         gaps.add(np.log(gap[ok]), client[ok])
-        for f, values, owner in _field_values(store, lo, hi, train, client):
+        for f, values, owner in field_values(store, lo, hi, train, client):
             marks[f].add(np.log1p(values.astype(np.float64)))
             small = values[values < SPIKE_VALUE_LIMIT]
             hist[f] += np.bincount(small, minlength=SPIKE_VALUE_LIMIT)
@@ -131,7 +126,7 @@ def fit_normalizers(
             within_client[f].add(values, owner, complete_below=int(client[-1]))
             max_count[f] = max(max_count[f], int(values.max(initial=0)))
         if store.layout.has_reasoning:
-            keys, owner = _ratio_keys(store, lo, hi, train, client)
+            keys, owner = ratio_keys(store, lo, hi, train, client)
             ratio_hist += np.bincount(keys, minlength=len(ratio_hist))
             ratio_within_client.add(keys, owner, complete_below=int(client[-1]))
     client_share = {f: within_client[f].best_share() for f in fields}
@@ -145,7 +140,6 @@ def fit_normalizers(
         for moments in (gaps, *marks.values()):
             moments.n, moments.s, moments.ss = (reduce(x, "sum") for x in (moments.n, moments.s, moments.ss))
         spike_hist = {f: reduce(h, "sum") for f, h in spike_hist.items()}
-        hist = {f: spike_hist[f] for f in hist}
         max_count = {f: int(reduce(np.array([v]), "max")[0]) for f, v in max_count.items()}
         train_events = reduce(train_events, "sum")
     all_gaps = _Moments()
@@ -168,11 +162,10 @@ def fit_normalizers(
         },
         max_count=max_count,
         train_events=train_events,
-        quantiles=_quantiles(hist, spike_hist.get("reasoning")),
     )
 
 
-def _ratio_keys(store: EventStore, lo: int, hi: int, train: np.ndarray, client: np.ndarray):
+def ratio_keys(store: EventStore, lo: int, hi: int, train: np.ndarray, client: np.ndarray):
     """Grid keys of reasoning / output strictly inside (0, 1) (ratios 0 and 1 have their own masses),
     and their clients."""
     r = np.asarray(store.columns["reasoning"][lo:hi])[train].astype(np.int64)
@@ -181,22 +174,7 @@ def _ratio_keys(store: EventStore, lo: int, hi: int, train: np.ndarray, client: 
     return ratio_key(r[inside], o[inside]), client[train][inside]
 
 
-def _quantiles(hist: dict[str, np.ndarray], ratio_hist: np.ndarray | None) -> dict[str, list[float]]:
-    """Quantile functions (at QUANTILE_PROBS) of log1p(count) per field and of logit(ratio)."""
-    out = {}
-    for f, h in hist.items():
-        cdf = np.cumsum(h) / max(h.sum(), 1)
-        values = np.searchsorted(cdf, QUANTILE_PROBS.clip(1e-9, 1 - 1e-9))
-        out[f] = np.log1p(values.astype(np.float64)).tolist()
-    if ratio_hist is not None:
-        cdf = np.cumsum(ratio_hist) / max(ratio_hist.sum(), 1)
-        key = np.searchsorted(cdf, QUANTILE_PROBS.clip(1e-9, 1 - 1e-9))
-        x = np.clip(key / RATIO_SPIKE_SCALE, 0.5 / RATIO_SPIKE_SCALE, 1 - 0.5 / RATIO_SPIKE_SCALE)
-        out["reasoning"] = np.log(x / (1 - x)).tolist()
-    return out
-
-
-def _field_values(store: EventStore, lo: int, hi: int, train: np.ndarray, client: np.ndarray):
+def field_values(store: EventStore, lo: int, hi: int, train: np.ndarray, client: np.ndarray):
     """(field, training values, their clients) of every count field in events [lo, hi)."""
     client = client[train]
     for m in store.layout.modalities:

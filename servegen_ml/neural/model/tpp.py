@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.neural import features as F
+from servegen_ml.neural.data.client_marks import ClientMarks
 from servegen_ml.neural.data.events import MarkLayout
 from servegen_ml.neural.data.normalizers import Normalizers, activity_table
 from servegen_ml.neural.model.distributions import CountMixture, GapMixture, RatioMixture
@@ -98,33 +99,43 @@ class MarkedTPP(nn.Module):
             self.mark_mean.copy_(torch.tensor([norm.mark_mean[f] for f in self.fields]))
             self.mark_std.copy_(torch.tensor([norm.mark_std[f] for f in self.fields]))
 
-    def init_mixtures(self, norm: Normalizers) -> None:
-        """Start each mark head's mixture at the training marginal: component k centred on quantile (k + 1/2) / K.
+    def init_marks(self, marks: ClientMarks, norm: Normalizers) -> None:
+        """Start every head at the pooled training marginal (shared output biases) and each client's
+        offsets at its own (:mod:`servegen_ml.neural.data.client_marks`): category logits at log
+        shares, component k centred on quantile (k + 1/2) / K, as wide as its quantile interval.
 
-        Only the output biases change; a head still starts near this marginal for every history.
+        The time head gets its zero-gap logit only (its shape lives in rate-rescaled time).
         """
-        probs = np.linspace(0.0, 1.0, len(next(iter(norm.quantiles.values()))))
         for spec in self.heads.specs:
-            if spec.name not in norm.quantiles:
+            m = marks.heads.get(spec.name)
+            if m is None:
                 continue
+            pooled, client = m.category_logits()
+            if spec.name == "time":
+                self._set_head_start(spec.name, 0, pooled[1:] - pooled[:1], client[:, 1:] - client[:, :1])
+                continue
+            self._set_head_start(spec.name, 0, pooled, client)
             k = spec.n_components
-            mid = (np.arange(k) + 0.5) / k
-            q = np.interp(mid, probs, norm.quantiles[spec.name])
-            width = np.interp(mid + 0.5 / k, probs, norm.quantiles[spec.name]) - np.interp(
-                mid - 0.5 / k, probs, norm.quantiles[spec.name]
-            )
+            probs = np.concatenate([(np.arange(k) + 0.5) / k, np.arange(k + 1) / k])
+            pooled_q, client_q = m.quantiles(probs)
+            if np.isnan(pooled_q).any():  # no continuous values at all: every value is a spike
+                continue
             if spec.name in self.fields:
-                q, width = (
-                    (q - norm.mark_mean[spec.name]) / norm.mark_std[spec.name],
-                    width / norm.mark_std[spec.name],
-                )
-            with torch.no_grad():
-                bias = self.heads.out[spec.name].bias
-                bias[spec.loc_offset : spec.loc_offset + k] = torch.as_tensor(q, dtype=bias.dtype)
-                log_width = np.log(np.clip(width, 0.05, 2.0))
-                bias[spec.loc_offset + k : spec.loc_offset + 2 * k] = torch.as_tensor(
-                    log_width, dtype=bias.dtype
-                )
+                mean, std = norm.mark_mean[spec.name], norm.mark_std[spec.name]
+                pooled_q, client_q = (pooled_q - mean) / std, (client_q - mean) / std
+            self._set_head_start(
+                spec.name, spec.loc_offset, _components(pooled_q, k), _components(client_q, k)
+            )
+
+    def _set_head_start(self, name: str, at: int, pooled: np.ndarray, client: np.ndarray) -> None:
+        """Head ``name``'s raw parameters [at, at + n): the shared bias to ``pooled`` (n,), each
+        client's offsets so that bias + offset = its row of ``client`` (C, n)."""
+        first = self.heads.slices[name][0] + at
+        n = pooled.shape[-1]
+        bias, offsets = self.heads.out[name].bias, self.heads.client_offsets.weight
+        with torch.no_grad():
+            bias[at : at + n] = torch.as_tensor(pooled, dtype=bias.dtype)
+            offsets[:, first : first + n] = torch.as_tensor(client - pooled, dtype=offsets.dtype)
 
     def set_activity(self, rates, span_s: float) -> None:
         """Activity table from per-client empirical rates (C, bins) in req/s over the learned span [0, span_s)."""
@@ -193,12 +204,15 @@ class MarkedTPP(nn.Module):
         activity: Tensor | None = None,
         level: Tensor | None = None,
         offsets: Tensor | None = None,
+        slots: tuple[float, float] | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
         """Per-event log-likelihood parts (B, T) in ``compute_dtype`` of a batch (see data.chunks.gather_batch), and h_last.
 
         ``activity``, ``level`` and ``offsets`` (the heads' per-client offsets) are the tables
         ``batch["client"]`` indexes (default: the model's own clients). The time part is log P(gap in [g, g + 1 ms)) in real time, computed exactly as
-        the probability of that bin mapped into the client's unit time.
+        the probability of that bin mapped into the client's unit time. ``slots=(origin_s, quantum_s)``:
+        the events' times are spread within slots (data.slots); the time part is then the probability
+        that the event falls in its slot, given the previous event's (spread) time.
         """
         activity = self.activity if activity is None else activity
         offsets = self.heads.client_offsets.weight if offsets is None else offsets
@@ -208,7 +222,14 @@ class MarkedTPP(nn.Module):
         gm, gs = gap_mean.unsqueeze(1), gap_std.unsqueeze(1)
         t, t_prev = batch["time_s"], batch["x_time_s"]
         gap = unit.span(client, t_prev, t).clamp(min=0.0)
-        width = unit.span(client, t, t + TIME_RESOLUTION_S)
+        if slots is None:
+            lower, width, positive = gap, unit.span(client, t, t + TIME_RESOLUTION_S), batch["gap_s"] > 0
+        else:
+            origin, quantum = slots
+            start = origin + torch.floor((t - origin) / quantum) * quantum
+            after = torch.maximum(start, t_prev)
+            lower = unit.span(client, t_prev, after).clamp(min=0.0)
+            width, positive = unit.span(client, after, start + quantum), start > t_prev
         x_gap = unit.span(client, t_prev - batch["x_gap_s"], t_prev).clamp(min=0.0)
         x_gap = resolved_gap(torch, x_gap, batch["x_gap_s"], self.gap_resolution_s)
         read_gap = resolved_gap(torch, gap, batch["gap_s"], self.gap_resolution_s)
@@ -223,7 +244,7 @@ class MarkedTPP(nn.Module):
         proj = self.heads.project(states)
         off_t = off.unsqueeze(1)
         time_dist = self.gap_dist(self.heads.raw("time", proj, None, off_t))
-        parts = {"time": time_dist.log_prob_interval(gap, width, batch["gap_s"] > 0)}
+        parts = {"time": time_dist.log_prob_interval(lower, width, positive)}
         survival = self._survival(batch, read_gap, states, emb, gm, gs, y_marks, activity, unit, off)
         parts["time"] = parts["time"] + survival
         for m in self.layout.modalities:
@@ -274,3 +295,10 @@ class MarkedTPP(nn.Module):
         lp = self.count_dist(f"{m}_tokens", raw).log_prob(batch[f"items_{m}"].long())
         total = torch.zeros(b * t, dtype=lp.dtype, device=lp.device).index_add_(0, owner, lp)
         return total.reshape(b, t)
+
+
+def _components(q: np.ndarray, k: int) -> np.ndarray:
+    """(..., 2K) locations and log widths of K components from quantiles (..., 3K + 1) at the K
+    midpoints (k + 1/2) / K and the K + 1 edges k / K."""
+    width = np.diff(q[..., k:], axis=-1)
+    return np.concatenate([q[..., :k], np.log(np.clip(width, 0.05, 2.0))], -1)

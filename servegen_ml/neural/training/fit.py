@@ -110,7 +110,7 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
         torch.manual_seed(seed)
         tpp = MarkedTPP(**p.model)
         tpp.set_normalizers(p.norm)
-        tpp.init_mixtures(p.norm)
+        tpp.init_marks(p.client_marks, p.norm)
         tpp.set_activity(p.train_rates, span_s)
         tpp.set_rate_level(p.train_level)
         if p.val_events == 0:

@@ -25,9 +25,12 @@ def score_store(
     tpp: MarkedTPP,
     store: EventStore,
     clients: ClientTable,
+    quantum_s: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Log-likelihood parts per event in store order; ``clients``: per-client inputs indexed like
-    ``store.client_ids``."""
+    ``store.client_ids``. ``quantum_s`` > 0: the store's times are spread within slots of it
+    (data.slots) and each event's time is scored as its slot."""
+    slots = (store.window_start_s, quantum_s) if quantum_s > 0 else None
     segments = whole_segments(store)
     n_lanes = max(1, len(segments))
     chunk_len = int(np.clip(BATCH_EVENTS // n_lanes, 16, 1024))
@@ -43,7 +46,7 @@ def score_store(
         h0 = tpp.encoder.initial_state(emb)
         if h is not None:
             h0 = torch.where(batch["reset"].unsqueeze(1), h0, h)
-        parts, h = tpp(batch, emb, gm, gs, h0, activity, level, offsets)
+        parts, h = tpp(batch, emb, gm, gs, h0, activity, level, offsets, slots)
         mask = batch["mask"].numpy()
         idx = (plan.lo[:, step, None] + np.arange(chunk_len)[None, :])[mask]
         for name, value in parts.items():

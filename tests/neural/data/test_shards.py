@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from servegen_ml.neural.data.chunks import Segments, gather_batch, plan_lanes
+from servegen_ml.neural.data.client_marks import fit_client_marks
 from servegen_ml.neural.data.datamodule import interleave, to_tensors
 from servegen_ml.neural.data.events import StoreSource, shard_owner
 from servegen_ml.neural.data.normalizers import fit_normalizers, rate_curves
@@ -100,10 +101,14 @@ def test_statistics_summed_over_shards_equal_the_whole_stores(trace):
         np.testing.assert_allclose(norm.gap_log_std, want.gap_log_std, rtol=1e-6)
         np.testing.assert_array_equal(norm.train_events, want.train_events)
         assert norm.spikes == want.spikes and norm.max_count == want.max_count
-        assert norm.quantiles == want.quantiles
         for f in want.mark_mean:
             assert norm.mark_mean[f] == pytest.approx(want.mark_mean[f], rel=1e-12)
             assert norm.mark_std[f] == pytest.approx(want.mark_std[f], rel=1e-9)
+    # Client marginals: each client's rows come from its own shard, zeros elsewhere.
+    marks = [fit_client_marks(source.build(r, 2), want, blocks) for r in range(2)]
+    for name, m in fit_client_marks(whole, want, blocks).heads.items():
+        np.testing.assert_array_equal(sum(x.heads[name].categories for x in marks), m.categories)
+        np.testing.assert_array_equal(sum(x.heads[name].continuous for x in marks), m.continuous)
     # Rate curves: each client's row comes from its own shard, zeros elsewhere.
     curves = sum(rate_curves(source.build(r, 2), bin_s, span, blocks) for r in range(2))
     np.testing.assert_array_equal(curves, rate_curves(whole, bin_s, span, blocks))
