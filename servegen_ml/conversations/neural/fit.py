@@ -1,13 +1,17 @@
 """Train the neural conversation heads (:mod:`servegen_ml.conversations.neural.heads`) with Lightning.
 
-Every request of the trace is a turn that may be followed (roles from
-:func:`~servegen_ml.conversations.empirical.conversation_roles`; a conversation
-belongs to its opener's client). Time-based split (the latest ``val_fraction``
-of the span validates; the TPP's interleaved blocks are not used here): turns
-before ``split_s`` train, with the window ending at ``split_s`` (a successor
-after it is unseen, so that turn is censored there); later turns validate,
-with the window ending at the trace's end. Early stopping on the validation
-NLL per turn; the best epoch's weights are kept.
+Every request of the trace is a turn that may be followed (the turn table of
+:mod:`servegen_ml.conversations.neural.table`; a conversation belongs to its
+opener's client). Time-based split (the latest ``val_fraction`` of the span
+validates; the TPP's interleaved blocks are not used here): turns before
+``split_s`` train, with the window ending at ``split_s`` (a successor after it
+is unseen, so that turn is censored there); later turns validate, with the
+window ending at the trace's end. Early stopping on the validation NLL per
+turn; the best epoch's weights are kept.
+
+The table is never held whole: normalizers, burn-in and opener counts are
+passes over it in blocks, and every batch reads its rows from it (the same
+batches, in the same order, as shuffled in-memory arrays would give).
 """
 
 from __future__ import annotations
