@@ -378,15 +378,6 @@ class ConversationModel:
         return model
 
 
-def burn_in_s(t_s: np.ndarray, roles: ConversationRoles) -> float:
-    """The 99th percentile of opener-to-turn time over the follow-ups (at most MAX_BURN_IN_S; 0 without any)."""
-    follow = np.flatnonzero(~roles.is_opener)
-    if len(follow) == 0:
-        return 0.0
-    offset_s = t_s[follow] - t_s[roles.opener_row[follow]]
-    return float(min(np.quantile(offset_s, 0.99), MAX_BURN_IN_S))
-
-
 def _empirical_sf(table: FieldTable, group: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """P(V >= steps) under each group's empirical distribution."""
     entry_group = np.repeat(np.arange(table.n_groups), np.diff(table.group_start))
@@ -422,12 +413,3 @@ def _read(path: Path) -> pd.DataFrame:
                 values = values[table["follow_ups"].to_numpy() > 0]
             check_array(values, path, f"column {name}")
     return table
-
-
-def fit_conversation_roles(trace: pd.DataFrame) -> ConversationRoles | None:
-    """The trace's conversation roles, or None when there is nothing to model beyond single requests
-    (no ``conversation_id``, or every conversation has one turn)."""
-    if "conversation_id" not in trace.columns:
-        return None
-    roles = conversation_roles(trace)
-    return None if roles.is_opener.all() else roles

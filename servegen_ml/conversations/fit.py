@@ -290,13 +290,13 @@ class ConversationFitter:
             values, counts = outputs.result()
             cum = np.cumsum(counts)
             model.output_edges_ = np.unique(
-                _quantiles(
+                linear_quantiles(
                     lambda i: values[np.searchsorted(cum, i, side="right")].astype(np.float64), n, cuts
                 )
             )
         else:
             model.output_edges_ = np.zeros(0)
-        burn = _quantiles(lambda i: top[i - (n - len(top))], n, np.array([BURN_IN_QUANTILE]))[0]
+        burn = linear_quantiles(lambda i: top[i - (n - len(top))], n, np.array([BURN_IN_QUANTILE]))[0]
         model.burn_in_s_ = float(min(burn, MAX_BURN_IN_S))
 
         # Gap and new-token tables, each gap weighted for censoring.
@@ -391,7 +391,7 @@ class ConversationFitter:
 _POSITION_RADIX = 1 << 32
 
 
-def _quantiles(kth, n: int, qs: np.ndarray) -> np.ndarray:
+def linear_quantiles(kth, n: int, qs: np.ndarray) -> np.ndarray:
     """numpy's default (linear) quantiles of n sorted values, from a function giving the i-th of them."""
     virtual = (n - 1) * np.asarray(qs, dtype=np.float64)
     lo = np.floor(virtual)

@@ -75,7 +75,7 @@ class NeuralConfig:
     rate_bin_s: float = 600.0  # resolution of each client's empirical rate curve (rate control)
     segment_events: int = 256  # expected events per sampled stream segment (batch row)
     warmup_events: int = 32  # expected warm-up events discarded before each segment
-    store_dir: str | None = None  # a streamed trace file's memory-mapped columns (None: system temp dir)
+    store_dir: str | None = None  # a streamed trace file's event column files (None: system temp dir)
     conversation_batch: int = 128  # turns per batch when training the conversation heads
 
     def __post_init__(self):

@@ -20,7 +20,7 @@ sampling, upsampling modes and the ``conversation`` likelihood part follow
 :mod:`servegen_ml.conversations.likelihood` (docs/conversations.md).
 
 ``fit`` takes a canonical DataFrame, or a path to a trace file, which is
-streamed chunk by chunk into memory-mapped columns (``store_dir``, default a
+streamed chunk by chunk into event column files (``store_dir``, default a
 temporary directory) so traces larger than memory train; under DDP each rank
 builds only its clients' shard (:mod:`servegen_ml.neural.data.datamodule`).
 
@@ -36,6 +36,7 @@ A client unknown to the model is scored as the population's mean client.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -44,11 +45,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
-from servegen_ml.conversations.empirical import fit_conversation_roles
 from servegen_ml.conversations.likelihood import log_prob_with_conversations
 from servegen_ml.conversations.neural.marks import FollowUpMarks, follow_up_log_prob
 from servegen_ml.conversations.neural.model import NeuralConversationModel
@@ -66,10 +64,6 @@ from servegen_ml.neural.sampling import ClientTable, NumpyTPP, natural_rates, sa
 from servegen_ml.neural.state import NeuralState
 from servegen_ml.trace.io import TraceReader
 from servegen_ml.trace.validate import require_time_span
-
-# What the conversation heads learn from (conversations.neural.fit), and which of those are ids.
-TURN_COLUMNS = ("timestamp", "client_id", "conversation_id", "input_tokens", "output_tokens")
-ID_COLUMNS = ("client_id", "conversation_id")
 
 # Trace columns of each model part in log_prob's output.
 PART_COLUMNS = {
@@ -101,45 +95,55 @@ class NeuralGenerator(Generator):
         if not isinstance(trace, pd.DataFrame):
             return self.fit_file(trace, **read_options)
         require_time_span(trace)
-        roles = fit_conversation_roles(trace)
-        if roles is None:
+        if "conversation_id" not in trace.columns:
             self.conversations_ = None
             return self._fit_source(StoreSource(lambda: [trace]))
-        # Conversations: the point process learns the openers; the conversation heads the turns.
-        openers = trace.iloc[np.flatnonzero(roles.is_opener)].reset_index(drop=True)
-        self._fit_source(StoreSource(lambda: [openers]))
-        self._fit_conversations(trace, roles)
-        return self
+        # Conversations are chained in time order (the conversation heads' batches follow the rows' order).
+        t = trace["timestamp"].to_numpy(np.float64)
+        if (np.diff(t) < 0).any():
+            trace = trace.iloc[np.argsort(t, kind="stable")].reset_index(drop=True)
+        return self._fit_with_conversations(lambda: [trace], None)
 
     def fit_file(self, path: str | os.PathLike, **read_options) -> NeuralGenerator:
-        """Stream a trace file: its events go to memory-mapped columns (``store_dir``), never a DataFrame.
+        """Stream a trace file: its events go to column files (``store_dir``), never a DataFrame.
 
-        With conversations a first pass keeps five narrow columns per request (time, client, conversation,
-        input and output tokens) for the conversation heads; the point process streams the openers.
-        A file whose rows go back in time across chunks raises
+        With conversation ids a first pass marks each id's last turn and a second chains the turns into a
+        table on disk for the conversation heads (:mod:`servegen_ml.conversations.neural.table`); the point
+        process streams the openers. A file whose rows go back in time across chunks raises
         :class:`~servegen_ml.neural.data.events.UnsortedChunksError` (sort it, or fit the DataFrame).
         """
         chunks = TraceChunks(Path(path), read_options)
-        turns = conversation_turns(chunks())
-        roles = None if turns is None else fit_conversation_roles(turns)
         with tempfile.TemporaryDirectory(prefix="servegen-store-", dir=self.config_.store_dir) as tmp:
-            if roles is None:
+            if not _has_conversation_ids(chunks()):
                 self.conversations_ = None
                 source = StoreSource(chunks, tmp)
                 self.rows_fitted_ = source.n_events
                 return self._fit_source(source)
-            self._fit_source(StoreSource(_rows_of(chunks, roles.is_opener), tmp))
-        self._fit_conversations(turns, roles)
-        self.rows_fitted_ = len(turns)
-        return self
+            return self._fit_with_conversations(chunks, tmp)
 
-    def _fit_conversations(self, trace: pd.DataFrame, roles) -> None:
+    def _fit_with_conversations(self, chunks, directory: str | None) -> NeuralGenerator:
+        """The point process on the openers, then the conversation heads on every turn (``directory``: where
+        the event store and the turn table go; None: in memory)."""
+        from servegen_ml.conversations.last_turns import mark_last_turns
+        from servegen_ml.conversations.neural.table import build_turn_table
+
+        turns_dir = None if directory is None else Path(directory) / "turns"
+        table = build_turn_table(chunks, mark_last_turns(chunks()), turns_dir)
+        self.rows_fitted_ = table.rows
+        if table.follow_ups == 0:  # nothing to model beyond single requests
+            self.conversations_ = None
+            return self._fit_source(StoreSource(chunks, directory))
+        store_dir = None if directory is None else Path(directory) / "events"
+        self._fit_source(StoreSource(_rows_of(chunks, table.opener_mask), store_dir))
+        if store_dir is not None:
+            shutil.rmtree(store_dir)  # the openers' events are learned: free their disk
         # torch (fitting and scoring only) loads on first use, so loading and sampling never import it.
         from servegen_ml.conversations.neural.fit import fit_neural_conversations
 
         self.conversations_ = fit_neural_conversations(
-            trace, roles, self.state_, self._follow_up_marks, self.config_, self.trainer
+            table, self.state_, self._follow_up_marks, self.config_, self.trainer
         )
+        return self
 
     def _fit_source(self, source: StoreSource) -> NeuralGenerator:
         from servegen_ml.neural.training.fit import train_tpp  # torch
@@ -369,44 +373,20 @@ class TraceChunks:
             self.reported = True
 
 
-def conversation_turns(chunks: Iterable[pd.DataFrame]) -> pd.DataFrame | None:
-    """The columns the conversation model learns from, of every request (None without conversation ids).
-
-    Ids are dictionary-encoded (exact; ``conversation_id`` becomes a float code, NaN for none), so the
-    table holds numbers, not a Python object per request.
-    """
-    parts: dict[str, list] = {k: [] for k in TURN_COLUMNS}
+def _has_conversation_ids(chunks: Iterable[pd.DataFrame]) -> bool:
+    """Whether the trace has a ``conversation_id`` column (from its first chunk)."""
     for chunk in chunks:
-        if "conversation_id" not in chunk.columns:
-            return None
-        for k in TURN_COLUMNS:
-            column = chunk[k]
-            parts[k].append(
-                pa.array(column.to_numpy(), type=pa.string(), from_pandas=True) if k in ID_COLUMNS else column
-            )
-    if not parts["timestamp"]:
-        return None
-    out = {k: pd.concat(parts[k], ignore_index=True) for k in TURN_COLUMNS if k not in ID_COLUMNS}
-    for k in ID_COLUMNS:
-        ids = pa.chunked_array(parts[k], type=pa.string()).combine_chunks().dictionary_encode()
-        codes = pc.fill_null(ids.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        labels = ids.dictionary.to_numpy(zero_copy_only=False)
-        if k == "client_id":
-            out[k] = pd.Categorical.from_codes(codes, pd.Index(labels, dtype=object))
-        else:
-            # An empty id means no conversation, like a missing one (conversation_roles).
-            codes[np.isin(codes, np.flatnonzero(labels == ""))] = -1
-            out[k] = np.where(codes >= 0, codes.astype(np.float64), np.nan)
-    return pd.DataFrame(out)[list(TURN_COLUMNS)]
+        return "conversation_id" in chunk.columns
+    return False
 
 
-def _rows_of(chunks: Callable[[], Iterable[pd.DataFrame]], keep: np.ndarray):
-    """``chunks`` with only the rows (in file order) where ``keep`` is True."""
+def _rows_of(chunks: Callable[[], Iterable[pd.DataFrame]], keep: Callable[[int, int], np.ndarray]):
+    """``chunks`` with only the rows (in file order) where ``keep(first row, rows)`` is True."""
 
     def filtered() -> Iterator[pd.DataFrame]:
         row = 0
         for chunk in chunks():
-            mask = keep[row : row + len(chunk)]
+            mask = keep(row, len(chunk))
             row += len(chunk)
             yield chunk[mask].reset_index(drop=True)
 

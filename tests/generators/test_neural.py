@@ -11,11 +11,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from servegen_ml import pool
-from servegen_ml.conversations.empirical import conversation_roles
 from servegen_ml.core.config import compose
 from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.generators.base import load_generator
-from servegen_ml.generators.neural import NeuralGenerator, conversation_turns
+from servegen_ml.generators.neural import NeuralGenerator
 from servegen_ml.generators.training import fit_from_config
 from servegen_ml.trace.io import read_trace, write_trace
 from tests.factories import conversational_trace, synthetic_trace
@@ -181,26 +180,6 @@ def test_train_command_sorts_a_trace_unsorted_across_chunks_in_memory(tmp_path):
     with pytest.warns(UserWarning, match="read into memory for training: trace is not sorted"):
         metrics = fit_from_config(cfg)
     assert metrics["train_events"] == len(trace)
-
-
-def test_conversation_turns_chain_like_the_whole_frame_across_chunks():
-    ids = [None, "x", "", "y", "x", None, "y", "x"]
-    frame = pd.DataFrame(
-        {
-            "timestamp": np.arange(8.0),
-            "client_id": list("abababab"),
-            "conversation_id": ids,
-            "input_tokens": np.arange(8) + 10,
-            "output_tokens": np.ones(8, dtype=np.int64),
-        }
-    )
-    chunks = [frame.iloc[:1], frame.iloc[1:2], frame.iloc[2:]]  # the first chunk has no id at all
-    turns = conversation_turns(iter(chunks))
-    want, got = conversation_roles(frame), conversation_roles(turns)
-    np.testing.assert_array_equal(got.predecessor, want.predecessor)
-    np.testing.assert_array_equal(got.position, want.position)
-    assert turns["client_id"].astype(str).tolist() == list("abababab")
-    assert conversation_turns(iter([frame.drop(columns="conversation_id")])) is None
 
 
 def test_a_trace_stamped_in_slots_is_generated_in_the_same_slots(trace, tmp_path):

@@ -308,3 +308,11 @@ def test_without_conversations_the_neural_generator_is_unchanged():
     assert gen.conversations_ is None
     out = gen.sample(GenerationSpec(duration_s=600.0), np.random.default_rng(0))
     assert "conversation_id" not in out.columns and "conversation" not in gen.log_prob(trace).columns
+
+
+def test_conversation_heads_train_with_early_stopping_turned_off():
+    # trainer.callbacks.early_stopping=null turns it off for the point process and the conversation heads.
+    trace = conversational_trace(seed=3, duration_s=1200.0)
+    trainer = {**FAST, "max_epochs": 2, "callbacks": {"early_stopping": None}}
+    gen = NeuralGenerator(**TINY, chunk_len=32, lanes=16, trainer=trainer).fit(trace)
+    assert gen.conversations_.meta["training"]["epochs"] == 2

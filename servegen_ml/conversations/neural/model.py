@@ -25,6 +25,7 @@ clients, head sizes, normalizers, burn-in, training summary).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ WEIGHTS_FILE, META_FILE = "conversation.safetensors", "conversation.json"
 FORMAT, VERSION = "servegen_ml.neural_conversation_model", 1
 # Simulating mean turns: openers per client, and the turn at which a simulated conversation is ended.
 SIMULATED_OPENERS, SIMULATED_MAX_TURNS = 2000, 500
+SIMULATED_BATCH = 1 << 15  # openers simulated at once
 
 
 class NeuralConversationModel:
@@ -153,31 +155,39 @@ class NeuralConversationModel:
 
 
 def simulated_mean_turns(
-    model: NeuralConversationModel, openers: pd.DataFrame, marks, seed: int
+    model: NeuralConversationModel,
+    opener_counts: np.ndarray,
+    openers_at: Callable[[list[np.ndarray], int], Iterable[pd.DataFrame]],
+    marks,
+    seed: int,
 ) -> np.ndarray:
     """Mean turns per conversation of each client row (the last row: the opener-weighted mean over clients).
 
     Simulates the conversations of (up to SIMULATED_OPENERS per client of) the
-    training ``openers`` (timestamps on the learned timeline) with a fixed seed
-    (``marks``: the generator's follow-up marks), counting the turns that come
-    within ``burn_in_s`` of their opener: what the steady state of a sampled
-    window holds (the sampler opens conversations from that far back).
+    training openers with a fixed seed (``marks``: the generator's follow-up
+    marks), counting the turns that come within ``burn_in_s`` of their opener:
+    what the steady state of a sampled window holds (the sampler opens
+    conversations from that far back). ``opener_counts`` (population,): openers
+    per client code; ``openers_at(k, batch)``, k: each client code's ranks of
+    openers (in arrival order), gives those openers in arrival order (timestamps
+    on the learned timeline) in frames of ``batch`` rows, which are simulated one
+    after the other on one random stream, so memory is set by the batch.
     """
     from servegen_ml.conversations.sampling import sample_follow_ups
 
     rng = np.random.default_rng(seed)
-    code = model.client_codes(openers["client_id"].astype(str).to_numpy(dtype=object))
-    rows = np.concatenate(
-        [rng.permutation(np.flatnonzero(code == c))[:SIMULATED_OPENERS] for c in range(model.population)]
-    )
-    chosen = openers.iloc[np.sort(rows)].reset_index(drop=True)
-    follow = sample_follow_ups(model, chosen, np.inf, 0.0, marks, rng, max_turns=SIMULATED_MAX_TURNS)
-    offset_s = follow.timestamp - chosen["timestamp"].to_numpy(np.float64)[follow.conversation]
-    counted = follow.conversation[offset_s < max(model.burn_in_s_, 0.0)]
-    turns = 1.0 + np.bincount(counted, minlength=len(chosen))
-    c = model.client_codes(chosen["client_id"].astype(str).to_numpy(dtype=object))
-    n = np.bincount(c, minlength=model.population)
-    per_client = np.bincount(c, weights=turns, minlength=model.population) / np.maximum(n, 1)
-    per_client = np.where(n > 0, per_client, 1.0)
-    opened = np.bincount(code, minlength=model.population).astype(np.float64)
+    picked = [rng.permutation(int(opener_counts[c]))[:SIMULATED_OPENERS] for c in range(model.population)]
+    n = np.zeros(model.population + 1, dtype=np.int64)
+    total = np.zeros(model.population + 1)
+    for part in openers_at(picked, SIMULATED_BATCH):
+        follow = sample_follow_ups(model, part, np.inf, 0.0, marks, rng, max_turns=SIMULATED_MAX_TURNS)
+        offset_s = follow.timestamp - part["timestamp"].to_numpy(np.float64)[follow.conversation]
+        counted = follow.conversation[offset_s < max(model.burn_in_s_, 0.0)]
+        turns = 1.0 + np.bincount(counted, minlength=len(part))
+        c = model.client_codes(part["client_id"].astype(str).to_numpy(dtype=object))
+        n += np.bincount(c, minlength=len(n))
+        total += np.bincount(c, weights=turns, minlength=len(n))
+    n, total = n[: model.population], total[: model.population]
+    per_client = np.where(n > 0, total / np.maximum(n, 1), 1.0)
+    opened = np.asarray(opener_counts, np.float64)
     return np.r_[per_client, (per_client * opened).sum() / max(opened.sum(), 1.0)]

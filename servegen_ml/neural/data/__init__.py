@@ -1,4 +1,4 @@
-"""A trace as per-client event sequences (memory-mapped columns), chunks and normalizers.
+"""A trace as per-client event sequences (column files on disk), chunks and normalizers.
 
 Torch-free except :mod:`~servegen_ml.neural.data.datamodule`, which is not re-exported here.
 """

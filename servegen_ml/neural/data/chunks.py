@@ -180,12 +180,14 @@ def gather_batch(store: EventStore, plan: LanePlan, step: int, chunk_len: int) -
     prev = np.where(pos[None, :] == 0, plan.prev[:, step, None], idx - 1)
     prev = np.where(mask, prev, -1)
     client = plan.client[:, step]
-    time = store.columns["time_s"]
     start = prev < 0
     prev_safe = np.where(start, 0, prev)
     window_start = plan.window_start_s[:, step, None]
-    t = np.asarray(time[idx])
-    t_prev = np.where(start, window_start, np.asarray(time[prev_safe]))
+    # One read per column for all the rows a batch needs (a disk column maps its file per read).
+    t, t_prev, t_before = _take(store.columns["time_s"], idx, prev_safe, np.maximum(prev_safe - 1, 0))
+    t_prev = np.where(start, window_start, t_prev)
+    first = store.offsets[store.client_of(prev_safe)] == prev_safe
+    own_gap = np.maximum(t_prev - np.where(first, store.window_start_s, t_before), 0.0)
     out = {
         "client": client,
         "reset": plan.reset[:, step].copy(),
@@ -193,7 +195,7 @@ def gather_batch(store: EventStore, plan: LanePlan, step: int, chunk_len: int) -
         "time_s": t,
         "gap_s": np.where(mask, np.maximum(t - t_prev, 0.0), 0.0),
         "x_time_s": np.where(mask, t_prev, 0.0),
-        "x_gap_s": np.where(start, 0.0, _own_gap(store, prev_safe)),
+        "x_gap_s": np.where(start, 0.0, own_gap),
         "x_start": start & mask,
     }
     last = np.clip(length - 1, 0, None)
@@ -205,22 +207,21 @@ def gather_batch(store: EventStore, plan: LanePlan, step: int, chunk_len: int) -
     for name, col in store.columns.items():
         if name == "time_s":
             continue
-        y = np.asarray(col[idx])
+        y, x = _take(col, idx, prev_safe)
         out[f"y_{name}"] = np.where(mask, y, 0)
-        out[f"x_{name}"] = np.where(start | ~mask, 0, np.asarray(col[prev_safe]))
+        out[f"x_{name}"] = np.where(start | ~mask, 0, x)
     for m, (offsets, tokens) in store.items.items():
-        first = np.asarray(offsets[idx])[mask]
-        counts = np.asarray(offsets[idx + 1])[mask] - first
+        first, last = _take(offsets, idx[mask], idx[mask] + 1)
+        counts = last - first
         flat_owner = np.nonzero(mask.reshape(-1))[0]
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        out[f"items_{m}"] = np.asarray(tokens)[np.repeat(first, counts) + within].astype(np.int64)
+        out[f"items_{m}"] = np.asarray(tokens[np.repeat(first, counts) + within]).astype(np.int64)
         out[f"items_{m}_owner"] = np.repeat(flat_owner, counts)
     return out
 
 
-def _own_gap(store: EventStore, idx: np.ndarray) -> np.ndarray:
-    """Gap of each event since its client's previous event (or the store's window start)."""
-    time = store.columns["time_s"]
-    first = store.offsets[store.client_of(idx)] == idx
-    before = np.where(first, store.window_start_s, np.asarray(time[np.maximum(idx - 1, 0)]))
-    return np.maximum(np.asarray(time[idx]) - before, 0.0)
+def _take(column, *indices: np.ndarray) -> list[np.ndarray]:
+    """``column[i]`` for each index array, read at once."""
+    values = np.asarray(column[np.concatenate([i.reshape(-1) for i in indices])])
+    ends = np.cumsum([i.size for i in indices])[:-1]
+    return [v.reshape(i.shape) for v, i in zip(np.split(values, ends), indices)]

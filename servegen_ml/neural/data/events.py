@@ -1,10 +1,16 @@
-"""Canonical trace -> per-client event streams: client-major numpy columns, in memory or memory-mapped.
+"""Canonical trace -> per-client event streams: client-major numpy columns, in memory or on disk.
 
 An :class:`EventStore` holds every event of a trace grouped by client (client
 ``c`` owns rows ``offsets[c]:offsets[c + 1]``, sorted by time). It is built in
 two passes over an iterable of canonical chunks, so a trace larger than memory
-is streamed from Parquet into memory-mapped column files (one ``.npy`` each);
-an in-memory trace is the one-chunk case.
+is streamed from Parquet into column files (one ``.npy`` each, a
+:class:`DiskColumn`); an in-memory trace is the one-chunk case.
+
+A disk column is read and written by position: a range is read into a new
+array, a gather or scatter maps the file for that one operation only. No
+mapping outlives the access, so the process's resident set holds what a step
+uses, never the pages of the whole store (mapped pages count in it and would
+grow with the events).
 
 Rank shards (DDP): :class:`StoreSource` scans the trace once (clients, counts,
 window, marks) and builds the store of one rank's clients
@@ -22,7 +28,8 @@ items' tokens, 0 without items), plus the flat items in ``items[m]`` as
 
 from __future__ import annotations
 
-import json
+import mmap
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,18 +183,6 @@ class EventStore:
         """Client index of each event index."""
         return np.searchsorted(self.offsets, idx, side="right") - 1
 
-    def __getstate__(self):
-        # Memory-mapped stores travel to DDP workers as file names, not copies of the data.
-        state = dict(self.__dict__)
-        if self.directory is not None:
-            state["columns"], state["items"] = None, None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self.columns is None:
-            self.columns, self.items = _open_columns(self.directory, self.layout)
-
 
 def scan_chunks(chunks: Iterable[pd.DataFrame]) -> _LayoutScan:
     """Pass 1 over canonical, time-sorted chunks: clients and their counts, the span, which marks exist."""
@@ -230,7 +225,7 @@ def build_store(
     ``client_ids`` fixes the client index (ids not in it are appended in sorted
     order); ``layout``/``origin_s`` default to those detected from the trace.
     ``window`` is the observation window in trace timestamps (default: first and
-    last timestamp). With ``directory`` the columns are memory-mapped files there.
+    last timestamp). With ``directory`` the columns are files there (:class:`DiskColumn`).
     ``scan``: pass 1 already done (:func:`scan_chunks`). ``shard=(rank, world)``
     keeps only the events of the clients :func:`shard_owner` gives to ``rank``.
     """
@@ -259,8 +254,6 @@ def build_store(
     writer.finish()
     start = scan.first_s if window[0] is None else float(window[0])
     end = scan.last_s if window[1] is None else float(window[1])
-    if directory is not None:
-        _write_meta(Path(directory), layout)
     return EventStore(
         client_ids=ids,
         offsets=offsets,
@@ -280,7 +273,7 @@ class StoreSource:
 
     Everything every rank must agree on comes from the scan (clients, their
     counts, the window, the marks); :meth:`build` makes one rank's shard.
-    ``directory``: where shards' columns are memory-mapped (None: in memory).
+    ``directory``: where shards' column files go (None: in memory).
     """
 
     chunks: Callable[[], Iterable[pd.DataFrame]]
@@ -340,9 +333,7 @@ def _allocator(directory: str | Path | None):
         return lambda name, n, dtype: np.zeros(n, dtype=dtype)
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    return lambda name, n, dtype: np.lib.format.open_memmap(
-        root / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,)
-    )
+    return lambda name, n, dtype: DiskColumn.create(root / f"{name}.npy", dtype, n)
 
 
 def _column_dtypes(layout: MarkLayout) -> dict[str, type]:
@@ -367,17 +358,90 @@ def _allocate(alloc, n: int, layout: MarkLayout, item_offsets: dict[str, np.ndar
     return columns, items
 
 
-def _write_meta(root: Path, layout: MarkLayout) -> None:
-    (root / "layout.json").write_text(json.dumps(layout.to_dict()))
+class DiskColumn:
+    """A 1-D ``.npy`` file read and written by position, with no mapping kept (module docstring).
 
+    Indexing gives a new array: ``col[lo:hi]`` reads the range with ``pread``; ``col[idx]`` (an
+    integer array) maps the file, gathers and unmaps; ``col[idx] = values`` maps it writable, assigns
+    and unmaps (the written pages stay in the page cache, not in this process). Pickles as its path.
+    """
 
-def _open_columns(directory: Path, layout: MarkLayout):
-    def load(name):
-        return np.load(directory / f"{name}.npy", mmap_mode="r")
+    def __init__(self, path: Path, dtype: np.dtype, n: int, header: int):
+        self.path, self.dtype, self.n, self.header = Path(path), np.dtype(dtype), int(n), int(header)
 
-    columns = {name: load(name) for name in _column_dtypes(layout)}
-    items = {m: (load(f"{m}_item_offsets"), load(f"{m}_item_tokens")) for m in layout.modalities}
-    return columns, items
+    @classmethod
+    def create(cls, path: Path, dtype, n: int) -> DiskColumn:
+        """A zero-filled column of ``n`` values (a sparse file until written)."""
+        dtype = np.dtype(dtype)
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
+            )
+            header = f.tell()
+            f.truncate(header + n * dtype.itemsize)
+        return cls(path, dtype, n, header)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.n,)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[:]
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.n)
+            return self._read(start, max(start, stop)) if step == 1 else self._read(0, self.n)[key]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.n if key < 0 else 0)
+            if not 0 <= i < self.n:
+                raise IndexError(f"index {key} out of range for {self.path.name} ({self.n} values)")
+            return self._read(i, i + 1)[0]
+        idx = np.asarray(key)
+        if idx.size == 0 or self.n == 0:  # nothing to map (mmap refuses an empty file)
+            return np.zeros(0, self.dtype)[idx]
+        mapping = self._map(mmap.ACCESS_READ)
+        try:
+            # The array over the mapping is a temporary: gone before the mapping closes.
+            return self._over(mapping)[idx]
+        finally:
+            mapping.close()
+
+    def __setitem__(self, key, values) -> None:
+        if self.n == 0:
+            np.zeros(0, self.dtype)[key] = values  # only an empty key is valid; numpy says what is wrong
+            return
+        mapping = self._map(mmap.ACCESS_WRITE)
+        try:
+            self._over(mapping)[key] = values
+        finally:
+            mapping.close()
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        out = np.empty(hi - lo, self.dtype)
+        view, offset = memoryview(out).cast("B"), self.header + lo * self.dtype.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got == 0:
+                    raise OSError(f"{self.path} ends before value {hi} (a truncated store file)")
+                done += got
+        finally:
+            os.close(fd)
+        return out
+
+    def _map(self, access: int) -> mmap.mmap:
+        with open(self.path, "r+b" if access == mmap.ACCESS_WRITE else "rb") as f:
+            return mmap.mmap(f.fileno(), self.header + self.n * self.dtype.itemsize, access=access)
+
+    def _over(self, mapping: mmap.mmap) -> np.ndarray:
+        return np.frombuffer(mapping, self.dtype, count=self.n, offset=self.header)
 
 
 class _Scatter:
@@ -404,7 +468,7 @@ class _Scatter:
                     return
         order = np.lexsort((chunk["timestamp"].to_numpy(), codes))
         c = codes[order]
-        rank = _rank_within(c)
+        rank = rank_within(c)
         pos = self.offsets[c] + self.filled[c] + rank
         item_sum = self._write_items(chunk, order, c, pos)
         inputs = chunk["input_tokens"].to_numpy(np.int64)[order]
@@ -448,7 +512,7 @@ class _Scatter:
             self.items[m][0][n] = self.item_offsets[m][-1]
 
 
-def _rank_within(sorted_codes: np.ndarray) -> np.ndarray:
+def rank_within(sorted_codes: np.ndarray) -> np.ndarray:
     """0, 1, 2, ... within each run of equal codes (codes sorted)."""
     idx = np.arange(len(sorted_codes))
     starts = np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]])
@@ -478,6 +542,6 @@ def _row_sums_float(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def iter_blocks(n: int, block: int = 4_000_000) -> Iterator[tuple[int, int]]:
-    """(lo, hi) ranges covering [0, n) in blocks, for passes over memory-mapped columns."""
+    """(lo, hi) ranges covering [0, n) in blocks, for passes over disk columns."""
     for lo in range(0, n, block):
         yield lo, min(n, lo + block)

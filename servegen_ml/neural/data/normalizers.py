@@ -9,7 +9,7 @@
   grid of 1 / RATIO_SPIKE_SCALE;
 * per client: the empirical rate curve over the learned timeline (rate control).
 
-All passes run block by block, so memory-mapped stores are never loaded whole.
+All passes run block by block, so stores on disk are never loaded whole.
 """
 
 from __future__ import annotations
@@ -102,8 +102,6 @@ def fit_normalizers(
     ratio_within_client = _ClientShares(n_clients)
     train_events = np.zeros(n_clients, dtype=np.int64)
     time = store.columns["time_s"]
-    first_of_client = np.zeros(store.n_events + 1, dtype=bool)
-    first_of_client[store.offsets[:-1]] = True
     for lo, hi in iter_blocks(store.n_events):
         t = np.asarray(time[lo:hi])
         train = np.ones(len(t), dtype=bool) if validation is None else ~validation.is_validation(t)
@@ -118,7 +116,7 @@ def fit_normalizers(
         # Within one client the unit gap is positive exactly where the gap in seconds is.
         gap = np.where(t > prev, to_unit(client, t) - to_unit(prev_client, np.nan_to_num(prev)), 0.0)
         gap = resolved_gap(np, gap, np.nan_to_num(t - prev), gap_resolution_s)
-        ok = train & ~first_of_client[lo:hi] & (gap > 0)
+        ok = train & (store.offsets[client] != np.arange(lo, hi)) & (gap > 0)  # not a client's first
         gaps.add(np.log(gap[ok]), client[ok])
         for f, values, owner in field_values(store, lo, hi, train, client):
             marks[f].add(np.log1p(values.astype(np.float64)))
@@ -187,7 +185,7 @@ def field_values(store: EventStore, lo: int, hi: int, train: np.ndarray, client:
         idx = np.repeat(first[train], counts) + (
             np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         )
-        values = np.asarray(tokens)[idx] if len(idx) else np.zeros(0, dtype=np.int32)
+        values = np.asarray(tokens[idx]) if len(idx) else np.zeros(0, dtype=np.int32)
         yield f"{m}_tokens", values, np.repeat(client, counts)
     yield "input", np.asarray(store.columns["input"][lo:hi])[train], client
     yield "output", np.asarray(store.columns["output"][lo:hi])[train], client
