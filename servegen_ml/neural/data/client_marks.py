@@ -88,14 +88,12 @@ def fit_client_marks(
         edges = np.arange(-RATIO_LOGIT_MAX, RATIO_LOGIT_MAX + GRID_STEP / 2, GRID_STEP)
         heads["reasoning"] = _empty(n_clients, 3 + len(norm.spikes["reasoning"]), edges)
     time = store.columns["time_s"]
-    first_of_client = np.zeros(store.n_events + 1, dtype=bool)
-    first_of_client[store.offsets[:-1]] = True
     for lo, hi in iter_blocks(store.n_events):
         t = np.asarray(time[lo:hi])
         train = np.ones(len(t), dtype=bool) if validation is None else ~validation.is_validation(t)
         client = store.client_of(np.arange(lo, hi))
         prev = np.asarray(time[lo - 1 : hi - 1]) if lo > 0 else np.concatenate([[np.nan], t[:-1]])
-        has_gap = train & ~first_of_client[lo:hi]
+        has_gap = train & (store.offsets[client] != np.arange(lo, hi))  # not a client's first
         # Categories of the time head: (positive gap, simultaneous); only the zero share is used.
         _add(heads["time"].categories, client[has_gap], (t[has_gap] == prev[has_gap]).astype(np.int64))
         for f, values, owner in field_values(store, lo, hi, train, client):
