@@ -103,17 +103,13 @@ class MarkedTPP(nn.Module):
         """Start every head at the pooled training marginal (shared output biases) and each client's
         offsets at its own (:mod:`servegen_ml.neural.data.client_marks`): category logits at log
         shares, component k centred on quantile (k + 1/2) / K, as wide as its quantile interval.
-
-        The time head gets its zero-gap logit only (its shape lives in rate-rescaled time).
+        The time head keeps its generic start (data.client_marks says why).
         """
         for spec in self.heads.specs:
             m = marks.heads.get(spec.name)
             if m is None:
                 continue
             pooled, client = m.category_logits()
-            if spec.name == "time":
-                self._set_head_start(spec.name, 0, pooled[1:] - pooled[:1], client[:, 1:] - client[:, :1])
-                continue
             self._set_head_start(spec.name, 0, pooled, client)
             k = spec.n_components
             probs = np.concatenate([(np.arange(k) + 0.5) / k, np.arange(k + 1) / k])
