@@ -45,7 +45,12 @@ from servegen_ml.conversations.empirical import (
     POPULATION,
     ConversationModel,
 )
-from servegen_ml.conversations.last_turns import LastTurns, conversation_keys, pair_checksum
+from servegen_ml.conversations.last_turns import (
+    LastTurns,
+    conversation_keys,
+    pair_checksum,
+    runs_by_conversation,
+)
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.spec import TIME_RESOLUTION_S
 from servegen_ml.pool import bins
@@ -125,17 +130,9 @@ class ConversationFitter:
         if self.last_turns is not None:
             ends = self.last_turns.of(self.rows, n)
             self._checksum = (self._checksum + pair_checksum(key, has_id, self.rows)) % (1 << 64)
-        # Sorted by conversation (rows without an id alone), then arrival.
-        lone = np.where(has_id, 0, 1 + np.arange(n))
-        order = np.lexsort((np.arange(n), key, lone))
-        k, ts = key[order], t[order]
-        has = has_id[order]
-        same = np.r_[False, (k[1:] == k[:-1]) & has[1:] & has[:-1]]
         # The first row of an id may continue the open conversation with that id.
-        firsts = np.flatnonzero(~same & has)
-        found, pos = self._open.find(k[firsts])
-        open_pos = np.full(n, -1, dtype=np.int64)
-        open_pos[firsts[found]] = pos[found]
+        order, same, open_pos = runs_by_conversation(key, has_id, self._open.find)
+        k, ts, has = key[order], t[order], has_id[order]
         carried = open_pos >= 0
         prev_t = np.full(n, np.nan)
         prev_t[1:][same[1:]] = ts[:-1][same[1:]]
@@ -170,7 +167,7 @@ class ConversationFitter:
         carry_rows = carried & linked
         prev_in[carry_rows] = self._open.last_in[open_pos[carry_rows]]
         prev_out[carry_rows] = self._open.last_out[open_pos[carry_rows]]
-        self._open.drop(pos[found])
+        self._open.drop(open_pos[carried])
 
         # Follow-ups in the trace's row order (the order the in-memory fit sums them in).
         follow = np.flatnonzero(linked)

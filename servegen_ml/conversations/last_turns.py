@@ -45,6 +45,23 @@ def conversation_keys(chunk: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return has_id, key
 
 
+def runs_by_conversation(key: np.ndarray, has_id: np.ndarray, find_open) -> tuple[np.ndarray, ...]:
+    """A chunk's rows grouped for chaining: ``order`` sorts them by conversation (rows without an id
+    alone), then arrival; ``same[i]``: sorted row i continues row i - 1's id; ``open_pos[i]``: for
+    the first sorted row of an id, its position among the open conversations (``find_open(keys) ->
+    (found, pos)``), else -1."""
+    n = len(key)
+    lone = np.where(has_id, 0, 1 + np.arange(n))
+    order = np.lexsort((np.arange(n), key, lone))
+    k, has = key[order], has_id[order]
+    same = np.r_[False, (k[1:] == k[:-1]) & has[1:] & has[:-1]]
+    firsts = np.flatnonzero(~same & has)
+    found, pos = find_open(k[firsts])
+    open_pos = np.full(n, -1, dtype=np.int64)
+    open_pos[firsts[found]] = pos[found]
+    return order, same, open_pos
+
+
 def pair_checksum(key: np.ndarray, has_id: np.ndarray, first_row: int) -> int:
     """Sum (mod 2**64) of hash XOR row number over the rows with an id; rows number from ``first_row``."""
     rows = np.flatnonzero(has_id).astype(np.uint64) + np.uint64(first_row)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servegen_ml.conversations.last_turns import LastTurns, conversation_keys
+from servegen_ml.conversations.last_turns import LastTurns, conversation_keys, runs_by_conversation
 from servegen_ml.neural.data.events import DiskColumn, UnsortedChunksError
 
 # Rows per block when a pass reads the table back.
@@ -145,15 +145,9 @@ class TurnTableBuilder:
         out = chunk["output_tokens"].to_numpy(np.int64)
         has_id, key = conversation_keys(chunk)
         ends = self.last_turns.of(self.rows, n)
-        # By conversation (rows without an id alone), then arrival (the rows are in time order).
-        lone = np.where(has_id, 0, 1 + np.arange(n))
-        order = np.lexsort((np.arange(n), key, lone))
+        # By conversation, then arrival (the rows are in time order).
+        order, same, open_pos = runs_by_conversation(key, has_id, self._open.find)
         k, has = key[order], has_id[order]
-        same = np.r_[False, (k[1:] == k[:-1]) & has[1:] & has[:-1]]
-        firsts = np.flatnonzero(~same & has)
-        found, pos = self._open.find(k[firsts])
-        open_pos = np.full(n, -1, dtype=np.int64)
-        open_pos[firsts[found]] = pos[found]
         carried = open_pos >= 0
         seg_start = np.flatnonzero(~same)
         seg = np.cumsum(~same) - 1
@@ -203,7 +197,7 @@ class TurnTableBuilder:
         e = seg_end[stays]
         position = turn["position"][order]
         self._open.replace(
-            pos[found],
+            open_pos[carried],
             k[e],
             seg_client[stays],
             position[e],
