@@ -47,6 +47,7 @@ from servegen_ml.conversations.empirical import (
 )
 from servegen_ml.conversations.last_turns import (
     LastTurns,
+    OpenConversations,
     conversation_keys,
     pair_checksum,
     runs_by_conversation,
@@ -96,7 +97,12 @@ class ConversationFitter:
         self.follow_ups = 0
         self.t_max = -np.inf
         self._labels: dict[str, int] = {}  # client label -> code, in order of first opener
-        self._open = _OpenConversations()
+        # The one state of the fit that grows with the trace rather than the chunk: the conversations
+        # active within idle_s (client and turn as int32: 48 bytes each).
+        self._open = OpenConversations(
+            client=np.int32, position=np.int32, last_t=np.float64, last_in=np.int64, last_out=np.int64,
+            first_t=np.float64,
+        )  # fmt: skip
         self._ended = _EndedConversations()
         self._follow = _RecordStore(_FOLLOW_UP)
         self._last = _RecordStore(_LAST_TURN)
@@ -541,47 +547,6 @@ class _Counts(CountTable):
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         (keys,), sums = super().result()
         return keys, sums
-
-
-class _OpenConversations:
-    """Open conversations as arrays sorted by id hash (client and turn as int32: 48 bytes each).
-
-    This is the one state of the fit that grows with the trace rather than the chunk: the
-    conversations active within ``idle_s``. Inserting merges by position instead of re-sorting,
-    so a chunk costs one copy of one field at a time on top of it.
-    """
-
-    def __init__(self):
-        self.keys = np.zeros(0, dtype=np.uint64)
-        self.client = np.zeros(0, dtype=np.int32)
-        self.position = np.zeros(0, dtype=np.int32)
-        self.last_t = np.zeros(0)
-        self.last_in = np.zeros(0, dtype=np.int64)
-        self.last_out = np.zeros(0, dtype=np.int64)
-        self.first_t = np.zeros(0)
-
-    _FIELDS = ("keys", "client", "position", "last_t", "last_in", "last_out", "first_t")
-
-    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.keys) == 0:
-            return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return self.keys[pos] == keys, pos
-
-    def drop(self, pos: np.ndarray) -> None:
-        if len(pos) == 0:
-            return
-        keep = np.ones(len(self.keys), dtype=bool)
-        keep[pos] = False
-        for name in self._FIELDS:
-            setattr(self, name, getattr(self, name)[keep])
-
-    def insert(self, *columns) -> None:
-        """Add conversations whose keys (sorted, none open) are given first, then their fields."""
-        at = np.searchsorted(self.keys, columns[0])
-        for name, new in zip(self._FIELDS, columns, strict=True):
-            old = getattr(self, name)
-            setattr(self, name, np.insert(old, at, np.asarray(new).astype(old.dtype, copy=False)))
 
 
 # A last-turn record with its conversation's key (the order the idle rule would close it in).

@@ -62,6 +62,41 @@ def runs_by_conversation(key: np.ndarray, has_id: np.ndarray, find_open) -> tupl
     return order, same, open_pos
 
 
+class OpenConversations:
+    """Open conversations as arrays sorted by id hash: ``keys`` and one array per field (the state that
+    crosses chunks). Inserting merges by position instead of re-sorting, so a chunk costs one copy of
+    one field at a time."""
+
+    def __init__(self, **fields):
+        """``fields``: name -> dtype of each array kept beside the keys."""
+        self.fields = ("keys", *fields)
+        self.keys = np.zeros(0, dtype=np.uint64)
+        for name, dtype in fields.items():
+            setattr(self, name, np.zeros(0, dtype=dtype))
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(open?, position) of each key."""
+        if len(self.keys) == 0:
+            return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[pos] == keys, pos
+
+    def drop(self, pos: np.ndarray) -> None:
+        if len(pos) == 0:
+            return
+        keep = np.ones(len(self.keys), dtype=bool)
+        keep[pos] = False
+        for name in self.fields:
+            setattr(self, name, getattr(self, name)[keep])
+
+    def insert(self, *columns) -> None:
+        """Add conversations whose keys (sorted, none open) are given first, then their fields in order."""
+        at = np.searchsorted(self.keys, columns[0])
+        for name, new in zip(self.fields, columns, strict=True):
+            old = getattr(self, name)
+            setattr(self, name, np.insert(old, at, np.asarray(new).astype(old.dtype, copy=False)))
+
+
 def pair_checksum(key: np.ndarray, has_id: np.ndarray, first_row: int) -> int:
     """Sum (mod 2**64) of hash XOR row number over the rows with an id; rows number from ``first_row``."""
     rows = np.flatnonzero(has_id).astype(np.uint64) + np.uint64(first_row)

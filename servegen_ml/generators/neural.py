@@ -57,7 +57,6 @@ from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.stream import UnitSource, plain_plan
 from servegen_ml.neural.data.events import StoreSource, store_from_frame
-from servegen_ml.neural.data.slots import spread_within_slots
 from servegen_ml.neural.population import fit_population, nearest_clients
 from servegen_ml.neural.rate_level import flat_level
 from servegen_ml.neural.sampling import ClientTable, NumpyTPP, natural_rates, sample_trace, select_clients
@@ -245,7 +244,6 @@ class NeuralGenerator(Generator):
             origin_s=state.origin_s,
             window=(None, end),
         )
-        spread_within_slots(store, state.time_quantum_s)
         inputs = self._client_inputs(len(store.client_ids))
         with torch_threads(self.trainer.get("num_threads")):
             parts = score_store(self._torch_model(), store, inputs, state.time_quantum_s)

@@ -28,7 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servegen_ml.conversations.last_turns import LastTurns, conversation_keys, runs_by_conversation
+from servegen_ml.conversations.last_turns import (
+    LastTurns,
+    OpenConversations,
+    conversation_keys,
+    runs_by_conversation,
+)
 from servegen_ml.neural.data.events import DiskColumn, UnsortedChunksError
 
 # Rows per block when a pass reads the table back.
@@ -82,36 +87,6 @@ class TurnTable:
         return np.asarray(self.turn[start : start + n])["position"] == 1
 
 
-class _Open:
-    """Open conversations as arrays sorted by id hash (the state that crosses chunks)."""
-
-    FIELDS = ("keys", "client", "position", "row", "input", "output", "opener_t")
-
-    def __init__(self):
-        self.keys = np.zeros(0, dtype=np.uint64)
-        self.client = np.zeros(0, dtype=np.int64)
-        self.position = np.zeros(0, dtype=np.int64)
-        self.row = np.zeros(0, dtype=np.int64)  # the conversation's last row so far
-        self.input = np.zeros(0, dtype=np.int64)
-        self.output = np.zeros(0, dtype=np.int64)
-        self.opener_t = np.zeros(0)
-
-    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.keys) == 0:
-            return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return self.keys[pos] == keys, pos
-
-    def replace(self, drop: np.ndarray, *columns) -> None:
-        """Drop the conversations at positions ``drop``, then add the given ones (keys sorted, none open)."""
-        keep = np.ones(len(self.keys), dtype=bool)
-        keep[drop] = False
-        at = np.searchsorted(self.keys[keep], columns[0])
-        for name, new in zip(self.FIELDS, columns, strict=True):
-            old = getattr(self, name)[keep]
-            setattr(self, name, np.insert(old, at, np.asarray(new).astype(old.dtype, copy=False)))
-
-
 class TurnTableBuilder:
     """Chains time-sorted chunks into a :class:`TurnTable` (``rows``: the trace's row count, from the
     last-turn pass, which also gives the bitmap ``last_turns``)."""
@@ -129,7 +104,14 @@ class TurnTableBuilder:
         self.rows, self.follow_ups = 0, 0
         self.first_s, self.last_s = np.inf, -np.inf
         self._labels: dict[str, int] = {}
-        self._open = _Open()
+        self._open = OpenConversations(
+            client=np.int64,
+            position=np.int64,
+            row=np.int64,
+            input=np.int64,
+            output=np.int64,
+            opener_t=np.float64,
+        )  # row: the conversation's last row so far
 
     def add(self, chunk: pd.DataFrame) -> None:
         n = len(chunk)
@@ -196,8 +178,8 @@ class TurnTableBuilder:
         stays = has[seg_start] & ~ends[order[seg_end]]
         e = seg_end[stays]
         position = turn["position"][order]
-        self._open.replace(
-            open_pos[carried],
+        self._open.drop(open_pos[carried])
+        self._open.insert(
             k[e],
             seg_client[stays],
             position[e],

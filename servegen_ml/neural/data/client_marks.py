@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from servegen_ml.neural.data.events import EventStore, iter_blocks
-from servegen_ml.neural.data.normalizers import Normalizers, field_values, ratio_keys
+from servegen_ml.neural.data.normalizers import Normalizers, field_values
 from servegen_ml.neural.data.validation import ValidationBlocks
+from servegen_ml.neural.sampling.draws import ratio_key
 
 # Grid step of the continuous parts' histograms: log1p(count) or logit(ratio), ~10 % of a value.
 GRID_STEP = 0.1
@@ -95,10 +96,8 @@ def fit_client_marks(
         train = np.ones(len(t), dtype=bool) if validation is None else ~validation.is_validation(t)
         client = store.client_of(np.arange(lo, hi))
         for f, values, owner in field_values(store, lo, hi, train, client):
-            spikes = np.asarray(norm.spikes[f], dtype=np.int64)
-            slot = np.searchsorted(spikes, values).clip(max=max(len(spikes) - 1, 0))
-            hit = spikes[slot] == values if len(spikes) else np.zeros(len(values), dtype=bool)
-            category = np.where(hit, slot, len(spikes))
+            slot, hit = _spike_slots(norm.spikes[f], values)
+            category = np.where(hit, slot, len(norm.spikes[f]))
             _add(heads[f].categories, owner, category)
             _add_histogram(heads[f], owner[~hit], np.log1p(values[~hit].astype(np.float64)))
         if layout.has_reasoning:
@@ -114,15 +113,22 @@ def _add_reasoning(m: Marginals, store, lo, hi, train, client, spike_keys) -> No
     some = o > 0
     r, o, owner = r[some], o[some], owner[some]
     category = np.where(r == 0, 0, np.where(r == o, 1, 2))
-    keys, inside_owner = ratio_keys(store, lo, hi, train, client)
-    spikes = np.asarray(spike_keys, dtype=np.int64)
-    slot = np.searchsorted(spikes, keys).clip(max=max(len(spikes) - 1, 0))
-    hit = spikes[slot] == keys if len(spikes) else np.zeros(len(keys), dtype=bool)
     inside = category == 2
+    keys, inside_owner = ratio_key(r[inside], o[inside]), owner[inside]
+    slot, hit = _spike_slots(spike_keys, keys)
     category[np.nonzero(inside)[0][hit]] = 3 + slot[hit]
     _add(m.categories, owner, category)
     ratio = r[inside][~hit] / o[inside][~hit]
     _add_histogram(m, inside_owner[~hit], np.log(ratio / (1.0 - ratio)))
+
+
+def _spike_slots(spikes, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's index among the sorted ``spikes`` and whether it is one."""
+    spikes = np.asarray(spikes, dtype=np.int64)
+    if len(spikes) == 0:
+        return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
+    slot = np.searchsorted(spikes, values).clip(max=len(spikes) - 1)
+    return slot, spikes[slot] == values
 
 
 def _empty(n_clients: int, n_categories: int, edges: np.ndarray) -> Marginals:

@@ -126,7 +126,7 @@ def fit_normalizers(
             within_client[f].add(values, owner, complete_below=int(client[-1]))
             max_count[f] = max(max_count[f], int(values.max(initial=0)))
         if store.layout.has_reasoning:
-            keys, owner = ratio_keys(store, lo, hi, train, client)
+            keys, owner = _ratio_keys(store, lo, hi, train, client)
             ratio_hist += np.bincount(keys, minlength=len(ratio_hist))
             ratio_within_client.add(keys, owner, complete_below=int(client[-1]))
     client_share = {f: within_client[f].best_share() for f in fields}
@@ -165,7 +165,7 @@ def fit_normalizers(
     )
 
 
-def ratio_keys(store: EventStore, lo: int, hi: int, train: np.ndarray, client: np.ndarray):
+def _ratio_keys(store: EventStore, lo: int, hi: int, train: np.ndarray, client: np.ndarray):
     """Grid keys of reasoning / output strictly inside (0, 1) (ratios 0 and 1 have their own masses),
     and their clients."""
     r = np.asarray(store.columns["reasoning"][lo:hi])[train].astype(np.int64)

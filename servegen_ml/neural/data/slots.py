@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from servegen_ml.neural.data.events import EventStore, iter_blocks
+from servegen_ml.neural.data.events import EventStore
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+# Events read per block; a client's slot that runs past a block's end starts the next one.
+BLOCK_EVENTS = 4_000_000
 
 
 def spread_within_slots(store: EventStore, quantum_s: float) -> None:
@@ -29,48 +33,25 @@ def spread_within_slots(store: EventStore, quantum_s: float) -> None:
     multiples of ``quantum_s`` from the window start. The window end becomes the last slot's end."""
     if quantum_s <= 0 or store.n_events == 0:
         return
-    time = store.columns["time_s"]
-    origin = store.window_start_s
-    last_end = store.window_end_s
-    for lo, hi in _group_aligned_blocks(store, quantum_s):
-        t = np.asarray(time[lo:hi], dtype=np.float64)
-        client = store.client_of(np.arange(lo, hi))
-        slot = np.round((t - origin) / quantum_s)
-        u = _uniform(client, np.arange(lo, hi) - store.offsets[client])
-        # Events of one client and slot are contiguous: sorted uniforms within each run keep their order.
-        run = np.cumsum(np.concatenate([[True], (slot[1:] != slot[:-1]) | (client[1:] != client[:-1])]))
-        u_sorted = u[np.lexsort((u, run))]
-        time[lo:hi] = origin + (slot + u_sorted) * quantum_s
-        last_end = max(last_end, float(origin + (slot.max() + 1.0) * quantum_s))
-    store.window_end_s = last_end
-
-
-def _group_aligned_blocks(store: EventStore, quantum_s: float):
-    """Blocks of events that never cut one client's slot in two."""
     time, origin, n = store.columns["time_s"], store.window_start_s, store.n_events
-
-    def same_slot(i: int) -> bool:  # events i - 1 and i
-        c = store.client_of(np.array([i - 1, i]))
-        s = np.round((np.asarray(time[i - 1 : i + 1], dtype=np.float64) - origin) / quantum_s)
-        return c[0] == c[1] and s[0] == s[1]
-
-    lo = 0
-    for _, hi in iter_blocks(n):
-        if hi <= lo:
-            continue
-        if hi < n:
-            cut = hi
-            while cut > lo and same_slot(cut):
-                cut -= 1
-            if cut > lo:
-                hi = cut
-            else:  # one slot fills the block: take all of it
-                while hi < n and same_slot(hi):
-                    hi += 1
-        yield lo, hi
-        lo = hi
-    if lo < n:
-        yield lo, n
+    lo, block = 0, BLOCK_EVENTS
+    while lo < n:
+        hi = min(n, lo + block)
+        client = store.client_of(np.arange(lo, hi))
+        slot = np.round((np.asarray(time[lo:hi], dtype=np.float64) - origin) / quantum_s)
+        # Events of one client and slot are contiguous runs: sorted uniforms within each keep their order.
+        starts = np.flatnonzero(np.r_[True, (slot[1:] != slot[:-1]) | (client[1:] != client[:-1])])
+        if hi < n:  # the last run may go on past hi: it starts the next block
+            if len(starts) == 1:  # one run fills the block: read more
+                block *= 2
+                continue
+            hi = lo + int(starts[-1])
+            client, slot, starts = client[: hi - lo], slot[: hi - lo], starts[:-1]
+        run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, hi - lo]))
+        u = _uniform(client, np.arange(lo, hi) - store.offsets[client])
+        time[lo:hi] = origin + (slot + u[np.lexsort((u, run))]) * quantum_s
+        store.window_end_s = max(store.window_end_s, float(origin + (slot.max() + 1.0) * quantum_s))
+        lo, block = hi, BLOCK_EVENTS
 
 
 def _uniform(client: np.ndarray, position: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from servegen_ml.neural.data.chunks import gather_batch, plan_lanes, whole_segments
 from servegen_ml.neural.data.datamodule import to_tensors
 from servegen_ml.neural.data.events import EventStore
+from servegen_ml.neural.data.slots import spread_within_slots
 from servegen_ml.neural.model.tpp import MarkedTPP
 from servegen_ml.neural.sampling.segment_sampler import ClientTable
 
@@ -28,8 +29,10 @@ def score_store(
     quantum_s: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Log-likelihood parts per event in store order; ``clients``: per-client inputs indexed like
-    ``store.client_ids``. ``quantum_s`` > 0: the store's times are spread within slots of it
-    (data.slots) and each event's time is scored as its slot."""
+    ``store.client_ids``. ``quantum_s`` > 0 (a model that learned a slotted trace): the store's
+    times are spread within slots of it (in place, as for training: data.slots) and each event's
+    time is scored as the probability of its slot."""
+    spread_within_slots(store, quantum_s)
     slots = (store.window_start_s, quantum_s) if quantum_s > 0 else None
     segments = whole_segments(store)
     n_lanes = max(1, len(segments))

@@ -52,7 +52,7 @@ def test_events_are_spread_over_their_own_slot_in_recorded_order(slotted):
 def test_spread_is_the_same_for_every_block_size_and_shard(slotted, monkeypatch):
     whole, _ = _spread(slotted)
     want = np.asarray(whole.columns["time_s"]).copy()
-    monkeypatch.setattr(slots, "iter_blocks", lambda n: ((lo, min(n, lo + 7)) for lo in range(0, n, 7)))
+    monkeypatch.setattr(slots, "BLOCK_EVENTS", 7)
     small_blocks, _ = _spread(slotted)
     np.testing.assert_array_equal(np.asarray(small_blocks.columns["time_s"]), want)
     for rank in range(2):
