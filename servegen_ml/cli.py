@@ -20,7 +20,7 @@ import warnings
 
 from servegen_ml.core.config import compose
 from servegen_ml.core.errors import UserError, WorkerFinished
-from servegen_ml.core.interrupt import Terminated, raise_if_terminated, terminate_as_interrupt
+from servegen_ml.core.interrupt import Terminated, raise_if_interrupted, terminate_as_interrupt
 
 COMMANDS = {
     "validate": "check a trace against the canonical schema and summarize it",
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         with _plain_warnings(), terminate_as_interrupt():
             cfg = compose(command, args)
             status = int(module.run(cfg) or 0)
-            raise_if_terminated()  # a ^C or SIGTERM whose exception something swallowed
+            raise_if_interrupted()  # a ^C or SIGTERM whose exception something swallowed
             return status
     except WorkerFinished:
         return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from servegen_ml.core.errors import UserError
-from servegen_ml.core.interrupt import raise_if_terminated
+from servegen_ml.core.interrupt import raise_if_interrupted
 from servegen_ml.core.outputs import check_free_space, check_output_file
 from servegen_ml.core.progress import StepBar
 from servegen_ml.core.spec import GenerationSpec
@@ -90,7 +90,7 @@ def run(cfg) -> int:
         del gen  # with workers, only they hold the model (they load the checkpoint themselves)
         with WorkloadWriter(out, str(cfg.format), meta) as writer:
             for block in blocks:
-                raise_if_terminated()
+                raise_if_interrupted()
                 writer.write(block.frame, block.continues)
                 if summary is not None:
                     summary.add(block.frame)

@@ -30,7 +30,7 @@ def _raise_interrupt(signum, frame):
     raise _interrupt(signum)
 
 
-def raise_if_terminated() -> None:
+def raise_if_interrupted() -> None:
     """Raise :class:`Terminated` (SIGTERM) or KeyboardInterrupt (SIGINT) if one came: a handler's
     exception is lost when it fires inside a finalizer or a library that swallows it (a ^C during
     ``validate`` was: 6 of 80 runs exited 0), so long loops, commits and the CLI's exit check."""
@@ -41,7 +41,7 @@ def raise_if_terminated() -> None:
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` and SIGINT KeyboardInterrupt, each also
-    recorded for :func:`raise_if_terminated` (main thread only; a no-op elsewhere)."""
+    recorded for :func:`raise_if_interrupted` (main thread only; a no-op elsewhere)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -67,6 +67,6 @@ def fit_interruptibly(trainer, *args, **kwargs) -> None:
         if not getattr(trainer, "interrupted", False):
             raise
         # A SIGTERM that came before Lightning installed its own handler.
-        raise_if_terminated()
+        raise_if_interrupted()
         sigterm = getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False)
         raise (Terminated if sigterm else KeyboardInterrupt)("training interrupted") from None

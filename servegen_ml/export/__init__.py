@@ -17,7 +17,7 @@ import pandas as pd
 
 from servegen_ml.core.atomic import atomic_paths
 from servegen_ml.core.errors import UserError
-from servegen_ml.core.interrupt import raise_if_terminated
+from servegen_ml.core.interrupt import raise_if_interrupted
 from servegen_ml.core.outputs import check_free_space, check_output_file
 from servegen_ml.core.version import __version__
 from servegen_ml.export.formats import FORMATS
@@ -103,7 +103,7 @@ class WorkloadWriter:
     def __exit__(self, *exc) -> bool:
         try:
             if exc[0] is None:
-                raise_if_terminated()  # never commit a run whose SIGTERM was swallowed
+                raise_if_interrupted()  # never commit a run whose SIGTERM was swallowed
                 format_meta = self._writer.close()
                 _write_sidecar(
                     self._meta_tmp,

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from servegen_ml.core.interrupt import Terminated, raise_if_terminated, terminate_as_interrupt
+from servegen_ml.core.interrupt import Terminated, raise_if_interrupted, terminate_as_interrupt
 
 
 @pytest.mark.parametrize(("sig", "kind"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
@@ -17,6 +17,6 @@ def test_a_swallowed_signal_is_raised_again_by_the_check(sig, kind):
         except BaseException:  # what a finalizer or a library does
             pass
         with pytest.raises(kind) as caught:
-            raise_if_terminated()
+            raise_if_interrupted()
         assert type(caught.value) is kind
-    raise_if_terminated()  # nothing recorded outside the block
+    raise_if_interrupted()  # nothing recorded outside the block

@@ -8,9 +8,9 @@ offsets start at its own marginal instead: its category shares (spikes, the
 continuous part; the reasoning ratio's 0 and 1) and its continuous part's
 quantiles, each shrunk toward the pooled one by ``PRIOR_EVENTS``. The heads'
 shared biases start at the pooled marginal. The time head is left at its
-generic start: started at each client's share of simultaneous arrivals, its
-held-out time likelihood came out 0.18 nats worse on the deepseek-r1 pool
-sample (6.80 vs 6.63, the same training otherwise).
+generic start: two per-client starts (its share of simultaneous arrivals; its
+components at the client's log unit-gap quantiles) each cost the deepseek-r1
+pool sample held-out time likelihood (0.18 and ~0.3 nats; docs/neural.md).
 
 One streamed pass after the normalizers (the spikes must be known); memory is
 clients x grid bins per field, never rows.
