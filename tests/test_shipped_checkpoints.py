@@ -96,18 +96,3 @@ def test_rate_control_reaches_a_constant_target(name, model):
         # 12,000 requests expected; bursty clients and conversations spread the count (the neural
         # checkpoints: 3-7 % sd over seeds, as their natural rate over 10 minutes).
         assert len(trace) / duration_s == pytest.approx(20.0, rel=0.2), f"start_s={start_s}"
-
-
-@pytest.mark.parametrize(
-    "name", [n for n in NAMES if (CHECKPOINTS / n / "neural" / "manifest.json").is_file()]
-)
-def test_neural_population_counts_every_client_once(name):
-    """The stored population is the one-point-per-client fit (scripts/refit_population.py), so that
-    ``clients=new:N`` looks like N random real clients, not N heavy ones."""
-    from servegen_ml.neural.population import fit_population
-
-    gen = loaded(CHECKPOINTS / name / "neural")
-    config = read_manifest(CHECKPOINTS / name / "neural")["config"]
-    want = fit_population(gen.state_.client_vectors(), config["population_components"], config["seed"])
-    np.testing.assert_allclose(gen.state_.population.means, want.means, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(gen.state_.population.weights, want.weights, rtol=1e-6, atol=1e-9)

@@ -73,7 +73,6 @@ class NeuralConfig:
     cold_start_events: int = 32
     seed: int = 0
     # -- after training and at sampling time
-    population_components: int = 4  # Gaussian mixture components over client embeddings (clients=new:N)
     rate_bin_s: float = 600.0  # resolution of each client's empirical rate curve (rate control)
     segment_events: int = 256  # expected events per sampled stream segment (batch row)
     warmup_events: int = 32  # expected warm-up events discarded before each segment

@@ -8,8 +8,8 @@ item, the input (text) tokens, the output tokens and the reasoning part
 (:mod:`servegen_ml.neural.model.tpp`). Training runs with Lightning on chunks of
 each client's stream (:mod:`servegen_ml.neural.training.fit`); sampling runs the
 trained step in numpy over many stream segments at once
-(:mod:`servegen_ml.neural.sampling.segment_sampler`); ``clients=new:N`` draws from a
-Gaussian mixture over the client vectors, every client counted once (as a random set of real clients looks).
+(:mod:`servegen_ml.neural.sampling.segment_sampler`); ``clients=new:N`` copies a random
+set of real clients (:func:`~servegen_ml.core.clients.source_clients`), each copy its own stream.
 
 Conversations (a trace with ``conversation_id`` and follow-ups): the
 point process learns the conversation openers, and conversation heads
@@ -30,7 +30,7 @@ starts at the trace's first event, whose client streams start from their
 initial state. Marks are scored in the model's conditioning order, so with
 multimodal items ``input_tokens`` is log P(text tokens | items) (equal to
 log P(input | items), as input = text + items) and ``total`` is the joint.
-A client unknown to the model is scored as the population's mean client.
+A client unknown to the model is scored as the mean client (the mean of the client vectors).
 """
 
 from __future__ import annotations
@@ -57,10 +57,9 @@ from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.base import Generator
 from servegen_ml.generators.stream import UnitSource, plain_plan
 from servegen_ml.neural.data.events import StoreSource, store_from_frame
-from servegen_ml.neural.population import fit_population, nearest_clients
 from servegen_ml.neural.rate_level import flat_level
 from servegen_ml.neural.sampling import ClientTable, NumpyTPP, natural_rates, sample_trace, select_clients
-from servegen_ml.neural.state import NeuralState
+from servegen_ml.neural.state import NeuralState, nearest_clients
 from servegen_ml.trace.io import TraceReader
 from servegen_ml.trace.validate import require_time_span
 
@@ -159,14 +158,8 @@ class NeuralGenerator(Generator):
             rate_bin_s=self.config_.rate_bin_s,
             origin_s=float(source.origin_s),
             span_s=result.span_s,
-            population=None,
             training=result.summary,
             time_quantum_s=source.time_quantum_s,
-        )
-        state.population = fit_population(
-            state.client_vectors(),
-            self.config_.population_components,
-            self.config_.seed,
         )
         self._set_state(state)
         return self
@@ -286,12 +279,12 @@ class NeuralGenerator(Generator):
     def _client_inputs(self, n_clients: int) -> ClientTable:
         """Per-client inputs (embedding, gap normalizer, activity, rate level, head offsets) per store client.
 
-        Clients the model never saw are the population's mean client, always active at its mean
+        Clients the model never saw are the mean client, always active at its mean
         rate, with the head offsets of the real client nearest to it.
         """
         state, w = self.state_, self.state_.weights
         known = len(state.client_ids)
-        extra = np.repeat(state.population.mean()[None, :], n_clients - known, axis=0)
+        extra = np.repeat(state.mean_client()[None, :], n_clients - known, axis=0)
         real = state.client_vectors()
         v = np.concatenate([real, extra])
         e = state.embedding_dim

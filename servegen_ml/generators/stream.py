@@ -36,6 +36,7 @@ import pandas as pd
 
 from servegen_ml.conversations.sampling import MarksFn, UpsamplePlan, conversations_from
 from servegen_ml.conversations.turns import TurnModel
+from servegen_ml.core.clients import source_clients
 from servegen_ml.core.errors import UserError
 from servegen_ml.core.memory import release_freed_memory
 from servegen_ml.core.spec import GenerationSpec
@@ -366,14 +367,14 @@ def pool_unit_source(pool, conversations, spec: GenerationSpec, rng: np.random.G
     """The source of a pool-based generator (naive, parametric): clients drawn once, openers per unit."""
     from servegen_ml.conversations.pool import pool_follow_up_marks, pool_natural_opener_rates
     from servegen_ml.conversations.sampling import conversation_plan
-    from servegen_ml.pool.sampling import sample_pool, select_clients
+    from servegen_ml.pool.sampling import sample_pool
 
     if conversations is None:
-        sources = select_clients(pool, spec.clients, rng)
+        sources = source_clients(pool.clients, spec.clients, rng)
         return UnitSource(plain_plan(spec), lambda sub, r: sample_pool(pool, sub, r, sources))
     rates = pool_natural_opener_rates(pool, spec) if spec.rate.kind in ("constant", "curve") else None
     plan = conversation_plan(spec, conversations, pool.span_s, rates)
-    sources = select_clients(pool, plan.opener_spec.clients, rng)
+    sources = source_clients(pool.clients, plan.opener_spec.clients, rng)
     return UnitSource(
         plan,
         lambda sub, r: sample_pool(pool, sub, r, sources),

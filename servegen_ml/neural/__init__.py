@@ -6,15 +6,13 @@
 * ``training/`` — torch: the Lightning module, :func:`train_tpp`, scoring;
 * ``sampling/`` — numpy only: the trained step, segment sampler and trace generation.
 
-:mod:`~servegen_ml.neural.features` (written once for numpy and torch),
-:mod:`~servegen_ml.neural.state` (the checkpoint files) and
-:mod:`~servegen_ml.neural.population` (the client population) are shared.
+:mod:`~servegen_ml.neural.features` (written once for numpy and torch) and
+:mod:`~servegen_ml.neural.state` (the checkpoint files) are shared.
 Only torch-free names are re-exported here, so sampling a checkpoint never
 imports torch (an import-linter contract checks it).
 """
 
-from servegen_ml.neural.population import ClientPopulation, fit_population
 from servegen_ml.neural.sampling import NumpyTPP, sample_trace
 from servegen_ml.neural.state import NeuralState
 
-__all__ = ["ClientPopulation", "NeuralState", "NumpyTPP", "fit_population", "sample_trace"]
+__all__ = ["NeuralState", "NumpyTPP", "sample_trace"]

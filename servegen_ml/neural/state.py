@@ -8,8 +8,8 @@ Files in the checkpoint directory:
   gaps are modelled in: :mod:`servegen_ml.neural.rate_level`);
 * ``clients.safetensors`` — per-client traffic and empirical rate curves;
 * ``neural.json`` — model constructor arguments (layout, spikes), sampling caps,
-  field normalizers, the client index, the timeline (origin, span), the client
-  population (Gaussian mixture) and the training summary.
+  field normalizers, the client index, the timeline (origin, span) and the training
+  summary.
 
 Loading reads these with ``safetensors.numpy`` and JSON only, so it does not
 import torch (that alone takes seconds); the torch model is rebuilt only to score.
@@ -35,7 +35,6 @@ from servegen_ml.core.checkpoint_checks import (
 from servegen_ml.core.errors import CheckpointError
 from servegen_ml.neural.data.events import MarkLayout
 from servegen_ml.neural.data.normalizers import flat_activity
-from servegen_ml.neural.population import ClientPopulation
 from servegen_ml.neural.sampling.draws import RATIO_SPIKE_SCALE
 
 MODEL_FILE, CLIENTS_FILE, META_FILE = "model.safetensors", "clients.safetensors", "neural.json"
@@ -53,7 +52,6 @@ class NeuralState:
     rate_bin_s: float
     origin_s: float  # trace timestamp of timeline position 0
     span_s: float  # learned span: positions [0, span_s)
-    population: ClientPopulation
     training: dict
     time_quantum_s: float = 0.0  # the slot the training trace's times are stamped in (0: none)
 
@@ -66,12 +64,16 @@ class NeuralState:
         return self.weights["embedding.weight"].shape[1]
 
     def client_vectors(self) -> np.ndarray:
-        """(C, E + 3): embedding, log-gap mean, log-gap std, log mean rate (the population's space)."""
+        """(C, E + 3): embedding, log-gap mean, log-gap std, log mean rate."""
         log_rate = np.log(np.maximum(self.traffic, 0.5) / self.span_s)
         w = self.weights
         return np.column_stack([w["embedding.weight"], w["gap_log_mean"], w["gap_log_std"], log_rate]).astype(
             np.float64
         )
+
+    def mean_client(self) -> np.ndarray:
+        """(E + 3,) the mean of :meth:`client_vectors`: stands for clients the model never saw."""
+        return self.client_vectors().mean(0)
 
     def flat_activity(self, log_rate: np.ndarray) -> np.ndarray:
         """Activity rows (N, bins) of clients known only by a mean log rate (new or unknown clients)."""
@@ -95,7 +97,6 @@ class NeuralState:
             "rate_bin_s": self.rate_bin_s,
             "origin_s": self.origin_s,
             "span_s": self.span_s,
-            "population": self.population.to_json(),
             "training": self.training,
             "time_quantum_s": self.time_quantum_s,
         }
@@ -120,7 +121,6 @@ class NeuralState:
             rate_bin_s=float(meta["rate_bin_s"]),
             origin_s=float(meta["origin_s"]),
             span_s=float(meta["span_s"]),
-            population=ClientPopulation.from_json(meta["population"]),
             training=meta["training"],
             time_quantum_s=float(meta.get("time_quantum_s", 0.0)),  # absent before it: no lattice
         )
@@ -138,7 +138,7 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
     for key in ("span_s", "rate_bin_s"):
         check_number(meta_field(meta, key, meta_path, (int, float)), meta_path, key, positive=True)
     check_number(meta_field(meta, "origin_s", meta_path, (int, float)), meta_path, "origin_s")
-    for key in ("normalizers", "population", "training", "max_count"):
+    for key in ("normalizers", "training", "max_count"):
         meta_field(meta, key, meta_path, dict)
     for name, value in meta["max_count"].items():
         check_number(value, meta_path, f"max_count.{name}", minimum=1)
@@ -234,3 +234,16 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
             raise CheckpointError(f"{clients_path}: tensor '{key}' is missing")
     check_array(clients["traffic"], clients_path, "traffic", shape=(n,), kind="i", minimum=0)
     check_array(clients["rate_curves"], clients_path, "rate_curves", shape=(n, None), minimum=0.0)
+
+
+def nearest_clients(real: np.ndarray, drawn: np.ndarray, block: int = 1024) -> np.ndarray:
+    """(N,) index of the real client vector (C, D) nearest to each drawn one (N, D), in units of the
+    real vectors' spread per dimension."""
+    scale = real.std(0) + 1e-6
+    a, b = real / scale, drawn / scale
+    a_sq = (a * a).sum(1)
+    out = np.empty(len(b), dtype=np.int64)
+    for lo in range(0, len(b), block):
+        # |b - a|^2 = |a|^2 - 2 a.b + |b|^2; |b|^2 is the same for every candidate.
+        out[lo : lo + block] = np.argmin(a_sq[None, :] - 2.0 * b[lo : lo + block] @ a.T, axis=1)
+    return out

@@ -25,41 +25,9 @@ from servegen_ml.compose import (
     segment_step_s,
     window_segments,
 )
-from servegen_ml.core.errors import UserError
-from servegen_ml.core.spec import ClientSpec, GenerationSpec, wrap_time
+from servegen_ml.core.clients import source_clients
+from servegen_ml.core.spec import GenerationSpec, wrap_time
 from servegen_ml.pool.table import ClientPool
-
-
-def select_clients(
-    pool: ClientPool, clients: ClientSpec, rng: np.random.Generator
-) -> tuple[np.ndarray, list[str]]:
-    """(pool codes of the source clients, output client ids) for a client spec."""
-    if clients.kind == "all":
-        return np.arange(pool.n_clients), list(pool.clients)
-    if clients.kind == "list":
-        codes = pool.client_codes(clients.ids)
-        unknown = [c for c, code in zip(clients.ids, codes, strict=True) if code == pool.n_clients]
-        if unknown:
-            raise UserError(
-                f"clients: unknown client ids {unknown[:5]}; this model has {pool.n_clients} clients "
-                f"(e.g. {', '.join(pool.clients[:5])})"
-            )
-        return codes, list(clients.ids)
-    return new_client_sources(pool.n_clients, clients.n, rng), [f"new-{i}" for i in range(clients.n)]
-
-
-def new_client_sources(n_clients: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Fitted clients that ``n`` new clients copy: a random set of real clients, not of requests.
-
-    Every fitted client is equally likely (so most new clients are small and a
-    few heavy, as in the real population; drawing in proportion to traffic
-    would make nearly all of them heavy). Each fitted client is copied
-    ``n // n_clients`` times, and a random subset of ``n % n_clients`` once
-    more: ``new:C`` reproduces the fitted population exactly.
-    """
-    whole = np.tile(np.arange(n_clients), n // n_clients)
-    rest = rng.choice(n_clients, size=n % n_clients, replace=False)
-    return rng.permutation(np.concatenate([whole, rest]))
 
 
 def sample_pool(
@@ -68,8 +36,9 @@ def sample_pool(
     rng: np.random.Generator,
     sources: tuple[np.ndarray, list[str]] | None = None,
 ) -> pd.DataFrame:
-    """``sources``: :func:`select_clients`' result drawn once for a whole spec (else drawn here)."""
-    src, names = sources if sources is not None else select_clients(pool, spec.clients, rng)
+    """``sources``: :func:`~servegen_ml.core.clients.source_clients`' result drawn once for a whole
+    spec (else drawn here)."""
+    src, names = sources if sources is not None else source_clients(pool.clients, spec.clients, rng)
     seg_start, seg_end = window_segments(
         spec.start_s, spec.duration_s, pool.rate_window_s, segment_step_s(spec.rate)
     )

@@ -265,7 +265,7 @@ def test_follow_up_marks_are_scored_with_the_distribution_they_are_drawn_from(fi
         assert np.mean(drawn <= q) == pytest.approx(pmf[: int(q) + 1].sum(), abs=0.02)
 
 
-def test_unseen_clients_use_the_population_mean_client(fitted):
+def test_new_clients_continue_conversations_as_the_mean_client(fitted):
     gen, _ = fitted
     out = gen.sample(GenerationSpec.from_values(duration_s=3600.0, clients="new:3"), np.random.default_rng(0))
     roles = conversation_roles(out)

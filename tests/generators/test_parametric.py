@@ -11,7 +11,6 @@ from servegen_ml.compose import interarrival as ia
 from servegen_ml.core.spec import TIME_RESOLUTION_S, GenerationSpec
 from servegen_ml.generators.parametric import ParametricGenerator
 from servegen_ml.pool import ClientPool
-from servegen_ml.pool.sampling import new_client_sources
 from servegen_ml.trace.schema import make_trace
 from tests.factories import gamma_arrivals, synthetic_trace
 
@@ -176,14 +175,6 @@ def test_client_selection(fitted_mixture):
     # New clients copy fitted ones uniformly (3 copies of each of the 6, 2 once more), not by traffic:
     # 20 of them send about 20/6 of the 6 clients' 6 req/s (a traffic-weighted draw would send ~23).
     assert 18 * 1.0 * 0.9 < len(new) / 1800.0 < (18 * 1.0 + 2 * 1.5) * 1.1
-
-
-def test_new_clients_are_a_random_set_of_real_clients():
-    rng = np.random.default_rng(0)
-    np.testing.assert_array_equal(np.sort(new_client_sources(7, 7, rng)), np.arange(7))
-    counts = np.bincount(new_client_sources(7, 30, rng), minlength=7)
-    assert counts.sum() == 30 and set(counts) == {4, 5}
-    assert len(set(new_client_sources(7, 3, rng))) == 3
 
 
 def test_poisson_time_likelihood_has_the_closed_form():

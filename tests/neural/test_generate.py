@@ -14,7 +14,6 @@ from servegen_ml.core.spec import GenerationSpec
 from servegen_ml.neural.data.events import store_from_frame
 from servegen_ml.neural.data.normalizers import fit_normalizers, rate_curves
 from servegen_ml.neural.model.tpp import MarkedTPP
-from servegen_ml.neural.population import fit_population
 from servegen_ml.neural.rate_level import fit_rate_level, unit_clock
 from servegen_ml.neural.sampling.generate import natural_rates, sample_trace
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
@@ -49,9 +48,8 @@ def model():
     weights = {k: v.numpy().copy() for k, v in tpp.state_dict().items()}
     state = NeuralState(
         kwargs, weights, norm.max_count, {}, list(store.client_ids), store.counts.astype(np.int64),
-        curves, BIN_S, 0.0, SPAN_S, None, {},
+        curves, BIN_S, 0.0, SPAN_S, {},
     )  # fmt: skip
-    state.population = fit_population(state.client_vectors(), 1, 0)
     return state, NumpyTPP(kwargs, weights, norm.max_count)
 
 
@@ -142,18 +140,24 @@ def test_a_clients_head_offsets_move_its_lengths_only(model):
     assert ratio.drop(c0).between(0.8, 1.25).all()
 
 
-def test_new_clients_take_the_offsets_of_real_clients(model):
+def test_new_clients_copy_every_part_of_real_clients(model):
+    from servegen_ml.core.clients import new_client_sources
     from servegen_ml.core.spec import ClientSpec
-    from servegen_ml.neural.population import nearest_clients
     from servegen_ml.neural.sampling.generate import select_clients
 
     state, _ = model
     offsets = np.random.default_rng(0).normal(size=state.weights["heads.client_offsets.weight"].shape)
     moved, _ = with_offsets(model, offsets)
-    table, _ = select_clients(moved, ClientSpec.parse("new:40"), np.random.default_rng(1))
-    real = moved.client_vectors()
-    drawn = np.clip(moved.population.sample(40, np.random.default_rng(1)), real.min(0), real.max(0))
-    assert (table.gap_mean >= real[:, -3].min()).all() and (table.gap_mean <= real[:, -3].max()).all()
-    nearest = nearest_clients(real, drawn)
-    np.testing.assert_array_equal(table.offsets, moved.weights["heads.client_offsets.weight"][nearest])
-    assert len(set(nearest.tolist())) > 1
+    n = 2 * len(state.client_ids) + 1
+    table, names = select_clients(moved, ClientSpec.parse(f"new:{n}"), np.random.default_rng(1))
+    source = new_client_sources(len(state.client_ids), n, np.random.default_rng(1))
+    assert names == [f"new-{i}" for i in range(n)]
+    w = moved.weights
+    for got, key in [
+        (table.embedding, "embedding.weight"), (table.gap_mean, "gap_log_mean"),
+        (table.gap_std, "gap_log_std"), (table.activity, "activity"),
+        (table.level, "rate_level"), (table.offsets, "heads.client_offsets.weight"),
+    ]:  # fmt: skip
+        np.testing.assert_array_equal(got, np.asarray(w[key])[source].astype(got.dtype), err_msg=key)
+    # Every client copied twice, one of them three times: a random set of clients, not of requests.
+    assert sorted(np.bincount(source).tolist()) == [2] * (len(state.client_ids) - 1) + [3]

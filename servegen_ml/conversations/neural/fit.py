@@ -431,8 +431,8 @@ def time_harmonics(state) -> tuple[int, int]:
 
 def client_rows(state) -> np.ndarray:
     """(C + 1, D) the heads' client inputs: client vectors standardized over clients (traffic-weighted),
-    then the population's mean client (for clients the model has never seen)."""
-    vectors = np.vstack([state.client_vectors(), state.population.mean()[None, :]])
+    then the mean client (for clients the model has never seen)."""
+    vectors = np.vstack([state.client_vectors(), state.mean_client()[None, :]])
     w = np.maximum(np.asarray(state.traffic, np.float64), 0.0) + 1e-9
     mean = (vectors[:-1] * w[:, None]).sum(0) / w.sum()
     std = np.sqrt((((vectors[:-1] - mean) ** 2) * w[:, None]).sum(0) / w.sum())
@@ -477,7 +477,7 @@ def fit_neural_conversations(table: TurnTable, state, follow_up_marks, config: N
         "burn_in_s": _burn_in_s(table, origin_s),
         "training": summary,
         "client_rows": "standardized (embedding, log-gap mean, log-gap std, log mean rate) per client; "
-        "the last row is the population's mean client",
+        "the last row is the mean client",
         "units": {"gap": "s, arrival to arrival", "new_tokens": "tokens", "burn_in_s": "s"},
     }
     weights = {**weights, "client_rows": rows, "mean_turns": np.ones(len(rows))}

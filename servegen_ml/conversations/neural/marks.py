@@ -17,7 +17,7 @@ TPP's); the reasoning part given prompt and output (TPP head).
 :func:`follow_up_log_prob` scores the TPP's parts of the same distributions
 with the torch model (the generator adds the output head's). Timeline
 positions are wrapped into the learned span in both. A client the model has
-never seen is the population's mean client.
+never seen is the mean client (the mean of the client vectors).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ each turn (:class:`~servegen_ml.conversations.turns.Turns`) from the
 heads of :mod:`servegen_ml.conversations.neural.heads`, evaluated in numpy
 (:mod:`servegen_ml.conversations.neural.numpy_heads`). A conversation belongs to its
 opener's client; a client the model has never seen (e.g. ``clients=new:N``)
-is the population's mean client (the traffic-weighted mean of the client
-vectors the heads read), as in the neural likelihood.
+is the mean client (the mean of the client vectors the heads read), as in
+the neural likelihood.
 
 ``mean_turns`` (rate accounting for constant and curve targets) is measured
 once at fit time per client by simulating the conversations of the

@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 
 from servegen_ml.compose import merge_streams, segment_multipliers
-from servegen_ml.core.errors import UserError
+from servegen_ml.core.clients import source_clients
 from servegen_ml.core.spec import ClientSpec, GenerationSpec
-from servegen_ml.neural.population import nearest_clients
-from servegen_ml.neural.rate_level import cumulative_table, flat_level, unit_time
+from servegen_ml.neural.rate_level import cumulative_table, unit_time
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
 from servegen_ml.neural.sampling.segment_sampler import (
     ClientTable,
@@ -32,7 +31,6 @@ from servegen_ml.neural.state import NeuralState
 
 GRID_STEP_S = 1.0  # resolution of the rate-control time change
 MAX_GRID_CELLS = 20_000
-MIN_GAP_STD = 0.05  # floor of a drawn client's log-gap std (a population draw can land near 0)
 
 
 def sample_trace(
@@ -105,44 +103,19 @@ def _run(tpp, window: _Window, multiplier, spec, span_s, rng, segment_events, wa
 
 
 def select_clients(state: NeuralState, clients: ClientSpec, rng):
-    """(ClientTable, output ids)."""
+    """(ClientTable, output ids): the fitted clients each output client copies (``new:N`` copies a
+    random set of real clients, :func:`~servegen_ml.core.clients.source_clients`)."""
+    idx, names = source_clients(state.client_ids, clients, rng)
     w = state.weights
-    if clients.kind in ("all", "list"):
-        if clients.kind == "all":
-            idx = np.arange(len(state.client_ids))
-        else:
-            index = {c: i for i, c in enumerate(state.client_ids)}
-            unknown = [c for c in clients.ids if c not in index]
-            if unknown:
-                raise UserError(
-                    f"clients: unknown client ids {unknown[:5]}; this model has {len(index)} clients "
-                    f"(e.g. {', '.join(state.client_ids[:5])})"
-                )
-            idx = np.array([index[c] for c in clients.ids], dtype=np.int64)
-        level = np.asarray(w["rate_level"], dtype=np.float64)[idx]
-        table = ClientTable(
-            w["embedding.weight"][idx],
-            w["gap_log_mean"][idx],
-            w["gap_log_std"][idx],
-            w["activity"][idx],
-            level,
-            w["heads.client_offsets.weight"][idx],
-        )
-        return table, [state.client_ids[i] for i in idx]
-    real = state.client_vectors()
-    # Within the real clients' range in every dimension, as a random set of real clients is: the
-    # mixture's tails (fitted to few points) would otherwise draw rates no real client has.
-    vec = np.clip(state.population.sample(clients.n, rng), real.min(0), real.max(0))
-    e = state.embedding_dim
-    activity = state.flat_activity(vec[:, e + 2])
-    level = flat_level(np.exp(vec[:, e + 2]), w["rate_level"].shape[1])
-    # A new client's own head offsets (its spikes, components, gap shape): those of the real client
-    # nearest to its drawn vector, so lengths spread over new clients as over real ones.
-    offsets = w["heads.client_offsets.weight"][nearest_clients(real, vec)]
     table = ClientTable(
-        vec[:, :e], vec[:, e], np.maximum(vec[:, e + 1], MIN_GAP_STD), activity, level, offsets
+        w["embedding.weight"][idx],
+        w["gap_log_mean"][idx],
+        w["gap_log_std"][idx],
+        w["activity"][idx],
+        np.asarray(w["rate_level"], dtype=np.float64)[idx],
+        w["heads.client_offsets.weight"][idx],
     )
-    return table, [f"new-{i}" for i in range(clients.n)]
+    return table, names
 
 
 def _subset(events: SampledEvents, keep: np.ndarray) -> SampledEvents:
