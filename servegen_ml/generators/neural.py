@@ -59,7 +59,7 @@ from servegen_ml.generators.stream import UnitSource, plain_plan
 from servegen_ml.neural.data.events import StoreSource, store_from_frame
 from servegen_ml.neural.rate_level import flat_level
 from servegen_ml.neural.sampling import ClientTable, NumpyTPP, natural_rates, sample_trace, select_clients
-from servegen_ml.neural.state import NeuralState, nearest_clients
+from servegen_ml.neural.state import NeuralState
 from servegen_ml.trace.io import TraceReader
 from servegen_ml.trace.validate import require_time_span
 
@@ -279,20 +279,21 @@ class NeuralGenerator(Generator):
     def _client_inputs(self, n_clients: int) -> ClientTable:
         """Per-client inputs (embedding, gap normalizer, activity, rate level, head offsets) per store client.
 
-        Clients the model never saw are the mean client, always active at its mean
-        rate, with the head offsets of the real client nearest to it.
+        Clients the model never saw are the mean client, always active at its mean rate, with no
+        head offsets: the heads' shared part, started at the pooled training marginals (the
+        baselines score an unseen client with the pooled distributions too). A real client's
+        offsets would score it as that client's sharp length distributions.
         """
         state, w = self.state_, self.state_.weights
         known = len(state.client_ids)
         extra = np.repeat(state.mean_client()[None, :], n_clients - known, axis=0)
-        real = state.client_vectors()
-        v = np.concatenate([real, extra])
+        v = np.concatenate([state.client_vectors(), extra])
         e = state.embedding_dim
         activity = np.concatenate([w["activity"], state.flat_activity(extra[:, e + 2])])
         known_level = np.asarray(w["rate_level"], dtype=np.float64)
         level = np.concatenate([known_level, flat_level(np.exp(extra[:, e + 2]), known_level.shape[1])])
         offsets = w["heads.client_offsets.weight"]
-        offsets = np.concatenate([offsets, offsets[nearest_clients(real, extra)]])
+        offsets = np.concatenate([offsets, np.zeros((len(extra), offsets.shape[1]), offsets.dtype)])
         return ClientTable(v[:, :e], v[:, e], np.maximum(v[:, e + 1], 0.05), activity, level, offsets)
 
     def _torch_model(self):

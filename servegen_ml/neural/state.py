@@ -234,16 +234,3 @@ def _check_state(directory: Path, meta: dict, weights: dict, clients: dict) -> N
             raise CheckpointError(f"{clients_path}: tensor '{key}' is missing")
     check_array(clients["traffic"], clients_path, "traffic", shape=(n,), kind="i", minimum=0)
     check_array(clients["rate_curves"], clients_path, "rate_curves", shape=(n, None), minimum=0.0)
-
-
-def nearest_clients(real: np.ndarray, drawn: np.ndarray, block: int = 1024) -> np.ndarray:
-    """(N,) index of the real client vector (C, D) nearest to each drawn one (N, D), in units of the
-    real vectors' spread per dimension."""
-    scale = real.std(0) + 1e-6
-    a, b = real / scale, drawn / scale
-    a_sq = (a * a).sum(1)
-    out = np.empty(len(b), dtype=np.int64)
-    for lo in range(0, len(b), block):
-        # |b - a|^2 = |a|^2 - 2 a.b + |b|^2; |b|^2 is the same for every candidate.
-        out[lo : lo + block] = np.argmin(a_sq[None, :] - 2.0 * b[lo : lo + block] @ a.T, axis=1)
-    return out

@@ -111,6 +111,12 @@ def test_unknown_clients_score_as_the_mean_client(fitted, trace):
     renamed["client_id"] = renamed["client_id"].astype(str).str.replace("c0", "stranger")
     lp = fitted.log_prob(renamed.reset_index(drop=True))
     assert np.isfinite(lp.to_numpy()).all()
+    # The mean client with no head offsets: the heads' shared part (started at the pooled marginals).
+    state = fitted.state_
+    table = fitted._client_inputs(len(state.client_ids) + 2)
+    np.testing.assert_array_equal(table.offsets[-2:], 0.0)
+    np.testing.assert_allclose(table.embedding[-1], state.client_vectors()[:, : state.embedding_dim].mean(0))
+    np.testing.assert_array_equal(table.offsets[:-2], state.weights["heads.client_offsets.weight"])
 
 
 def test_streamed_fit_from_parquet_resumes_from_last_checkpoint(trace, tmp_path):

@@ -263,6 +263,17 @@ def test_follow_up_marks_are_scored_with_the_distribution_they_are_drawn_from(fi
     drawn = ints["output_tokens"][no_items]
     for q in np.quantile(drawn, [0.25, 0.5, 0.75]):
         assert np.mean(drawn <= q) == pytest.approx(pmf[: int(q) + 1].sum(), abs=0.02)
+    # The reasoning part of the most frequent drawn output o: every split 0..o scored, against the draws.
+    o = int(np.bincount(drawn).argmax())
+    split = trace.iloc[: o + 2].copy()
+    split["output_tokens"] = np.r_[50, np.full(o + 1, o)]
+    split["reasoning_tokens"] = np.r_[0, np.arange(o + 1)]
+    part = gen._log_prob_follow_ups(split, np.arange(1, o + 2), before.take(np.arange(o + 1)), 1e5)
+    reasoning_pmf = np.exp(part["reasoning_tokens"].to_numpy())
+    got = ints["reasoning_tokens"][no_items & (ints["output_tokens"] == o)]
+    assert len(got) > 100 and reasoning_pmf.sum() == pytest.approx(1.0, abs=1e-3)
+    assert got.mean() == pytest.approx((np.arange(o + 1) * reasoning_pmf).sum(), abs=0.1 * o + 0.5)
+    assert np.mean(got == 0) == pytest.approx(reasoning_pmf[0], abs=0.05)
 
 
 def test_new_clients_continue_conversations_as_the_mean_client(fitted):

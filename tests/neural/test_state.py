@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from servegen_ml.core.errors import CheckpointError
 from servegen_ml.neural.sampling.draws import RATIO_SPIKE_SCALE
-from servegen_ml.neural.state import META_FILE, MODEL_FILE, NeuralState, nearest_clients
+from servegen_ml.neural.state import META_FILE, MODEL_FILE, NeuralState
 from tests.neural.test_generate import model  # noqa: F401 (fixture)
 
 
@@ -78,10 +78,3 @@ def test_a_bad_time_quantum_is_refused_and_an_absent_one_is_none(model, tmp_path
     (tmp_path / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="time_quantum_s"):
         NeuralState.load(tmp_path)
-
-
-def test_nearest_clients_in_units_of_the_spread():
-    # Dimension 1 spreads 100x more than dimension 0: distances count each in its own spread.
-    real = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 100.0]])
-    drawn = np.array([[0.9, 10.0], [0.1, 60.0], [0.4, -5.0]])
-    np.testing.assert_array_equal(nearest_clients(real, drawn, block=2), [1, 2, 0])

@@ -13,7 +13,7 @@ from servegen_ml.neural.data.events import store_from_frame
 from servegen_ml.neural.data.normalizers import fit_normalizers, rate_curves
 from servegen_ml.neural.model.tpp import MarkedTPP
 from servegen_ml.neural.rate_level import fit_rate_level, resolved_gap, unit_clock
-from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
+from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP, RowBias
 from servegen_ml.neural.sampling.segment_sampler import ClientTable
 from servegen_ml.neural.training import scoring
 from servegen_ml.trace.schema import make_trace
@@ -84,11 +84,12 @@ def test_features_gru_and_heads_match_torch(setup):
             np.testing.assert_allclose(h, states[:, step].numpy(), atol=1e-5)
         cond = torch.randn(states.shape[0], len(F.condition_names(store.layout)))
         proj_t, proj_n = tpp.heads.project(states[:, 4]), ntpp.project(h)
-        # Random per-row head offsets: both sides add the same slice of them.
+        # Random per-row head offsets: both sides add the same slice of them (numpy: with the biases).
         off = torch.randn(states.shape[0], tpp.heads.client_offsets.weight.shape[1])
+        bias = RowBias(ntpp.client_bias(off.numpy()), np.arange(states.shape[0]))
         for name in ntpp.head_names:
             np.testing.assert_allclose(
-                ntpp.raw(name, proj_n, cond.numpy(), off.numpy()),
+                ntpp.raw(name, proj_n, cond.numpy(), bias),
                 tpp.heads.raw(name, proj_t, cond, off).numpy(),
                 atol=1e-5,
             )

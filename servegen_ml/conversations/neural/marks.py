@@ -28,8 +28,7 @@ from servegen_ml.conversations.sampling import FollowUpContext
 from servegen_ml.core.spec import wrap_time
 from servegen_ml.neural import features as F
 from servegen_ml.neural.rate_level import unit_clock
-from servegen_ml.neural.sampling.draws import sample_ratio_tokens
-from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
+from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP, RowBias
 from servegen_ml.neural.sampling.segment_sampler import ClientTable
 
 
@@ -40,6 +39,7 @@ class FollowUpMarks:
         """``clients`` has one row per client of ``conversations`` (the NeuralConversationModel whose
         output head draws the output) and a last row for unseen clients."""
         self.tpp, self.clients, self.span_s, self.conversations = tpp, clients, float(span_s), conversations
+        self.bias = tpp.client_bias(clients.offsets)
 
     def __call__(self, context: FollowUpContext, rng: np.random.Generator) -> tuple[dict, dict]:
         tpp, layout = self.tpp, self.tpp.layout
@@ -57,7 +57,7 @@ class FollowUpMarks:
             start, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client
         )
         projected = tpp.project(tpp.gru_step(h, x, emb_gates))
-        offsets = self.clients.offsets[client]
+        bias = RowBias(self.bias, client)
         # The mark heads condition on the gap in the client's unit time (servegen_ml.neural.rate_level).
         to_unit = unit_clock(self.clients.level, tpp.activity_bin_s, tpp.activity_span_s)
         previous = np.asarray(context.previous_timeline_s, np.float64)
@@ -70,7 +70,7 @@ class FollowUpMarks:
         cond[:, 1] = gap <= 0
         lists, item_total = {}, np.zeros(n, dtype=np.int64)
         for m in layout.modalities:
-            counts, tokens, _ = tpp._sample_items(m, projected, offsets, cond, names, rng)
+            counts, tokens, _ = tpp.sample_items(m, projected, bias, cond, names, rng)
             lists[f"{m}_tokens"] = (counts, tokens)
             item_total += np.bincount(np.repeat(np.arange(n), counts), weights=tokens, minlength=n).astype(
                 np.int64
@@ -87,11 +87,7 @@ class FollowUpMarks:
         ints = {"output_tokens": output}
         if layout.has_reasoning:
             self._given(cond, names, "output", ints["output_tokens"])
-            raw = tpp.raw("reasoning", projected, cond, offsets).astype(np.float64)
-            logits, comp, loc, log_scale = F.split_params(raw, 3, tpp.km)
-            ints["reasoning_tokens"] = sample_ratio_tokens(
-                logits, comp, loc, log_scale, ints["output_tokens"], rng
-            )
+            ints["reasoning_tokens"] = tpp.sample_reasoning(projected, cond, bias, ints["output_tokens"], rng)
         ints["input_tokens"] = prompt
         if layout.has_text_tokens:
             ints["text_tokens"] = base

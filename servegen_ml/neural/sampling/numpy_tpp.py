@@ -17,6 +17,16 @@ from servegen_ml.neural.data.events import MarkLayout
 from servegen_ml.neural.sampling import draws as S
 
 
+class RowBias:
+    """Each row's client's :meth:`NumpyTPP.client_bias`, gathered one head's columns at a time."""
+
+    def __init__(self, table: np.ndarray, client: np.ndarray):
+        self.table, self.client = table, client
+
+    def columns(self, lo: int, hi: int) -> np.ndarray:
+        return self.table[self.client, lo:hi]
+
+
 class NumpyTPP:
     """Sampling step of a trained :class:`~servegen_ml.neural.model.tpp.MarkedTPP` (float32 numpy)."""
 
@@ -55,11 +65,11 @@ class NumpyTPP:
             if f"heads.from_condition.{n}.weight" in w
         }
         self.w_out = {n: w[f"heads.out.{n}.weight"].T.copy() for n in self.head_names}
-        self.b_out = {n: w[f"heads.out.{n}.bias"] for n in self.head_names}
-        # Per-client offsets of the heads' raw parameters (C, P), each head's slice in head order.
-        self.client_offsets = w["heads.client_offsets.weight"]
-        ends = np.cumsum([len(self.b_out[n]) for n in self.head_names])
-        self.slices = {n: (int(e - len(self.b_out[n])), int(e)) for n, e in zip(self.head_names, ends)}
+        b_out = [w[f"heads.out.{n}.bias"] for n in self.head_names]
+        # Per-client offsets of the heads' raw parameters (C, P) are in head order, each head's slice here.
+        self.bias = np.concatenate(b_out)
+        ends = np.cumsum([len(b) for b in b_out])
+        self.slices = {n: (int(e - len(b)), int(e)) for n, b, e in zip(self.head_names, b_out, ends)}
 
     # -- recurrent part ---------------------------------------------------------------------
 
@@ -107,25 +117,29 @@ class NumpyTPP:
     def project(self, h: np.ndarray) -> np.ndarray:
         return h @ self.w_hist + self.b_hist
 
-    def raw(self, name: str, projected, condition, offsets: np.ndarray | None) -> np.ndarray:
-        """Raw parameters of head ``name``; ``offsets``: the rows' clients' head offsets (B, P) or None."""
+    def client_bias(self, offsets: np.ndarray) -> np.ndarray:
+        """(C, P) what each client adds to the heads' output layers: its offsets plus the shared biases."""
+        return np.asarray(offsets, dtype=np.float32) + self.bias
+
+    def raw(self, name: str, projected, condition, bias: RowBias | None) -> np.ndarray:
+        """Raw parameters of head ``name`` for rows whose clients' :meth:`client_bias` is ``bias``
+        (None: the shared biases only, no client's offsets)."""
         j = self.head_names.index(name)
         pre = projected[:, j * self.head_hidden : (j + 1) * self.head_hidden]
         if name in self.w_cond:
             pre = pre + condition[:, : self.w_cond[name].shape[0]] @ self.w_cond[name]
-        out = np.maximum(pre, 0.0) @ self.w_out[name] + self.b_out[name]
-        if offsets is not None:
-            lo, hi = self.slices[name]
-            out += offsets[:, lo:hi]
+        out = np.maximum(pre, 0.0) @ self.w_out[name]
+        lo, hi = self.slices[name]
+        out += self.bias[lo:hi] if bias is None else bias.columns(lo, hi)
         return out
 
-    def sample_gap(self, projected, offsets, rng, forward: np.ndarray | None = None) -> np.ndarray:
+    def sample_gap(self, projected, bias, rng, forward: np.ndarray | None = None) -> np.ndarray:
         """Next gap (B,) in the client's unit time (mean 1) given the projected history state.
 
         Where ``forward`` is set the row starts at an arbitrary moment rather than at an event:
         its first gap is the forward recurrence time (:func:`draws.sample_forward_gap`).
         """
-        raw = self.raw("time", projected, None, offsets).astype(np.float64)
+        raw = self.raw("time", projected, None, bias).astype(np.float64)
         zero, comp, loc, log_scale = F.unit_gap_params(np, raw, self.kt)
         gap = S.sample_gap(zero, comp, loc, log_scale, rng)
         if forward is not None and forward.any():
@@ -143,8 +157,8 @@ class NumpyTPP:
         floor = F.count_floor(float(self.mark_mean[i]), float(self.mark_std[i]))
         return S.sample_count(spikes, logits, comp, loc, log_scale, cap, rng, floor)
 
-    def sample_marks(self, projected, offsets, gap_s, gap_mean, gap_std, rng) -> tuple[dict, dict]:
-        """Marks of events whose gap is drawn, in conditioning order (``offsets``: see :meth:`raw`).
+    def sample_marks(self, projected, bias, gap_s, gap_mean, gap_std, rng) -> tuple[dict, dict]:
+        """Marks of events whose gap is drawn, in conditioning order (``bias``: see :meth:`raw`).
 
         Returns (marks, items): marks has ``input`` (base tokens), ``output``,
         ``reasoning``, ``{m}_count``, ``{m}_item_log``; items maps a modality to
@@ -157,28 +171,31 @@ class NumpyTPP:
         cond[:, 1] = gap_s <= 0
         marks, items = {}, {}
         for m in self.layout.modalities:
-            marks[f"{m}_count"], items[m], marks[f"{m}_item_log"] = self._sample_items(
-                m, projected, offsets, cond, names, rng
+            marks[f"{m}_count"], items[m], marks[f"{m}_item_log"] = self.sample_items(
+                m, projected, bias, cond, names, rng
             )
         for f in ("input", "output"):
-            marks[f] = self._sample_count(f, self.raw(f, projected, cond, offsets), rng)
+            marks[f] = self._sample_count(f, self.raw(f, projected, cond, bias), rng)
             i = self.fields.index(f)
             cond[:, names.index(f"z_{f}")] = (np.log1p(marks[f]) - self.mark_mean[i]) / self.mark_std[i]
         if self.layout.has_reasoning:
-            spikes = self.spikes["reasoning"]
-            logits, comp, loc, log_scale = F.split_params(
-                self.raw("reasoning", projected, cond, offsets).astype(np.float64), 3 + len(spikes), self.km
-            )
-            marks["reasoning"] = S.sample_ratio_tokens(
-                logits, comp, loc, log_scale, marks["output"], rng, spikes
-            )
+            marks["reasoning"] = self.sample_reasoning(projected, cond, bias, marks["output"], rng)
         return marks, items
 
-    def _sample_items(self, m, projected, offsets, cond, names, rng):
-        counts = self._sample_count(f"{m}_count", self.raw(f"{m}_count", projected, cond, offsets), rng)
+    def sample_reasoning(self, projected, cond, bias, output: np.ndarray, rng) -> np.ndarray:
+        """Reasoning tokens of ``output`` tokens (``cond`` holds the output's entry)."""
+        spikes = self.spikes["reasoning"]
+        logits, comp, loc, log_scale = F.split_params(
+            self.raw("reasoning", projected, cond, bias).astype(np.float64), 3 + len(spikes), self.km
+        )
+        return S.sample_ratio_tokens(logits, comp, loc, log_scale, output, rng, spikes)
+
+    def sample_items(self, m, projected, bias, cond, names, rng):
+        """Item counts, flat item tokens and mean log item tokens of modality ``m``; fills ``cond``."""
+        counts = self._sample_count(f"{m}_count", self.raw(f"{m}_count", projected, cond, bias), rng)
         i, j = self.fields.index(f"{m}_count"), self.fields.index(f"{m}_tokens")
         cond[:, names.index(f"z_{m}_count")] = (np.log1p(counts) - self.mark_mean[i]) / self.mark_std[i]
-        raw = self.raw(f"{m}_tokens", projected, cond, offsets)
+        raw = self.raw(f"{m}_tokens", projected, cond, bias)
         tokens = self._sample_count(f"{m}_tokens", np.repeat(raw, counts, axis=0), rng)
         ends = np.cumsum(counts)
         log_sum = np.concatenate([[0.0], np.cumsum(np.log1p(tokens))])

@@ -32,7 +32,7 @@ import numpy as np
 
 from servegen_ml.core.spec import wrap_period, wrap_time
 from servegen_ml.neural.rate_level import resolved_gap
-from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP
+from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP, RowBias
 
 # A straggler is cut into at most this many new rows at once.
 MAX_SPLIT = 1024
@@ -158,6 +158,7 @@ class _Lanes:
     tau_keep: np.ndarray
     tau_end: np.ndarray
     tau: np.ndarray  # unit time of the row's last event (or its start token)
+    t: np.ndarray  # its spec time (TimeMap.to_spec_time of tau, kept rather than recomputed each step)
     recent_gap: np.ndarray  # moving average of the row's last unit gaps: its current pace
     warm: np.ndarray  # warm-up events drawn so far
     h: np.ndarray
@@ -170,13 +171,15 @@ class _Lanes:
 
     @classmethod
     def start(
-        cls, tpp: NumpyTPP, clients: ClientTable, client, tau_begin, tau_keep, tau_end, warmup_events
-    ) -> _Lanes:
+        cls, tpp: NumpyTPP, clients: ClientTable, time_map: TimeMap, client, tau_begin, tau_keep, tau_end,
+        warmup_events,
+    ) -> _Lanes:  # fmt: skip
         h, emb_gates = tpp.client_rows(clients.embedding[client])
         n = len(client)
         marks = tpp.layout.mark_columns()
+        tau = tau_begin.astype(np.float64).copy()
         return cls(
-            client, tau_begin, tau_keep, tau_end, tau_begin.astype(np.float64).copy(),
+            client, tau_begin, tau_keep, tau_end, tau, time_map.to_spec_time(client, tau),
             np.maximum(tau_keep - tau_begin, 1e-9) / max(warmup_events, 1.0), np.zeros(n, dtype=np.int64),
             h, emb_gates, clients.gap_mean[client].astype(np.float64), clients.gap_std[client].astype(np.float64),
             np.zeros(n), np.ones(n, dtype=bool), {k: np.zeros(n) for k in marks},
@@ -196,7 +199,9 @@ class _Lanes:
         return _Lanes(**fields, prev_marks=marks)
 
 
-def _split_stragglers(tpp, clients, lanes: _Lanes, tail_events: int, warmup_events: float) -> _Lanes:
+def _split_stragglers(
+    tpp, clients, time_map, lanes: _Lanes, tail_events: int, warmup_events: float
+) -> _Lanes:
     """Hand the rest of each slow row to new rows of ~``tail_events`` events at the row's current pace.
 
     A row that draws far more events than planned (a burst) would otherwise run
@@ -218,7 +223,14 @@ def _split_stragglers(tpp, clients, lanes: _Lanes, tail_events: int, warmup_even
     end = np.where(k == pieces[idx][owner] - 1, lanes.tau_end[idx][owner], keep_from + width[owner])
     lanes.tau_end[idx] = start[idx] + width
     new = _Lanes.start(
-        tpp, clients, lanes.client[idx][owner], keep_from - warmup_events, keep_from, end, warmup_events
+        tpp,
+        clients,
+        time_map,
+        lanes.client[idx][owner],
+        keep_from - warmup_events,
+        keep_from,
+        end,
+        warmup_events,
     )
     return lanes.extend(new)
 
@@ -235,17 +247,18 @@ def sample_rows(
 ) -> SampledEvents:
     """Advance all rows one event per step until each passes its end; keep events inside [tau_keep, tau_end)."""
     lanes = _Lanes.start(
-        tpp, clients, rows.client, rows.tau_begin, rows.tau_keep, rows.tau_end, warmup_events
+        tpp, clients, time_map, rows.client, rows.tau_begin, rows.tau_keep, rows.tau_end, warmup_events
     )
     recorder = _Recorder(lanes.prev_marks.keys(), tpp.layout.modalities)
+    bias = tpp.client_bias(clients.offsets)
     # When few rows remain, slow ones are split so the tail does not run one event per step.
     few_rows = max(8, len(rows.client) // 20)
     for _ in range(max_steps):
         if len(lanes.tau) == 0:
             return recorder.result()
         if len(lanes.tau) <= few_rows:
-            lanes = _split_stragglers(tpp, clients, lanes, tail_events, warmup_events)
-        lanes = _step(tpp, lanes, clients, time_map, rng, recorder, warmup_events)
+            lanes = _split_stragglers(tpp, clients, time_map, lanes, tail_events, warmup_events)
+        lanes = _step(tpp, lanes, clients, bias, time_map, rng, recorder, warmup_events)
     raise RuntimeError(
         f"sampling did not finish within {max_steps} steps per row: the model draws far more events "
         "than its learned rate (a degenerate fit?)"
@@ -256,6 +269,7 @@ def _step(
     tpp: NumpyTPP,
     lanes: _Lanes,
     clients: ClientTable,
+    bias: np.ndarray,
     time_map: TimeMap,
     rng,
     recorder: _Recorder,
@@ -267,8 +281,11 @@ def _step(
     (a burst) skips ahead to its kept part with the state it has.
     """
     warmed = (lanes.warm >= WARMUP_OVERRUN * warmup_events) & (lanes.tau < lanes.tau_keep)
-    lanes.tau = np.where(warmed, lanes.tau_keep, lanes.tau)
-    t_prev = time_map.to_spec_time(lanes.client, lanes.tau)
+    if warmed.any():
+        skip = np.flatnonzero(warmed)
+        lanes.tau[skip] = lanes.tau_keep[skip]
+        lanes.t[skip] = time_map.to_spec_time(lanes.client[skip], lanes.tau[skip])
+    t_prev = lanes.t
     position = time_map.position(t_prev)
     x = tpp.event_features(
         position, lanes.prev_gap, lanes.prev_start, lanes.gap_mean, lanes.gap_std, lanes.prev_marks,
@@ -278,22 +295,17 @@ def _step(
     projected = tpp.project(lanes.h)
     # A row's start (and a skip to its kept part) is an arbitrary moment, not an event: drawing
     # an ordinary gap there would add the mean overshoot of a heavy-tailed gap to every row.
-    offsets = clients.offsets[lanes.client]
-    gap = tpp.sample_gap(projected, offsets, rng, forward=lanes.prev_start | warmed)
+    gap = tpp.sample_gap(projected, RowBias(bias, lanes.client), rng, forward=lanes.prev_start | warmed)
     lanes.tau = lanes.tau + gap
     go = lanes.tau < lanes.tau_end
     if not go.all():
-        lanes, projected, offsets, gap, t_prev = (
-            lanes.select(go),
-            projected[go],
-            offsets[go],
-            gap[go],
-            t_prev[go],
-        )
-    t = time_map.to_spec_time(lanes.client, lanes.tau)
+        lanes, projected, gap, t_prev = lanes.select(go), projected[go], gap[go], t_prev[go]
+    t = lanes.t = time_map.to_spec_time(lanes.client, lanes.tau)
     # The gap as the features read it (training reads recorded gaps the same way).
     read_gap = resolved_gap(np, gap, t - t_prev, tpp.gap_resolution_s)
-    marks, items = tpp.sample_marks(projected, offsets, read_gap, lanes.gap_mean, lanes.gap_std, rng)
+    marks, items = tpp.sample_marks(
+        projected, RowBias(bias, lanes.client), read_gap, lanes.gap_mean, lanes.gap_std, rng
+    )
     keep = lanes.tau >= lanes.tau_keep
     lanes.warm = lanes.warm + ~keep
     if keep.any():
