@@ -24,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -315,7 +317,26 @@ class CheckpointRef:
         return load_generator(self.path)
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the process that started it dies, even by SIGKILL.
+
+    A forkserver worker holds the write ends of its own task queue and of the forkserver's
+    liveness pipe, so after its parent dies it would wait on the task queue forever, keeping the
+    forkserver and the caller's output pipes open. Its parent sentinel becomes readable then.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker_init(gen, spec: GenerationSpec, unit_s: float) -> None:
+    _exit_with_parent()
     if isinstance(gen, CheckpointRef):
         gen = gen.load()
     _WORKER_STATE.update(source=gen.unit_source(spec, setup_rng(spec.seed)), unit_s=unit_s, seed=spec.seed)

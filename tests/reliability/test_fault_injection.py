@@ -147,3 +147,44 @@ def test_an_interrupt_while_the_conversation_heads_train_exits_like_any_interrup
     # (Lightning's log handlers may still point at an earlier test's captured stream: the last line only.)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"{'terminated' if sigterm else 'interrupted'}; no partial output was left behind"
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, sys, time
+from servegen_ml.generators.stream import _exit_with_parent
+
+def child(path):
+    _exit_with_parent()
+    open(path, "w").write("ready")
+    time.sleep(600)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    p = ctx.Process(target=child, args=(sys.argv[1],))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_generate_worker_ends_when_its_parent_is_killed(tmp_path):
+    """A forkserver worker of a SIGKILLed generate would otherwise wait on its task queue forever."""
+    script, ready = tmp_path / "parent.py", tmp_path / "ready"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(ready)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    _wait_for(ready.exists, parent)
+    parent.kill()
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.1)
+    assert not _alive(child_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
