@@ -285,16 +285,16 @@ class NeuralGenerator(Generator):
         offsets would score it as that client's sharp length distributions.
         """
         state, w = self.state_, self.state_.weights
-        known = len(state.client_ids)
-        extra = np.repeat(state.mean_client()[None, :], n_clients - known, axis=0)
-        v = np.concatenate([state.client_vectors(), extra])
+        real = state.client_vectors()
+        extra = np.repeat(real.mean(0)[None, :], n_clients - len(real), axis=0)
+        v = np.concatenate([real, extra])
         e = state.embedding_dim
         activity = np.concatenate([w["activity"], state.flat_activity(extra[:, e + 2])])
         known_level = np.asarray(w["rate_level"], dtype=np.float64)
         level = np.concatenate([known_level, flat_level(np.exp(extra[:, e + 2]), known_level.shape[1])])
         offsets = w["heads.client_offsets.weight"]
         offsets = np.concatenate([offsets, np.zeros((len(extra), offsets.shape[1]), offsets.dtype)])
-        return ClientTable(v[:, :e], v[:, e], np.maximum(v[:, e + 1], 0.05), activity, level, offsets)
+        return ClientTable(v[:, :e], v[:, e], v[:, e + 1], activity, level, offsets)
 
     def _torch_model(self):
         if self._torch_tpp is None:

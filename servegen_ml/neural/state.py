@@ -71,10 +71,6 @@ class NeuralState:
             np.float64
         )
 
-    def mean_client(self) -> np.ndarray:
-        """(E + 3,) the mean of :meth:`client_vectors`: stands for clients the model never saw."""
-        return self.client_vectors().mean(0)
-
     def flat_activity(self, log_rate: np.ndarray) -> np.ndarray:
         """Activity rows (N, bins) of clients known only by a mean log rate (new or unknown clients)."""
         w = self.weights

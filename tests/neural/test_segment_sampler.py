@@ -50,16 +50,14 @@ class _StubTPP:
 
 
 def test_straggler_split_keeps_the_partition():
-    from servegen_ml.neural.sampling.segment_sampler import ClientTable, TimeMap
+    from servegen_ml.neural.sampling.segment_sampler import ClientTable
 
     clients = ClientTable(
         np.zeros((2, 3)), np.zeros(2), np.ones(2), np.zeros((2, 1)), np.ones((2, 1)), np.zeros((2, 4))
     )
-    time_map = TimeMap(np.array([[0.0, 100.0], [0.0, 100.0]]), np.array([0.0, 100.0]), np.ones(2), 0.0, 100.0)
     lanes = _Lanes.start(
         _StubTPP(),
         clients,
-        time_map,
         np.array([0, 1]),
         np.array([-5.0, -5.0]),
         np.zeros(2),
@@ -68,10 +66,8 @@ def test_straggler_split_keeps_the_partition():
     )
     lanes.tau = np.array([20.0, 50.0])
     lanes.recent_gap = np.array([0.01, 100.0])  # row 0 in a burst, row 1 slow
-    out = _split_stragglers(_StubTPP(), clients, time_map, lanes, tail_events=100, warmup_events=8)
+    out = _split_stragglers(_StubTPP(), clients, lanes, tail_events=100, warmup_events=8)
     assert len(out.tau) > 2 and (out.client[2:] == 0).all()
     zero = out.client == 0
     assert _covers(np.r_[0.0, out.tau_keep[zero][1:]], out.tau_end[zero], 0.0, 100.0)
     assert out.tau_end[1] == 100.0  # the slow row is left alone
-    # New rows start with the spec time of their start (unit time = spec time in this map).
-    np.testing.assert_allclose(out.t[2:], out.tau[2:], atol=1e-9)

@@ -432,7 +432,8 @@ def time_harmonics(state) -> tuple[int, int]:
 def client_rows(state) -> np.ndarray:
     """(C + 1, D) the heads' client inputs: client vectors standardized over clients (traffic-weighted),
     then the mean client (for clients the model has never seen)."""
-    vectors = np.vstack([state.client_vectors(), state.mean_client()[None, :]])
+    real = state.client_vectors()
+    vectors = np.vstack([real, real.mean(0)[None, :]])
     w = np.maximum(np.asarray(state.traffic, np.float64), 0.0) + 1e-9
     mean = (vectors[:-1] * w[:, None]).sum(0) / w.sum()
     std = np.sqrt((((vectors[:-1] - mean) ** 2) * w[:, None]).sum(0) / w.sum())

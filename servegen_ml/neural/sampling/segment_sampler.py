@@ -158,7 +158,6 @@ class _Lanes:
     tau_keep: np.ndarray
     tau_end: np.ndarray
     tau: np.ndarray  # unit time of the row's last event (or its start token)
-    t: np.ndarray  # its spec time (TimeMap.to_spec_time of tau, kept rather than recomputed each step)
     recent_gap: np.ndarray  # moving average of the row's last unit gaps: its current pace
     warm: np.ndarray  # warm-up events drawn so far
     h: np.ndarray
@@ -171,15 +170,13 @@ class _Lanes:
 
     @classmethod
     def start(
-        cls, tpp: NumpyTPP, clients: ClientTable, time_map: TimeMap, client, tau_begin, tau_keep, tau_end,
-        warmup_events,
-    ) -> _Lanes:  # fmt: skip
+        cls, tpp: NumpyTPP, clients: ClientTable, client, tau_begin, tau_keep, tau_end, warmup_events
+    ) -> _Lanes:
         h, emb_gates = tpp.client_rows(clients.embedding[client])
         n = len(client)
         marks = tpp.layout.mark_columns()
-        tau = tau_begin.astype(np.float64).copy()
         return cls(
-            client, tau_begin, tau_keep, tau_end, tau, time_map.to_spec_time(client, tau),
+            client, tau_begin, tau_keep, tau_end, tau_begin.astype(np.float64).copy(),
             np.maximum(tau_keep - tau_begin, 1e-9) / max(warmup_events, 1.0), np.zeros(n, dtype=np.int64),
             h, emb_gates, clients.gap_mean[client].astype(np.float64), clients.gap_std[client].astype(np.float64),
             np.zeros(n), np.ones(n, dtype=bool), {k: np.zeros(n) for k in marks},
@@ -199,9 +196,7 @@ class _Lanes:
         return _Lanes(**fields, prev_marks=marks)
 
 
-def _split_stragglers(
-    tpp, clients, time_map, lanes: _Lanes, tail_events: int, warmup_events: float
-) -> _Lanes:
+def _split_stragglers(tpp, clients, lanes: _Lanes, tail_events: int, warmup_events: float) -> _Lanes:
     """Hand the rest of each slow row to new rows of ~``tail_events`` events at the row's current pace.
 
     A row that draws far more events than planned (a burst) would otherwise run
@@ -223,14 +218,7 @@ def _split_stragglers(
     end = np.where(k == pieces[idx][owner] - 1, lanes.tau_end[idx][owner], keep_from + width[owner])
     lanes.tau_end[idx] = start[idx] + width
     new = _Lanes.start(
-        tpp,
-        clients,
-        time_map,
-        lanes.client[idx][owner],
-        keep_from - warmup_events,
-        keep_from,
-        end,
-        warmup_events,
+        tpp, clients, lanes.client[idx][owner], keep_from - warmup_events, keep_from, end, warmup_events
     )
     return lanes.extend(new)
 
@@ -247,7 +235,7 @@ def sample_rows(
 ) -> SampledEvents:
     """Advance all rows one event per step until each passes its end; keep events inside [tau_keep, tau_end)."""
     lanes = _Lanes.start(
-        tpp, clients, time_map, rows.client, rows.tau_begin, rows.tau_keep, rows.tau_end, warmup_events
+        tpp, clients, rows.client, rows.tau_begin, rows.tau_keep, rows.tau_end, warmup_events
     )
     recorder = _Recorder(lanes.prev_marks.keys(), tpp.layout.modalities)
     bias = tpp.client_bias(clients.offsets)
@@ -257,7 +245,7 @@ def sample_rows(
         if len(lanes.tau) == 0:
             return recorder.result()
         if len(lanes.tau) <= few_rows:
-            lanes = _split_stragglers(tpp, clients, time_map, lanes, tail_events, warmup_events)
+            lanes = _split_stragglers(tpp, clients, lanes, tail_events, warmup_events)
         lanes = _step(tpp, lanes, clients, bias, time_map, rng, recorder, warmup_events)
     raise RuntimeError(
         f"sampling did not finish within {max_steps} steps per row: the model draws far more events "
@@ -281,11 +269,8 @@ def _step(
     (a burst) skips ahead to its kept part with the state it has.
     """
     warmed = (lanes.warm >= WARMUP_OVERRUN * warmup_events) & (lanes.tau < lanes.tau_keep)
-    if warmed.any():
-        skip = np.flatnonzero(warmed)
-        lanes.tau[skip] = lanes.tau_keep[skip]
-        lanes.t[skip] = time_map.to_spec_time(lanes.client[skip], lanes.tau[skip])
-    t_prev = lanes.t
+    lanes.tau = np.where(warmed, lanes.tau_keep, lanes.tau)
+    t_prev = time_map.to_spec_time(lanes.client, lanes.tau)
     position = time_map.position(t_prev)
     x = tpp.event_features(
         position, lanes.prev_gap, lanes.prev_start, lanes.gap_mean, lanes.gap_std, lanes.prev_marks,
@@ -300,7 +285,7 @@ def _step(
     go = lanes.tau < lanes.tau_end
     if not go.all():
         lanes, projected, gap, t_prev = lanes.select(go), projected[go], gap[go], t_prev[go]
-    t = lanes.t = time_map.to_spec_time(lanes.client, lanes.tau)
+    t = time_map.to_spec_time(lanes.client, lanes.tau)
     # The gap as the features read it (training reads recorded gaps the same way).
     read_gap = resolved_gap(np, gap, t - t_prev, tpp.gap_resolution_s)
     marks, items = tpp.sample_marks(
