@@ -86,6 +86,14 @@ def wrap_position(xp, p, span_s: float):
     return p - k * period
 
 
+def feature_position(xp, p, span_s: float):
+    """The learned-timeline position whose features (activity, time of day) an event at position
+    ``p`` reads: ``p`` inside the span; later positions move back whole periods (phase kept, as
+    :func:`wrap_position`), earlier ones forward. The sampler and the likelihood both read them so,
+    so a held-out time is scored under the distribution the generator samples there."""
+    return xp.where(p >= 0, wrap_position(xp, p, span_s), p % wrap_period(span_s))
+
+
 def activity_position(xp, p, span_s: float):
     """Where to read the activity table: a day or more learned wraps (time of day is kept); less than
     a day holds the last learned bin (wrapping would jump to another time of day)."""

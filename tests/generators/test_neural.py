@@ -106,6 +106,16 @@ def test_survival_term_sits_on_each_clients_last_event(fitted, trace):
     np.testing.assert_allclose(short.drop(columns=["time", "total"]), longer.drop(columns=["time", "total"]))
 
 
+def test_a_time_past_the_learned_span_scores_as_the_same_phase_inside_it(fitted, trace):
+    # The sampler reads the features of a later time at its phase inside the span (wrap_time), so
+    # the likelihood must too: a held-out hour is scored under what the generator samples there.
+    head = trace[trace["timestamp"] < trace["timestamp"].min() + 600.0].reset_index(drop=True)
+    # Whole microseconds: no gap is so short that adding the span would round it to zero.
+    head["timestamp"] = head["timestamp"].round(6)
+    later = head.assign(timestamp=head["timestamp"] + fitted.state_.span_s)
+    np.testing.assert_allclose(fitted.log_prob(later).to_numpy(), fitted.log_prob(head).to_numpy(), rtol=1e-6)
+
+
 def test_unknown_clients_score_as_the_mean_client(fitted, trace):
     renamed = trace.iloc[:300].copy()
     renamed["client_id"] = renamed["client_id"].astype(str).str.replace("c0", "stranger")

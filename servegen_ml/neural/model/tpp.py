@@ -183,6 +183,7 @@ class MarkedTPP(nn.Module):
     def event_features(self, time_s, gap_s, is_start, gap_mean, gap_std, marks, client, activity) -> Tensor:
         """Encoder inputs; ``activity[client]`` is each event's client row of an activity table."""
         span = float(self.activity_span_s)
+        time_s = F.feature_position(torch, time_s, span)
         act = F.activity_features(torch, activity, client, time_s, self.activity_bin_s, span)
         feats = F.event_features(
             torch, self.layout, time_s, gap_s, is_start, gap_mean, gap_std, marks,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servegen_ml.core.spec import wrap_period, wrap_time
+from servegen_ml.neural import features as F
 from servegen_ml.neural.rate_level import resolved_gap
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP, RowBias
 
@@ -87,9 +87,7 @@ class TimeMap:
 
     def position(self, t: np.ndarray) -> np.ndarray:
         """Learned-timeline position (time-of-day features) of spec times."""
-        p = self.start_s + np.asarray(t, dtype=np.float64)
-        period = wrap_period(self.span_s)
-        return np.where(p >= 0, wrap_time(np.maximum(p, 0.0), self.span_s), np.mod(p, period))
+        return F.feature_position(np, self.start_s + np.asarray(t, dtype=np.float64), self.span_s)
 
 
 @dataclass
