@@ -299,3 +299,27 @@ def test_categorical_draws_match_softmax_and_skip_zero_weights(k):
         chi2 = ((counts[ok] - expected[ok]) ** 2 / expected[ok]).sum()
         assert stats.chi2.sf(chi2, ok.sum() - 1) > 1e-4, (row, chi2, ok.sum())
         assert counts[~ok].sum() < 3 * max(expected[~ok].sum(), 3)
+
+
+@pytest.mark.parametrize("k", [12, 257])
+def test_items_drawn_from_their_events_row_equal_draws_from_repeated_rows(k):
+    # An event's items share its distribution: drawing them with owner= (the row computed once)
+    # gives exactly what drawing from the row repeated per item gives, the same uniforms in order.
+    from servegen_ml.neural.sampling.draws import sample_count
+
+    rng = np.random.default_rng(k)
+    b = 50
+    counts = rng.integers(0, 4, b)
+    owner = np.repeat(np.arange(b), counts)
+    spikes = np.arange(10, 10 + k - 1)
+    params = (
+        (rng.standard_normal((b, k)) * 2).astype(np.float32),
+        rng.standard_normal((b, 6)),
+        rng.standard_normal((b, 6)) + 5.0,
+        rng.standard_normal((b, 6)) * 0.3 - 1.0,
+    )
+    floor = (0.05, 5.0, 0.5)
+    shared = sample_count(spikes, *params, 10**6, np.random.default_rng(3), floor, owner)
+    repeated = sample_count(spikes, *(x[owner] for x in params), 10**6, np.random.default_rng(3), floor)
+    assert len(shared) == counts.sum()
+    np.testing.assert_array_equal(shared, repeated)

@@ -29,9 +29,13 @@ def ratio_spike_part(key, total):
     return (2 * key * total + RATIO_SPIKE_SCALE) // (2 * RATIO_SPIKE_SCALE)
 
 
-def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sample_categorical(
+    logits: np.ndarray, rng: np.random.Generator, owner: np.ndarray | None = None
+) -> np.ndarray:
     """Index drawn from softmax(logits) per row (inverse CDF); logits (B, K) -> (B,) int64.
 
+    ``owner`` (N,): draw N indices instead, the i-th from row ``owner[i]`` (the items of one
+    event share their event's distribution, which is then computed once, not per item).
     Probabilities stay unnormalized (each uniform is scaled by its row's total) and
     in the logits' dtype. Past CATEGORY_GROUP * 4 categories (the spike values, a few
     hundred per field: the sampling step's widest arrays) the index is drawn in two
@@ -40,39 +44,48 @@ def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarr
     step's slowest operation).
     """
     b, k = logits.shape
+    n = b if owner is None else len(owner)
     if k < 4 * CATEGORY_GROUP:
         p = logits - logits.max(axis=-1, keepdims=True)
         np.exp(p, out=p)
-        return _inverse_cdf(p, rng.random(b))
+        return _inverse_cdf(p, rng.random(n), owner)
     m = -(-k // CATEGORY_GROUP)
     # Group g holds categories g, g + G, g + 2G, ...; the padding past K has probability 0.
     p = np.zeros((b, m * CATEGORY_GROUP), dtype=logits.dtype)
     body = p[:, :k]
     np.subtract(logits, logits.max(axis=-1, keepdims=True), out=body)
     np.exp(body, out=body)
-    u = rng.random((2, b))
-    group = _inverse_cdf(np.ones(m, dtype=p.dtype) @ p.reshape(b, m, CATEGORY_GROUP), u[0])
-    members = (np.arange(b) * p.shape[1] + group)[:, None] + CATEGORY_GROUP * np.arange(m)
+    u = rng.random((2, n))
+    group = _inverse_cdf(np.ones(m, dtype=p.dtype) @ p.reshape(b, m, CATEGORY_GROUP), u[0], owner)
+    row = np.arange(b) if owner is None else owner
+    members = (row * p.shape[1] + group)[:, None] + CATEGORY_GROUP * np.arange(m)
     return group + CATEGORY_GROUP * _inverse_cdf(p.ravel().take(members), u[1])
 
 
-def _inverse_cdf(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Per row, the first index whose cumulative weight reaches u times the row's total.
+def _inverse_cdf(weights: np.ndarray, u: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
+    """Per row (per ``owner`` entry: of row ``owner[i]``), the first index whose cumulative weight
+    reaches u times the row's total.
 
     A category of weight 0 is never drawn while u > 0: the cumulative weight only
     reaches the target where it rises.
     """
     cdf = np.cumsum(weights, axis=-1)
+    if owner is not None:
+        cdf = cdf[owner]
     target = (u * cdf[:, -1]).astype(cdf.dtype)
     return np.count_nonzero(cdf < target[:, None], axis=-1)
 
 
 def sample_mixture_normal(
-    comp_logits: np.ndarray, loc: np.ndarray, log_scale: np.ndarray, rng: np.random.Generator
+    comp_logits: np.ndarray,
+    loc: np.ndarray,
+    log_scale: np.ndarray,
+    rng: np.random.Generator,
+    owner: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One draw per row of a normal mixture; all (B, K) -> (B,)."""
-    k = sample_categorical(comp_logits, rng)
-    rows = np.arange(len(k))
+    """One draw per row of a normal mixture; all (B, K) -> (B,) (``owner``: see sample_categorical)."""
+    k = sample_categorical(comp_logits, rng, owner)
+    rows = np.arange(len(k)) if owner is None else owner
     z = rng.standard_normal(len(k))
     scale = np.exp(np.clip(log_scale[rows, k], LOG_SCALE_MIN, LOG_SCALE_MAX))
     return loc[rows, k] + scale * z
@@ -118,6 +131,7 @@ def sample_count(
     max_count: int,
     rng: np.random.Generator,
     floor: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    owner: np.ndarray | None = None,
 ) -> np.ndarray:
     """Integer counts >= 0: a spike value or the discretized mixture on log(n + 1).
 
@@ -125,9 +139,10 @@ def sample_count(
     log_scale (B, K) of log(n + 1). n = floor(exp(y) - 0.5) is exact for bins
     [log(n + 0.5), log(n + 1.5)). ``floor`` = (weight, loc, log_scale) of the
     broad normal mixed in (see CountMixture). Draws beyond ``max_count`` are capped there.
+    ``owner`` (N,): N draws, the i-th from row ``owner[i]``.
     """
-    cat = sample_categorical(logits, rng)
-    y = sample_mixture_normal(comp_logits, loc, log_scale, rng)
+    cat = sample_categorical(logits, rng, owner)
+    y = sample_mixture_normal(comp_logits, loc, log_scale, rng, owner)
     out = _log_count(y, max_count)
     if len(spike_values):
         spikes = np.asarray(spike_values, dtype=np.int64)[np.minimum(cat, len(spike_values) - 1)]

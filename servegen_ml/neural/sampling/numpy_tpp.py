@@ -146,7 +146,7 @@ class NumpyTPP:
             gap[forward] = S.sample_forward_gap(comp[forward], loc[forward], log_scale[forward], rng)
         return gap
 
-    def _sample_count(self, field, raw, rng) -> np.ndarray:
+    def _sample_count(self, field, raw, rng, owner: np.ndarray | None = None) -> np.ndarray:
         spikes = self.spikes[field]
         # Spike logits stay in the heads' float32 (only sampled from); the mixture goes to float64.
         logits, comp, loc, log_scale = F.split_params(raw, len(spikes) + 1, self.km)
@@ -155,7 +155,7 @@ class NumpyTPP:
         loc, log_scale = F.destandardize(np, loc, log_scale, self.mark_mean[i], self.mark_std[i])
         cap = max(2 * self.max_count.get(field, 0), 16)
         floor = F.count_floor(float(self.mark_mean[i]), float(self.mark_std[i]))
-        return S.sample_count(spikes, logits, comp, loc, log_scale, cap, rng, floor)
+        return S.sample_count(spikes, logits, comp, loc, log_scale, cap, rng, floor, owner)
 
     def sample_marks(self, projected, bias, gap_s, gap_mean, gap_std, rng) -> tuple[dict, dict]:
         """Marks of events whose gap is drawn, in conditioning order (``bias``: see :meth:`raw`).
@@ -196,7 +196,9 @@ class NumpyTPP:
         i, j = self.fields.index(f"{m}_count"), self.fields.index(f"{m}_tokens")
         cond[:, names.index(f"z_{m}_count")] = (np.log1p(counts) - self.mark_mean[i]) / self.mark_std[i]
         raw = self.raw(f"{m}_tokens", projected, cond, bias)
-        tokens = self._sample_count(f"{m}_tokens", np.repeat(raw, counts, axis=0), rng)
+        # Each item is drawn from its event's distribution, computed once per event.
+        owner = np.repeat(np.arange(len(counts)), counts)
+        tokens = self._sample_count(f"{m}_tokens", raw, rng, owner)
         ends = np.cumsum(counts)
         log_sum = np.concatenate([[0.0], np.cumsum(np.log1p(tokens))])
         item_log = np.where(counts > 0, (log_sum[ends] - log_sum[ends - counts]) / np.maximum(counts, 1), 0.0)
