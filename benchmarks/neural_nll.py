@@ -15,8 +15,8 @@ Datasets (time-based split, train on the earlier part, score the later part):
   after it, so the default (28 h, test the last 4) trains on a whole day and
   tests on the first hours of the next, times of day the models have seen.
   A split inside one day (e.g. ``--pool-hours 6 --test-hours 2``) tests on
-  hours no model saw, where the neural model's time-of-day features
-  extrapolate.
+  hours no model saw; every generator reads them at their phase inside its
+  learned span (a span shorter than a day repeats), as it samples them.
 
 Every generator uses its default configuration (the neural one:
 configs/model/neural.yaml, trainer with ``--max-epochs``, early stopping,
