@@ -1,5 +1,7 @@
 """The numpy sampling step reproduces the torch model; scoring carries state exactly across chunks."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -251,3 +253,18 @@ def test_gaps_below_the_clock_resolution_read_alike():
     x_b, lp_b = encoder_inputs(6e-4)
     torch.testing.assert_close(x_a, x_b)  # the event after the short gap sees the same history
     assert float(lp_a) != float(lp_b)  # while the gap's own likelihood is of its recorded value
+
+
+def test_client_offsets_learn_at_their_own_rate(setup):
+    # One Adam group for the shared weights at lr, one for the per-client head offsets at
+    # lr x offset_lr_scale; every parameter in exactly one.
+    from servegen_ml.neural.training.lightning_module import TPPLightningModule
+
+    tpp = copy.deepcopy(setup[1])  # configure_model switches it to training precision
+    module = TPPLightningModule(lambda: tpp, lr=2e-3, offset_lr_scale=10.0)
+    module.configure_model()
+    optimizer = module.configure_optimizers()["optimizer"]
+    shared, offsets = optimizer.param_groups
+    assert shared["lr"] == pytest.approx(2e-3) and offsets["lr"] == pytest.approx(2e-2)
+    assert offsets["params"] == [tpp.heads.client_offsets.weight]
+    assert len(shared["params"]) + 1 == len(list(tpp.parameters()))

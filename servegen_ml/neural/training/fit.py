@@ -119,7 +119,9 @@ def train_tpp(source: StoreSource, config: NeuralConfig, trainer: dict, seed: in
 
     # Whether any event validates is known once the shards are set up; until then validation is assumed.
     monitor = "val_nll" if blocks.period else "train_nll_epoch"
-    module = TPPLightningModule(build, lr=config.lr, weight_decay=config.weight_decay, monitor=monitor)
+    module = TPPLightningModule(
+        build, config.lr, config.weight_decay, monitor, offset_lr_scale=config.offset_lr_scale
+    )
     fingerprint = _fingerprint(shape, config.to_dict(), source)
     with (
         _run_dir(trainer.get("default_root_dir"), fingerprint) as run_dir,

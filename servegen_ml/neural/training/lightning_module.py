@@ -19,6 +19,7 @@ class TPPLightningModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         monitor: str = "val_nll",
+        offset_lr_scale: float = 1.0,
     ):
         """``build()`` makes the model in ``configure_model``: its shape depends on statistics of the
         data, which under DDP exist only once every rank has set up its shard."""
@@ -27,6 +28,7 @@ class TPPLightningModule(L.LightningModule):
         self.build = build
         self.tpp: MarkedTPP | None = None
         self.lr, self.weight_decay, self.monitor = lr, weight_decay, monitor
+        self.offset_lr_scale = offset_lr_scale
         # Per stage: each lane's last hidden state, detached (gradients stop at chunk borders).
         self._carry: dict[tuple[str, int], torch.Tensor] = {}
         self._val_sum = torch.zeros(2, dtype=torch.float64)  # validation NLL and events this epoch
@@ -75,7 +77,11 @@ class TPPLightningModule(L.LightningModule):
         self._carry = {k: v for k, v in self._carry.items() if k[0] != "val"}
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # The per-client head offsets learn at offset_lr_scale times the rate (NeuralConfig).
+        offsets = [self.tpp.heads.client_offsets.weight]
+        shared = [p for p in self.parameters() if p is not offsets[0]]
+        groups = [{"params": shared}, {"params": offsets, "lr": self.lr * self.offset_lr_scale}]
+        optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
         # Halve the step size when the monitored NLL stops improving (smooths the end of training).
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1)
         return {
