@@ -63,10 +63,11 @@ class NeuralConfig:
     lanes: int = 64  # chunks per batch (per device)
     lr: float = 0.001
     weight_decay: float = 0.0
-    # Learning-rate multiplier of the per-client head offsets: each client's offsets learn only from
-    # its own events while the shared heads move under every client's; at the base rate they lagged
-    # (mm-image hour, three multi-image clients: P(one image) 0.45 at the start, 0.56-0.58 after
-    # 1,000 steps where the trace has 0.45-0.46; x10: 0.45-0.46; BENCHMARKS).
+    # Learning-rate multiplier of the mark heads' per-client offsets (the time head's keep the base
+    # rate): each client's offsets learn only from its own events while the shared heads move under
+    # every client's; at the base rate they lagged (mm-image hour, three multi-image clients:
+    # P(one image) 0.45 at the start, 0.56-0.58 after 1,000 steps where the trace has 0.45-0.46;
+    # x10: 0.45-0.46; docs/neural.md).
     offset_lr_scale: float = 10.0
     val_fraction: float = 0.1  # share of time validating: every 10th hour block (neural/data/validation.py)
     # Each epoch also trains on stream starts at random times (sampling starts its segments anywhere,

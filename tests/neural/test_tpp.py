@@ -268,3 +268,23 @@ def test_client_offsets_learn_at_their_own_rate(setup):
     assert shared["lr"] == pytest.approx(2e-3) and offsets["lr"] == pytest.approx(2e-2)
     assert offsets["params"] == [tpp.heads.client_offsets.weight]
     assert len(shared["params"]) + 1 == len(list(tpp.parameters()))
+
+
+def test_time_head_offsets_step_at_the_base_rate(setup):
+    # Adam's first step moves every entry by its group's rate: the marks' offsets by lr x scale,
+    # the time head's columns by lr (their step is shrunk back after each optimizer step).
+    from servegen_ml.neural.training.lightning_module import TPPLightningModule
+
+    tpp = copy.deepcopy(setup[1])
+    module = TPPLightningModule(lambda: tpp, lr=1e-3, offset_lr_scale=10.0)
+    module.configure_model()
+    optimizer = module.configure_optimizers()["optimizer"]
+    weight = tpp.heads.client_offsets.weight
+    before = weight.detach().clone()
+    for p in tpp.parameters():
+        p.grad = torch.ones_like(p)
+    module.optimizer_step(0, 0, optimizer)
+    moved = (before - weight.detach()).abs()
+    lo, hi = tpp.heads.slices["time"]
+    np.testing.assert_allclose(moved[:, lo:hi].numpy(), 1e-3, rtol=1e-3)
+    np.testing.assert_allclose(moved[:, hi:].numpy(), 1e-2, rtol=1e-3)
