@@ -169,7 +169,7 @@ class NeuralGenerator(Generator):
         state = self.state_
         table = self._client_inputs(len(state.client_ids) + 1)
         model = conversations if conversations is not None else self.conversations_
-        return FollowUpMarks(self._numpy_tpp, table, state.span_s, model)
+        return FollowUpMarks(self._numpy_tpp, table, model)
 
     def _set_state(self, state) -> None:
         self.state_ = state

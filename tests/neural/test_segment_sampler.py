@@ -31,7 +31,7 @@ def test_the_time_map_inverts_each_clients_unit_time():
     t = np.linspace(0.0, 10.0, 11)
     rate = np.array([[2.0] * 5 + [0.5] * 5, [0.0] * 3 + [1.0] * 7])  # client 1 idle at first
     unit = np.concatenate([np.zeros((2, 1)), np.cumsum(rate, axis=1)], axis=1)
-    tm = TimeMap(unit, t, np.array([2.0, 1e-9]), 0.0, 100.0)
+    tm = TimeMap(unit, t, np.array([2.0, 1e-9]), 0.0)
     np.testing.assert_allclose(
         tm.to_spec_time(np.array([0, 0, 0, 1, 1]), np.array([1.0, 10.0, 11.0, 0.5, 7.0])),
         [0.5, 5.0, 7.0, 3.5, 10.0],

@@ -35,10 +35,10 @@ from servegen_ml.neural.sampling.segment_sampler import ClientTable
 class FollowUpMarks:
     """``marks(context, rng)`` of follow-ups from a :class:`NumpyTPP` (module docstring)."""
 
-    def __init__(self, tpp: NumpyTPP, clients: ClientTable, span_s: float, conversations):
+    def __init__(self, tpp: NumpyTPP, clients: ClientTable, conversations):
         """``clients`` has one row per client of ``conversations`` (the NeuralConversationModel whose
         output head draws the output) and a last row for unseen clients."""
-        self.tpp, self.clients, self.span_s, self.conversations = tpp, clients, float(span_s), conversations
+        self.tpp, self.clients, self.conversations = tpp, clients, conversations
         self.bias = tpp.client_bias(clients.offsets)
 
     def __call__(self, context: FollowUpContext, rng: np.random.Generator) -> tuple[dict, dict]:
@@ -51,7 +51,7 @@ class FollowUpMarks:
             self.clients.gap_std[client].astype(np.float64),
         )
         h, emb_gates = tpp.client_rows(self.clients.embedding[client])
-        start = wrap_time(context.previous_timeline_s, self.span_s)
+        start = np.asarray(context.previous_timeline_s, np.float64)
         empty = {k: np.zeros(n) for k in layout.mark_columns()}
         x = tpp.event_features(
             start, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client

@@ -48,7 +48,7 @@ def sample_trace(
     multiplier = segment_multipliers(
         spec.rate, window.edges[:-1], window.edges[1:], window.units.sum(0) / width
     )
-    events = _run(tpp, window, multiplier, spec, state.span_s, rng, segment_events, warmup_events)
+    events = _run(tpp, window, multiplier, spec, rng, segment_events, warmup_events)
     return _assemble(events, window.names, state)
 
 
@@ -88,12 +88,12 @@ def _window(state: NeuralState, tpp: NumpyTPP, spec: GenerationSpec, rng, select
     return _Window(table, names, edges, np.diff(u, axis=1))
 
 
-def _run(tpp, window: _Window, multiplier, spec, span_s, rng, segment_events, warmup_events) -> SampledEvents:
+def _run(tpp, window: _Window, multiplier, spec, rng, segment_events, warmup_events) -> SampledEvents:
     """Events of all clients, each cell's expected events scaled by ``multiplier`` (cells,)."""
     scaled = window.units * multiplier
     unit_grid = np.concatenate([np.zeros((len(scaled), 1)), np.cumsum(scaled, axis=1)], axis=1)
     edges = window.edges
-    time_map = TimeMap(unit_grid, edges, scaled[:, 0] / (edges[1] - edges[0]), spec.start_s, span_s)
+    time_map = TimeMap(unit_grid, edges, scaled[:, 0] / (edges[1] - edges[0]), spec.start_s)
     rows = plan_rows(unit_grid[:, -1], segment_events, warmup_events)
     max_steps = 100 * (segment_events + warmup_events) + 10_000
     events = sample_rows(

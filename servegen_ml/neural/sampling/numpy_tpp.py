@@ -82,6 +82,7 @@ class NumpyTPP:
         self, time_s, gap_s, is_start, gap_mean, gap_std, marks, activity, client
     ) -> np.ndarray:
         """Encoder inputs of events at learned-timeline positions ``time_s``; ``activity[client]`` their rows."""
+        time_s = F.feature_position(np, time_s, self.activity_span_s)
         act = F.activity_features(np, activity, client, time_s, self.activity_bin_s, self.activity_span_s)
         feats = F.event_features(
             np, self.layout, time_s, gap_s, is_start, gap_mean, gap_std, marks,

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servegen_ml.neural import features as F
 from servegen_ml.neural.rate_level import resolved_gap
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP, RowBias
 
@@ -65,7 +64,6 @@ class TimeMap:
     t_grid: np.ndarray  # (G,) spec time, 0 .. duration_s
     start_rate: np.ndarray  # (C,) unit time per second at the spec start (warm-up before it)
     start_s: float
-    span_s: float
 
     def __post_init__(self):
         # One sorted key array for all clients: client c's grid shifted past every earlier client's.
@@ -86,8 +84,8 @@ class TimeMap:
         return np.where(u < 0, before, t)
 
     def position(self, t: np.ndarray) -> np.ndarray:
-        """Learned-timeline position (time-of-day features) of spec times."""
-        return F.feature_position(np, self.start_s + np.asarray(t, dtype=np.float64), self.span_s)
+        """Learned-timeline position of spec times (the features read it at its phase in the span)."""
+        return self.start_s + np.asarray(t, dtype=np.float64)
 
 
 @dataclass
