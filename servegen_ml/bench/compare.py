@@ -96,6 +96,7 @@ def compare(
     if len(set(names)) != len(names):
         raise UserError(f"workload names must be unique, got {names}")
     floor = metrics.compute_all(reference.trace, test.trace)
+    floor["M4_dependence"] = metrics.m4_floor(reference.trace, test.trace, np.random.default_rng(0))
     results, ratios = {}, {}
     for w in progress(workloads, "metrics", quiet):
         results[w.name] = metrics.compute_all(w.trace, test.trace)

@@ -54,6 +54,9 @@ BIN_COVER_SLACK = 0.02  # M9 counts a last bin the common span covers to 98 %
 NOISE_FLOOR_EPS = 1e-3
 # CVs are compared on a log scale; a window of equal gaps (CV 0) is floored here.
 MIN_CV = 1e-3
+# M4's floor (m4_floor): block bootstrap of the two real traces in windows of this length.
+FLOOR_BLOCK_S = 60.0
+FLOOR_RESAMPLES = 100
 _QUANTILE_GRID = np.linspace(0, 1, 101)
 
 
@@ -228,16 +231,29 @@ def _grid(x: np.ndarray) -> np.ndarray:
 
 def dependence_stats(trace: pd.DataFrame, min_rows: int = 20) -> dict[str, float]:
     """Spearman (input, output) and, with reasoning, (input, reasoning ratio): overall and within client."""
-    inp = trace["input_tokens"].to_numpy(np.float64)
-    out = trace["output_tokens"].to_numpy(np.float64)
-    keys = trace["client_id"].to_numpy()
+    return _dependence(_dependence_columns(trace), np.arange(len(trace)), min_rows)
+
+
+def _dependence_columns(trace: pd.DataFrame) -> dict[str, np.ndarray]:
+    cols = {
+        "input": trace["input_tokens"].to_numpy(np.float64),
+        "output": trace["output_tokens"].to_numpy(np.float64),
+        "client": pd.factorize(trace["client_id"])[0],
+    }
+    if "reasoning_tokens" in trace.columns:
+        cols["reasoning"] = trace["reasoning_tokens"].to_numpy(np.float64)
+    return cols
+
+
+def _dependence(cols: dict[str, np.ndarray], rows: np.ndarray, min_rows: int) -> dict[str, float]:
+    inp, out, keys = cols["input"][rows], cols["output"][rows], cols["client"][rows]
     stats = {
         "input_output.overall": spearman(inp, out),
         "input_output.within_client": weighted_within_group_spearman(keys, inp, out, min_rows),
     }
-    if "reasoning_tokens" in trace.columns:
+    if "reasoning" in cols:
         has = out > 0
-        ratio = trace["reasoning_tokens"].to_numpy(np.float64)[has] / out[has]
+        ratio = cols["reasoning"][rows][has] / out[has]
         stats["input_ratio.overall"] = spearman(inp[has], ratio)
         stats["input_ratio.within_client"] = weighted_within_group_spearman(
             keys[has], inp[has], ratio, min_rows
@@ -255,6 +271,57 @@ def m4_dependence(synthetic: pd.DataFrame, real: pd.DataFrame, min_rows: int = 2
     components = dict(sorted(components.items()))
     stats = {k: {"synthetic": _none_nan(ds.get(k)), "real": _none_nan(dr.get(k))} for k in components}
     return _result(components, list(components), stats, {})
+
+
+def dependence_sampling_sd(
+    trace: pd.DataFrame,
+    rng: np.random.Generator,
+    block_s: float = FLOOR_BLOCK_S,
+    resamples: int = FLOOR_RESAMPLES,
+    min_rows: int = 20,
+) -> dict[str, float]:
+    """Standard deviation of each :func:`dependence_stats` statistic under a block bootstrap of
+    ``trace``: its ``block_s`` windows drawn with replacement, so the requests of a burst or a
+    conversation inside a window stay together."""
+    cols = _dependence_columns(trace)
+    t = trace["timestamp"].to_numpy(np.float64)  # in row order, unlike _timestamps
+    block = np.floor((t - t.min()) / block_s).astype(np.int64) if len(t) else t.astype(np.int64)
+    order = np.argsort(block, kind="stable")
+    _, starts, counts = np.unique(block[order], return_index=True, return_counts=True)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        pick = rng.integers(0, len(starts), len(starts))
+        n = counts[pick]
+        first = np.repeat(starts[pick] - np.cumsum(n) + n, n)  # each drawn window's rows in order
+        rows = order[first + np.arange(n.sum())]
+        for name, value in _dependence(cols, rows, min_rows).items():
+            draws.setdefault(name, []).append(value)
+    return {name: _nan_sd(values) for name, values in draws.items()}
+
+
+def _nan_sd(values: list[float]) -> float:
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
+
+
+def m4_floor(reference: pd.DataFrame, test: pd.DataFrame, rng: np.random.Generator) -> dict:
+    """M4's noise floor: |reference - test| per statistic, raised to the difference two independent
+    real samples of these sizes are expected to show, sqrt(2 / pi) * sqrt(sd_ref^2 + sd_test^2)
+    (sds from :func:`dependence_sampling_sd`). One pair of halves can agree by luck far below
+    that (Mooncake's hour: 0.005 where the expected difference is about 0.02), and the ratio of
+    a generator with exactly the right correlation would then read several times the floor.
+    The observed differences stay in ``stats``."""
+    observed = m4_dependence(reference, test)
+    sd_ref, sd_test = dependence_sampling_sd(reference, rng), dependence_sampling_sd(test, rng)
+    components, stats = {}, observed["stats"]
+    for name, d in observed["components"].items():
+        expected = math.sqrt(2 / math.pi) * math.hypot(
+            sd_ref.get(name, math.nan), sd_test.get(name, math.nan)
+        )
+        components[name] = None if d is None else (d if math.isnan(expected) else max(d, expected))
+        stats[name] = {**stats[name], "observed_difference": d, "expected_difference": _none_nan(expected)}
+    return _result(components, observed["headline"], stats, {})
 
 
 def _none_nan(v: float | None) -> float | None:

@@ -99,6 +99,25 @@ def test_dependence_detects_independent_input_and_output():
     assert "input_ratio.overall" not in indep["components"]  # no reasoning in either trace
 
 
+def test_dependence_floor_is_at_least_the_expected_sampling_difference():
+    # Two real traces that agree exactly (observed difference 0) get the difference two
+    # independent samples of their size would show: for n independent pairs the Spearman sd is
+    # about 1 / sqrt(n), so E|rho_a - rho_b| = sqrt(2 / pi) * sqrt(2 / n).
+    real = stream(0, corr=0.0, rate=1.0, n_clients=1)
+    floor = M.m4_floor(real, real.copy(), np.random.default_rng(0))
+    expected = np.sqrt(2 / np.pi) * np.sqrt(2 / len(real))
+    for name in ("input_output.overall", "input_output.within_client"):
+        assert floor["stats"][name]["observed_difference"] == 0.0
+        assert 0.75 * expected < floor["components"][name] < 1.25 * expected
+    # A real difference larger than the sampling error stays as observed.
+    other = stream(1, corr=0.7, rate=1.0, n_clients=1)
+    floor = M.m4_floor(other, real, np.random.default_rng(0))
+    assert floor["components"]["input_output.overall"] == pytest.approx(
+        M.m4_dependence(other, real)["components"]["input_output.overall"]
+    )
+    assert floor["components"]["input_output.overall"] > 0.5
+
+
 def test_rate_dynamics_detect_a_rate_swing():
     rng = np.random.default_rng(3)
     flat = stream(0, duration_s=7200)

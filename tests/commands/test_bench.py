@@ -48,6 +48,12 @@ def test_compare_mode_writes_metrics_report_and_figures(traces, tmp_path, capsys
     # A Poisson stream is far burstier-wrong than another draw of the same bursty process.
     assert ratio["poisson"] > 1.5 * ratio["same"]
     assert m["noise_floor"]["M3_marginals"]["distance"] > 0
+    # M4's floor is bounded below by the correlations' sampling error (metrics.m4_floor).
+    m4 = m["noise_floor"]["M4_dependence"]["stats"]["input_output.overall"]
+    assert m["noise_floor"]["M4_dependence"]["components"]["input_output.overall"] == max(
+        m4["observed_difference"], m4["expected_difference"]
+    )
+    assert m4["expected_difference"] > 0
     prov = m["provisioning"]
     assert prov["real_test"]["instances"] >= 1 and "under_provisioning_error" in prov["synthetic"]["poisson"]
     report = (out / "report.md").read_text()
