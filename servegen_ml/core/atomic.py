@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from servegen_ml.core.errors import OutputError
@@ -19,21 +19,47 @@ def current_umask() -> int:
     return mask
 
 
+def _create_file(tmp: Path) -> None:
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as for open()
+
+
+def _create_dir(tmp: Path) -> None:
+    os.mkdir(tmp, 0o777)
+
+
+def _new_temp(path: Path, suffix: str, create: Callable[[Path], None], made: list[Path]) -> Path:
+    """Create a temporary file or directory next to ``path``. Its name goes into ``made`` before it
+    exists, so an interrupt (SIGTERM raised as an exception) at any point leaves nothing that the
+    caller's cleanup of ``made`` does not know about."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        made.append(tmp)
+        try:
+            create(tmp)
+            return tmp
+        except FileExistsError:
+            made.pop()  # someone else's: not ours to remove
+
+
+def _remove(made: list[Path]) -> None:
+    for tmp in made:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    # mkstemp creates 0600; give the result the permissions a plain open() would.
-    os.chmod(tmp, 0o666 & ~current_umask())
+    path, made = Path(path), []
     try:
+        tmp = _new_temp(path, ".tmp", _create_file, made)
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(made)
         raise
 
 
@@ -43,10 +69,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: is a file, not a directory; name a new directory (nothing was written)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
+    made = []
     try:
+        tmp = _new_temp(path, ".tmp", _create_dir, made)
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -57,7 +82,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(made)
         raise
 
 
@@ -76,21 +101,15 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     On error every temporary path is removed and no target is touched.
     """
     targets = [Path(p) for p in paths]
-    tmps: list[Path] = []
+    made: list[Path] = []
     try:
-        for path in targets:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-            os.close(fd)
-            os.chmod(tmp, 0o666 & ~current_umask())
-            tmps.append(Path(tmp))
+        tmps = [_new_temp(path, f".tmp{path.suffix}", _create_file, made) for path in targets]
         yield list(tmps)
         with _locked_directories({p.parent for p in targets}):
             for tmp, path in zip(tmps, targets):
                 os.replace(tmp, path)
     except BaseException:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+        _remove(made)
         raise
 
 
