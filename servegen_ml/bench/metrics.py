@@ -309,7 +309,7 @@ def m4_floor(reference: pd.DataFrame, test: pd.DataFrame, rng: np.random.Generat
     """M4's noise floor: |reference - test| per statistic, raised to the difference two independent
     real samples of these sizes are expected to show, sqrt(2 / pi) * sqrt(sd_ref^2 + sd_test^2)
     (sds from :func:`dependence_sampling_sd`). One pair of halves can agree by luck far below
-    that (Mooncake's hour: 0.005 where the expected difference is about 0.02), and the ratio of
+    that (Mooncake's hour: 0.005 where 0.014 is expected), and the ratio of
     a generator with exactly the right correlation would then read several times the floor.
     The observed differences stay in ``stats``."""
     observed = m4_dependence(reference, test)
