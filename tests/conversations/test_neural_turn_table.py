@@ -112,6 +112,29 @@ def test_the_heads_shuffle_draws_like_a_shuffled_dataloader(n, exhaust):
     assert torch.equal(g_old.get_state(), g_new.get_state())
 
 
+def test_past_one_window_the_heads_shuffle_holds_a_window_not_the_whole_order():
+    # Chunks of 50 rows, 3 shuffled together: every row once an epoch, full batches but the last,
+    # each batch drawn from a few chunks (a whole-order shuffle would spread 64 rows over ~20),
+    # the same batches for the same seed and a new order each epoch.
+    import torch
+
+    from servegen_ml.conversations.neural.fit import _EpochShuffle
+
+    def epochs(seed, count=2):
+        sampler = _EpochShuffle(1000, 64, torch.Generator().manual_seed(seed), chunk=50, window=3)
+        return [list(sampler) for _ in range(count)], len(sampler)
+
+    (first, second), length = epochs(7)
+    for batches in (first, second):
+        assert len(batches) == length == 16
+        assert [len(b) for b in batches] == [64] * 15 + [1000 - 15 * 64]
+        np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(1000))
+    assert len(np.unique(first[0] // 50)) <= 3
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second))
+    again, _ = epochs(7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again[0]))
+
+
 def test_turn_normalizers_in_blocks_agree_with_one_block(monkeypatch):
     from servegen_ml.conversations.neural import fit
     from servegen_ml.conversations.neural import table as table_module
