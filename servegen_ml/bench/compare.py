@@ -95,8 +95,7 @@ def compare(
     names = [test.name, reference.name, *(w.name for w in workloads)]
     if len(set(names)) != len(names):
         raise UserError(f"workload names must be unique, got {names}")
-    floor = metrics.compute_all(reference.trace, test.trace)
-    floor["M4_dependence"] = metrics.m4_floor(reference.trace, test.trace, np.random.default_rng(0))
+    floor = metrics.noise_floor(reference.trace, test.trace)
     results, ratios = {}, {}
     for w in progress(workloads, "metrics", quiet):
         results[w.name] = metrics.compute_all(w.trace, test.trace)

@@ -57,6 +57,7 @@ MIN_CV = 1e-3
 # M4's floor (m4_floor): block bootstrap of the two real traces in windows of this length.
 FLOOR_BLOCK_S = 60.0
 FLOOR_RESAMPLES = 100
+FLOOR_SEED = 0
 _QUANTILE_GRID = np.linspace(0, 1, 101)
 
 
@@ -608,6 +609,16 @@ METRICS: dict[str, Callable[[pd.DataFrame, pd.DataFrame], dict]] = {
 def compute_all(synthetic: pd.DataFrame, real: pd.DataFrame) -> dict[str, dict]:
     """Every two-trace metric (M2-M6, M8, M9, client heterogeneity and population) of ``synthetic`` against ``real``."""
     return {name: fn(synthetic, real) for name, fn in METRICS.items()}
+
+
+def noise_floor(reference: pd.DataFrame, test: pd.DataFrame) -> dict[str, dict]:
+    """Every metric of the real ``reference`` against the real ``test`` trace, M4's raised to its
+    sampling error (:func:`m4_floor`, bootstrap seeded with FLOOR_SEED: the same floor every run)."""
+    rng = np.random.default_rng(FLOOR_SEED)
+    return {
+        name: m4_floor(reference, test, rng) if fn is m4_dependence else fn(reference, test)
+        for name, fn in METRICS.items()
+    }
 
 
 def noise_floor_ratio(

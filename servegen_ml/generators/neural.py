@@ -259,9 +259,7 @@ class NeuralGenerator(Generator):
         inputs = self._client_inputs(len(store.client_ids))
         order = _store_order(store, sub)
         with torch_threads(self.trainer.get("num_threads")):
-            parts = follow_up_log_prob(
-                self._torch_model(), store, inputs, before.timeline_s[order], state.span_s
-            )
+            parts = follow_up_log_prob(self._torch_model(), store, inputs, before.timeline_s[order])
         prompt, output = sub["input_tokens"].to_numpy(np.int64), sub["output_tokens"].to_numpy(np.int64)
         new_tokens = np.maximum(prompt - before.input_tokens - before.output_tokens, 0)
         parts["output"] = self.conversations_.log_output_after(before, new_tokens, prompt, output)[order]

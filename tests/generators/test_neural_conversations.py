@@ -276,6 +276,30 @@ def test_follow_up_marks_are_scored_with_the_distribution_they_are_drawn_from(fi
     assert np.mean(got == 0) == pytest.approx(reasoning_pmf[0], abs=0.05)
 
 
+def test_a_follow_up_past_the_learned_span_is_scored_on_its_own_gap(fitted):
+    # Past the span the features read the phase inside it, but the heads condition on the unit gap
+    # between the raw positions, as the sampler does (FollowUpMarks): a follow-up 45 s after a turn
+    # 20 s before the span's end is not read as a gap of 0 (the positions wrapped apart).
+    gen, _ = fitted
+    prev_s = gen.state_.origin_s + gen.state_.span_s - 20.0
+    trace = pd.DataFrame(
+        {
+            "timestamp": [prev_s, prev_s + 45.0, prev_s],
+            "client_id": "c0",
+            "input_tokens": [100, 400, 400],
+            "output_tokens": [50, 60, 60],
+            "text_tokens": [100, 400, 400],
+            "image_tokens": make_list_column(np.zeros(3, dtype=np.int64), np.zeros(0, dtype=np.int64)),
+            "reasoning_tokens": [0, 10, 10],
+        }
+    )
+    before = Turns(np.zeros(2, dtype=np.int64), np.ones(2, dtype=np.int64), np.full(2, 100), np.full(2, 50),
+                   np.full(2, prev_s))  # fmt: skip
+    scored = gen._log_prob_follow_ups(trace, np.array([1, 2]), before, prev_s + 1e5)
+    later, at_once = scored["image_count"].to_numpy()
+    assert abs(later - at_once) > 1e-6
+
+
 def test_new_clients_continue_conversations_as_the_mean_client(fitted):
     gen, _ = fitted
     out = gen.sample(GenerationSpec.from_values(duration_s=3600.0, clients="new:3"), np.random.default_rng(0))

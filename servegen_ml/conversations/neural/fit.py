@@ -304,14 +304,16 @@ class _EpochShuffle(Sampler):
         else:
             yield from self._windows()
 
+    def _full_batches(self, rows: np.ndarray):
+        for lo in range(0, len(rows) - len(rows) % self.batch, self.batch):
+            yield rows[lo : lo + self.batch]
+
     def _whole(self):
         order = torch.randperm(self.n, generator=self.generator, dtype=torch.int32).numpy()
-        full = self.n - self.n % self.batch
-        for lo in range(0, full, self.batch):
-            yield order[lo : lo + self.batch]
+        yield from self._full_batches(order)
         torch.randperm(self.n, generator=self.generator, dtype=torch.int32)
-        if full < self.n:
-            yield order[full:]
+        if self.n % self.batch:
+            yield order[self.n - self.n % self.batch :]
 
     def _windows(self):
         n_chunks = -(-self.n // self.chunk)
@@ -324,10 +326,8 @@ class _EpochShuffle(Sampler):
             ]
             rows = np.concatenate([carry, *rows])
             rows = rows[torch.randperm(len(rows), generator=self.generator, dtype=torch.int32).numpy()]
-            full = len(rows) - len(rows) % self.batch
-            for lo in range(0, full, self.batch):
-                yield rows[lo : lo + self.batch]
-            carry = rows[full:]
+            yield from self._full_batches(rows)
+            carry = rows[len(rows) - len(rows) % self.batch :]
         if len(carry):
             yield carry
 

@@ -15,9 +15,11 @@ TPP's); the reasoning part given prompt and output (TPP head).
 :class:`FollowUpMarks` samples them in numpy (the ``follow_up_marks`` of
 :mod:`servegen_ml.conversations.sampling`);
 :func:`follow_up_log_prob` scores the TPP's parts of the same distributions
-with the torch model (the generator adds the output head's). Timeline
-positions are wrapped into the learned span in both. A client the model has
-never seen is the mean client (the mean of the client vectors).
+with the torch model (the generator adds the output head's). Both take raw
+timeline positions: the models read a position's features at its phase inside
+the learned span, and the gap in unit time between the raw positions (one
+wrapped apart from the other would read as 0). A client the model has never
+seen is the mean client (the mean of the client vectors).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import numpy as np
 
 from servegen_ml.conversations.sampling import FollowUpContext
-from servegen_ml.core.spec import wrap_time
 from servegen_ml.neural import features as F
 from servegen_ml.neural.rate_level import unit_clock
 from servegen_ml.neural.sampling.numpy_tpp import NumpyTPP, RowBias
@@ -51,16 +52,15 @@ class FollowUpMarks:
             self.clients.gap_std[client].astype(np.float64),
         )
         h, emb_gates = tpp.client_rows(self.clients.embedding[client])
-        start = np.asarray(context.previous_timeline_s, np.float64)
+        previous = np.asarray(context.previous_timeline_s, np.float64)
         empty = {k: np.zeros(n) for k in layout.mark_columns()}
         x = tpp.event_features(
-            start, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client
+            previous, np.zeros(n), np.ones(n, dtype=bool), gm, gs, empty, self.clients.activity, client
         )
         projected = tpp.project(tpp.gru_step(h, x, emb_gates))
         bias = RowBias(self.bias, client)
         # The mark heads condition on the gap in the client's unit time (servegen_ml.neural.rate_level).
         to_unit = unit_clock(self.clients.level, tpp.activity_bin_s, tpp.activity_span_s)
-        previous = np.asarray(context.previous_timeline_s, np.float64)
         gap = np.maximum(
             to_unit(client, np.asarray(context.timeline_s, np.float64)) - to_unit(client, previous), 0.0
         )
@@ -99,7 +99,7 @@ class FollowUpMarks:
         cond[:, names.index(f"z_{field}")] = (np.log1p(value) - self.tpp.mark_mean[i]) / self.tpp.mark_std[i]
 
 
-def follow_up_log_prob(tpp, store, clients: ClientTable, previous_s: np.ndarray, span_s: float):
+def follow_up_log_prob(tpp, store, clients: ClientTable, previous_s: np.ndarray):
     """Mark log-likelihood parts per store event of follow-ups (torch ``MarkedTPP``; module docstring).
 
     ``store``: the follow-ups as an EventStore (timeline positions); ``clients``: per-client
@@ -115,14 +115,14 @@ def follow_up_log_prob(tpp, store, clients: ClientTable, previous_s: np.ndarray,
     n = store.n_events
     client = store.client_of(np.arange(n))
     t = np.asarray(store.columns["time_s"][:n], np.float64)
-    start = wrap_time(np.asarray(previous_s, np.float64), span_s)
+    previous_s = np.asarray(previous_s, np.float64)
     batch = {
         "client": client,
         "reset": np.ones(n, dtype=bool),
         "mask": np.ones((n, 1), dtype=bool),
-        "time_s": wrap_time(t, span_s)[:, None],
+        "time_s": t[:, None],
         "gap_s": (t - previous_s)[:, None],
-        "x_time_s": start[:, None],
+        "x_time_s": previous_s[:, None],
         "x_gap_s": np.zeros((n, 1)),
         "x_start": np.ones((n, 1), dtype=bool),
         "survival_s": np.full((n, 1), np.nan),
