@@ -83,14 +83,16 @@ class NeuralConfig:
     segment_events: int = 256  # expected events per sampled stream segment (batch row)
     warmup_events: int = 32  # expected warm-up events discarded before each segment
     store_dir: str | None = None  # a streamed trace file's event column files (None: system temp dir)
-    conversation_batch: int = 128  # turns per batch when training the conversation heads
+    # Turns per batch when training the conversation heads; None: 128, doubled while an epoch would
+    # take more than 8,192 batches (at most 8,192 turns a batch; conversations/neural/fit.py).
+    conversation_batch: int | None = None
 
     def __post_init__(self):
         # Values arrive from YAML, JSON manifests and Python: store each as its declared type.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None:
-                cast = {"int": int, "float": float}.get(f.type, str)
+                cast = {"int": int, "int | None": int, "float": float}.get(f.type, str)
                 try:
                     setattr(self, f.name, cast(value))
                 except (TypeError, ValueError):
@@ -110,6 +112,10 @@ class NeuralConfig:
         if min(sizes) < 1:
             raise UserError(
                 "sizes (hidden, embedding, head_hidden, components, chunk_len, lanes, segment_events) must be >= 1"
+            )
+        if self.conversation_batch is not None and self.conversation_batch < 1:
+            raise UserError(
+                f"conversation_batch={self.conversation_batch}: must be >= 1 (or null: by the turns)"
             )
 
     def to_dict(self) -> dict:

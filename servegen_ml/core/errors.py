@@ -27,6 +27,11 @@ class OutputError(UserError):
     """An output cannot be written (not writable, no space, would replace something that is not ours)."""
 
 
+class TrainingDivergedError(UserError):
+    """A training loss became NaN or infinite: the run stops before writing a checkpoint of broken weights
+    (the remedy is on the user's side: a lower learning rate, or extreme values in the trace)."""
+
+
 class WorkerFinished(Exception):
     """A distributed training worker (not global rank 0) is done: only rank 0 writes the checkpoint.
 

@@ -135,6 +135,17 @@ def test_past_one_window_the_heads_shuffle_holds_a_window_not_the_whole_order():
     assert all(np.array_equal(a, b) for a, b in zip(first, again[0]))
 
 
+def test_the_heads_default_batch_grows_with_the_turns_to_bound_an_epochs_batches():
+    from servegen_ml.conversations.neural.fit import BATCH_MAX, EPOCH_BATCHES, default_batch
+
+    assert default_batch(0) == default_batch(EPOCH_BATCHES * 128) == 128
+    assert default_batch(EPOCH_BATCHES * 128 + 1) == 256
+    for turns in (10**6, 9 * 10**6, 3 * 10**7):
+        batch = default_batch(turns)
+        assert -(-turns // batch) <= EPOCH_BATCHES and -(-turns // (batch // 2)) > EPOCH_BATCHES
+    assert default_batch(9 * 10**7) == default_batch(10**12) == BATCH_MAX  # then epochs grow again
+
+
 def test_turn_normalizers_in_blocks_agree_with_one_block(monkeypatch):
     from servegen_ml.conversations.neural import fit
     from servegen_ml.conversations.neural import table as table_module

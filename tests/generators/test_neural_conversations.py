@@ -202,6 +202,7 @@ def test_point_process_learns_the_openers_and_heads_the_turns(fitted):
     model = gen.conversations_
     summary = model.meta["training"]
     assert summary["train_turns"] + summary["val_turns"] == len(trace)
+    assert summary["batch_turns"] == 128 and summary["fit_seconds"] > 0  # the default for a small trace
     # One hour cannot show a daily cycle: no time-of-day inputs.
     assert model.norm["day_harmonics"] == 0 and model.norm["week_harmonics"] == 0
     assert 1.0 < model.mean_turns(["c0"], [1.0]) < 10.0 and model.burn_in_s_ > 0
@@ -349,5 +350,6 @@ def test_conversation_heads_train_with_early_stopping_turned_off():
     # trainer.callbacks.early_stopping=null turns it off for the point process and the conversation heads.
     trace = conversational_trace(seed=3, duration_s=1200.0)
     trainer = {**FAST, "max_epochs": 2, "callbacks": {"early_stopping": None}}
-    gen = NeuralGenerator(**TINY, chunk_len=32, lanes=16, trainer=trainer).fit(trace)
+    gen = NeuralGenerator(**TINY, chunk_len=32, lanes=16, conversation_batch=48, trainer=trainer).fit(trace)
     assert gen.conversations_.meta["training"]["epochs"] == 2
+    assert gen.conversations_.meta["training"]["batch_turns"] == 48

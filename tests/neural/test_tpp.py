@@ -288,3 +288,19 @@ def test_time_head_offsets_step_at_the_base_rate(setup):
     lo, hi = tpp.heads.slices["time"]
     np.testing.assert_allclose(moved[:, lo:hi].numpy(), 1e-3, rtol=1e-3)
     np.testing.assert_allclose(moved[:, hi:].numpy(), 1e-2, rtol=1e-3)
+
+
+def test_a_non_finite_training_loss_stops_training_naming_the_term(setup):
+    # A NaN weight (what a diverged step leaves) must not train on into a checkpoint of NaNs.
+    from servegen_ml.core.errors import TrainingDivergedError
+    from servegen_ml.neural.training.lightning_module import TPPLightningModule
+
+    store, tpp = setup[0], copy.deepcopy(setup[1])
+    module = TPPLightningModule(lambda: tpp)
+    module.configure_model()
+    batch = to_tensors(gather_batch(store, plan_lanes(whole_segments(store), 1, 8, rng=None), 0, 8))
+    assert torch.isfinite(module.training_step(batch, 0))
+    with torch.no_grad():
+        tpp.heads.out["input"].bias[0] = float("nan")
+    with pytest.raises(TrainingDivergedError, match=r"training NLL became nan at step 0 \(in: input\)"):
+        module.training_step(batch, 1)

@@ -16,6 +16,7 @@ batches, in the same order, as shuffled in-memory arrays would give).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from servegen_ml.conversations.neural.features import (
 from servegen_ml.conversations.neural.heads import ConversationHeads
 from servegen_ml.conversations.neural.table import TURN, TurnTable
 from servegen_ml.core.configs import NeuralConfig
+from servegen_ml.core.errors import TrainingDivergedError
 from servegen_ml.core.interrupt import fit_interruptibly
 from servegen_ml.core.spec import DAY_S, TIME_RESOLUTION_S, WEEK_S
 from servegen_ml.neural.data.events import rank_within
@@ -266,6 +268,21 @@ def _whole_batch(batch):
     return batch
 
 
+# The heads' default batch: BATCH_MIN turns, doubled while an epoch would take more than
+# EPOCH_BATCHES batches, up to BATCH_MAX. A small MLP's step costs about the same from 128 to a
+# few thousand rows (Python and autograd overhead): at 128 turns an epoch of 90 M turns took over an
+# hour here, where a few thousand batches already train the heads on smaller traces.
+BATCH_MIN, BATCH_MAX, EPOCH_BATCHES = 128, 8192, 8192
+
+
+def default_batch(turns: int) -> int:
+    """The heads' turns per batch for ``turns`` training turns (``NeuralConfig.conversation_batch`` unset)."""
+    batch = BATCH_MIN
+    while batch < BATCH_MAX and turns > EPOCH_BATCHES * batch:
+        batch *= 2
+    return batch
+
+
 # Past this many training turns the epoch's order is shuffled in windows (_EpochShuffle): chunks
 # of SHUFFLE_CHUNK consecutive turns in random order, SHUFFLE_WINDOW chunks shuffled together.
 SHUFFLE_CHUNK = 1 << 20
@@ -386,7 +403,8 @@ def train_conversation_heads(
         heads.compute_dtype = torch.float32
         module = _TurnModule(heads, config.lr, config.weight_decay, monitor)
         generator = torch.Generator().manual_seed(seed)
-        shuffled = _EpochShuffle(len(train), int(config.conversation_batch), generator)
+        batch = config.conversation_batch or default_batch(len(train))
+        shuffled = _EpochShuffle(len(train), batch, generator)
         loaders = [DataLoader(train, batch_sampler=shuffled, generator=generator, collate_fn=_whole_batch)]
         if val is not None:
             # Its own generator, as before: a loader draws seeds from it (else from torch's global one).
@@ -409,7 +427,9 @@ def train_conversation_heads(
             num_sanity_val_steps=0,
             callbacks=callbacks,
         )
+        started = time.perf_counter()
         fit_interruptibly(trainer_obj, module, *loaders)
+        seconds = time.perf_counter() - started
         if module.best_state is not None:
             heads.load_state_dict(module.best_state)
     weights = {k: v.detach().cpu().numpy() for k, v in heads.state_dict().items()}
@@ -419,6 +439,8 @@ def train_conversation_heads(
         "best_nll_per_turn": module.best_score,
         "train_turns": len(train),
         "val_turns": 0 if val is None else len(val),
+        "batch_turns": batch,
+        "fit_seconds": round(seconds, 3),  # the heads' epochs, validation included
     }
     return args, weights, summary
 
@@ -434,7 +456,13 @@ class _TurnModule(L.LightningModule):
 
     def _nll(self, batch, stage):
         lp = self.heads.log_likelihood(*batch)
-        self._sums[stage][0] += float(-lp.detach().sum())
+        total = float(-lp.detach().sum())
+        if not np.isfinite(total):
+            raise TrainingDivergedError(
+                f"the conversation heads' {'training' if stage == 'train' else 'validation'} NLL became {total} at step {self.global_step}; no "
+                "checkpoint is written: try a lower model.lr, or look for extreme values in the trace"
+            )
+        self._sums[stage][0] += total
         self._sums[stage][1] += len(lp)
         return -lp.mean()
 

@@ -93,8 +93,10 @@ def _flat(x: Tensor) -> np.ndarray:
 def _log_integer_mass(n: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     """log of a normal's mass on log(n + 1) in the bin [log(n + 0.5), log(n + 1.5)) of integer n."""
     lower = torch.where(n > 0, torch.log(n + 0.5), torch.full_like(n, -FAR_EDGE))
-    upper = torch.log(n + 1.5)
-    return log_normal_interval((lower - loc) / scale, (upper - lower) / scale)
+    # The width as log1p, not upper - lower: in float32 the two logs are equal past ~10^6 (a bin of
+    # zero width: log P = -inf, and the whole training run turned NaN).
+    width = torch.where(n > 0, torch.log1p(1.0 / (n + 0.5)), torch.log(n + 1.5) - lower)
+    return log_normal_interval((lower - loc) / scale, width / scale)
 
 
 @dataclass

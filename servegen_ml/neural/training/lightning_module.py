@@ -7,6 +7,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from servegen_ml.core.errors import TrainingDivergedError
 from servegen_ml.neural.model.tpp import MarkedTPP
 
 
@@ -50,6 +51,13 @@ class TPPLightningModule(L.LightningModule):
         self._carry[key] = h_last.detach()
         n_events = int(batch["mask"].sum())
         total = torch.stack(list(parts.values())).sum()
+        if not torch.isfinite(total):
+            bad = ", ".join(name for name, part in parts.items() if not torch.isfinite(part).all())
+            raise TrainingDivergedError(
+                f"the point process's {'training' if stage == 'train' else 'validation'} NLL became {float(-total)} at step {self.global_step} "
+                f"(in: {bad}); no checkpoint is written: try a lower model.lr, or look for extreme values "
+                "in the trace"
+            )
         return -total / max(n_events, 1), n_events
 
     def training_step(self, batch, batch_idx):
