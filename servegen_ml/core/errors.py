@@ -31,6 +31,14 @@ class TrainingDivergedError(UserError):
     """A training loss became NaN or infinite: the run stops before writing a checkpoint of broken weights
     (the remedy is on the user's side: a lower learning rate, or extreme values in the trace)."""
 
+    def __init__(self, model: str, stage: str, step: int, value: float, terms: str = ""):
+        where = f" (in: {terms})" if terms else ""
+        super().__init__(
+            f"{model}'s {'training' if stage == 'train' else 'validation'} NLL became {value} at step "
+            f"{step}{where}; no checkpoint is written: try a lower model.lr, or look for extreme values "
+            "in the trace"
+        )
+
 
 class WorkerFinished(Exception):
     """A distributed training worker (not global rank 0) is done: only rank 0 writes the checkpoint.

@@ -246,15 +246,17 @@ class RatioMixture:
         """log P(part | total) for integer tensors (...) -> (...)."""
         d = self.dtype
         k, n = part.to(d), total.to(d)
-        n_safe = torch.clamp(n, min=1.0)
-        # Clamped ends are only used where the bin is open (k > 0, k < n); they just keep logs finite.
-        lo_x = ((k - 0.5) / n_safe).clamp(torch.finfo(d).tiny, 1.0)
-        hi_x = ((k + 0.5) / n_safe).clamp(0.0, 1.0 - torch.finfo(d).eps)
-        lower = torch.where(k > 0, torch.log(lo_x) - torch.log1p(-lo_x), torch.full_like(k, -FAR_EDGE))
-        upper = torch.where(k < n, torch.log(hi_x) - torch.log1p(-hi_x), torch.full_like(k, FAR_EDGE))
+        # logit((k -/+ 0.5) / n) from the counts themselves, and an open bin's width as log1p terms:
+        # ratios and differences of logits lose it in float32 at totals in the millions (width 0,
+        # log P -inf). The clamps only keep the unused branches finite.
+        below, above = (k - 0.5).clamp(min=0.5), (n - k - 0.5).clamp(min=0.5)  # k - 0.5, n - k - 0.5
+        lower = torch.where(k > 0, torch.log(below) - torch.log(n - k + 0.5), torch.full_like(k, -FAR_EDGE))
+        upper = torch.where(k < n, torch.log(k + 0.5) - torch.log(above), torch.full_like(k, FAR_EDGE))
+        inner = torch.log1p(1.0 / below) + torch.log1p(1.0 / above)
+        width = torch.where((k > 0) & (k < n), inner, upper - lower)
         loc, scale = self.loc.to(d), _scale(self.log_scale.to(d))
         a = (lower.unsqueeze(-1) - loc) / scale
-        width = ((upper - lower).clamp(min=1e-300)).unsqueeze(-1) / scale
+        width = width.unsqueeze(-1) / scale
         cont = torch.logsumexp(
             torch.log_softmax(self.comp_logits.to(d), -1) + log_normal_interval(a, width), -1
         )

@@ -53,11 +53,7 @@ class TPPLightningModule(L.LightningModule):
         total = torch.stack(list(parts.values())).sum()
         if not torch.isfinite(total):
             bad = ", ".join(name for name, part in parts.items() if not torch.isfinite(part).all())
-            raise TrainingDivergedError(
-                f"the point process's {'training' if stage == 'train' else 'validation'} NLL became {float(-total)} at step {self.global_step} "
-                f"(in: {bad}); no checkpoint is written: try a lower model.lr, or look for extreme values "
-                "in the trace"
-            )
+            raise TrainingDivergedError("the point process", stage, self.global_step, float(-total), bad)
         return -total / max(n_events, 1), n_events
 
     def training_step(self, batch, batch_idx):
